@@ -1,0 +1,132 @@
+use crate::{Error, Usage};
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    Refusal,
+    Error,
+    Other,
+}
+
+/// A tool call made by the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text of the arguments, as the model produced it.
+    pub arguments: String,
+}
+
+/// One step of a response. Streams are sequences of these; a non-streaming response is the fold
+/// of the same sequence (see [`Collector`]), so both encodings share one code path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The upstream accepted the request; its response id and model, when it said them.
+    Start {
+        id: Option<String>,
+        model: Option<String>,
+    },
+    TextDelta(String),
+    RefusalDelta(String),
+    ReasoningDelta {
+        text: String,
+        signature: Option<String>,
+    },
+    /// A new tool call at `index` (0-based, dense, in the order the model made them).
+    ToolCallStart { index: u32, id: String, name: String },
+    ToolCallDelta { index: u32, arguments: String },
+    Usage(Usage),
+    Finish(FinishReason),
+}
+
+/// A whole response, folded from events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatResponse {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub text: String,
+    pub refusal: Option<String>,
+    pub reasoning: String,
+    pub reasoning_signature: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: Option<Usage>,
+    pub finish: Option<FinishReason>,
+}
+
+/// Folds events into a [`ChatResponse`]. Used for non-streaming answers, for the ledger of a
+/// stream, and by tests that check a decoder against a recording.
+#[derive(Debug, Default)]
+pub struct Collector {
+    response: ChatResponse,
+}
+
+impl Collector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, event: &StreamEvent) -> Result<(), Error> {
+        let r = &mut self.response;
+        match event {
+            StreamEvent::Start { id, model } => {
+                if r.id.is_none() {
+                    r.id.clone_from(id);
+                }
+                if r.model.is_none() {
+                    r.model.clone_from(model);
+                }
+            }
+            StreamEvent::TextDelta(t) => r.text.push_str(t),
+            StreamEvent::RefusalDelta(t) => r.refusal.get_or_insert_with(String::new).push_str(t),
+            StreamEvent::ReasoningDelta { text, signature } => {
+                r.reasoning.push_str(text);
+                if signature.is_some() {
+                    r.reasoning_signature.clone_from(signature);
+                }
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                let index = *index as usize;
+                if index != r.tool_calls.len() {
+                    return Err(Error::upstream(
+                        crate::ErrorKind::Protocol,
+                        format!("tool call {index} started out of order"),
+                    ));
+                }
+                r.tool_calls.push(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                });
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                match r.tool_calls.get_mut(*index as usize) {
+                    Some(call) => call.arguments.push_str(arguments),
+                    None => {
+                        return Err(Error::upstream(
+                            crate::ErrorKind::Protocol,
+                            format!("arguments for unknown tool call {index}"),
+                        ));
+                    }
+                }
+            }
+            StreamEvent::Usage(u) => match &mut r.usage {
+                Some(existing) => existing.merge(u),
+                None => r.usage = Some(*u),
+            },
+            StreamEvent::Finish(f) => r.finish = Some(*f),
+        }
+        Ok(())
+    }
+
+    pub fn response(&self) -> &ChatResponse {
+        &self.response
+    }
+
+    pub fn finish(self) -> ChatResponse {
+        self.response
+    }
+}

@@ -1,0 +1,22 @@
+//! Canonical types of relais: the one vocabulary every dialect and every provider translates to.
+//!
+//! A client's API shape never leaves `relais-dialects`, a vendor's never leaves `relais-providers`;
+//! the two meet only here. This crate does no I/O and must never depend on tokio, axum or reqwest,
+//! so that the types stay cheap to build and test on their own.
+
+mod error;
+mod event;
+mod provider;
+mod request;
+mod secret;
+mod usage;
+
+pub use error::{Error, ErrorKind, Retry, Side};
+pub use event::{ChatResponse, Collector, FinishReason, StreamEvent, ToolCall};
+pub use provider::{BoxFuture, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider};
+pub use request::{
+    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role, Tool,
+    ToolChoice,
+};
+pub use secret::{Secret, redact};
+pub use usage::Usage;

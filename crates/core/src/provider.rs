@@ -1,0 +1,68 @@
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_core::Stream;
+use serde_json::{Map, Value};
+
+use crate::{ChatRequest, Error, StreamEvent, Usage};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A response in progress: canonical events until the end, or an error. Dropping it cancels the
+/// upstream request.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
+
+/// An embeddings request in canonical form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedRequest {
+    pub model: String,
+    pub input: Vec<String>,
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+    /// Unknown fields passed through to same-family upstreams.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedResponse {
+    pub model: Option<String>,
+    pub embeddings: Vec<Vec<f32>>,
+    pub usage: Usage,
+}
+
+/// Facts about a model a provider serves, shown in `/v1/models` and `relais check`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelInfo {
+    pub owned_by: String,
+    pub context_length: Option<u32>,
+    /// Free-form facts (architecture, quantisation, ...).
+    pub details: Map<String, Value>,
+}
+
+/// One configured upstream: a vendor account or the built-in model. A provider turns canonical
+/// requests into canonical events; it never sees a client's wire format.
+pub trait Provider: Send + Sync {
+    /// The config `type` of this provider (`openai_compat`, `azure`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// Start a chat completion with `model` (the upstream's name for it). The future resolves
+    /// once the upstream accepted the request; events follow on the stream.
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<EventStream, Error>>;
+
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, Error>>;
+
+    fn model_info(&self, _model: &str) -> ModelInfo {
+        ModelInfo {
+            owned_by: self.kind().to_owned(),
+            ..ModelInfo::default()
+        }
+    }
+}

@@ -1,0 +1,177 @@
+use serde_json::{Map, Value};
+
+/// One chat request in canonical form: what every dialect decodes to and every provider encodes
+/// from. Fields a client sent that have no canonical meaning travel in `extra`, untouched, and
+/// only providers of the same wire family may forward them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The route name the client asked for (its "model").
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
+    pub max_output_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub stream: bool,
+    /// The client asked for a usage report at the end of its stream.
+    pub stream_include_usage: bool,
+    pub reasoning: Option<Reasoning>,
+    pub user: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+    /// Fields relais does not interpret, passed through to same-family upstreams.
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    /// Whether any message carries an image (a capability check for fallback and validation).
+    pub fn has_images(&self) -> bool {
+        self.messages
+            .iter()
+            .flat_map(|m| m.content.iter())
+            .any(|p| matches!(p, ContentPart::Image { .. }))
+    }
+
+    /// All text of the request, for rough token estimates and mocks.
+    pub fn text_len(&self) -> usize {
+        self.messages
+            .iter()
+            .flat_map(|m| m.content.iter())
+            .map(|p| match p {
+                ContentPart::Text(t) => t.len(),
+                ContentPart::ToolResult { content, .. } => content.len(),
+                ContentPart::ToolCall(c) => c.arguments.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    /// OpenAI's newer name for system instructions; providers without it treat it as system.
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::Developer => "developer",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<ContentPart>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: vec![ContentPart::Text(text.into())],
+            name: None,
+        }
+    }
+
+    /// The concatenated text parts of this message.
+    pub fn joined_text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.content {
+            match part {
+                ContentPart::Text(t) => out.push_str(t),
+                ContentPart::ToolResult { content, .. } => out.push_str(content),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    Url(String),
+    /// Inline bytes, base64 as received (no need to decode to pass them on).
+    Base64 { media_type: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContentPart {
+    Text(String),
+    Image {
+        source: ImageSource,
+        detail: Option<String>,
+    },
+    /// A call the assistant made (in history sent back by the client).
+    ToolCall(crate::ToolCall),
+    /// The result of a tool call, sent back by the client.
+    ToolResult {
+        call_id: String,
+        content: String,
+        is_error: bool,
+    },
+    Reasoning {
+        text: String,
+        signature: Option<String>,
+    },
+    Document {
+        data: Option<String>,
+        file_id: Option<String>,
+        filename: Option<String>,
+    },
+    /// A part type relais does not model (audio input, ...), kept verbatim with the name of the
+    /// dialect it came from; only a provider of that wire family can forward it.
+    Opaque { family: &'static str, value: Value },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments.
+    pub parameters: Option<Value>,
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    None,
+    Auto,
+    Required,
+    Tool(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        schema: Option<Value>,
+        strict: Option<bool>,
+        description: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reasoning {
+    /// `minimal`, `low`, `medium`, `high` as the client said it.
+    pub effort: Option<String>,
+    pub budget_tokens: Option<u32>,
+}
