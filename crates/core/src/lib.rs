@@ -4,6 +4,7 @@
 //! the two meet only here. This crate does no I/O and must never depend on tokio, axum or reqwest,
 //! so that the types stay cheap to build and test on their own.
 
+mod env;
 mod error;
 mod event;
 mod provider;
@@ -11,6 +12,7 @@ mod request;
 mod secret;
 mod usage;
 
+pub use env::{EnvString, expand_env};
 pub use error::{Error, ErrorKind, Retry, Side};
 pub use event::{ChatResponse, Collector, FinishReason, StreamEvent, ToolCall};
 pub use provider::{BoxFuture, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider};

@@ -1,1 +1,13 @@
+//! Outbound providers: one folder per vendor wire format, each turning canonical requests into
+//! canonical events. Nothing outside this crate names a vendor; a vendor's JSON never leaves its
+//! folder. `registry.rs` is the one place that lists them.
 
+pub mod azure;
+mod http;
+pub mod openai_compat;
+mod registry;
+mod sse;
+
+pub use http::{HttpSettings, shared_client};
+pub use registry::{ProviderConfig, build_provider};
+pub use sse::{SseEvent, SseParser};

@@ -1,0 +1,190 @@
+//! Upstream failures → canonical errors, with the vendor's message kept but its secrets removed.
+
+use std::time::Duration;
+
+use relais_core::{Error, ErrorKind, Retry, Secret, redact};
+use serde_json::Value;
+
+/// Classify an error response by status, code and message.
+pub(crate) fn from_response(
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    secrets: &[&Secret],
+) -> Error {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let err_obj = parsed.as_ref().map(|v| v.get("error").unwrap_or(v));
+    let field = |k: &str| -> Option<String> {
+        err_obj.and_then(|e| e.get(k)).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let message = field("message")
+        .or_else(|| field("detail"))
+        .or_else(|| match err_obj {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("upstream answered HTTP {status}")
+            } else {
+                text.to_owned()
+            }
+        });
+    let code = field("code");
+    let kind_hint = field("type").unwrap_or_default();
+    let lower = message.to_ascii_lowercase();
+    let code_or_type = |needle: &str| {
+        code.as_deref().is_some_and(|c| c.contains(needle)) || kind_hint.contains(needle)
+    };
+    let kind = match status {
+        400 | 422 => {
+            if code_or_type("context_length")
+                || lower.contains("maximum context length")
+                || lower.contains("context window")
+                || lower.contains("context length")
+            {
+                ErrorKind::ContextWindowExceeded
+            } else if code_or_type("content_filter") || code_or_type("content_policy") {
+                ErrorKind::ContentFiltered
+            } else {
+                ErrorKind::BadRequest
+            }
+        }
+        401 => ErrorKind::Auth,
+        403 => ErrorKind::PermissionDenied,
+        404 => ErrorKind::NotFound,
+        408 => ErrorKind::Timeout,
+        413 => ErrorKind::PayloadTooLarge,
+        429 => ErrorKind::RateLimited,
+        503 | 529 => ErrorKind::Overloaded,
+        504 => ErrorKind::Timeout,
+        409 | 500..=599 => ErrorKind::Server,
+        _ => ErrorKind::BadRequest,
+    };
+    let mut err = Error::upstream(kind, redact(&message, secrets)).with_status(status);
+    err.code = code.map(|c| redact(&c, secrets));
+    err.param = field("param");
+    if let Some(after) = retry_after(headers) {
+        if err.is_retryable() {
+            err.retry = Retry::After(after);
+        }
+    }
+    err
+}
+
+/// `retry-after-ms` (OpenAI, Azure) or `retry-after` in seconds. HTTP dates are not used by any
+/// vendor we speak, so they are ignored rather than guessed at.
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
+        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0)))
+}
+
+/// An `{"error": ...}` object sent inside a 200 stream.
+pub(crate) fn in_stream_error(err: &Value) -> Error {
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .or_else(|| err.as_str())
+        .unwrap_or("upstream reported an error mid-stream");
+    let code = err.get("code").and_then(Value::as_str).map(str::to_owned);
+    let kind = match code.as_deref() {
+        Some(c) if c.contains("rate_limit") => ErrorKind::RateLimited,
+        Some(c) if c.contains("context_length") => ErrorKind::ContextWindowExceeded,
+        Some(c) if c.contains("content_filter") => ErrorKind::ContentFiltered,
+        _ => ErrorKind::Server,
+    };
+    let mut e = Error::upstream(kind, redact(message, &[]));
+    e.code = code;
+    e
+}
+
+/// A transport failure of reqwest, before or during the body.
+pub(crate) fn from_transport(err: &reqwest::Error, during_body: bool) -> Error {
+    if err.is_timeout() {
+        Error::upstream(ErrorKind::Timeout, "upstream timed out")
+    } else if during_body {
+        Error::upstream(
+            ErrorKind::Protocol,
+            "upstream connection broke while sending the response",
+        )
+        .with_retry(Retry::Yes)
+    } else {
+        // Connection refused, reset, closed before headers, TLS failure: all "could not get an
+        // answer", all safe to try elsewhere because the upstream produced nothing.
+        let mut msg = String::from("could not reach upstream");
+        if err.is_connect() {
+            msg.push_str(" (connect failed)");
+        }
+        Error::upstream(ErrorKind::Connect, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h() -> http::HeaderMap {
+        http::HeaderMap::new()
+    }
+
+    #[test]
+    fn classifies_fixture_error() {
+        let body = std::fs::read(crate::openai_compat::tests::fixture(
+            "openai/reasoning-model-legacy-parameter-error.json",
+        ))
+        .unwrap();
+        let e = from_response(400, &h(), &body, &[]);
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert_eq!(e.code.as_deref(), Some("unsupported_parameter"));
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        assert!(e.message.contains("max_completion_tokens"));
+    }
+
+    #[test]
+    fn context_window_and_retry_after() {
+        let e = from_response(
+            400,
+            &h(),
+            br#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#,
+            &[],
+        );
+        assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
+        let mut headers = h();
+        headers.insert("retry-after", http::HeaderValue::from_static("7"));
+        let e = from_response(429, &headers, b"{}", &[]);
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        let e = from_response(529, &h(), b"overloaded", &[]);
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        assert_eq!(e.message, "overloaded");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let key = Secret::new("sk-live-0123456789abcdef");
+        let e = from_response(
+            401,
+            &h(),
+            br#"{"error":{"message":"Incorrect API key provided: sk-live-0123456789abcdef.","code":"invalid_api_key"}}"#,
+            &[&key],
+        );
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(!e.message.contains("0123456789abcdef"), "{}", e.message);
+    }
+}

@@ -1,0 +1,403 @@
+//! `openai_compat`: OpenAI and every server that speaks its Chat Completions API (Mistral, Groq,
+//! DeepSeek, Together, vLLM, Ollama, llama.cpp server), as configurations of one adapter.
+//!
+//! The wire handling here is shared with `azure`, which differs only in addressing and auth:
+//! see [`Endpoint`].
+
+mod config;
+mod convert;
+mod error;
+mod stream;
+mod wire;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+use relais_core::{
+    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
+    Secret, StreamEvent,
+};
+
+pub use config::{MaxTokensField, OpenAiCompatConfig, Preset};
+
+use crate::sse::{SseEvent, SseParser};
+use convert::{EncodeOptions, encode_request};
+use stream::ChunkDecoder;
+use wire::{OpenAiEmbeddingList, OpenAiResponse};
+
+/// Error bodies are small; a vendor sending megabytes of HTML is cut short.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// A whole non-streaming response; far above any real completion.
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+
+/// How a member of the OpenAI wire family is addressed and authenticated.
+pub(crate) trait Endpoint: Send + Sync + 'static {
+    fn chat_url(&self, model: &str) -> String;
+    fn embeddings_url(&self, model: &str) -> String;
+    /// Whether the body names the model (false when the URL does, as in Azure deployments).
+    fn model_in_body(&self) -> bool;
+    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder;
+    fn secrets(&self) -> Vec<&Secret>;
+}
+
+/// Plain OpenAI-style addressing: `{base_url}/chat/completions` with a bearer token.
+pub(crate) struct BaseUrl {
+    base: String,
+    api_key: Option<Secret>,
+}
+
+impl Endpoint for BaseUrl {
+    fn chat_url(&self, _model: &str) -> String {
+        format!("{}/chat/completions", self.base)
+    }
+    fn embeddings_url(&self, _model: &str) -> String {
+        format!("{}/embeddings", self.base)
+    }
+    fn model_in_body(&self) -> bool {
+        true
+    }
+    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) if !k.is_empty() => rb.bearer_auth(k.expose()),
+            _ => rb,
+        }
+    }
+    fn secrets(&self) -> Vec<&Secret> {
+        self.api_key.iter().collect()
+    }
+}
+
+/// Options shared by every member of the family.
+pub(crate) struct FamilyOptions {
+    pub kind: &'static str,
+    pub headers: Vec<(HeaderName, Secret)>,
+    pub max_tokens_field: MaxTokensField,
+    pub stream_usage: bool,
+    pub timeout: Duration,
+}
+
+/// A provider speaking the OpenAI wire format through some [`Endpoint`].
+pub(crate) struct Family<E> {
+    endpoint: E,
+    http: reqwest::Client,
+    opts: FamilyOptions,
+}
+
+pub(crate) fn parse_headers(
+    headers: &std::collections::BTreeMap<String, Secret>,
+) -> Result<Vec<(HeaderName, Secret)>, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|_| format!("headers: '{k}' is not a valid header name"))?;
+            http::HeaderValue::from_str(v.expose())
+                .map_err(|_| format!("headers: the value of '{k}' is not a valid header value"))?;
+            Ok((name, v.clone()))
+        })
+        .collect()
+}
+
+/// Build an `openai_compat` provider from its config.
+pub fn build(
+    cfg: &OpenAiCompatConfig,
+    http: reqwest::Client,
+) -> Result<std::sync::Arc<dyn Provider>, String> {
+    let defaults = cfg.preset.map(Preset::defaults);
+    let base = match (&cfg.base_url, &defaults) {
+        (Some(b), _) => b.0.clone(),
+        (None, Some(d)) => d.base_url.to_owned(),
+        (None, None) => return Err("base_url: required when no preset is given".to_owned()),
+    };
+    let base = base.trim_end_matches('/').to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(format!("base_url: '{base}' must start with http:// or https://"));
+    }
+    let opts = FamilyOptions {
+        kind: "openai_compat",
+        headers: parse_headers(&cfg.headers)?,
+        max_tokens_field: cfg
+            .max_tokens_field
+            .or(defaults.as_ref().map(|d| d.max_tokens_field))
+            .unwrap_or(MaxTokensField::MaxTokens),
+        stream_usage: cfg
+            .stream_usage
+            .or(defaults.as_ref().map(|d| d.stream_usage))
+            .unwrap_or(true),
+        timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
+    };
+    let endpoint = BaseUrl {
+        base,
+        api_key: cfg.api_key.clone(),
+    };
+    Ok(std::sync::Arc::new(Family::new(endpoint, http, opts)))
+}
+
+impl<E: Endpoint> Family<E> {
+    pub(crate) fn new(endpoint: E, http: reqwest::Client, opts: FamilyOptions) -> Self {
+        Self {
+            endpoint,
+            http,
+            opts,
+        }
+    }
+
+    fn secrets(&self) -> Vec<&Secret> {
+        let mut s = self.endpoint.secrets();
+        s.extend(self.opts.headers.iter().map(|(_, v)| v));
+        s
+    }
+
+    async fn post(&self, url: String, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+        let mut rb = self
+            .http
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .timeout(self.opts.timeout)
+            .body(body);
+        for (name, value) in &self.opts.headers {
+            rb = rb.header(name, value.expose());
+        }
+        let resp = self
+            .endpoint
+            .authorize(rb)
+            .send()
+            .await
+            .map_err(|e| error::from_transport(&e, false))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let headers = resp.headers().clone();
+        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        Err(error::from_response(status, &headers, &body, &self.secrets()))
+    }
+
+    async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
+        let opts = EncodeOptions {
+            model: self.endpoint.model_in_body().then_some(model),
+            stream: req.stream,
+            stream_usage: self.opts.stream_usage,
+            max_tokens_field: self.opts.max_tokens_field,
+        };
+        let body = serde_json::to_vec(&encode_request(req, &opts)?)
+            .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
+        let resp = self.post(self.endpoint.chat_url(model), body).await?;
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if req.stream && is_sse {
+            return Ok(sse_stream(resp));
+        }
+        // A non-streaming answer (or a server that ignored `stream`): decode it whole.
+        let body = read_limited(resp, MAX_RESPONSE_BODY).await?;
+        let events = decode_whole(&body)?;
+        Ok(Box::pin(futures_util::stream::iter(events.into_iter().map(Ok))))
+    }
+
+    async fn embed_inner(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, Error> {
+        let mut body = req.extra.clone();
+        if self.endpoint.model_in_body() {
+            body.insert("model".into(), model.into());
+        }
+        body.insert("input".into(), req.input.clone().into());
+        body.insert("encoding_format".into(), "float".into());
+        if let Some(d) = req.dimensions {
+            body.insert("dimensions".into(), d.into());
+        }
+        if let Some(u) = &req.user {
+            body.insert("user".into(), u.clone().into());
+        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
+        let resp = self.post(self.endpoint.embeddings_url(model), body).await?;
+        let body = read_limited(resp, MAX_RESPONSE_BODY).await?;
+        decode_embeddings(&body)
+    }
+}
+
+impl<E: Endpoint> Provider for Family<E> {
+    fn kind(&self) -> &'static str {
+        self.opts.kind
+    }
+
+    fn chat<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a ChatRequest,
+    ) -> BoxFuture<'a, Result<EventStream, Error>> {
+        Box::pin(self.chat_inner(model, request))
+    }
+
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        request: &'a EmbedRequest,
+    ) -> BoxFuture<'a, Result<EmbedResponse, Error>> {
+        Box::pin(self.embed_inner(model, request))
+    }
+}
+
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(Error::upstream(
+                        ErrorKind::Protocol,
+                        format!("upstream response exceeds {limit} bytes"),
+                    ));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(error::from_transport(&e, true)),
+        }
+    }
+}
+
+fn protocol(what: &str, e: &serde_json::Error) -> Error {
+    Error::upstream(ErrorKind::Protocol, format!("upstream sent invalid {what}: {e}"))
+}
+
+/// Decode a whole (non-streaming) completion body into events.
+pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
+    let resp: OpenAiResponse =
+        serde_json::from_slice(body).map_err(|e| protocol("completion JSON", &e))?;
+    let mut events = Vec::new();
+    let mut decoder = ChunkDecoder::new();
+    decoder.decode(resp, &mut events)?;
+    if !decoder.finished {
+        events.push(StreamEvent::Finish(relais_core::FinishReason::Stop));
+    }
+    Ok(events)
+}
+
+pub(crate) fn decode_embeddings(body: &[u8]) -> Result<EmbedResponse, Error> {
+    let mut list: OpenAiEmbeddingList =
+        serde_json::from_slice(body).map_err(|e| protocol("embeddings JSON", &e))?;
+    list.data.sort_by_key(|d| d.index);
+    Ok(EmbedResponse {
+        model: list.model,
+        usage: relais_core::Usage {
+            input_tokens: list.usage.map(|u| u.prompt_tokens).unwrap_or(0),
+            ..relais_core::Usage::default()
+        },
+        embeddings: list.data.into_iter().map(|d| d.embedding).collect(),
+    })
+}
+
+/// Decoding state of one upstream SSE stream.
+struct SseState {
+    resp: reqwest::Response,
+    parser: SseParser,
+    decoder: ChunkDecoder,
+    frames: Vec<SseEvent>,
+    pending: VecDeque<StreamEvent>,
+    done: bool,
+}
+
+impl SseState {
+    /// Turn buffered SSE frames into events; `true` once `[DONE]` was seen.
+    fn drain_frames(&mut self) -> Result<bool, Error> {
+        let mut out = Vec::new();
+        let mut saw_done = false;
+        for frame in self.frames.drain(..) {
+            if frame.data == "[DONE]" {
+                saw_done = true;
+                break;
+            }
+            if frame.data.trim().is_empty() {
+                continue;
+            }
+            let chunk: OpenAiResponse =
+                serde_json::from_str(&frame.data).map_err(|e| protocol("stream chunk", &e))?;
+            self.decoder.decode(chunk, &mut out)?;
+        }
+        self.pending.extend(out);
+        Ok(saw_done)
+    }
+
+    async fn next(&mut self) -> Option<Result<StreamEvent, Error>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            let step = match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.feed(&bytes),
+                Ok(None) => {
+                    self.parser.finish(&mut self.frames);
+                    self.done = true;
+                    match self.drain_frames() {
+                        Ok(true) => Ok(()),
+                        Ok(false) if self.decoder.finished => Ok(()),
+                        Ok(false) => Err(Error::upstream(
+                            ErrorKind::Protocol,
+                            "upstream stream ended before the response finished",
+                        )),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(error::from_transport(&e, true)),
+            };
+            if let Err(e) = step {
+                self.done = true;
+                self.pending.clear();
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn feed(&mut self, bytes: &Bytes) -> Result<(), Error> {
+        self.parser
+            .feed(bytes, &mut self.frames)
+            .map_err(|e| Error::upstream(ErrorKind::Protocol, e))?;
+        if self.drain_frames()? {
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+fn sse_stream(resp: reqwest::Response) -> EventStream {
+    let state = SseState {
+        resp,
+        parser: SseParser::new(),
+        decoder: ChunkDecoder::new(),
+        frames: Vec::new(),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let item = st.next().await?;
+        Some((item, st))
+    }))
+}
+
+/// Decode recorded chunks (one JSON payload each) the way a live stream is decoded.
+#[cfg(test)]
+pub(crate) fn decode_chunks<'a>(
+    chunks: impl Iterator<Item = &'a str>,
+) -> Result<Vec<StreamEvent>, Error> {
+    let mut decoder = ChunkDecoder::new();
+    let mut out = Vec::new();
+    for c in chunks {
+        if c.trim().is_empty() || c.trim() == "[DONE]" {
+            continue;
+        }
+        let chunk: OpenAiResponse = serde_json::from_str(c).map_err(|e| protocol("chunk", &e))?;
+        decoder.decode(chunk, &mut out)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

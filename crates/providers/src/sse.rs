@@ -1,0 +1,139 @@
+//! An incremental Server-Sent Events parser: bytes in any split, events out.
+
+/// One SSE event: its `event:` name (if any) and its `data:` lines joined by `\n`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Feed it bytes as they arrive; it returns complete events and keeps the partial tail.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+/// Upper bound on one unterminated line, so a broken upstream cannot grow memory without limit.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parse `bytes`, appending finished events to `out`. Errors only when a line exceeds the
+    /// size bound.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), String> {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
+            let end = start + pos;
+            let mut line = &self.buf[start..end];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            let line = String::from_utf8_lossy(line).into_owned();
+            start = end + 1;
+            self.line(&line, out);
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > MAX_LINE {
+            return Err("SSE line exceeds 16 MiB".to_owned());
+        }
+        Ok(())
+    }
+
+    /// End of input: a final event without its blank line still counts.
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.buf.is_empty() {
+            let line = String::from_utf8_lossy(&self.buf).into_owned();
+            self.buf.clear();
+            self.line(line.trim_end_matches('\r'), out);
+        }
+        self.dispatch(out);
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line.starts_with(':') {
+            return; // comment / keep-alive
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            _ => {} // id, retry: not used by any vendor we speak
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        if self.has_data {
+            out.push(SseEvent {
+                event: self.event.take(),
+                data: std::mem::take(&mut self.data),
+            });
+        }
+        self.event = None;
+        self.has_data = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out).unwrap();
+        }
+        p.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn any_split_gives_same_events() {
+        let input = b"event: a\ndata: {\"x\":1}\n\n: ping\r\ndata: line1\r\ndata: line2\r\n\r\ndata: [DONE]\n\n";
+        let whole = parse_all(&[input]);
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].event.as_deref(), Some("a"));
+        assert_eq!(whole[1].data, "line1\nline2");
+        assert_eq!(whole[2].data, "[DONE]");
+        for i in 0..input.len() {
+            for j in i..input.len() {
+                let got = parse_all(&[&input[..i], &input[i..j], &input[j..]]);
+                assert_eq!(got, whole, "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let bytes: Vec<u8> = (0..256)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            let _ = parse_all(&[&bytes]);
+        }
+    }
+}
