@@ -1,1 +1,327 @@
+//! Routing: from a public model name (a route) to the deployment that answers it.
+//!
+//! Today a route tries its deployments in order and fails over on errors that another
+//! deployment can cure (connect, timeout, 5xx, overload, rate limit), but only before the first
+//! event of a response exists: that is the commit point, after which a retry would duplicate
+//! output the client may already hold. Strategies, breakers and retry budgets build on
+//! [`Route::chat`] without changing its contract.
+//!
+//! This crate must never depend on the server or on any wire format.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use relais_core::{
+    ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
+};
+
+/// What a route serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Chat,
+    Embeddings,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// One place a route can send a request: a provider and its name for the model.
+pub struct Deployment {
+    /// `provider/model`, unique within a route; used in headers, logs and metrics.
+    pub id: String,
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+}
+
+/// A public model name and the deployments behind it, in priority order.
+pub struct Route {
+    pub name: String,
+    pub kind: RouteKind,
+    pub deployments: Vec<Deployment>,
+    /// How long one attempt may take to produce its first event before the next is tried.
+    pub first_event_timeout: Duration,
+}
+
+/// One failed attempt, for metrics and logs.
+#[derive(Debug, Clone)]
+pub struct FailedAttempt {
+    pub deployment: usize,
+    pub error: Error,
+    pub elapsed: Duration,
+}
+
+/// A committed response: the deployment that produced its first event, and the stream (first
+/// event included).
+pub struct Routed {
+    pub deployment: usize,
+    pub stream: EventStream,
+    pub failed: Vec<FailedAttempt>,
+    /// Time spent waiting on upstreams until the first event, all attempts included.
+    pub upstream_wait: Duration,
+}
+
+/// The request failed on every deployment it was allowed to try.
+pub struct Exhausted {
+    pub error: Error,
+    pub failed: Vec<FailedAttempt>,
+    pub upstream_wait: Duration,
+}
+
+/// Whether an error before the commit point should move on to the next deployment.
+pub fn should_fail_over(err: &Error) -> bool {
+    err.is_retryable()
+        && matches!(
+            err.kind,
+            ErrorKind::Connect
+                | ErrorKind::Timeout
+                | ErrorKind::Server
+                | ErrorKind::Overloaded
+                | ErrorKind::RateLimited
+                | ErrorKind::Protocol
+        )
+}
+
+impl Route {
+    /// Run a chat request: try deployments in order until one produces a first event.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<Routed, Exhausted> {
+        let mut failed = Vec::new();
+        let mut waited = Duration::ZERO;
+        for (i, d) in self.deployments.iter().enumerate() {
+            let start = Instant::now();
+            let outcome = tokio::time::timeout(self.first_event_timeout, async {
+                let mut stream = d.provider.chat(&d.model, req).await?;
+                match stream.next().await {
+                    Some(Ok(first)) => {
+                        let rest = futures_util::stream::once(async move { Ok(first) })
+                            .chain(stream);
+                        Ok(Box::pin(rest) as EventStream)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::upstream(
+                        ErrorKind::Protocol,
+                        "upstream closed the response without any event",
+                    )),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::upstream(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no response from upstream within {} ms",
+                        self.first_event_timeout.as_millis()
+                    ),
+                ))
+            });
+            let elapsed = start.elapsed();
+            waited += elapsed;
+            match outcome {
+                Ok(stream) => {
+                    return Ok(Routed {
+                        deployment: i,
+                        stream,
+                        failed,
+                        upstream_wait: waited,
+                    });
+                }
+                Err(error) => {
+                    let next = should_fail_over(&error) && i + 1 < self.deployments.len();
+                    tracing::debug!(
+                        route = %self.name,
+                        deployment = %d.id,
+                        class = error.kind.as_str(),
+                        fail_over = next,
+                        "attempt failed"
+                    );
+                    failed.push(FailedAttempt {
+                        deployment: i,
+                        error: error.clone(),
+                        elapsed,
+                    });
+                    if !next {
+                        return Err(Exhausted {
+                            error,
+                            failed,
+                            upstream_wait: waited,
+                        });
+                    }
+                }
+            }
+        }
+        Err(Exhausted {
+            error: Error::internal(format!("route '{}' has no deployments", self.name)),
+            failed,
+            upstream_wait: waited,
+        })
+    }
+
+    /// Run an embeddings request with the same failover rule.
+    pub async fn embed(
+        &self,
+        req: &EmbedRequest,
+    ) -> Result<(usize, EmbedResponse, Vec<FailedAttempt>, Duration), Exhausted> {
+        let mut failed = Vec::new();
+        let mut waited = Duration::ZERO;
+        for (i, d) in self.deployments.iter().enumerate() {
+            let start = Instant::now();
+            let outcome = d.provider.embed(&d.model, req).await;
+            let elapsed = start.elapsed();
+            waited += elapsed;
+            match outcome {
+                Ok(resp) => return Ok((i, resp, failed, waited)),
+                Err(error) => {
+                    let next = should_fail_over(&error) && i + 1 < self.deployments.len();
+                    failed.push(FailedAttempt {
+                        deployment: i,
+                        error: error.clone(),
+                        elapsed,
+                    });
+                    if !next {
+                        return Err(Exhausted {
+                            error,
+                            failed,
+                            upstream_wait: waited,
+                        });
+                    }
+                }
+            }
+        }
+        Err(Exhausted {
+            error: Error::internal(format!("route '{}' has no deployments", self.name)),
+            failed,
+            upstream_wait: waited,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relais_core::{BoxFuture, StreamEvent};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A provider scripted with one outcome per call.
+    struct Scripted {
+        outcomes: Vec<Result<Vec<Result<StreamEvent, Error>>, Error>>,
+        calls: AtomicUsize,
+    }
+
+    impl Provider for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+        fn chat<'a>(
+            &'a self,
+            _model: &'a str,
+            _request: &'a ChatRequest,
+        ) -> BoxFuture<'a, Result<EventStream, Error>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.outcomes[n.min(self.outcomes.len() - 1)].clone();
+            Box::pin(async move {
+                outcome.map(|events| Box::pin(futures_util::stream::iter(events)) as EventStream)
+            })
+        }
+        fn embed<'a>(
+            &'a self,
+            _model: &'a str,
+            _request: &'a EmbedRequest,
+        ) -> BoxFuture<'a, Result<EmbedResponse, Error>> {
+            Box::pin(async { Err(Error::unsupported("no embeddings")) })
+        }
+    }
+
+    fn route(providers: Vec<Arc<Scripted>>) -> Route {
+        Route {
+            name: "r".into(),
+            kind: RouteKind::Chat,
+            deployments: providers
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| Deployment {
+                    id: format!("p{i}/m"),
+                    provider_name: format!("p{i}"),
+                    provider: p,
+                    model: "m".into(),
+                })
+                .collect(),
+            first_event_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn ok_events() -> Vec<Result<StreamEvent, Error>> {
+        vec![
+            Ok(StreamEvent::TextDelta("hi".into())),
+            Ok(StreamEvent::Finish(relais_core::FinishReason::Stop)),
+        ]
+    }
+
+    fn scripted(outcomes: Vec<Result<Vec<Result<StreamEvent, Error>>, Error>>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            outcomes,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn fails_over_on_server_error_before_first_event() {
+        let a = scripted(vec![Err(Error::upstream(ErrorKind::Server, "boom"))]);
+        let b = scripted(vec![Ok(ok_events())]);
+        let r = route(vec![a.clone(), b.clone()]);
+        let routed = r.chat(&ChatRequest::default()).await.ok().unwrap();
+        assert_eq!(routed.deployment, 1);
+        assert_eq!(routed.failed.len(), 1);
+        let events: Vec<_> = routed.stream.collect().await;
+        assert_eq!(events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn error_as_first_stream_item_still_fails_over() {
+        let a = scripted(vec![Ok(vec![Err(Error::upstream(ErrorKind::Protocol, "cut")
+            .with_retry(relais_core::Retry::Yes))])]);
+        let b = scripted(vec![Ok(ok_events())]);
+        let routed = route(vec![a, b]).chat(&ChatRequest::default()).await.ok().unwrap();
+        assert_eq!(routed.deployment, 1);
+    }
+
+    #[tokio::test]
+    async fn client_errors_do_not_fail_over() {
+        let a = scripted(vec![Err(Error::upstream(ErrorKind::BadRequest, "bad"))]);
+        let b = scripted(vec![Ok(ok_events())]);
+        let r = route(vec![a, b.clone()]);
+        let err = r.chat(&ChatRequest::default()).await.err().unwrap();
+        assert_eq!(err.error.kind, ErrorKind::BadRequest);
+        assert_eq!(b.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn errors_after_first_event_are_not_retried() {
+        let a = scripted(vec![Ok(vec![
+            Ok(StreamEvent::TextDelta("partial".into())),
+            Err(Error::upstream(ErrorKind::Protocol, "cut").with_retry(relais_core::Retry::Yes)),
+        ])]);
+        let b = scripted(vec![Ok(ok_events())]);
+        let r = route(vec![a, b.clone()]);
+        let routed = r.chat(&ChatRequest::default()).await.ok().unwrap();
+        assert_eq!(routed.deployment, 0);
+        let events: Vec<_> = routed.stream.collect().await;
+        assert!(events[1].is_err());
+        assert_eq!(b.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn all_failing_returns_last_error() {
+        let a = scripted(vec![Err(Error::upstream(ErrorKind::RateLimited, "slow down"))]);
+        let b = scripted(vec![Err(Error::upstream(ErrorKind::Overloaded, "busy"))]);
+        let err = route(vec![a, b]).chat(&ChatRequest::default()).await.err().unwrap();
+        assert_eq!(err.error.kind, ErrorKind::Overloaded);
+        assert_eq!(err.failed.len(), 2);
+    }
+}
