@@ -1,0 +1,693 @@
+//! The HTTP surface: authentication, body limits, dialect decoding, routing, and rendering of
+//! answers, streams and errors. Every path of the pipeline in DESIGN.md §1 runs through here once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use relais_core::{Collector, Error, ErrorKind, EventStream, Side, StreamEvent, Usage};
+use relais_dialects::openai;
+use relais_router::{FailedAttempt, Route, RouteKind};
+use tokio::sync::watch;
+
+use crate::config::{ClientKey, Runtime};
+use crate::metrics::{Global, Series};
+
+/// A route with its metric series, one per deployment, built once per config.
+pub struct RouteEntry {
+    pub route: Arc<Route>,
+    pub series: Vec<Arc<Series>>,
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    pub runtime: Runtime,
+    pub entries: BTreeMap<String, RouteEntry>,
+    pub global: Global,
+    pub draining: AtomicBool,
+    /// Flipped to true at the drain deadline: open streams end with an error event.
+    pub abort_streams: watch::Receiver<bool>,
+    pub started_at: u64,
+}
+
+impl AppState {
+    pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
+        let entries = runtime
+            .routes
+            .iter()
+            .map(|(name, route)| {
+                let series = route
+                    .deployments
+                    .iter()
+                    .map(|d| Arc::new(Series::new(name, &d.id, &d.provider_name)))
+                    .collect();
+                (
+                    name.clone(),
+                    RouteEntry {
+                        route: route.clone(),
+                        series,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            runtime,
+            entries,
+            global: Global::default(),
+            draining: AtomicBool::new(false),
+            abort_streams,
+            started_at: unix_now(),
+        }
+    }
+
+    /// All metric series, for `/metrics`.
+    pub fn series(&self) -> impl Iterator<Item = &Series> + Clone {
+        self.entries.values().flat_map(|e| e.series.iter().map(|s| &**s))
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&ClientKey>, Error> {
+        if self.runtime.keys.is_empty() {
+            return Ok(None);
+        }
+        let presented = bearer(headers)
+            .or_else(|| header_str(headers, "api-key"))
+            .or_else(|| header_str(headers, "x-api-key"));
+        let Some(presented) = presented else {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Side::Client,
+                "missing API key: send it as 'Authorization: Bearer <key>'",
+            ));
+        };
+        // Compare against every key so the time taken does not depend on which one matched.
+        let mut found = None;
+        for k in &self.runtime.keys {
+            if constant_time_eq(k.key.expose().as_bytes(), presented.as_bytes()) {
+                found = Some(k);
+            }
+        }
+        found.map(Some).ok_or_else(|| {
+            Error::new(ErrorKind::Auth, Side::Client, "invalid API key")
+        })
+    }
+
+    fn visible(&self, key: Option<&ClientKey>, route: &str) -> bool {
+        match key.and_then(|k| k.routes.as_ref()) {
+            None => true,
+            Some(allowed) => allowed.iter().any(|r| r == route),
+        }
+    }
+
+    fn entry(&self, key: Option<&ClientKey>, name: &str, kind: RouteKind) -> Result<&RouteEntry, Error> {
+        let entry = self
+            .entries
+            .get(name)
+            .filter(|_| self.visible(key, name))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    Side::Client,
+                    format!("The model '{name}' does not exist or you do not have access to it."),
+                )
+                .with_param("model")
+            })?;
+        if entry.route.kind != kind {
+            return Err(Error::bad_request(format!(
+                "the model '{name}' serves {}, not {}",
+                entry.route.kind.as_str(),
+                kind.as_str()
+            ))
+            .with_param("model"));
+        }
+        Ok(entry)
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = header_str(headers, "authorization")?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The client's `x-request-id` when it is sane, otherwise a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    match header_str(headers, "x-request-id") {
+        Some(id) if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_owned(),
+        _ => format!("{:032x}", fastrand::u128(..)),
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+        .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+}
+
+/// Per-request bookkeeping that ends in the response headers.
+struct Ctx {
+    start: Instant,
+    id: String,
+}
+
+impl Ctx {
+    fn new(headers: &HeaderMap) -> Self {
+        Self {
+            start: Instant::now(),
+            id: request_id(headers),
+        }
+    }
+
+    fn headers(&self, resp: &mut Response, upstream: Duration) {
+        let overhead = self.start.elapsed().saturating_sub(upstream);
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.id) {
+            h.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+            h.insert(HeaderName::from_static("x-relais-overhead-ms"), v);
+        }
+    }
+
+    fn error(&self, err: &Error, upstream: Duration) -> Response {
+        let status = StatusCode::from_u16(openai::error_status(err))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, openai::error_body(err)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            HeaderName::from_static("x-relais-error-class"),
+            HeaderValue::from_static(err.kind.as_str()),
+        );
+        if let Some(after) = err.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                h.insert(header::RETRY_AFTER, v);
+            }
+        }
+        self.headers(&mut resp, upstream);
+        resp
+    }
+}
+
+/// Read the body up to `limit`, refusing early when `content-length` already says too much.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            Side::Client,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Error::bad_request("could not read the request body"))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn record_failed(entry: &RouteEntry, failed: &[FailedAttempt]) {
+    for f in failed {
+        if let Some(s) = entry.series.get(f.deployment) {
+            s.failed_attempt(f.error.kind);
+        }
+    }
+}
+
+fn log_error(route: &str, id: &str, err: &Error) {
+    if err.side == Side::Client {
+        tracing::debug!(request_id = id, route, class = err.kind.as_str(), "request refused");
+    } else {
+        tracing::warn!(
+            request_id = id,
+            route,
+            class = err.kind.as_str(),
+            upstream_status = err.upstream_status,
+            message = %err.message,
+            "request failed"
+        );
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct Inflight(Arc<AppState>);
+
+impl Inflight {
+    fn new(app: &Arc<AppState>) -> Self {
+        app.global.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(app.clone())
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.global.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn chat(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    chat_with(app, headers, body, None).await
+}
+
+async fn azure_chat(
+    State(app): State<Arc<AppState>>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat_with(app, headers, body, Some(deployment)).await
+}
+
+async fn chat_with(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    model: Option<String>,
+) -> Response {
+    let ctx = Ctx::new(&headers);
+    let admitted = async {
+        if app.draining.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Unavailable, Side::Gateway, "gateway is shutting down"));
+        }
+        let key = app.authenticate(&headers)?;
+        let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
+        let mut req = openai::parse_chat(&bytes)?;
+        if let Some(m) = &model {
+            req.model.clone_from(m);
+        }
+        app.entry(key, &req.model, RouteKind::Chat)?;
+        Ok(req)
+    }
+    .await;
+    let req = match admitted {
+        Ok(r) => r,
+        Err(e) => {
+            app.global.rejected(e.kind);
+            log_error("", &ctx.id, &e);
+            return ctx.error(&e, Duration::ZERO);
+        }
+    };
+    let Some(entry) = app.entries.get(&req.model) else {
+        return ctx.error(&Error::internal("route vanished"), Duration::ZERO);
+    };
+    let inflight = Inflight::new(&app);
+    let routed = match entry.route.chat(&req).await {
+        Ok(r) => r,
+        Err(ex) => {
+            record_failed(entry, &ex.failed);
+            if let Some(last) = ex.failed.last().and_then(|f| entry.series.get(f.deployment)) {
+                last.error(ex.error.kind);
+                last.duration.observe(ctx.start.elapsed());
+            }
+            log_error(&req.model, &ctx.id, &ex.error);
+            return ctx.error(&ex.error, ex.upstream_wait);
+        }
+    };
+    record_failed(entry, &routed.failed);
+    let Some(series) = entry.series.get(routed.deployment).cloned() else {
+        return ctx.error(&Error::internal("deployment vanished"), Duration::ZERO);
+    };
+    series.ttft.observe(ctx.start.elapsed());
+    let deployment = &entry.route.deployments[routed.deployment];
+    let response_id = format!("chatcmpl-{}", ctx.id);
+    let created = unix_now();
+    let mut resp = if req.stream {
+        let encoder = openai::ChatStreamEncoder::new(
+            response_id,
+            req.model.clone(),
+            created,
+            req.stream_include_usage,
+        );
+        let guard = StreamGuard {
+            series,
+            start: ctx.start,
+            usage: None,
+            finished: false,
+            _inflight: inflight,
+        };
+        let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
+        let mut resp = Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        ctx.headers(&mut resp, routed.upstream_wait);
+        resp
+    } else {
+        let collect_start = Instant::now();
+        let collected = collect(routed.stream).await;
+        let upstream = routed.upstream_wait + collect_start.elapsed();
+        drop(inflight);
+        series.duration.observe(ctx.start.elapsed());
+        match collected {
+            Ok(r) => {
+                series.ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(u) = &r.usage {
+                    series.tokens(u);
+                }
+                let body = openai::render_chat(&r, &response_id, &req.model, created);
+                let mut resp = Response::new(Body::from(body));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                ctx.headers(&mut resp, upstream);
+                resp
+            }
+            Err(e) => {
+                series.error(e.kind);
+                log_error(&req.model, &ctx.id, &e);
+                return ctx.error(&e, upstream);
+            }
+        }
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&deployment.id) {
+        h.insert(HeaderName::from_static("x-relais-deployment"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&(routed.failed.len() + 1).to_string()) {
+        h.insert(HeaderName::from_static("x-relais-attempts"), v);
+    }
+    resp
+}
+
+async fn collect(mut stream: EventStream) -> Result<relais_core::ChatResponse, Error> {
+    let mut c = Collector::new();
+    while let Some(ev) = stream.next().await {
+        c.push(&ev?)?;
+    }
+    Ok(c.finish())
+}
+
+/// Records the outcome of a stream when it ends, however it ends (a client that disconnects
+/// drops the body, and with it this guard and the upstream request).
+struct StreamGuard {
+    series: Arc<Series>,
+    start: Instant,
+    usage: Option<Usage>,
+    finished: bool,
+    _inflight: Inflight,
+}
+
+impl StreamGuard {
+    fn observe(&mut self, ev: &StreamEvent) {
+        if let StreamEvent::Usage(u) = ev {
+            match &mut self.usage {
+                Some(x) => x.merge(u),
+                None => self.usage = Some(*u),
+            }
+        }
+    }
+
+    fn end(&mut self, err: Option<&Error>) {
+        self.finished = true;
+        match err {
+            None => {
+                self.series.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(e) => self.series.error(e.kind),
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.series.canceled.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(u) = &self.usage {
+            self.series.tokens(u);
+        }
+        self.series.duration.observe(self.start.elapsed());
+    }
+}
+
+async fn aborted(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+struct BodyState {
+    stream: EventStream,
+    encoder: openai::ChatStreamEncoder,
+    guard: StreamGuard,
+    abort: watch::Receiver<bool>,
+    done: bool,
+}
+
+/// Encode events as SSE as they arrive: one frame out per event in, no buffering.
+fn stream_body(
+    stream: EventStream,
+    encoder: openai::ChatStreamEncoder,
+    guard: StreamGuard,
+    abort: watch::Receiver<bool>,
+) -> Body {
+    let state = BodyState {
+        stream,
+        encoder,
+        guard,
+        abort,
+        done: false,
+    };
+    let frames = futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = aborted(&mut st.abort) => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    Side::Gateway,
+                    "gateway is shutting down; the stream was cut at the drain deadline",
+                )),
+                item = st.stream.next() => Ok(item),
+            };
+            match next {
+                Ok(Some(Ok(ev))) => {
+                    st.guard.observe(&ev);
+                    st.encoder.event(&ev, &mut out);
+                    if !out.is_empty() {
+                        return Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), st));
+                    }
+                }
+                Ok(None) => {
+                    st.encoder.end(&mut out);
+                    st.guard.end(None);
+                    st.done = true;
+                    return Some((Ok(Bytes::from(out)), st));
+                }
+                Ok(Some(Err(e))) | Err(e) => {
+                    tracing::warn!(class = e.kind.as_str(), message = %e.message, "stream failed after the first event");
+                    st.encoder.error(&e, &mut out);
+                    st.guard.end(Some(&e));
+                    st.done = true;
+                    return Some((Ok(Bytes::from(out)), st));
+                }
+            }
+        }
+    });
+    Body::from_stream(frames)
+}
+
+async fn embeddings(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    embeddings_with(app, headers, body, None).await
+}
+
+async fn azure_embeddings(
+    State(app): State<Arc<AppState>>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    embeddings_with(app, headers, body, Some(deployment)).await
+}
+
+async fn embeddings_with(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    model: Option<String>,
+) -> Response {
+    let ctx = Ctx::new(&headers);
+    let admitted = async {
+        if app.draining.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Unavailable, Side::Gateway, "gateway is shutting down"));
+        }
+        let key = app.authenticate(&headers)?;
+        let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
+        let (mut req, base64) = openai::parse_embeddings(&bytes)?;
+        if let Some(m) = &model {
+            req.model.clone_from(m);
+        }
+        app.entry(key, &req.model, RouteKind::Embeddings)?;
+        Ok((req, base64))
+    }
+    .await;
+    let (req, base64) = match admitted {
+        Ok(r) => r,
+        Err(e) => {
+            app.global.rejected(e.kind);
+            return ctx.error(&e, Duration::ZERO);
+        }
+    };
+    let Some(entry) = app.entries.get(&req.model) else {
+        return ctx.error(&Error::internal("route vanished"), Duration::ZERO);
+    };
+    let _inflight = Inflight::new(&app);
+    match entry.route.embed(&req).await {
+        Ok((i, resp, failed, waited)) => {
+            record_failed(entry, &failed);
+            if let Some(s) = entry.series.get(i) {
+                s.ok.fetch_add(1, Ordering::Relaxed);
+                s.tokens(&resp.usage);
+                s.duration.observe(ctx.start.elapsed());
+            }
+            let body = openai::render_embeddings(&resp, &req.model, base64);
+            let mut out = Response::new(Body::from(body));
+            out.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            ctx.headers(&mut out, waited);
+            out
+        }
+        Err(ex) => {
+            record_failed(entry, &ex.failed);
+            if let Some(last) = ex.failed.last().and_then(|f| entry.series.get(f.deployment)) {
+                last.error(ex.error.kind);
+            }
+            log_error(&req.model, &ctx.id, &ex.error);
+            ctx.error(&ex.error, ex.upstream_wait)
+        }
+    }
+}
+
+async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let ctx = Ctx::new(&headers);
+    let key = match app.authenticate(&headers) {
+        Ok(k) => k,
+        Err(e) => {
+            app.global.rejected(e.kind);
+            return ctx.error(&e, Duration::ZERO);
+        }
+    };
+    let list: Vec<openai::ModelEntry> = app
+        .entries
+        .iter()
+        .filter(|(name, _)| app.visible(key, name))
+        .map(|(name, e)| {
+            let primary = e.route.deployments.first();
+            let info = primary
+                .map(|d| d.provider.model_info(&d.model))
+                .unwrap_or_default();
+            let mut details = serde_json::Map::new();
+            details.insert("kind".into(), e.route.kind.as_str().into());
+            if let Some(ctx_len) = info.context_length {
+                details.insert("context_length".into(), ctx_len.into());
+            }
+            details.extend(info.details);
+            openai::ModelEntry {
+                id: name.clone(),
+                object: "model",
+                created: app.started_at,
+                owned_by: info.owned_by,
+                details,
+            }
+        })
+        .collect();
+    let mut resp = Response::new(Body::from(openai::render_models(&list)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    ctx.headers(&mut resp, Duration::ZERO);
+    resp
+}
+
+async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"draining"}"#,
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let body = crate::metrics::render(&app.global, app.series());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn unknown_path(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let ctx = Ctx::new(&headers);
+    let err = Error::new(
+        ErrorKind::NotFound,
+        Side::Client,
+        format!("unknown path: {method} {}", uri.path()),
+    )
+    .with_code("unknown_url");
+    ctx.error(&err, Duration::ZERO)
+}
+
+async fn wrong_method(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let ctx = Ctx::new(&headers);
+    let err = Error::bad_request(format!("method {method} is not allowed on {}", uri.path()))
+        .with_code("method_not_allowed");
+    let mut resp = ctx.error(&err, Duration::ZERO);
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}

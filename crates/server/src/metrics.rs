@@ -1,0 +1,222 @@
+//! Prometheus metrics with no locks on the request path: every (route, deployment) series is
+//! created when the config is built, and requests only touch atomics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use relais_core::{ErrorKind, Usage};
+
+const KINDS: usize = ErrorKind::ALL.len();
+
+/// Latency bucket bounds in seconds: from sub-millisecond gateway work to multi-minute streams.
+const BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Everything measured for one deployment of one route.
+pub struct Series {
+    route: String,
+    deployment: String,
+    provider: String,
+    pub ok: AtomicU64,
+    errors: [AtomicU64; KINDS],
+    failed_attempts: [AtomicU64; KINDS],
+    pub canceled: AtomicU64,
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    tokens: [AtomicU64; 5],
+}
+
+impl Series {
+    pub fn new(route: &str, deployment: &str, provider: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            deployment: deployment.to_owned(),
+            provider: provider.to_owned(),
+            ok: AtomicU64::new(0),
+            errors: Default::default(),
+            failed_attempts: Default::default(),
+            canceled: AtomicU64::new(0),
+            duration: Histogram::default(),
+            ttft: Histogram::default(),
+            tokens: Default::default(),
+        }
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failed_attempt(&self, kind: ErrorKind) {
+        self.failed_attempts[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tokens(&self, u: &Usage) {
+        for (i, n) in [
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if n > 0 {
+                self.tokens[i].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn labels(&self) -> String {
+        format!(
+            "route=\"{}\",deployment=\"{}\",provider=\"{}\"",
+            escape(&self.route),
+            escape(&self.deployment),
+            escape(&self.provider)
+        )
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Process-wide counters that do not belong to a route.
+#[derive(Default)]
+pub struct Global {
+    pub inflight: AtomicI64,
+    /// Requests refused before reaching a route (bad input, auth, unknown route), by class.
+    rejected: [AtomicU64; KINDS],
+}
+
+impl Global {
+    pub fn rejected(&self, kind: ErrorKind) {
+        self.rejected[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Render the Prometheus text exposition format.
+pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Clone) -> String {
+    let mut out = String::with_capacity(8192);
+    out.push_str("# HELP relais_inflight_requests Requests being served now.\n");
+    out.push_str("# TYPE relais_inflight_requests gauge\n");
+    let _ = writeln!(
+        out,
+        "relais_inflight_requests {}",
+        global.inflight.load(Ordering::Relaxed)
+    );
+    out.push_str("# HELP relais_rejected_total Requests refused before routing, by error class.\n");
+    out.push_str("# TYPE relais_rejected_total counter\n");
+    for k in ErrorKind::ALL {
+        let n = global.rejected[k.index()].load(Ordering::Relaxed);
+        if n > 0 {
+            let _ = writeln!(out, "relais_rejected_total{{class=\"{}\"}} {n}", k.as_str());
+        }
+    }
+    out.push_str("# HELP relais_requests_total Routed requests by outcome (ok, error class, canceled).\n");
+    out.push_str("# TYPE relais_requests_total counter\n");
+    for s in series.clone() {
+        let l = s.labels();
+        let _ = writeln!(out, "relais_requests_total{{{l},outcome=\"ok\"}} {}", s.ok.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "relais_requests_total{{{l},outcome=\"canceled\"}} {}",
+            s.canceled.load(Ordering::Relaxed)
+        );
+        for k in ErrorKind::ALL {
+            let n = s.errors[k.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "relais_requests_total{{{l},outcome=\"{}\"}} {n}", k.as_str());
+            }
+        }
+    }
+    out.push_str("# HELP relais_errors_total Failed requests by error class.\n");
+    out.push_str("# TYPE relais_errors_total counter\n");
+    for s in series.clone() {
+        let l = s.labels();
+        for k in ErrorKind::ALL {
+            let n = s.errors[k.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "relais_errors_total{{{l},class=\"{}\"}} {n}", k.as_str());
+            }
+        }
+    }
+    out.push_str("# HELP relais_failed_attempts_total Upstream attempts that failed and were failed over or returned, by class.\n");
+    out.push_str("# TYPE relais_failed_attempts_total counter\n");
+    for s in series.clone() {
+        let l = s.labels();
+        for k in ErrorKind::ALL {
+            let n = s.failed_attempts[k.index()].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "relais_failed_attempts_total{{{l},class=\"{}\"}} {n}",
+                    k.as_str()
+                );
+            }
+        }
+    }
+    out.push_str("# HELP relais_tokens_total Tokens by kind, as reported by the upstream.\n");
+    out.push_str("# TYPE relais_tokens_total counter\n");
+    for s in series.clone() {
+        let l = s.labels();
+        for (i, kind) in ["input", "output", "cache_read", "cache_write", "reasoning"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "relais_tokens_total{{{l},kind=\"{kind}\"}} {}",
+                s.tokens[i].load(Ordering::Relaxed)
+            );
+        }
+    }
+    out.push_str("# HELP relais_request_duration_seconds Whole request time, upstream included.\n");
+    out.push_str("# TYPE relais_request_duration_seconds histogram\n");
+    for s in series.clone() {
+        s.duration.render(&mut out, "relais_request_duration_seconds", &s.labels());
+    }
+    out.push_str("# HELP relais_time_to_first_token_seconds Time until the first event of a response.\n");
+    out.push_str("# TYPE relais_time_to_first_token_seconds histogram\n");
+    for s in series {
+        s.ttft.render(&mut out, "relais_time_to_first_token_seconds", &s.labels());
+    }
+    out
+}
