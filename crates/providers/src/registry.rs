@@ -34,3 +34,37 @@ pub fn build_provider(
         ProviderConfig::Azure(c) => azure::build(c, http),
     }
 }
+
+impl ProviderConfig {
+    /// One line describing the provider for `relais check`, secrets masked.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::OpenaiCompat(c) => {
+                let base = c
+                    .base_url
+                    .as_ref()
+                    .map(|b| b.0.clone())
+                    .or_else(|| c.preset.map(|p| p.default_base_url().to_owned()))
+                    .unwrap_or_default();
+                let mut s = format!("base_url={base}");
+                if let Some(p) = c.preset {
+                    s.push_str(&format!(" preset={p:?}").to_lowercase());
+                }
+                if let Some(k) = &c.api_key {
+                    s.push_str(&format!(" api_key={}", k.masked()));
+                }
+                for (h, v) in &c.headers {
+                    s.push_str(&format!(" header[{h}]={}", v.masked()));
+                }
+                s
+            }
+            Self::Azure(c) => format!(
+                "endpoint={} api_style={:?} api_version={} api_key={}",
+                c.endpoint.0,
+                c.api_style,
+                c.api_version.as_ref().map_or("(default)", |v| v.0.as_str()),
+                c.api_key.masked()
+            ),
+        }
+    }
+}

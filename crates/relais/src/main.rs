@@ -1,1 +1,195 @@
-fn main() {}
+//! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`.
+
+#![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
+
+mod chat;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use relais_server::config::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "relais", version, about = "An AI gateway: every vendor one config line away")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (TOML). Default: $RELAIS_CONFIG, then ./relais.toml, then built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `server.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate a config file and print the resolved routes, secrets masked.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Stream an answer from a running gateway to the terminal.
+    Chat(chat::ChatArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen } => serve(config, listen),
+        Command::Check { config } => check(config),
+        Command::Chat(args) => chat::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relais: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Which config file to use, if any.
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit
+        .or_else(|| std::env::var_os("RELAIS_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from("relais.toml");
+            p.exists().then_some(p)
+        })
+}
+
+fn load(path: Option<&Path>) -> Result<(config::RawConfig, String, String)> {
+    match path {
+        Some(p) => {
+            let (raw, source) = config::load(p).map_err(|e| anyhow!(e))?;
+            Ok((raw, source, p.display().to_string()))
+        }
+        None => {
+            let source = String::new();
+            let raw = config::parse(&source, "(defaults)").map_err(|e| anyhow!(e))?;
+            Ok((raw, source, "(built-in defaults)".to_owned()))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("RELAIS_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => {
+            let _ = registry
+                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                .try_init();
+        }
+        LogFormat::Text => {
+            let _ = registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init();
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
+    let path = config_path(config);
+    let (mut raw, source, origin) = load(path.as_deref())?;
+    if let Some(l) = listen {
+        raw.server.listen = l;
+    }
+    init_logging(raw.server.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let runtime = config::build(&raw, &source, &origin).map_err(|e| anyhow!(e))?;
+        if runtime.routes.is_empty() {
+            tracing::warn!(
+                config = %origin,
+                "no routes configured: every request will get model_not_found; see examples/"
+            );
+        }
+        if runtime.keys.is_empty() && !runtime.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %runtime.listen,
+                "no client keys configured and listening beyond loopback: anyone who can reach this port can spend your vendor credit"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(runtime.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", runtime.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, config = %origin, routes = runtime.routes.len(), "relais listening");
+        relais_server::serve(runtime, listener, shutdown_signal()).await?;
+        tracing::info!("relais stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn check(config: Option<PathBuf>) -> Result<()> {
+    let path = config_path(config);
+    let (raw, source, origin) = load(path.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let runtime = rt.block_on(async { config::build(&raw, &source, &origin) });
+    let runtime = runtime.map_err(|e| anyhow!(e))?;
+    println!("config OK: {origin}");
+    println!("listen: {}", runtime.listen);
+    println!("providers:");
+    for (name, p) in &raw.providers {
+        println!("  {name} ({}): {}", p.kind(), p.summary());
+    }
+    println!("routes:");
+    for (name, r) in &runtime.routes {
+        let chain: Vec<&str> = r.deployments.iter().map(|d| d.id.as_str()).collect();
+        println!("  {name} ({}): {}", r.kind.as_str(), chain.join(" -> "));
+        for d in &r.deployments {
+            let info = d.provider.model_info(&d.model);
+            if !info.details.is_empty() {
+                println!("    {}: {}", d.id, serde_json::Value::Object(info.details));
+            }
+        }
+    }
+    if runtime.keys.is_empty() {
+        println!("auth: open (no client keys)");
+    } else {
+        println!("auth: {} client key(s)", runtime.keys.len());
+        for k in &runtime.keys {
+            let routes = k.routes.as_ref().map_or("all routes".to_owned(), |r| r.join(", "));
+            println!("  {} ({}): {routes}", k.name, k.key.masked());
+        }
+    }
+    Ok(())
+}

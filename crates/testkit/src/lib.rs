@@ -1,1 +1,489 @@
+//! Test kit: a fault-injecting mock vendor that speaks the OpenAI and Azure OpenAI wire formats
+//! over loopback, and records what it received.
+//!
+//! Faults are queued through a control API (`POST /_mock/faults`) or [`MockServer::push_fault`]:
+//! status codes with `retry-after`, delays before headers and between chunks, a connection closed
+//! before any answer, a stream cut after N chunks, malformed JSON, a slow drip of bytes.
+//! Answers are deterministic functions of the request, so tests can predict them.
+//!
+//! This crate is test support: it is never linked into the gateway.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a poisoned mutex or a failed bind should abort the test"
+)]
+
+mod behaviour;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub use behaviour::{Reply, prompt_tokens, reply_for};
+
+/// One injected fault, applied to the next `times` requests whose model matches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fault {
+    /// Only requests for this model (or Azure deployment); any when absent.
+    pub model: Option<String>,
+    /// How many requests it applies to; 0 means every request until cleared. Default 1.
+    pub times: Option<u32>,
+    /// Answer with this status (and `body`, or an OpenAI-shaped error).
+    pub status: Option<u16>,
+    pub body: Option<String>,
+    pub retry_after: Option<String>,
+    /// Wait before sending headers.
+    pub delay_ms: Option<u64>,
+    /// Wait between stream chunks (or drip pieces).
+    pub chunk_delay_ms: Option<u64>,
+    /// Close the connection without answering.
+    pub close_before_headers: bool,
+    /// Streams: break the connection after this many SSE frames.
+    pub cut_after_chunks: Option<usize>,
+    /// Send invalid JSON (whole body, or one SSE frame).
+    pub malformed: bool,
+    /// Send the body in pieces of this many bytes.
+    pub drip_bytes: Option<usize>,
+}
+
+/// A request the mock received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct MockState {
+    faults: Mutex<Vec<Fault>>,
+    requests: Mutex<Vec<Recorded>>,
+    api_key: Option<String>,
+}
+
+impl MockState {
+    fn take_fault(&self, model: &str) -> Option<Fault> {
+        let mut faults = self.faults.lock().unwrap();
+        let pos = faults
+            .iter()
+            .position(|f| f.model.as_deref().is_none_or(|m| m == model))?;
+        let f = faults[pos].clone();
+        match f.times.unwrap_or(1) {
+            0 => {}
+            1 => {
+                faults.remove(pos);
+            }
+            n => faults[pos].times = Some(n - 1),
+        }
+        Some(f)
+    }
+}
+
+/// Closes the current connection when notified.
+#[derive(Clone)]
+struct Killer(Arc<Notify>);
+
+/// A running mock vendor on 127.0.0.1.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Start on an ephemeral loopback port; `api_key`, when set, is required like a vendor would.
+    pub async fn start(api_key: Option<&str>) -> Self {
+        Self::bind("127.0.0.1:0".parse().unwrap(), api_key).await
+    }
+
+    pub async fn bind(addr: SocketAddr, api_key: Option<&str>) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind mock");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState {
+            api_key: api_key.map(str::to_owned),
+            ..MockState::default()
+        });
+        let app = app(state.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let kill = Arc::new(Notify::new());
+                let svc = TowerToHyperService::new(app.clone().layer(Extension(Killer(kill.clone()))));
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = kill.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        self.state.faults.lock().unwrap().push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state.requests.lock().unwrap().clear();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn app(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/v1/models", get(models))
+        .route("/openai/v1/chat/completions", post(azure_v1_chat))
+        .route("/openai/v1/embeddings", post(azure_v1_embeddings))
+        .route("/openai/deployments/{dep}/chat/completions", post(azure_chat))
+        .route("/openai/deployments/{dep}/embeddings", post(azure_embeddings))
+        .route("/_mock/faults", post(add_fault).delete(clear_faults))
+        .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .route("/_mock/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> StatusCode {
+    s.faults.lock().unwrap().push(f);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(s): State<Arc<MockState>>) -> StatusCode {
+    s.faults.lock().unwrap().clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn list_requests(State(s): State<Arc<MockState>>) -> Json<Vec<Recorded>> {
+    Json(s.requests.lock().unwrap().clone())
+}
+
+async fn clear_requests(State(s): State<Arc<MockState>>) -> StatusCode {
+    s.requests.lock().unwrap().clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn models() -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+}
+
+fn error_json(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string(),
+    )
+        .into_response()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    OpenAi,
+    Azure,
+}
+
+/// Shared front half of every endpoint: record, authenticate, apply faults.
+async fn admit(
+    s: &MockState,
+    killer: &Killer,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    auth: Auth,
+    model_from_path: Option<&str>,
+) -> Result<(Value, Option<Fault>), Response> {
+    let body_json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    s.requests.lock().unwrap().push(Recorded {
+        method: "POST".into(),
+        path,
+        query: query.clone(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: body_json.clone(),
+    });
+    if body_json.is_null() {
+        return Err(error_json(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error", None));
+    }
+    if let Some(expected) = &s.api_key {
+        let presented = match auth {
+            Auth::Bearer => headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or(""),
+            Auth::ApiKey => headers.get("api-key").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        };
+        if presented != expected {
+            // Like OpenAI, echo the key that was presented: the gateway must redact it.
+            return Err(error_json(
+                StatusCode::UNAUTHORIZED,
+                &format!("Incorrect API key provided: {presented}. You can find your API key in your account settings."),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ));
+        }
+    }
+    if auth == Auth::ApiKey && !query.contains_key("api-version") {
+        return Err(error_json(StatusCode::NOT_FOUND, "Resource not found", "invalid_request_error", Some("404")));
+    }
+    let model = model_from_path
+        .map(str::to_owned)
+        .or_else(|| body_json.get("model").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    let fault = s.take_fault(&model);
+    if let Some(f) = &fault {
+        if let Some(ms) = f.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if f.close_before_headers {
+            killer.0.notify_one();
+            // The connection task drops the connection; this response is never sent.
+            std::future::pending::<()>().await;
+        }
+        if let Some(status) = f.status {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = f.body.clone().unwrap_or_else(|| {
+                json!({"error": {"message": format!("mock fault: HTTP {status}"), "type": "server_error", "param": null, "code": null}}).to_string()
+            });
+            let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Some(ra) = &f.retry_after {
+                if let Ok(v) = ra.parse() {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            return Err(resp);
+        }
+    }
+    Ok((body_json, fault))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Bearer,
+    ApiKey,
+}
+
+async fn openai_chat(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    chat(&s, &k, "/v1/chat/completions".into(), q, &headers, &body, Auth::Bearer, None, Flavor::OpenAi).await
+}
+
+async fn azure_v1_chat(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    chat(&s, &k, "/openai/v1/chat/completions".into(), q, &headers, &body, Auth::Bearer, None, Flavor::Azure).await
+}
+
+async fn azure_chat(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Path(dep): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/openai/deployments/{dep}/chat/completions");
+    chat(&s, &k, path, q, &headers, &body, Auth::ApiKey, Some(&dep), Flavor::Azure).await
+}
+
+#[allow(clippy::too_many_arguments, reason = "one shared implementation behind four routes")]
+async fn chat(
+    s: &MockState,
+    killer: &Killer,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    auth: Auth,
+    dep: Option<&str>,
+    flavor: Flavor,
+) -> Response {
+    let (req, fault) = match admit(s, killer, path, query, headers, body, auth, dep).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let fault = fault.unwrap_or_default();
+    let model = dep
+        .map(str::to_owned)
+        .or_else(|| req.get("model").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "mock-model".into());
+    let reply = reply_for(&req);
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if stream {
+        let include_usage = req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut frames = behaviour::stream_frames(
+            &reply,
+            &model,
+            behaviour::prompt_tokens(&req),
+            include_usage,
+            flavor == Flavor::Azure,
+        );
+        if fault.malformed {
+            frames.insert(frames.len().min(2), "data: {\"choices\": [{\"delta\": {\"content\": \"x\"\n\n".to_owned());
+        }
+        let cut = fault.cut_after_chunks;
+        let delay = fault.chunk_delay_ms.map(Duration::from_millis);
+        let body = futures_util::stream::unfold(
+            (frames.into_iter(), 0usize, false),
+            move |(mut it, n, done)| async move {
+                if done {
+                    return None;
+                }
+                if cut == Some(n) {
+                    // An error from the body makes hyper abort the connection mid-message.
+                    return Some((Err(std::io::Error::other("mock: stream cut")), (it, n, true)));
+                }
+                let frame = it.next()?;
+                if n > 0 {
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                Some((Ok::<_, std::io::Error>(Bytes::from(frame)), (it, n + 1, false)))
+            },
+        );
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+            Body::from_stream(body),
+        )
+            .into_response();
+    }
+    let body = if fault.malformed {
+        "{\"id\": \"chatcmpl-mock\", \"choices\": [".to_owned()
+    } else {
+        behaviour::completion_json(&reply, &model, behaviour::prompt_tokens(&req)).to_string()
+    };
+    drip(body, &fault)
+}
+
+/// Send `body` whole, or in small delayed pieces when the fault asks for a drip.
+fn drip(body: String, fault: &Fault) -> Response {
+    let Some(size) = fault.drip_bytes.filter(|s| *s > 0) else {
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    };
+    let delay = Duration::from_millis(fault.chunk_delay_ms.unwrap_or(5));
+    let pieces: Vec<Bytes> = body
+        .into_bytes()
+        .chunks(size)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+        let p = it.next()?;
+        tokio::time::sleep(delay).await;
+        Some((Ok::<_, Infallible>(p), it))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response()
+}
+
+async fn openai_embeddings(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    embed(&s, &k, "/v1/embeddings".into(), q, &headers, &body, Auth::Bearer, None).await
+}
+
+async fn azure_v1_embeddings(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    embed(&s, &k, "/openai/v1/embeddings".into(), q, &headers, &body, Auth::Bearer, None).await
+}
+
+async fn azure_embeddings(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Path(dep): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/openai/deployments/{dep}/embeddings");
+    embed(&s, &k, path, q, &headers, &body, Auth::ApiKey, Some(&dep)).await
+}
+
+#[allow(clippy::too_many_arguments, reason = "one shared implementation behind three routes")]
+async fn embed(
+    s: &MockState,
+    killer: &Killer,
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    auth: Auth,
+    dep: Option<&str>,
+) -> Response {
+    let (req, fault) = match admit(s, killer, path, query, headers, body, auth, dep).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let fault = fault.unwrap_or_default();
+    if fault.malformed {
+        return ([(header::CONTENT_TYPE, "application/json")], "{\"data\": [").into_response();
+    }
+    drip(behaviour::embeddings_json(&req).to_string(), &fault)
+}

@@ -52,6 +52,10 @@ pub(crate) struct PresetDefaults {
 }
 
 impl Preset {
+    pub fn default_base_url(self) -> &'static str {
+        self.defaults().base_url
+    }
+
     pub(crate) fn defaults(self) -> PresetDefaults {
         let (base_url, max_tokens_field, stream_usage) = match self {
             Self::Openai => (
