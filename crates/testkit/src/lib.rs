@@ -389,6 +389,9 @@ async fn chat(
                     return None;
                 }
                 if cut == Some(n) {
+                    // Let hyper flush the frames already yielded, so the cut lands mid-stream
+                    // rather than before the headers.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
                     // An error from the body makes hyper abort the connection mid-message.
                     return Some((Err(std::io::Error::other("mock: stream cut")), (it, n, true)));
                 }

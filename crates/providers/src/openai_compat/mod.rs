@@ -261,8 +261,11 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
     }
 }
 
+/// Undecodable upstream output. Retryable: when it happens before the first event reached the
+/// client, another deployment can still answer.
 fn protocol(what: &str, e: &serde_json::Error) -> Error {
     Error::upstream(ErrorKind::Protocol, format!("upstream sent invalid {what}: {e}"))
+        .with_retry(relais_core::Retry::Yes)
 }
 
 /// Decode a whole (non-streaming) completion body into events.

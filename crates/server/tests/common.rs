@@ -1,0 +1,142 @@
+//! Shared harness: the mock vendor and a relais server on loopback, both in-process.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::time::Duration;
+
+use relais_testkit::MockServer;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
+pub const AZURE_KEY: &str = "azure-secret-key-0123456789";
+
+pub struct Gateway {
+    pub url: String,
+    pub mock: MockServer,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gateway {
+    /// Start the mock and a gateway whose config is `base` plus `extra`. In the config text,
+    /// `MOCK` stands for the mock's URL.
+    pub async fn start(extra: &str) -> Self {
+        let mock = MockServer::start(Some(UPSTREAM_KEY)).await;
+        Self::start_with(mock, extra).await
+    }
+
+    pub async fn start_with(mock: MockServer, extra: &str) -> Self {
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 65536
+shutdown_grace_secs = 2
+
+[providers.up]
+type = "openai_compat"
+base_url = "MOCK/v1"
+api_key = "{UPSTREAM_KEY}"
+
+[providers.backup]
+type = "openai_compat"
+base_url = "MOCK/v1"
+api_key = "{UPSTREAM_KEY}"
+
+[routes.gpt-4o-mini]
+deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+
+[routes.failover]
+deployments = [{{ provider = "up", model = "primary" }}, {{ provider = "backup", model = "secondary" }}]
+
+[routes.emb]
+kind = "embeddings"
+deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
+{extra}
+"#
+        )
+        .replace("MOCK", &mock.url());
+        let raw = relais_server::config::parse(&text, "test.toml").unwrap();
+        let runtime = relais_server::config::build(&raw, &text, "test.toml").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(relais_server::serve(runtime, listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            url,
+            mock,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        Self::client()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
+        Self::client()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The JSON payloads of an SSE body, `[DONE]` as the string "[DONE]".
+pub fn sse_payloads(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|f| f.strip_prefix("data: "))
+        .map(|d| {
+            if d == "[DONE]" {
+                Value::String("[DONE]".into())
+            } else {
+                serde_json::from_str(d).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// Assert an OpenAI-shaped error body and return its `error` object.
+pub async fn error_of(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    assert!(resp.headers().get("x-request-id").is_some());
+    let v: Value = resp.json().await.unwrap();
+    let e = v.get("error").cloned().expect("error object");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+    assert!(e.get("type").is_some() && e.get("code").is_some() && e.get("param").is_some());
+    e
+}
