@@ -1,0 +1,158 @@
+//! The binary as a user runs it: `check`, `serve` with SIGTERM, `chat`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relais_testkit::{Fault, MockServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_relais");
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("relais.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(mock: &str, port: u16) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace_secs = 10\n\n[providers.up]\ntype = \"openai_compat\"\nbase_url = \"{mock}/v1\"\napi_key = \"${{RELAIS_TEST_UPSTREAM_KEY}}\"\n\n[routes.gpt-4o-mini]\ndeployments = [{{ provider = \"up\", model = \"gpt-4o-mini\" }}]\n"
+    )
+}
+
+#[test]
+fn check_prints_routes_with_secrets_masked() {
+    let path = temp_config("check", &config("http://127.0.0.1:9", 8080));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-very-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("gpt-4o-mini (chat): up/gpt-4o-mini"), "{stdout}");
+    assert!(stdout.contains("api_key=sk-t****"), "{stdout}");
+    assert!(!stdout.contains("very-secret"), "{stdout}");
+}
+
+#[test]
+fn check_names_file_line_and_field_of_an_error() {
+    let path = temp_config("bad", "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body = 5\n");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:3:", path.display())), "{stderr}");
+    assert!(stderr.contains("max_body"), "{stderr}");
+
+    let path = temp_config("env", &config("http://127.0.0.1:9", 8080));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("RELAIS_TEST_UPSTREAM_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("RELAIS_TEST_UPSTREAM_KEY is not set"), "{stderr}");
+    assert!(stderr.contains("relais.toml:8:"), "{stderr}");
+}
+
+fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("relais did not become healthy on port {port}");
+}
+
+#[test]
+fn serve_drains_a_stream_on_sigterm_and_exits_zero() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    // 9 frames, 200 ms apart: the stream outlives the signal by more than a second.
+    mock.push_fault(Fault { chunk_delay_ms: Some(200), ..Fault::default() });
+    let port = free_port();
+    let path = temp_config("serve", &config(&mock.url(), port));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-upstream-0001")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi there"}]}"#;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "stream did not finish: {rest}");
+    assert!(rest.contains("said: "), "{rest}");
+
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("draining"), "{logs}");
+    assert!(!logs.contains("sk-test-upstream-0001"), "secret in logs: {logs}");
+    drop(mock);
+}
+
+#[test]
+fn chat_streams_an_answer_to_the_terminal() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(None));
+    let port = free_port();
+    let path = temp_config("chat", &config(&mock.url(), port));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "unused")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    let out = Command::new(BIN)
+        .args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "-m", "gpt-4o-mini", "hello relais"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello from mock! You said: hello relais\n");
+    let out = Command::new(BIN)
+        .args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "-m", "gpt-4o-mini", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
