@@ -1,0 +1,158 @@
+"""Fixtures: the mock vendor and relais as real processes on loopback.
+
+Binaries come from RELAIS_BIN / RELAIS_MOCK_BIN, or the cargo target dir. A missing binary is an
+error, never a skip.
+"""
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import json
+import urllib.error
+import urllib.request
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UPSTREAM_KEY = "sk-upstream-python-0123456789"
+CLIENT_KEY = "relais-python-client-key"
+AZURE_API_VERSION = "2024-10-21"
+
+
+def target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+def binary(env_name: str, name: str) -> str:
+    path = os.environ.get(env_name) or str(target_dir() / "debug" / name)
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"{name} binary not found at {path}: build it first (cargo build --bins)")
+    return path
+
+
+def http(method: str, url: str, body=None):
+    """A tiny stdlib HTTP client, so the tests depend on nothing but the SDK under test."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw and raw[:1] in b"[{" else raw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early with {proc.returncode}")
+        try:
+            if http("GET", url)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready at {url}")
+
+
+@pytest.fixture(scope="session")
+def mock_url():
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary("RELAIS_MOCK_BIN", "relais-mock"), "--listen", f"127.0.0.1:{port}", "--api-key", UPSTREAM_KEY],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/_mock/health", proc, "relais-mock")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+
+[auth]
+keys = [{{ name = "python", key = "{client_key}" }}]
+
+[providers.up]
+type = "openai_compat"
+base_url = "{mock}/v1"
+api_key = "${{UPSTREAM_KEY}}"
+
+[providers.backup]
+type = "openai_compat"
+base_url = "{mock}/v1"
+api_key = "${{UPSTREAM_KEY}}"
+
+[providers.az]
+type = "azure"
+endpoint = "{mock}"
+api_key = "${{UPSTREAM_KEY}}"
+api_version = "{api_version}"
+
+[routes.gpt-4o-mini]
+deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+
+[routes.failover]
+deployments = [{{ provider = "up", model = "primary" }}, {{ provider = "backup", model = "secondary" }}]
+
+[routes.az-dep]
+deployments = [{{ provider = "az", model = "my-gpt-deployment" }}]
+
+[routes.text-embedding-3-small]
+kind = "embeddings"
+deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
+"""
+
+
+@pytest.fixture(scope="session")
+def relais_url(mock_url):
+    port = free_port()
+    cfg = Path(tempfile.mkdtemp(prefix="relais-py-")) / "relais.toml"
+    cfg.write_text(
+        CONFIG.format(port=port, mock=mock_url, client_key=CLIENT_KEY, api_version=AZURE_API_VERSION)
+    )
+    env = dict(os.environ, UPSTREAM_KEY=UPSTREAM_KEY)
+    log = open(cfg.parent / "relais.log", "w")
+    proc = subprocess.Popen(
+        [binary("RELAIS_BIN", "relais"), "serve", "--config", str(cfg)], env=env, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/healthz", proc, "relais")
+    yield url
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, "relais did not exit cleanly on SIGTERM"
+    log.close()
+    assert UPSTREAM_KEY not in (cfg.parent / "relais.log").read_text(), "upstream key leaked into logs"
+
+
+class Mock:
+    def __init__(self, url: str):
+        self.url = url
+
+    def fault(self, **fault) -> None:
+        http("POST", f"{self.url}/_mock/faults", fault)
+
+    def clear(self) -> None:
+        http("DELETE", f"{self.url}/_mock/faults")
+        http("DELETE", f"{self.url}/_mock/requests")
+
+    def requests(self) -> list:
+        return http("GET", f"{self.url}/_mock/requests")[1]
+
+
+@pytest.fixture
+def mock(mock_url):
+    m = Mock(mock_url)
+    m.clear()
+    yield m
+    m.clear()
