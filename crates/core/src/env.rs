@@ -49,7 +49,9 @@ pub struct EnvString(pub String);
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand_env(&raw).map(EnvString).map_err(serde::de::Error::custom)
+        expand_env(&raw)
+            .map(EnvString)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -63,7 +65,9 @@ impl std::ops::Deref for EnvString {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand_env(&raw).map(Secret::new).map_err(serde::de::Error::custom)
+        expand_env(&raw)
+            .map(Secret::new)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -37,8 +37,15 @@ pub enum StreamEvent {
         signature: Option<String>,
     },
     /// A new tool call at `index` (0-based, dense, in the order the model made them).
-    ToolCallStart { index: u32, id: String, name: String },
-    ToolCallDelta { index: u32, arguments: String },
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    ToolCallDelta {
+        index: u32,
+        arguments: String,
+    },
     Usage(Usage),
     Finish(FinishReason),
 }

@@ -108,7 +108,10 @@ impl Message {
 pub enum ImageSource {
     Url(String),
     /// Inline bytes, base64 as received (no need to decode to pass them on).
-    Base64 { media_type: String, data: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +140,10 @@ pub enum ContentPart {
     },
     /// A part type relais does not model (audio input, ...), kept verbatim with the name of the
     /// dialect it came from; only a provider of that wire family can forward it.
-    Opaque { family: &'static str, value: Value },
+    Opaque {
+        family: &'static str,
+        value: Value,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -86,7 +86,8 @@ fn looks_like_key(word: &str) -> bool {
         .iter()
         .any(|p| w.starts_with(p) && w.len() > p.len() + 6);
     let opaque = w.len() >= 32
-        && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && w.chars().any(|c| c.is_ascii_digit())
         && w.chars().any(|c| c.is_ascii_alphabetic());
     prefixed || opaque
@@ -111,7 +112,10 @@ mod tests {
         let r = redact(msg, &[&s]);
         assert!(!r.contains("my-upstream-secret"), "{r}");
         assert!(!r.contains("sk-proj-abcdef1234"), "{r}");
-        assert!(r.starts_with("Incorrect API key provided: [REDACTED]"), "{r}");
+        assert!(
+            r.starts_with("Incorrect API key provided: [REDACTED]"),
+            "{r}"
+        );
     }
 
     #[test]

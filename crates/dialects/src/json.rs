@@ -32,7 +32,11 @@ fn describe<T: DeserializeOwned>(body: &[u8], err: serde_json::Error) -> Error {
             };
             let what = err.to_string();
             let what = what.split(" at line ").next().unwrap_or(&what).to_owned();
-            let param = if path.is_empty() || path == "." { None } else { Some(path) };
+            let param = if path.is_empty() || path == "." {
+                None
+            } else {
+                Some(path)
+            };
             let msg = match &param {
                 Some(p) => format!(
                     "invalid value for '{p}': {what} (line {} column {})",

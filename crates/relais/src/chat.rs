@@ -49,17 +49,30 @@ async fn stream(args: ChatArgs) -> Result<()> {
         body["max_tokens"] = json!(m);
     }
     let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
-    let mut rb = http.post(&url).header("content-type", "application/json").body(body.to_string());
-    if let Some(k) = args.api_key.or_else(|| std::env::var("RELAIS_API_KEY").ok()) {
+    let mut rb = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = args
+        .api_key
+        .or_else(|| std::env::var("RELAIS_API_KEY").ok())
+    {
         rb = rb.bearer_auth(k);
     }
-    let mut resp = rb.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let mut resp = rb
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let msg = serde_json::from_str::<Value>(&text)
             .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or(text);
         bail!("HTTP {status}: {msg}");
     }
@@ -76,9 +89,17 @@ async fn stream(args: ChatArgs) -> Result<()> {
             let v: Value = serde_json::from_str(&f.data).context("gateway sent invalid JSON")?;
             if let Some(err) = v.get("error") {
                 writeln!(out)?;
-                bail!("stream error: {}", err.get("message").and_then(Value::as_str).unwrap_or("unknown"));
+                bail!(
+                    "stream error: {}",
+                    err.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                );
             }
-            if let Some(t) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+            if let Some(t) = v
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+            {
                 write!(out, "{t}")?;
                 out.flush()?;
             }

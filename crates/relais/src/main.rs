@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use relais_server::config::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "relais", version, about = "An AI gateway: every vendor one config line away")]
+#[command(
+    name = "relais",
+    version,
+    about = "An AI gateway: every vendor one config line away"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,7 +92,11 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => {
             let _ = registry
-                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr),
+                )
                 .try_init();
         }
         LogFormat::Text => {
@@ -187,7 +195,10 @@ fn check(config: Option<PathBuf>) -> Result<()> {
     } else {
         println!("auth: {} client key(s)", runtime.keys.len());
         for k in &runtime.keys {
-            let routes = k.routes.as_ref().map_or("all routes".to_owned(), |r| r.join(", "));
+            let routes = k
+                .routes
+                .as_ref()
+                .map_or("all routes".to_owned(), |r| r.join(", "));
             println!("  {} ({}): {routes}", k.name, k.key.masked());
         }
     }

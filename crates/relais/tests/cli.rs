@@ -1,5 +1,12 @@
 //! The binary as a user runs it: `check`, `serve` with SIGTERM, `chat`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failure is a failed test"
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,7 +25,11 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn config(mock: &str, port: u16) -> String {
@@ -37,19 +48,36 @@ fn check_prints_routes_with_secrets_masked() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("gpt-4o-mini (chat): up/gpt-4o-mini"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("gpt-4o-mini (chat): up/gpt-4o-mini"),
+        "{stdout}"
+    );
     assert!(stdout.contains("api_key=sk-t****"), "{stdout}");
     assert!(!stdout.contains("very-secret"), "{stdout}");
 }
 
 #[test]
 fn check_names_file_line_and_field_of_an_error() {
-    let path = temp_config("bad", "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body = 5\n");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let path = temp_config(
+        "bad",
+        "[server]\nlisten = \"127.0.0.1:8080\"\nmax_body = 5\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:3:", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("max_body"), "{stderr}");
 
     let path = temp_config("env", &config("http://127.0.0.1:9", 8080));
@@ -61,7 +89,10 @@ fn check_names_file_line_and_field_of_an_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("RELAIS_TEST_UPSTREAM_KEY is not set"), "{stderr}");
+    assert!(
+        stderr.contains("RELAIS_TEST_UPSTREAM_KEY is not set"),
+        "{stderr}"
+    );
     assert!(stderr.contains("relais.toml:8:"), "{stderr}");
 }
 
@@ -86,7 +117,10 @@ fn serve_drains_a_stream_on_sigterm_and_exits_zero() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
     // 9 frames, 200 ms apart: the stream outlives the signal by more than a second.
-    mock.push_fault(Fault { chunk_delay_ms: Some(200), ..Fault::default() });
+    mock.push_fault(Fault {
+        chunk_delay_ms: Some(200),
+        ..Fault::default()
+    });
     let port = free_port();
     let path = temp_config("serve", &config(&mock.url(), port));
     let mut child = Command::new(BIN)
@@ -111,19 +145,33 @@ fn serve_drains_a_stream_on_sigterm_and_exits_zero() {
     reader.read_line(&mut first).unwrap();
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
-    assert!(rest.contains("data: [DONE]"), "stream did not finish: {rest}");
+    assert!(
+        rest.contains("data: [DONE]"),
+        "stream did not finish: {rest}"
+    );
     assert!(rest.contains("said: "), "{rest}");
 
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
     assert!(logs.contains("draining"), "{logs}");
-    assert!(!logs.contains("sk-test-upstream-0001"), "secret in logs: {logs}");
+    assert!(
+        !logs.contains("sk-test-upstream-0001"),
+        "secret in logs: {logs}"
+    );
     drop(mock);
 }
 
@@ -142,15 +190,36 @@ fn chat_streams_an_answer_to_the_terminal() {
         .unwrap();
     wait_healthy(port);
     let out = Command::new(BIN)
-        .args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "-m", "gpt-4o-mini", "hello relais"])
+        .args([
+            "chat",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "-m",
+            "gpt-4o-mini",
+            "hello relais",
+        ])
         .output()
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello from mock! You said: hello relais\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello from mock! You said: hello relais\n"
+    );
     let out = Command::new(BIN)
-        .args(["chat", "--url", &format!("http://127.0.0.1:{port}"), "-m", "gpt-4o-mini", "x"])
+        .args([
+            "chat",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "-m",
+            "gpt-4o-mini",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -100,8 +100,8 @@ impl Route {
                 let mut stream = d.provider.chat(&d.model, req).await?;
                 match stream.next().await {
                     Some(Ok(first)) => {
-                        let rest = futures_util::stream::once(async move { Ok(first) })
-                            .chain(stream);
+                        let rest =
+                            futures_util::stream::once(async move { Ok(first) }).chain(stream);
                         Ok(Box::pin(rest) as EventStream)
                     }
                     Some(Err(e)) => Err(e),
@@ -284,10 +284,17 @@ mod tests {
 
     #[tokio::test]
     async fn error_as_first_stream_item_still_fails_over() {
-        let a = scripted(vec![Ok(vec![Err(Error::upstream(ErrorKind::Protocol, "cut")
-            .with_retry(relais_core::Retry::Yes))])]);
+        let a = scripted(vec![Ok(vec![Err(Error::upstream(
+            ErrorKind::Protocol,
+            "cut",
+        )
+        .with_retry(relais_core::Retry::Yes))])]);
         let b = scripted(vec![Ok(ok_events())]);
-        let routed = route(vec![a, b]).chat(&ChatRequest::default()).await.ok().unwrap();
+        let routed = route(vec![a, b])
+            .chat(&ChatRequest::default())
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(routed.deployment, 1);
     }
 
@@ -318,9 +325,16 @@ mod tests {
 
     #[tokio::test]
     async fn all_failing_returns_last_error() {
-        let a = scripted(vec![Err(Error::upstream(ErrorKind::RateLimited, "slow down"))]);
+        let a = scripted(vec![Err(Error::upstream(
+            ErrorKind::RateLimited,
+            "slow down",
+        ))]);
         let b = scripted(vec![Err(Error::upstream(ErrorKind::Overloaded, "busy"))]);
-        let err = route(vec![a, b]).chat(&ChatRequest::default()).await.err().unwrap();
+        let err = route(vec![a, b])
+            .chat(&ChatRequest::default())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.error.kind, ErrorKind::Overloaded);
         assert_eq!(err.failed.len(), 2);
     }

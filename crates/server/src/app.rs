@@ -71,7 +71,9 @@ impl AppState {
 
     /// All metric series, for `/metrics`.
     pub fn series(&self) -> impl Iterator<Item = &Series> + Clone {
-        self.entries.values().flat_map(|e| e.series.iter().map(|s| &**s))
+        self.entries
+            .values()
+            .flat_map(|e| e.series.iter().map(|s| &**s))
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&ClientKey>, Error> {
@@ -95,9 +97,9 @@ impl AppState {
                 found = Some(k);
             }
         }
-        found.map(Some).ok_or_else(|| {
-            Error::new(ErrorKind::Auth, Side::Client, "invalid API key")
-        })
+        found
+            .map(Some)
+            .ok_or_else(|| Error::new(ErrorKind::Auth, Side::Client, "invalid API key"))
     }
 
     fn visible(&self, key: Option<&ClientKey>, route: &str) -> bool {
@@ -107,7 +109,12 @@ impl AppState {
         }
     }
 
-    fn entry(&self, key: Option<&ClientKey>, name: &str, kind: RouteKind) -> Result<&RouteEntry, Error> {
+    fn entry(
+        &self,
+        key: Option<&ClientKey>,
+        name: &str,
+        kind: RouteKind,
+    ) -> Result<&RouteEntry, Error> {
         let entry = self
             .entries
             .get(name)
@@ -133,7 +140,11 @@ impl AppState {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -169,8 +180,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
-        .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure_embeddings),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -209,7 +226,10 @@ impl Ctx {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (status, openai::error_body(err)).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(
             HeaderName::from_static("x-relais-error-class"),
             HeaderValue::from_static(err.kind.as_str()),
@@ -261,7 +281,12 @@ fn record_failed(entry: &RouteEntry, failed: &[FailedAttempt]) {
 
 fn log_error(route: &str, id: &str, err: &Error) {
     if err.side == Side::Client {
-        tracing::debug!(request_id = id, route, class = err.kind.as_str(), "request refused");
+        tracing::debug!(
+            request_id = id,
+            route,
+            class = err.kind.as_str(),
+            "request refused"
+        );
     } else {
         tracing::warn!(
             request_id = id,
@@ -312,7 +337,11 @@ async fn chat_with(
     let ctx = Ctx::new(&headers);
     let admitted = async {
         if app.draining.load(Ordering::Relaxed) {
-            return Err(Error::new(ErrorKind::Unavailable, Side::Gateway, "gateway is shutting down"));
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "gateway is shutting down",
+            ));
         }
         let key = app.authenticate(&headers)?;
         let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
@@ -340,7 +369,11 @@ async fn chat_with(
         Ok(r) => r,
         Err(ex) => {
             record_failed(entry, &ex.failed);
-            if let Some(last) = ex.failed.last().and_then(|f| entry.series.get(f.deployment)) {
+            if let Some(last) = ex
+                .failed
+                .last()
+                .and_then(|f| entry.series.get(f.deployment))
+            {
                 last.error(ex.error.kind);
                 last.duration.observe(ctx.start.elapsed());
             }
@@ -373,7 +406,10 @@ async fn chat_with(
         let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
         let mut resp = Response::new(body);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         ctx.headers(&mut resp, routed.upstream_wait);
         resp
@@ -391,8 +427,10 @@ async fn chat_with(
                 }
                 let body = openai::render_chat(&r, &response_id, &req.model, created);
                 let mut resp = Response::new(Body::from(body));
-                resp.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 ctx.headers(&mut resp, upstream);
                 resp
             }
@@ -561,7 +599,11 @@ async fn embeddings_with(
     let ctx = Ctx::new(&headers);
     let admitted = async {
         if app.draining.load(Ordering::Relaxed) {
-            return Err(Error::new(ErrorKind::Unavailable, Side::Gateway, "gateway is shutting down"));
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "gateway is shutting down",
+            ));
         }
         let key = app.authenticate(&headers)?;
         let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
@@ -594,14 +636,20 @@ async fn embeddings_with(
             }
             let body = openai::render_embeddings(&resp, &req.model, base64);
             let mut out = Response::new(Body::from(body));
-            out.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             ctx.headers(&mut out, waited);
             out
         }
         Err(ex) => {
             record_failed(entry, &ex.failed);
-            if let Some(last) = ex.failed.last().and_then(|f| entry.series.get(f.deployment)) {
+            if let Some(last) = ex
+                .failed
+                .last()
+                .and_then(|f| entry.series.get(f.deployment))
+            {
                 last.error(ex.error.kind);
             }
             log_error(&req.model, &ctx.id, &ex.error);
@@ -644,14 +692,20 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         })
         .collect();
     let mut resp = Response::new(Body::from(openai::render_models(&list)));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     ctx.headers(&mut resp, Duration::ZERO);
     resp
 }
 
 async fn healthz() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -663,7 +717,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
             .into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"ready"}"#,
+        )
+            .into_response()
     }
 }
 

@@ -216,7 +216,10 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
         if span.is_empty() && span.start == 0 {
             ConfigError(format!("{origin}: {field}: {msg}"))
         } else {
-            ConfigError(format!("{origin}:{}: {field}: {msg}", line_of(source, span.start)))
+            ConfigError(format!(
+                "{origin}:{}: {field}: {msg}",
+                line_of(source, span.start)
+            ))
         }
     };
     let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
@@ -272,7 +275,10 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
                 at(
                     d.provider.span(),
                     &format!("routes.{name}.deployments[{i}].provider"),
-                    format!("no provider named '{pname}' (defined: {})", known.join(", ")),
+                    format!(
+                        "no provider named '{pname}' (defined: {})",
+                        known.join(", ")
+                    ),
                 )
             })?;
             let id = format!("{pname}/{}", d.model);
@@ -360,7 +366,9 @@ mod tests {
 
     #[test]
     fn unknown_field_names_field_and_line() {
-        let e = check("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").err().unwrap();
+        let e = check("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .err()
+            .unwrap();
         assert!(e.0.starts_with("t.toml:3:"), "{e}");
         assert!(e.0.contains("lisen"), "{e}");
     }
@@ -369,12 +377,16 @@ mod tests {
     fn unknown_provider_in_route_names_line() {
         let src = "[providers.a]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\n[routes.r]\ndeployments = [\n  { provider = \"b\", model = \"m\" },\n]\n";
         let e = check(src).err().unwrap();
-        assert!(e.0.starts_with("t.toml:7: routes.r.deployments[0].provider"), "{e}");
+        assert!(
+            e.0.starts_with("t.toml:7: routes.r.deployments[0].provider"),
+            "{e}"
+        );
     }
 
     #[test]
     fn provider_field_errors_name_the_provider() {
-        let src = "[providers.a]\ntype = \"openai_compat\"\nbase_url = \"http://x\"\napi_kee = \"k\"\n";
+        let src =
+            "[providers.a]\ntype = \"openai_compat\"\nbase_url = \"http://x\"\napi_kee = \"k\"\n";
         let e = check(src).err().unwrap();
         assert!(e.0.contains("api_kee"), "{e}");
         assert!(e.0.starts_with("t.toml:"), "{e}");

@@ -11,8 +11,7 @@ const KINDS: usize = ErrorKind::ALL.len();
 
 /// Latency bucket bounds in seconds: from sub-millisecond gateway work to multi-minute streams.
 const BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 #[derive(Default)]
@@ -115,7 +114,9 @@ impl Series {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Process-wide counters that do not belong to a route.
@@ -150,11 +151,17 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
             let _ = writeln!(out, "relais_rejected_total{{class=\"{}\"}} {n}", k.as_str());
         }
     }
-    out.push_str("# HELP relais_requests_total Routed requests by outcome (ok, error class, canceled).\n");
+    out.push_str(
+        "# HELP relais_requests_total Routed requests by outcome (ok, error class, canceled).\n",
+    );
     out.push_str("# TYPE relais_requests_total counter\n");
     for s in series.clone() {
         let l = s.labels();
-        let _ = writeln!(out, "relais_requests_total{{{l},outcome=\"ok\"}} {}", s.ok.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "relais_requests_total{{{l},outcome=\"ok\"}} {}",
+            s.ok.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "relais_requests_total{{{l},outcome=\"canceled\"}} {}",
@@ -163,7 +170,11 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
         for k in ErrorKind::ALL {
             let n = s.errors[k.index()].load(Ordering::Relaxed);
             if n > 0 {
-                let _ = writeln!(out, "relais_requests_total{{{l},outcome=\"{}\"}} {n}", k.as_str());
+                let _ = writeln!(
+                    out,
+                    "relais_requests_total{{{l},outcome=\"{}\"}} {n}",
+                    k.as_str()
+                );
             }
         }
     }
@@ -174,7 +185,11 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
         for k in ErrorKind::ALL {
             let n = s.errors[k.index()].load(Ordering::Relaxed);
             if n > 0 {
-                let _ = writeln!(out, "relais_errors_total{{{l},class=\"{}\"}} {n}", k.as_str());
+                let _ = writeln!(
+                    out,
+                    "relais_errors_total{{{l},class=\"{}\"}} {n}",
+                    k.as_str()
+                );
             }
         }
     }
@@ -211,12 +226,16 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
     out.push_str("# HELP relais_request_duration_seconds Whole request time, upstream included.\n");
     out.push_str("# TYPE relais_request_duration_seconds histogram\n");
     for s in series.clone() {
-        s.duration.render(&mut out, "relais_request_duration_seconds", &s.labels());
+        s.duration
+            .render(&mut out, "relais_request_duration_seconds", &s.labels());
     }
-    out.push_str("# HELP relais_time_to_first_token_seconds Time until the first event of a response.\n");
+    out.push_str(
+        "# HELP relais_time_to_first_token_seconds Time until the first event of a response.\n",
+    );
     out.push_str("# TYPE relais_time_to_first_token_seconds histogram\n");
     for s in series {
-        s.ttft.render(&mut out, "relais_time_to_first_token_seconds", &s.labels());
+        s.ttft
+            .render(&mut out, "relais_time_to_first_token_seconds", &s.labels());
     }
     out
 }

@@ -10,7 +10,9 @@ pub enum Reply {
 }
 
 fn last_message(req: &Value) -> Option<&Value> {
-    req.get("messages").and_then(Value::as_array).and_then(|m| m.last())
+    req.get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
 }
 
 fn text_of(content: Option<&Value>) -> String {
@@ -59,7 +61,10 @@ fn example(schema: Option<&Value>) -> Value {
 ///   cut to `max_tokens` words.
 pub fn reply_for(req: &Value) -> Reply {
     let last = last_message(req);
-    let last_role = last.and_then(|m| m.get("role")).and_then(Value::as_str).unwrap_or("");
+    let last_role = last
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let last_text = text_of(last.and_then(|m| m.get("content")));
     let limit = req
         .get("max_completion_tokens")
@@ -67,7 +72,11 @@ pub fn reply_for(req: &Value) -> Reply {
         .and_then(Value::as_u64)
         .map(|n| n as usize);
     let format = req.pointer("/response_format/type").and_then(Value::as_str);
-    let tools = req.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tools = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let choice = req.get("tool_choice");
     let text = if format == Some("json_object") {
         json!({"answer": last_text}).to_string()
@@ -91,7 +100,10 @@ pub fn reply_for(req: &Value) -> Reply {
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    let name = t.pointer("/function/name").and_then(Value::as_str).unwrap_or("tool");
+                    let name = t
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("tool");
                     let args = example(t.pointer("/function/parameters")).to_string();
                     (format!("call_mock_{i}"), name.to_owned(), args)
                 })
@@ -209,7 +221,10 @@ pub fn stream_frames(
                     json!([{"index": 0, "delta": {"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}, "finish_reason": null}]),
                     None,
                 ));
-                let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(b, _)| b);
+                let mid = args
+                    .char_indices()
+                    .nth(args.chars().count() / 2)
+                    .map_or(0, |(b, _)| b);
                 for piece in [&args[..mid], &args[mid..]] {
                     frames.push(chunk(
                         json!([{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, "finish_reason": null}]),
@@ -220,9 +235,15 @@ pub fn stream_frames(
             "tool_calls"
         }
     };
-    frames.push(chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}]), None));
+    frames.push(chunk(
+        json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
+        None,
+    ));
     if include_usage {
-        frames.push(chunk(json!([]), Some(usage(prompt, completion_tokens(reply)))));
+        frames.push(chunk(
+            json!([]),
+            Some(usage(prompt, completion_tokens(reply))),
+        ));
     }
     frames.push("data: [DONE]\n\n".to_owned());
     frames
@@ -232,7 +253,11 @@ pub fn stream_frames(
 pub fn embeddings_json(req: &Value) -> Value {
     let inputs: Vec<String> = match req.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     };
     let dims = req.get("dimensions").and_then(Value::as_u64).unwrap_or(8) as usize;
@@ -242,13 +267,18 @@ pub fn embeddings_json(req: &Value) -> Value {
         .map(|(i, s)| {
             let v: Vec<f32> = (0..dims)
                 .map(|d| {
-                    let h = s.bytes().fold(d as u32 + 1, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b)));
+                    let h = s.bytes().fold(d as u32 + 1, |acc, b| {
+                        acc.wrapping_mul(31).wrapping_add(u32::from(b))
+                    });
                     (h % 1000) as f32 / 1000.0
                 })
                 .collect();
             json!({"object": "embedding", "index": i, "embedding": v})
         })
         .collect();
-    let tokens: u64 = inputs.iter().map(|s| s.split_whitespace().count() as u64).sum();
+    let tokens: u64 = inputs
+        .iter()
+        .map(|s| s.split_whitespace().count() as u64)
+        .sum();
     json!({"object": "list", "data": data, "model": req.get("model").cloned().unwrap_or(Value::Null), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 }

@@ -131,7 +131,8 @@ impl MockServer {
                 };
                 let _ = tcp.set_nodelay(true);
                 let kill = Arc::new(Notify::new());
-                let svc = TowerToHyperService::new(app.clone().layer(Extension(Killer(kill.clone()))));
+                let svc =
+                    TowerToHyperService::new(app.clone().layer(Extension(Killer(kill.clone()))));
                 tokio::spawn(async move {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc);
@@ -180,8 +181,14 @@ fn app(state: Arc<MockState>) -> Router {
         .route("/v1/models", get(models))
         .route("/openai/v1/chat/completions", post(azure_v1_chat))
         .route("/openai/v1/embeddings", post(azure_v1_embeddings))
-        .route("/openai/deployments/{dep}/chat/completions", post(azure_chat))
-        .route("/openai/deployments/{dep}/embeddings", post(azure_embeddings))
+        .route(
+            "/openai/deployments/{dep}/chat/completions",
+            post(azure_chat),
+        )
+        .route(
+            "/openai/deployments/{dep}/embeddings",
+            post(azure_embeddings),
+        )
         .route("/_mock/faults", post(add_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/health", get(|| async { "ok" }))
@@ -208,14 +215,17 @@ async fn clear_requests(State(s): State<Arc<MockState>>) -> StatusCode {
 }
 
 async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}),
+    )
 }
 
 fn error_json(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string(),
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+            .to_string(),
     )
         .into_response()
 }
@@ -230,17 +240,14 @@ enum Flavor {
 async fn admit(
     s: &MockState,
     killer: &Killer,
-    path: String,
-    query: BTreeMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-    auth: Auth,
-    model_from_path: Option<&str>,
+    req: &Call,
 ) -> Result<(Value, Option<Fault>), Response> {
+    let (headers, body, auth, query) = (&req.headers, &req.body, req.auth, &req.query);
+    let model_from_path = req.dep.as_deref();
     let body_json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     s.requests.lock().unwrap().push(Recorded {
         method: "POST".into(),
-        path,
+        path: req.path.clone(),
         query: query.clone(),
         headers: headers
             .iter()
@@ -249,7 +256,12 @@ async fn admit(
         body: body_json.clone(),
     });
     if body_json.is_null() {
-        return Err(error_json(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error", None));
+        return Err(error_json(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            None,
+        ));
     }
     if let Some(expected) = &s.api_key {
         let presented = match auth {
@@ -258,24 +270,39 @@ async fn admit(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or(""),
-            Auth::ApiKey => headers.get("api-key").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            Auth::ApiKey => headers
+                .get("api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
         };
         if presented != expected {
             // Like OpenAI, echo the key that was presented: the gateway must redact it.
             return Err(error_json(
                 StatusCode::UNAUTHORIZED,
-                &format!("Incorrect API key provided: {presented}. You can find your API key in your account settings."),
+                &format!(
+                    "Incorrect API key provided: {presented}. You can find your API key in your account settings."
+                ),
                 "invalid_request_error",
                 Some("invalid_api_key"),
             ));
         }
     }
     if auth == Auth::ApiKey && !query.contains_key("api-version") {
-        return Err(error_json(StatusCode::NOT_FOUND, "Resource not found", "invalid_request_error", Some("404")));
+        return Err(error_json(
+            StatusCode::NOT_FOUND,
+            "Resource not found",
+            "invalid_request_error",
+            Some("404"),
+        ));
     }
     let model = model_from_path
         .map(str::to_owned)
-        .or_else(|| body_json.get("model").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| {
+            body_json
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let fault = s.take_fault(&model);
     if let Some(f) = &fault {
@@ -292,7 +319,8 @@ async fn admit(
             let body = f.body.clone().unwrap_or_else(|| {
                 json!({"error": {"message": format!("mock fault: HTTP {status}"), "type": "server_error", "param": null, "code": null}}).to_string()
             });
-            let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            let mut resp =
+                (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
             if let Some(ra) = &f.retry_after {
                 if let Ok(v) = ra.parse() {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -302,6 +330,17 @@ async fn admit(
         }
     }
     Ok((body_json, fault))
+}
+
+/// One vendor call as the mock sees it.
+struct Call {
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    auth: Auth,
+    /// The Azure deployment named in the path.
+    dep: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -317,7 +356,15 @@ async fn openai_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(&s, &k, "/v1/chat/completions".into(), q, &headers, &body, Auth::Bearer, None, Flavor::OpenAi).await
+    let call = Call {
+        path: "/v1/chat/completions".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::Bearer,
+        dep: None,
+    };
+    chat(&s, &k, call, Flavor::OpenAi).await
 }
 
 async fn azure_v1_chat(
@@ -327,7 +374,15 @@ async fn azure_v1_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(&s, &k, "/openai/v1/chat/completions".into(), q, &headers, &body, Auth::Bearer, None, Flavor::Azure).await
+    let call = Call {
+        path: "/openai/v1/chat/completions".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::Bearer,
+        dep: None,
+    };
+    chat(&s, &k, call, Flavor::Azure).await
 }
 
 async fn azure_chat(
@@ -339,22 +394,20 @@ async fn azure_chat(
     body: Bytes,
 ) -> Response {
     let path = format!("/openai/deployments/{dep}/chat/completions");
-    chat(&s, &k, path, q, &headers, &body, Auth::ApiKey, Some(&dep), Flavor::Azure).await
+    let call = Call {
+        path,
+        query: q,
+        headers,
+        body,
+        auth: Auth::ApiKey,
+        dep: Some(dep),
+    };
+    chat(&s, &k, call, Flavor::Azure).await
 }
 
-#[allow(clippy::too_many_arguments, reason = "one shared implementation behind four routes")]
-async fn chat(
-    s: &MockState,
-    killer: &Killer,
-    path: String,
-    query: BTreeMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-    auth: Auth,
-    dep: Option<&str>,
-    flavor: Flavor,
-) -> Response {
-    let (req, fault) = match admit(s, killer, path, query, headers, body, auth, dep).await {
+async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Response {
+    let dep = call.dep.as_deref();
+    let (req, fault) = match admit(s, killer, &call).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
@@ -378,7 +431,10 @@ async fn chat(
             flavor == Flavor::Azure,
         );
         if fault.malformed {
-            frames.insert(frames.len().min(2), "data: {\"choices\": [{\"delta\": {\"content\": \"x\"\n\n".to_owned());
+            frames.insert(
+                frames.len().min(2),
+                "data: {\"choices\": [{\"delta\": {\"content\": \"x\"\n\n".to_owned(),
+            );
         }
         let cut = fault.cut_after_chunks;
         let delay = fault.chunk_delay_ms.map(Duration::from_millis);
@@ -393,7 +449,10 @@ async fn chat(
                     // rather than before the headers.
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     // An error from the body makes hyper abort the connection mid-message.
-                    return Some((Err(std::io::Error::other("mock: stream cut")), (it, n, true)));
+                    return Some((
+                        Err(std::io::Error::other("mock: stream cut")),
+                        (it, n, true),
+                    ));
                 }
                 let frame = it.next()?;
                 if n > 0 {
@@ -401,11 +460,17 @@ async fn chat(
                         tokio::time::sleep(d).await;
                     }
                 }
-                Some((Ok::<_, std::io::Error>(Bytes::from(frame)), (it, n + 1, false)))
+                Some((
+                    Ok::<_, std::io::Error>(Bytes::from(frame)),
+                    (it, n + 1, false),
+                ))
             },
         );
         return (
-            [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             Body::from_stream(body),
         )
             .into_response();
@@ -434,7 +499,11 @@ fn drip(body: String, fault: &Fault) -> Response {
         tokio::time::sleep(delay).await;
         Some((Ok::<_, Infallible>(p), it))
     });
-    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn openai_embeddings(
@@ -444,7 +513,15 @@ async fn openai_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    embed(&s, &k, "/v1/embeddings".into(), q, &headers, &body, Auth::Bearer, None).await
+    let call = Call {
+        path: "/v1/embeddings".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::Bearer,
+        dep: None,
+    };
+    embed(&s, &k, call).await
 }
 
 async fn azure_v1_embeddings(
@@ -454,7 +531,15 @@ async fn azure_v1_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    embed(&s, &k, "/openai/v1/embeddings".into(), q, &headers, &body, Auth::Bearer, None).await
+    let call = Call {
+        path: "/openai/v1/embeddings".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::Bearer,
+        dep: None,
+    };
+    embed(&s, &k, call).await
 }
 
 async fn azure_embeddings(
@@ -466,21 +551,19 @@ async fn azure_embeddings(
     body: Bytes,
 ) -> Response {
     let path = format!("/openai/deployments/{dep}/embeddings");
-    embed(&s, &k, path, q, &headers, &body, Auth::ApiKey, Some(&dep)).await
+    let call = Call {
+        path,
+        query: q,
+        headers,
+        body,
+        auth: Auth::ApiKey,
+        dep: Some(dep),
+    };
+    embed(&s, &k, call).await
 }
 
-#[allow(clippy::too_many_arguments, reason = "one shared implementation behind three routes")]
-async fn embed(
-    s: &MockState,
-    killer: &Killer,
-    path: String,
-    query: BTreeMap<String, String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-    auth: Auth,
-    dep: Option<&str>,
-) -> Response {
-    let (req, fault) = match admit(s, killer, path, query, headers, body, auth, dep).await {
+async fn embed(s: &MockState, killer: &Killer, call: Call) -> Response {
+    let (req, fault) = match admit(s, killer, &call).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

@@ -8,12 +8,10 @@ use serde_json::{Value, json};
 /// 502, because the client's key was fine and it should not think otherwise.
 pub fn error_status(err: &Error) -> u16 {
     match err.kind {
-        ErrorKind::BadRequest | ErrorKind::Unsupported => {
-            match err.upstream_status {
-                Some(422) => 422,
-                _ => 400,
-            }
-        }
+        ErrorKind::BadRequest | ErrorKind::Unsupported => match err.upstream_status {
+            Some(422) => 422,
+            _ => 400,
+        },
         ErrorKind::ContextWindowExceeded | ErrorKind::ContentFiltered => 400,
         ErrorKind::Auth if err.side == Side::Client => 401,
         ErrorKind::PermissionDenied if err.side == Side::Client => 403,
@@ -116,14 +114,19 @@ mod tests {
         let up = |k| Error::upstream(k, "x");
         assert_eq!(error_status(&up(ErrorKind::RateLimited)), 429);
         assert_eq!(error_status(&up(ErrorKind::Auth)), 502);
-        assert_eq!(error_status(&Error::new(ErrorKind::Auth, Side::Client, "x")), 401);
+        assert_eq!(
+            error_status(&Error::new(ErrorKind::Auth, Side::Client, "x")),
+            401
+        );
         assert_eq!(error_status(&up(ErrorKind::Server).with_status(503)), 503);
         assert_eq!(error_status(&up(ErrorKind::Server)), 502);
         assert_eq!(error_status(&up(ErrorKind::Timeout)), 504);
         assert_eq!(error_status(&up(ErrorKind::ContextWindowExceeded)), 400);
-        let body: Value = serde_json::from_slice(&error_body(
-            &Error::new(ErrorKind::NotFound, Side::Client, "no such route"),
-        ))
+        let body: Value = serde_json::from_slice(&error_body(&Error::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "no such route",
+        )))
         .unwrap();
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["type"], "invalid_request_error");

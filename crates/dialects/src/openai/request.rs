@@ -1,6 +1,6 @@
 use relais_core::{
-    ChatRequest, ContentPart, EmbedRequest, Error, ImageSource, Message, Reasoning,
-    ResponseFormat, Role, Tool, ToolCall, ToolChoice,
+    ChatRequest, ContentPart, EmbedRequest, Error, ImageSource, Message, Reasoning, ResponseFormat,
+    Role, Tool, ToolCall, ToolChoice,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -174,9 +174,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
     });
     if let Some(t) = raw.temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(
-                Error::bad_request("'temperature' must be between 0 and 2").with_param("temperature")
-            );
+            return Err(Error::bad_request("'temperature' must be between 0 and 2")
+                .with_param("temperature"));
         }
     }
     if let Some(p) = raw.top_p {
@@ -297,8 +296,10 @@ fn parts(path: &str, content: Value) -> Result<Vec<ContentPart>, Error> {
             .enumerate()
             .map(|(j, item)| part(&format!("{path}[{j}]"), item))
             .collect(),
-        _ => Err(Error::bad_request(format!("'{path}' must be a string or an array of parts"))
-            .with_param(path)),
+        _ => Err(
+            Error::bad_request(format!("'{path}' must be a string or an array of parts"))
+                .with_param(path),
+        ),
     }
 }
 
@@ -306,7 +307,11 @@ fn part(path: &str, item: Value) -> Result<ContentPart, Error> {
     let Value::Object(mut obj) = item else {
         return Err(Error::bad_request(format!("'{path}' must be an object")).with_param(path));
     };
-    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let str_field = |obj: &Map<String, Value>, key: &str| -> Result<String, Error> {
         obj.get(key)
             .and_then(Value::as_str)
@@ -338,7 +343,10 @@ fn part(path: &str, item: Value) -> Result<ContentPart, Error> {
                 Error::bad_request(format!("'{path}.image_url.url' must be a string"))
                     .with_param(format!("{path}.image_url.url"))
             })?;
-            let detail = image.get("detail").and_then(Value::as_str).map(str::to_owned);
+            let detail = image
+                .get("detail")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             Ok(ContentPart::Image {
                 source: image_source(path, url)?,
                 detail,
@@ -371,8 +379,10 @@ fn image_source(path: &str, url: &str) -> Result<ImageSource, Error> {
         return Ok(ImageSource::Url(url.to_owned()));
     };
     let (meta, data) = rest.split_once(',').ok_or_else(|| {
-        Error::bad_request(format!("'{path}.image_url.url' is a data URL without a comma"))
-            .with_param(format!("{path}.image_url.url"))
+        Error::bad_request(format!(
+            "'{path}.image_url.url' is a data URL without a comma"
+        ))
+        .with_param(format!("{path}.image_url.url"))
     })?;
     let media_type = meta.strip_suffix(";base64").ok_or_else(|| {
         Error::bad_request(format!("'{path}.image_url.url' must be a base64 data URL"))
@@ -397,8 +407,10 @@ fn tool(i: usize, t: OpenAiTool) -> Result<Tool, Error> {
             .with_param(format!("tools[{i}].function"))
     })?;
     if f.name.is_empty() {
-        return Err(Error::bad_request(format!("'tools[{i}].function.name' is empty"))
-            .with_param(format!("tools[{i}].function.name")));
+        return Err(
+            Error::bad_request(format!("'tools[{i}].function.name' is empty"))
+                .with_param(format!("tools[{i}].function.name")),
+        );
     }
     Ok(Tool {
         name: f.name,
@@ -461,8 +473,10 @@ pub fn parse_embeddings(body: &[u8]) -> Result<(EmbedRequest, bool), Error> {
             })
             .collect::<Result<_, _>>()?,
         _ => {
-            return Err(Error::bad_request("'input' must be a string or an array of strings")
-                .with_param("input"));
+            return Err(
+                Error::bad_request("'input' must be a string or an array of strings")
+                    .with_param("input"),
+            );
         }
     };
     if input.is_empty() {
@@ -532,10 +546,18 @@ mod tests {
                 if media_type == "image/png" && d == "low"
         ));
         assert!(matches!(&r.messages[2].content[0], ContentPart::ToolCall(c) if c.id == "call_1"));
-        assert!(matches!(&r.messages[3].content[0], ContentPart::ToolResult { call_id, content, .. }
-            if call_id == "call_1" && content == "a cat"));
+        assert!(
+            matches!(&r.messages[3].content[0], ContentPart::ToolResult { call_id, content, .. }
+            if call_id == "call_1" && content == "a cat")
+        );
         assert_eq!(r.tool_choice, Some(ToolChoice::Tool("look".into())));
-        assert!(matches!(r.response_format, Some(ResponseFormat::JsonSchema { strict: Some(true), .. })));
+        assert!(matches!(
+            r.response_format,
+            Some(ResponseFormat::JsonSchema {
+                strict: Some(true),
+                ..
+            })
+        ));
         assert_eq!(r.max_output_tokens, Some(50));
         assert_eq!(r.stop, vec!["END"]);
         assert!(r.stream && r.stream_include_usage);
@@ -550,8 +572,10 @@ mod tests {
         let e = parse_chat(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
             .unwrap_err();
         assert!(e.message.contains("wizard"), "{}", e.message);
-        let e = parse_chat(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#)
-            .unwrap_err();
+        let e = parse_chat(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = parse_chat(br#"{"messages":[{"role":"user","content":"x"}]}"#).unwrap_err();
         assert!(e.message.contains("model"), "{}", e.message);
@@ -565,7 +589,8 @@ mod tests {
         let (r, b64) = parse_embeddings(br#"{"model":"e","input":"hi"}"#).unwrap();
         assert_eq!(r.input, vec!["hi"]);
         assert!(!b64);
-        let (r, _) = parse_embeddings(br#"{"model":"e","input":["a","b"],"dimensions":8}"#).unwrap();
+        let (r, _) =
+            parse_embeddings(br#"{"model":"e","input":["a","b"],"dimensions":8}"#).unwrap();
         assert_eq!(r.input.len(), 2);
         assert_eq!(r.dimensions, Some(8));
         assert!(parse_embeddings(br#"{"model":"e","input":[[1,2]]}"#).is_err());

@@ -2,8 +2,6 @@ use relais_core::{ChatResponse, EmbedResponse, Error, FinishReason, StreamEvent,
 use serde::Serialize;
 use serde_json::Value;
 
-
-
 #[derive(Serialize)]
 struct OpenAiUsage {
     prompt_tokens: u64,
@@ -470,7 +468,6 @@ pub fn render_models(models: &[ModelEntry]) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,14 +485,31 @@ mod tests {
     #[test]
     fn stream_frames_fold_like_the_response() {
         let events = vec![
-            StreamEvent::Start { id: None, model: None },
+            StreamEvent::Start {
+                id: None,
+                model: None,
+            },
             StreamEvent::TextDelta("Hel".into()),
             StreamEvent::TextDelta("lo".into()),
-            StreamEvent::ToolCallStart { index: 0, id: "c1".into(), name: "f".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "{\"a\":".into() },
-            StreamEvent::ToolCallDelta { index: 0, arguments: "1}".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c1".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"a\":".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "1}".into(),
+            },
             StreamEvent::Finish(FinishReason::ToolCalls),
-            StreamEvent::Usage(Usage { input_tokens: 3, output_tokens: 4, ..Usage::default() }),
+            StreamEvent::Usage(Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+                ..Usage::default()
+            }),
         ];
         let mut enc = ChatStreamEncoder::new("id1".into(), "m".into(), 1, true);
         let mut out = Vec::new();
@@ -517,7 +531,9 @@ mod tests {
         assert_eq!(last["choices"].as_array().unwrap().len(), 0);
         let args: String = frames
             .iter()
-            .filter_map(|f| f["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .filter_map(|f| {
+                f["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
             .collect();
         assert_eq!(args, "{\"a\":1}");
 
@@ -528,7 +544,14 @@ mod tests {
         let body: Value = serde_json::from_slice(&render_chat(&c.finish(), "id1", "m", 1)).unwrap();
         assert_eq!(body["choices"][0]["message"]["content"], "Hello");
         assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
-        let _ = ToolCall { id: String::new(), name: String::new(), arguments: String::new() };
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        let _ = ToolCall {
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+        };
     }
 }

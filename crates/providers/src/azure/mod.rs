@@ -76,7 +76,9 @@ impl Endpoint for AzureEndpoint {
 pub fn build(cfg: &AzureConfig, http: reqwest::Client) -> Result<Arc<dyn Provider>, String> {
     let base = cfg.endpoint.trim_end_matches('/').to_owned();
     if !(base.starts_with("https://") || base.starts_with("http://")) {
-        return Err(format!("endpoint: '{base}' must start with https:// or http://"));
+        return Err(format!(
+            "endpoint: '{base}' must start with https:// or http://"
+        ));
     }
     if cfg.api_key.is_empty() {
         return Err("api_key: must not be empty".to_owned());
@@ -121,7 +123,10 @@ mod tests {
         );
         assert!(!e.model_in_body());
         e.style = ApiStyle::V1;
-        assert_eq!(e.embeddings_url("x"), "https://r.openai.azure.com/openai/v1/embeddings");
+        assert_eq!(
+            e.embeddings_url("x"),
+            "https://r.openai.azure.com/openai/v1/embeddings"
+        );
         assert!(e.model_in_body());
     }
 }

@@ -64,10 +64,26 @@ impl Preset {
                 true,
             ),
             // Mistral always reports usage in its last chunk and rejects unknown stream options.
-            Self::Mistral => ("https://api.mistral.ai/v1", MaxTokensField::MaxTokens, false),
-            Self::Groq => ("https://api.groq.com/openai/v1", MaxTokensField::MaxTokens, true),
-            Self::Deepseek => ("https://api.deepseek.com/v1", MaxTokensField::MaxTokens, true),
-            Self::Together => ("https://api.together.xyz/v1", MaxTokensField::MaxTokens, true),
+            Self::Mistral => (
+                "https://api.mistral.ai/v1",
+                MaxTokensField::MaxTokens,
+                false,
+            ),
+            Self::Groq => (
+                "https://api.groq.com/openai/v1",
+                MaxTokensField::MaxTokens,
+                true,
+            ),
+            Self::Deepseek => (
+                "https://api.deepseek.com/v1",
+                MaxTokensField::MaxTokens,
+                true,
+            ),
+            Self::Together => (
+                "https://api.together.xyz/v1",
+                MaxTokensField::MaxTokens,
+                true,
+            ),
             Self::Vllm => ("http://127.0.0.1:8000/v1", MaxTokensField::MaxTokens, true),
             Self::Ollama => ("http://127.0.0.1:11434/v1", MaxTokensField::MaxTokens, true),
             Self::Llamacpp => ("http://127.0.0.1:8080/v1", MaxTokensField::MaxTokens, true),

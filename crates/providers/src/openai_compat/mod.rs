@@ -113,7 +113,9 @@ pub fn build(
     };
     let base = base.trim_end_matches('/').to_owned();
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(format!("base_url: '{base}' must start with http:// or https://"));
+        return Err(format!(
+            "base_url: '{base}' must start with http:// or https://"
+        ));
     }
     let opts = FamilyOptions {
         kind: "openai_compat",
@@ -172,7 +174,12 @@ impl<E: Endpoint> Family<E> {
         }
         let headers = resp.headers().clone();
         let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
-        Err(error::from_response(status, &headers, &body, &self.secrets()))
+        Err(error::from_response(
+            status,
+            &headers,
+            &body,
+            &self.secrets(),
+        ))
     }
 
     async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
@@ -196,7 +203,9 @@ impl<E: Endpoint> Family<E> {
         // A non-streaming answer (or a server that ignored `stream`): decode it whole.
         let body = read_limited(resp, MAX_RESPONSE_BODY).await?;
         let events = decode_whole(&body)?;
-        Ok(Box::pin(futures_util::stream::iter(events.into_iter().map(Ok))))
+        Ok(Box::pin(futures_util::stream::iter(
+            events.into_iter().map(Ok),
+        )))
     }
 
     async fn embed_inner(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, Error> {
@@ -264,8 +273,11 @@ async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u
 /// Undecodable upstream output. Retryable: when it happens before the first event reached the
 /// client, another deployment can still answer.
 fn protocol(what: &str, e: &serde_json::Error) -> Error {
-    Error::upstream(ErrorKind::Protocol, format!("upstream sent invalid {what}: {e}"))
-        .with_retry(relais_core::Retry::Yes)
+    Error::upstream(
+        ErrorKind::Protocol,
+        format!("upstream sent invalid {what}: {e}"),
+    )
+    .with_retry(relais_core::Retry::Yes)
 }
 
 /// Decode a whole (non-streaming) completion body into events.

@@ -170,7 +170,10 @@ impl ChunkDecoder {
             // Without an index (Mistral), a fragment with a new id is a new call and a fragment
             // without an id continues the last one.
             None => match id {
-                Some(id) => self.tools.iter().position(|(_, cid)| cid.as_deref() == Some(id)),
+                Some(id) => self
+                    .tools
+                    .iter()
+                    .position(|(_, cid)| cid.as_deref() == Some(id)),
                 None => self.tools.len().checked_sub(1),
             },
         };
@@ -183,7 +186,11 @@ fn content_parts(parts: &[Value], out: &mut Vec<StreamEvent>) {
     for p in parts {
         match p.get("type").and_then(Value::as_str) {
             Some("text") => {
-                if let Some(t) = p.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                if let Some(t) = p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                {
                     out.push(StreamEvent::TextDelta(t.to_owned()));
                 }
             }

@@ -11,9 +11,11 @@ use crate::sse::SseParser;
 /// Path of a recording. The corpus lives beside the repository (`../shared/fixtures`); a missing
 /// corpus fails the test loudly instead of skipping it.
 pub(crate) fn fixture(rel: &str) -> PathBuf {
-    let root = std::env::var_os("RELAIS_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-    });
+    let root = std::env::var_os("RELAIS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        });
     let path = root.join(rel);
     assert!(
         path.exists(),
@@ -97,7 +99,10 @@ fn every_recording_of_the_family_is_covered() {
     for dir in ["openai", "openai-compatible", "mistral"] {
         for entry in std::fs::read_dir(fixture(dir)).unwrap() {
             let name = format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy());
-            assert!(covered.contains(&name.as_str()), "no conformance test for {name}");
+            assert!(
+                covered.contains(&name.as_str()),
+                "no conformance test for {name}"
+            );
         }
     }
 }
@@ -109,7 +114,10 @@ fn openai_text_whole() {
     assert!(r.text.ends_with("dream beyond our world."));
     assert_eq!(r.finish, Some(FinishReason::Stop));
     assert_eq!(r.usage, usage(16, 363, 0, 0));
-    assert_eq!(r.id.as_deref(), Some("chatcmpl-D8Z5f52zQqikDBEKQMQoYcWMcWPeU"));
+    assert_eq!(
+        r.id.as_deref(),
+        Some("chatcmpl-D8Z5f52zQqikDBEKQMQoYcWMcWPeU")
+    );
     assert!(r.tool_calls.is_empty());
 }
 
@@ -128,7 +136,9 @@ fn azure_stream_with_empty_first_chunk() {
     let raw = read("openai/azure-model-router.1.chunks.txt");
     let events = decode_chunks(raw.lines()).unwrap();
     // The empty, id-less first chunk must not produce a Start with empty id/model.
-    assert!(matches!(&events[0], StreamEvent::Start { id: Some(id), .. } if id.starts_with("chatcmpl-")));
+    assert!(
+        matches!(&events[0], StreamEvent::Start { id: Some(id), .. } if id.starts_with("chatcmpl-"))
+    );
     let r = fold(&events);
     assert_eq!(r.text, oracle_text(&raw));
     assert!(r.text.starts_with("Capital of"), "{}", r.text);
@@ -139,7 +149,10 @@ fn azure_stream_with_empty_first_chunk() {
 #[test]
 fn legacy_text_completion() {
     let r = whole("openai/openai-completion-text.json");
-    assert!(r.text.starts_with("The new holiday is called \"Gratitude Day\""));
+    assert!(
+        r.text
+            .starts_with("The new holiday is called \"Gratitude Day\"")
+    );
     assert_eq!(r.finish, Some(FinishReason::Length));
     assert_eq!(r.usage, usage(14, 16, 0, 0));
 }
@@ -170,12 +183,18 @@ fn tool_call_with_index_starting_at_one() {
 #[test]
 fn xai_reasoning_outside_completion_tokens() {
     let r = whole("openai-compatible/xai-tool-call.json");
-    assert!(r.reasoning.starts_with("First, the user is asking about the weather"));
+    assert!(
+        r.reasoning
+            .starts_with("First, the user is asking about the weather")
+    );
     assert_eq!(r.text, "");
     assert_eq!(r.tool_calls.len(), 1);
     assert_eq!(r.tool_calls[0].id, "call_46427107");
     assert_eq!(r.tool_calls[0].name, "weather");
-    assert_eq!(r.tool_calls[0].arguments, "{\"location\":\"San Francisco\"}");
+    assert_eq!(
+        r.tool_calls[0].arguments,
+        "{\"location\":\"San Francisco\"}"
+    );
     assert_eq!(r.finish, Some(FinishReason::ToolCalls));
     // 26 completion + 255 reasoning counted outside it: total 588 = 307 + 26 + 255.
     assert_eq!(r.usage, usage(307, 281, 244, 255));
@@ -187,7 +206,10 @@ fn mistral_incremental_tool_call() {
     assert_eq!(r.tool_calls.len(), 1);
     assert_eq!(r.tool_calls[0].id, "chatcmpl-tool-9f149c74c42f265b");
     assert_eq!(r.tool_calls[0].name, "webSearchTool");
-    assert_eq!(r.tool_calls[0].arguments, "{\"query\": \"current Berlin weather\"}");
+    assert_eq!(
+        r.tool_calls[0].arguments,
+        "{\"query\": \"current Berlin weather\"}"
+    );
     assert_eq!(r.finish, Some(FinishReason::ToolCalls));
     assert_eq!(r.usage, usage(171, 14, 128, 0));
 }
@@ -198,7 +220,10 @@ fn mistral_reasoning_parts() {
         chunks("mistral/mistral-reasoning.chunks.txt"),
         whole("mistral/mistral-reasoning.json"),
     ] {
-        assert_eq!(r.reasoning, "The user is asking for 2+2. This is basic arithmetic. 2+2=4.");
+        assert_eq!(
+            r.reasoning,
+            "The user is asking for 2+2. This is basic arithmetic. 2+2=4."
+        );
         assert_eq!(r.text, "2 + 2 = 4");
         assert_eq!(r.finish, Some(FinishReason::Stop));
         assert_eq!(r.usage, usage(10, 46, 0, 0));
@@ -213,7 +238,10 @@ fn mistral_text() {
     assert_eq!(r.text, "Hello, world! This is a test response.");
     assert_eq!(r.usage, usage(13, 8, 0, 0));
     let r = whole("mistral/mistral-text.json");
-    assert!(r.text.starts_with("**Holiday Name: \"World Kindness Day of Sharing\"**"));
+    assert!(
+        r.text
+            .starts_with("**Holiday Name: \"World Kindness Day of Sharing\"**")
+    );
     assert_eq!(r.usage, usage(13, 434, 0, 0));
     assert_eq!(r.finish, Some(FinishReason::Stop));
 }
@@ -227,7 +255,10 @@ fn mistral_tool_call_without_index() {
         assert_eq!(r.tool_calls.len(), 1);
         assert_eq!(r.tool_calls[0].id, "gSIMJiOkT");
         assert_eq!(r.tool_calls[0].name, "weather");
-        assert_eq!(r.tool_calls[0].arguments, "{\"location\": \"San Francisco\"}");
+        assert_eq!(
+            r.tool_calls[0].arguments,
+            "{\"location\": \"San Francisco\"}"
+        );
         assert_eq!(r.finish, Some(FinishReason::ToolCalls));
         assert_eq!(r.usage, usage(124, 22, 0, 0));
     }

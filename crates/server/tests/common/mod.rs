@@ -1,6 +1,11 @@
 //! Shared harness: the mock vendor and a relais server on loopback, both in-process.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: a failure is a failed test; each test binary uses a subset"
+)]
 
 use std::time::Duration;
 
