@@ -225,3 +225,33 @@ fn chat_streams_an_answer_to_the_terminal() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+#[test]
+fn every_example_config_checks() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+            .env("OPENAI_API_KEY", "sk-example-0000")
+            .env("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
+            .env("AZURE_OPENAI_API_KEY", "azure-example-0000")
+            .env("RELAIS_APP_KEY", "relais-example-key")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(seen >= 2, "examples/ holds no configs");
+}
