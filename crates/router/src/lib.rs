@@ -90,48 +90,25 @@ pub fn should_fail_over(err: &Error) -> bool {
 }
 
 impl Route {
-    /// Run a chat request: try deployments in order until one produces a first event.
-    pub async fn chat(&self, req: &ChatRequest) -> Result<Routed, Exhausted> {
+    /// Try deployments in order until one attempt succeeds, failing over only on errors another
+    /// deployment can cure. `attempt` runs one deployment, identified by its index.
+    async fn fail_over<T, F, Fut>(
+        &self,
+        mut attempt: F,
+    ) -> Result<(usize, T, Vec<FailedAttempt>, Duration), Exhausted>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let mut failed = Vec::new();
         let mut waited = Duration::ZERO;
         for (i, d) in self.deployments.iter().enumerate() {
             let start = Instant::now();
-            let outcome = tokio::time::timeout(self.first_event_timeout, async {
-                let mut stream = d.provider.chat(&d.model, req).await?;
-                match stream.next().await {
-                    Some(Ok(first)) => {
-                        let rest =
-                            futures_util::stream::once(async move { Ok(first) }).chain(stream);
-                        Ok(Box::pin(rest) as EventStream)
-                    }
-                    Some(Err(e)) => Err(e),
-                    None => Err(Error::upstream(
-                        ErrorKind::Protocol,
-                        "upstream closed the response without any event",
-                    )),
-                }
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::upstream(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no response from upstream within {} ms",
-                        self.first_event_timeout.as_millis()
-                    ),
-                ))
-            });
+            let outcome = attempt(i).await;
             let elapsed = start.elapsed();
             waited += elapsed;
             match outcome {
-                Ok(stream) => {
-                    return Ok(Routed {
-                        deployment: i,
-                        stream,
-                        failed,
-                        upstream_wait: waited,
-                    });
-                }
+                Ok(value) => return Ok((i, value, failed, waited)),
                 Err(error) => {
                     let next = should_fail_over(&error) && i + 1 < self.deployments.len();
                     tracing::debug!(
@@ -163,42 +140,61 @@ impl Route {
         })
     }
 
+    /// Run a chat request: try deployments in order until one produces a first event.
+    pub async fn chat(&self, req: &ChatRequest) -> Result<Routed, Exhausted> {
+        let (deployment, stream, failed, upstream_wait) = self
+            .fail_over(|i| {
+                let d = &self.deployments[i];
+                let limit = self.first_event_timeout;
+                async move {
+                    tokio::time::timeout(limit, first_event(d, req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::upstream(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "no response from upstream within {} ms",
+                                    limit.as_millis()
+                                ),
+                            ))
+                        })
+                }
+            })
+            .await?;
+        Ok(Routed {
+            deployment,
+            stream,
+            failed,
+            upstream_wait,
+        })
+    }
+
     /// Run an embeddings request with the same failover rule.
     pub async fn embed(
         &self,
         req: &EmbedRequest,
     ) -> Result<(usize, EmbedResponse, Vec<FailedAttempt>, Duration), Exhausted> {
-        let mut failed = Vec::new();
-        let mut waited = Duration::ZERO;
-        for (i, d) in self.deployments.iter().enumerate() {
-            let start = Instant::now();
-            let outcome = d.provider.embed(&d.model, req).await;
-            let elapsed = start.elapsed();
-            waited += elapsed;
-            match outcome {
-                Ok(resp) => return Ok((i, resp, failed, waited)),
-                Err(error) => {
-                    let next = should_fail_over(&error) && i + 1 < self.deployments.len();
-                    failed.push(FailedAttempt {
-                        deployment: i,
-                        error: error.clone(),
-                        elapsed,
-                    });
-                    if !next {
-                        return Err(Exhausted {
-                            error,
-                            failed,
-                            upstream_wait: waited,
-                        });
-                    }
-                }
-            }
-        }
-        Err(Exhausted {
-            error: Error::internal(format!("route '{}' has no deployments", self.name)),
-            failed,
-            upstream_wait: waited,
+        self.fail_over(|i| {
+            let d = &self.deployments[i];
+            d.provider.embed(&d.model, req)
         })
+        .await
+    }
+}
+
+/// Start a response on `d` and wait for its first event: the commit point.
+async fn first_event(d: &Deployment, req: &ChatRequest) -> Result<EventStream, Error> {
+    let mut stream = d.provider.chat(&d.model, req).await?;
+    match stream.next().await {
+        Some(Ok(first)) => {
+            let rest = futures_util::stream::once(async move { Ok(first) }).chain(stream);
+            Ok(Box::pin(rest))
+        }
+        Some(Err(e)) => Err(e),
+        None => Err(Error::upstream(
+            ErrorKind::Protocol,
+            "upstream closed the response without any event",
+        )),
     }
 }
 

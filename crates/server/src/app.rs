@@ -102,6 +102,25 @@ impl AppState {
             .ok_or_else(|| Error::new(ErrorKind::Auth, Side::Client, "invalid API key"))
     }
 
+    /// Everything a request must pass before its body is parsed: not draining, a valid key, a
+    /// body within the limit.
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Option<&ClientKey>, Bytes), Error> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "gateway is shutting down",
+            ));
+        }
+        let key = self.authenticate(headers)?;
+        let bytes = read_body(body, headers, self.runtime.max_body_bytes).await?;
+        Ok((key, bytes))
+    }
+
     fn visible(&self, key: Option<&ClientKey>, route: &str) -> bool {
         match key.and_then(|k| k.routes.as_ref()) {
             None => true,
@@ -336,21 +355,13 @@ async fn chat_with(
 ) -> Response {
     let ctx = Ctx::new(&headers);
     let admitted = async {
-        if app.draining.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                Side::Gateway,
-                "gateway is shutting down",
-            ));
-        }
-        let key = app.authenticate(&headers)?;
-        let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
+        let (key, bytes) = app.admit(&headers, body).await?;
         let mut req = openai::parse_chat(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
         app.entry(key, &req.model, RouteKind::Chat)?;
-        Ok(req)
+        Ok::<_, Error>(req)
     }
     .await;
     let req = match admitted {
@@ -598,21 +609,13 @@ async fn embeddings_with(
 ) -> Response {
     let ctx = Ctx::new(&headers);
     let admitted = async {
-        if app.draining.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                Side::Gateway,
-                "gateway is shutting down",
-            ));
-        }
-        let key = app.authenticate(&headers)?;
-        let bytes = read_body(body, &headers, app.runtime.max_body_bytes).await?;
+        let (key, bytes) = app.admit(&headers, body).await?;
         let (mut req, base64) = openai::parse_embeddings(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
         app.entry(key, &req.model, RouteKind::Embeddings)?;
-        Ok((req, base64))
+        Ok::<_, Error>((req, base64))
     }
     .await;
     let (req, base64) = match admitted {
