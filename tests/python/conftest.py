@@ -99,8 +99,17 @@ endpoint = "{mock}"
 api_key = "${{UPSTREAM_KEY}}"
 api_version = "{api_version}"
 
+[providers.local]
+type = "local"
+model_path = "${{RELAIS_LOCAL_MODEL}}"
+parallel = 2
+threads = 2
+
 [routes.gpt-4o-mini]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+
+[routes.local]
+deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
 
 [routes.failover]
 deployments = [{{ provider = "up", model = "primary" }}, {{ provider = "backup", model = "secondary" }}]
@@ -121,7 +130,12 @@ def relais_url(mock_url):
     cfg.write_text(
         CONFIG.format(port=port, mock=mock_url, client_key=CLIENT_KEY, api_version=AZURE_API_VERSION)
     )
-    env = dict(os.environ, UPSTREAM_KEY=UPSTREAM_KEY)
+    model = os.environ.get("RELAIS_LOCAL_MODEL") or str(
+        Path.home() / ".local/share/relais/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    if not Path(model).exists():
+        raise RuntimeError(f"local model {model} is missing: run scripts/fetch-model")
+    env = dict(os.environ, UPSTREAM_KEY=UPSTREAM_KEY, RELAIS_LOCAL_MODEL=model)
     log = open(cfg.parent / "relais.log", "w")
     proc = subprocess.Popen(
         [binary("RELAIS_BIN", "relais"), "serve", "--config", str(cfg)], env=env, stderr=log

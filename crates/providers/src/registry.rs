@@ -13,6 +13,8 @@ use crate::{azure, openai_compat};
 pub enum ProviderConfig {
     OpenaiCompat(openai_compat::OpenAiCompatConfig),
     Azure(azure::AzureConfig),
+    #[cfg(feature = "local")]
+    Local(relais_local::LocalConfig),
 }
 
 impl ProviderConfig {
@@ -20,6 +22,8 @@ impl ProviderConfig {
         match self {
             Self::OpenaiCompat(_) => "openai_compat",
             Self::Azure(_) => "azure",
+            #[cfg(feature = "local")]
+            Self::Local(_) => "local",
         }
     }
 }
@@ -32,6 +36,8 @@ pub fn build_provider(
     match cfg {
         ProviderConfig::OpenaiCompat(c) => openai_compat::build(c, http),
         ProviderConfig::Azure(c) => azure::build(c, http),
+        #[cfg(feature = "local")]
+        ProviderConfig::Local(c) => relais_local::build(c),
     }
 }
 
@@ -64,6 +70,11 @@ impl ProviderConfig {
                 c.api_style,
                 c.api_version.as_ref().map_or("(default)", |v| v.0.as_str()),
                 c.api_key.masked()
+            ),
+            #[cfg(feature = "local")]
+            Self::Local(c) => format!(
+                "model_path={} parallel={} context_tokens={} queue_depth={}",
+                c.model_path.0, c.parallel, c.context_tokens, c.queue_depth
             ),
         }
     }

@@ -74,11 +74,46 @@ fn load(path: Option<&Path>) -> Result<(config::RawConfig, String, String)> {
             Ok((raw, source, p.display().to_string()))
         }
         None => {
-            let source = String::new();
-            let raw = config::parse(&source, "(defaults)").map_err(|e| anyhow!(e))?;
+            let source = default_config();
+            let raw = config::parse(&source, "(built-in defaults)").map_err(|e| anyhow!(e))?;
             Ok((raw, source, "(built-in defaults)".to_owned()))
         }
     }
+}
+
+/// Where `scripts/fetch-model` puts the default model.
+fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("RELAIS_MODEL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("RELAIS_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".local/share/relais")
+    });
+    home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The built-in defaults: the local model on loopback, no keys, routes `local` and `default`.
+fn default_config() -> String {
+    let model = default_model_path().display().to_string();
+    let model = model.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        r#"[server]
+listen = "127.0.0.1:8080"
+
+[providers.local]
+type = "local"
+model_path = "{model}"
+
+[routes.local]
+deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
+
+[routes.default]
+deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
+"#
+    )
 }
 
 fn init_logging(format: LogFormat) {
