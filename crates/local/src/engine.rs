@@ -217,7 +217,8 @@ fn load(cfg: &LocalConfig, path: &Path, size: u64) -> Result<(LlamaModel, Facts)
     })?;
     let meta = |k: &str| model.meta_val_str(k).ok();
     let vocab = model.vocab();
-    let piece = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+    let piece =
+        |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let facts = Facts {
         file: path.to_path_buf(),
         architecture: meta("general.architecture").unwrap_or_else(|| "unknown".into()),
@@ -317,8 +318,11 @@ impl Scheduler<'_> {
             return;
         }
         let Some(slot) = self.slots.iter().position(Option::is_none) else {
-            let _ = job.tx.send(Err(Error::upstream(ErrorKind::Overloaded, "no free sequence")
-                .with_retry(Retry::Yes)));
+            let _ = job.tx.send(Err(Error::upstream(
+                ErrorKind::Overloaded,
+                "no free sequence",
+            )
+            .with_retry(Retry::Yes)));
             return;
         };
         match self.start(slot, &job) {
@@ -336,9 +340,10 @@ impl Scheduler<'_> {
     /// Read the prompt into sequence `slot` and sample its first token.
     fn start(&mut self, slot: usize, job: &Job) -> Result<Seq, Error> {
         let vocab = self.model.vocab();
-        let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+        let bos =
+            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
         // A template that writes the BOS token itself must not get a second one.
-        let add_bos = !(!bos.is_empty() && job.prompt.starts_with(&bos));
+        let add_bos = bos.is_empty() || !job.prompt.starts_with(&bos);
         let tokens = vocab.tokenize(job.prompt.as_bytes(), add_bos, true);
         let n_prompt = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         let limit = self.context_tokens;
@@ -355,7 +360,9 @@ impl Scheduler<'_> {
         }
         let sampler = sampler(self.model, &job.sampling)?;
         let seq_id = i32::try_from(slot).unwrap_or(0);
-        let _ = self.ctx.clear_kv_cache_seq(u32::try_from(slot).ok(), None, None);
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(u32::try_from(slot).ok(), None, None);
         let internal = |what: String| Error::internal(format!("local model: {what}"));
         let mut pos = 0i32;
         let chunks = tokens.chunks(PROMPT_BATCH);
@@ -434,14 +441,17 @@ impl Scheduler<'_> {
     fn after_sample(&mut self, slot: usize) {
         let vocab = self.model.vocab();
         let limit = i32::try_from(self.context_tokens).unwrap_or(i32::MAX);
-        let Some(seq) = &mut self.slots[slot] else { return };
+        let Some(seq) = &mut self.slots[slot] else {
+            return;
+        };
         let outcome = if seq.tx.is_closed() {
             Step::Abandoned
         } else if vocab.is_eog(seq.next) {
             Step::Done(FinishReason::Stop)
         } else {
             seq.output_tokens += 1;
-            seq.pending.extend(vocab.token_to_piece(seq.next, false, None));
+            seq.pending
+                .extend(vocab.token_to_piece(seq.next, false, None));
             take_utf8(&mut seq.pending, &mut seq.held);
             let outcome = emit(seq);
             match outcome {
@@ -463,7 +473,7 @@ impl Scheduler<'_> {
             Step::Done(reason) => {
                 if reason != FinishReason::Stop || seq.held.is_empty() {
                     // Held-back text that did not turn into a stop sequence belongs to the answer.
-                } 
+                }
                 flush(seq);
                 let usage = Usage {
                     input_tokens: u64::from(seq.prompt_tokens),
@@ -518,7 +528,11 @@ fn emit(seq: &mut Seq) -> Step {
         .min()
     {
         seq.held.truncate(at);
-        return if send_text(seq) { Step::Done(FinishReason::Stop) } else { Step::Abandoned };
+        return if send_text(seq) {
+            Step::Done(FinishReason::Stop)
+        } else {
+            Step::Abandoned
+        };
     }
     let keep = stops
         .iter()
@@ -539,7 +553,11 @@ fn emit(seq: &mut Seq) -> Step {
 fn partial_suffix(text: &str, stop: &str) -> usize {
     (1..stop.len().min(text.len() + 1))
         .rev()
-        .find(|&n| stop.is_char_boundary(n) && text.is_char_boundary(text.len() - n) && text.ends_with(&stop[..n]))
+        .find(|&n| {
+            stop.is_char_boundary(n)
+                && text.is_char_boundary(text.len() - n)
+                && text.ends_with(&stop[..n])
+        })
         .unwrap_or(0)
 }
 

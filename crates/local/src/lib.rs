@@ -64,7 +64,9 @@ pub fn build(cfg: &LocalConfig) -> Result<Arc<dyn Provider>, String> {
 impl Local {
     fn sampling(&self, req: &ChatRequest) -> Result<Sampling, Error> {
         if !req.tools.is_empty() && req.tool_choice != Some(relais_core::ToolChoice::None) {
-            return Err(Error::unsupported("the local model does not support tools").with_param("tools"));
+            return Err(
+                Error::unsupported("the local model does not support tools").with_param("tools")
+            );
         }
         let grammar = match &req.response_format {
             None | Some(ResponseFormat::Text) => None,
@@ -79,7 +81,9 @@ impl Local {
         };
         Ok(Sampling {
             max_tokens: req.max_output_tokens,
-            temperature: req.temperature.map_or(self.default_temperature, |t| t as f32),
+            temperature: req
+                .temperature
+                .map_or(self.default_temperature, |t| t as f32),
             top_p: req.top_p.map(|p| p as f32),
             top_k: req.top_k,
             // Seeds are 32-bit in llama.cpp; wider ones are folded, keeping them deterministic.
@@ -144,7 +148,9 @@ impl Provider for Local {
         _request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, Error>> {
         Box::pin(async {
-            Err(Error::unsupported("the local chat model does not serve embeddings"))
+            Err(Error::unsupported(
+                "the local chat model does not serve embeddings",
+            ))
         })
     }
 
@@ -174,7 +180,9 @@ impl Provider for Local {
 
 /// The worker's token channel as an event stream. Dropping the stream drops the receiver, which
 /// the worker notices at its next step and frees the sequence.
-fn event_stream(rx: tokio::sync::mpsc::UnboundedReceiver<Result<StreamEvent, Error>>) -> EventStream {
+fn event_stream(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<StreamEvent, Error>>,
+) -> EventStream {
     Box::pin(futures_util::stream::unfold(
         (rx, false),
         |(mut rx, finished)| async move {

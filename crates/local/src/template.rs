@@ -79,7 +79,11 @@ impl ChatTemplate {
             bos_token => self.bos,
             eos_token => self.eos,
         })
-        .map_err(|e| Error::bad_request(format!("the model's chat template rejected the conversation: {e}")))
+        .map_err(|e| {
+            Error::bad_request(format!(
+                "the model's chat template rejected the conversation: {e}"
+            ))
+        })
     }
 }
 

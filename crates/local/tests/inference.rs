@@ -20,10 +20,12 @@ use relais_core::{
 use relais_local::LocalConfig;
 
 fn model_path() -> PathBuf {
-    let path = std::env::var_os("RELAIS_LOCAL_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap())
-            .join(".local/share/relais/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("RELAIS_LOCAL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".local/share/relais/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     assert!(
         path.exists(),
         "model file {} is missing: run scripts/fetch-model (or set RELAIS_LOCAL_MODEL)",
@@ -44,14 +46,16 @@ fn config(parallel: u32, queue: usize, context: u32) -> LocalConfig {
 /// every loaded copy costs memory and CPU on a 2-core machine.
 fn shared() -> Arc<dyn Provider> {
     static P: OnceLock<Arc<dyn Provider>> = OnceLock::new();
-    P.get_or_init(|| relais_local::build(&config(4, 16, 2048)).unwrap()).clone()
+    P.get_or_init(|| relais_local::build(&config(4, 16, 2048)).unwrap())
+        .clone()
 }
 
 /// A provider that decodes one sequence at a time, for the tests about exact reproducibility:
 /// llama.cpp's CPU kernels may round differently when other sequences share the batch.
 fn solo() -> Arc<dyn Provider> {
     static P: OnceLock<Arc<dyn Provider>> = OnceLock::new();
-    P.get_or_init(|| relais_local::build(&config(1, 16, 2048)).unwrap()).clone()
+    P.get_or_init(|| relais_local::build(&config(1, 16, 2048)).unwrap())
+        .clone()
 }
 
 fn ask(text: &str) -> ChatRequest {
@@ -134,7 +138,10 @@ async fn same_seed_same_output_at_temperature_one() {
     }
     assert_eq!(outputs[0], outputs[1]);
     let distinct: std::collections::HashSet<_> = outputs.iter().collect();
-    assert!(distinct.len() >= 2, "different seeds never differed: {outputs:?}");
+    assert!(
+        distinct.len() >= 2,
+        "different seeds never differed: {outputs:?}"
+    );
 }
 
 #[tokio::test]
@@ -188,8 +195,8 @@ async fn json_schema_mode_is_enforced_by_grammar() {
     });
     req.max_output_tokens = Some(60);
     let r = run(&p, &req).await;
-    let v: serde_json::Value = serde_json::from_str(&r.text)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.text));
+    let v: serde_json::Value =
+        serde_json::from_str(&r.text).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", r.text));
     assert!(v["name"].is_string(), "{v}");
     assert!(v["age"].is_i64(), "{v}");
 }
@@ -216,7 +223,11 @@ async fn prompt_beyond_the_context_window_is_a_context_error() {
     let first = s.next().await.unwrap();
     let e = first.err().unwrap();
     assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
-    assert!(e.message.contains("maximum context length is 128"), "{}", e.message);
+    assert!(
+        e.message.contains("maximum context length is 128"),
+        "{}",
+        e.message
+    );
 }
 
 async fn first_event(s: &mut EventStream) {
@@ -252,7 +263,10 @@ async fn queue_overflow_is_503_with_retry_after_and_disconnect_frees_the_slot() 
         match p.chat("m", &quick).await {
             Ok(s) => break s,
             Err(e) if e.kind == ErrorKind::Overloaded => {
-                assert!(started.elapsed() < Duration::from_secs(5), "queue never drained");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "queue never drained"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("{e:?}"),
@@ -264,7 +278,11 @@ async fn queue_overflow_is_503_with_retry_after_and_disconnect_frees_the_slot() 
     }
     let r = c.finish();
     assert_eq!(r.usage.unwrap().output_tokens, 4);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -285,7 +303,10 @@ fn missing_and_corrupt_files_are_clear_errors() {
     std::fs::write(&truncated, &real[..4096]).unwrap();
     cfg.model_path.0 = truncated.display().to_string();
     let e = relais_local::build(&cfg).err().unwrap();
-    assert!(e.contains("truncated.gguf") && e.contains("could not be loaded"), "{e}");
+    assert!(
+        e.contains("truncated.gguf") && e.contains("could not be loaded"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -298,4 +319,3 @@ fn model_facts_come_from_the_file() {
     assert_eq!(info.details["trained_context_length"], 8192);
     assert_eq!(info.context_length, Some(2048));
 }
-

@@ -86,12 +86,14 @@ fn default_model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RELAIS_MODEL") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("RELAIS_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".local/share/relais")
-    });
+    let home = std::env::var_os("RELAIS_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".local/share/relais")
+        });
     home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -136,7 +138,11 @@ fn init_logging(format: LogFormat) {
         }
         LogFormat::Text => {
             let _ = registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                        .with_writer(std::io::stderr),
+                )
                 .try_init();
         }
     }
