@@ -226,6 +226,15 @@ fn chat_streams_an_answer_to_the_terminal() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
 
+fn local_model() -> PathBuf {
+    std::env::var_os("RELAIS_LOCAL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".local/share/relais/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+}
+
 #[test]
 fn every_example_config_checks() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
@@ -244,6 +253,7 @@ fn every_example_config_checks() {
             .env("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
             .env("AZURE_OPENAI_API_KEY", "azure-example-0000")
             .env("RELAIS_APP_KEY", "relais-example-key")
+            .env("RELAIS_MODEL", local_model())
             .output()
             .unwrap();
         assert!(
@@ -254,4 +264,55 @@ fn every_example_config_checks() {
         );
     }
     assert!(seen >= 2, "examples/ holds no configs");
+}
+
+#[test]
+fn serve_with_no_config_answers_from_the_local_model() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-defaults", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .env_remove("RELAIS_CONFIG")
+        .env("RELAIS_MODEL", local_model())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    let body = r#"{"model":"default","temperature":0,"max_tokens":16,"messages":[{"role":"user","content":"Explain in a few sentences why the sky is blue."}]}"#;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let text = json["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Rayleigh"), "{text}");
+    assert_eq!(json["usage"]["completion_tokens"], 16);
+}
+
+#[test]
+fn serve_with_a_missing_model_fails_at_start_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-nomodel", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env_remove("RELAIS_CONFIG")
+        .env("RELAIS_MODEL", "/nonexistent/dir/model.gguf")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/dir/model.gguf"), "{stderr}");
+    assert!(stderr.contains("fetch-model"), "{stderr}");
 }
