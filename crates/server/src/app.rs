@@ -703,34 +703,49 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     resp
 }
 
-async fn healthz() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
-    )
-        .into_response()
+/// A small JSON or text answer with the headers every response carries.
+fn plain(
+    headers: &HeaderMap,
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response {
+    let ctx = Ctx::new(headers);
+    let mut resp = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    ctx.headers(&mut resp, Duration::ZERO);
+    resp
 }
 
-async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+async fn healthz(headers: HeaderMap) -> Response {
+    plain(
+        &headers,
+        StatusCode::OK,
+        "application/json",
+        r#"{"status":"ok"}"#.to_owned(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if app.draining.load(Ordering::Relaxed) {
-        (
+        plain(
+            &headers,
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"draining"}"#,
+            "application/json",
+            r#"{"status":"draining"}"#.to_owned(),
         )
-            .into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            r#"{"status":"ready"}"#,
+        plain(
+            &headers,
+            StatusCode::OK,
+            "application/json",
+            r#"{"status":"ready"}"#.to_owned(),
         )
-            .into_response()
     }
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let body = crate::metrics::render(&app.global, app.series());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 
 async fn unknown_path(method: Method, uri: Uri, headers: HeaderMap) -> Response {
