@@ -14,6 +14,8 @@ use futures_util::StreamExt;
 use relais_core::{ChatRequest, Message, Provider, Role, StreamEvent};
 
 struct Run {
+    /// When each text delta arrived, from the start of the benchmark phase.
+    stamps: Vec<Instant>,
     ttft: Duration,
     total: Duration,
     prompt_tokens: u64,
@@ -33,15 +35,22 @@ async fn run(p: &Arc<dyn Provider>, prompt: &str, gen_tokens: u32) -> Result<Run
     let mut s = p.chat("m", &req).await.map_err(|e| e.message)?;
     let mut ttft = None;
     let mut usage = None;
+    let mut stamps = Vec::new();
     while let Some(ev) = s.next().await {
         match ev.map_err(|e| e.message)? {
-            StreamEvent::TextDelta(_) if ttft.is_none() => ttft = Some(start.elapsed()),
+            StreamEvent::TextDelta(_) => {
+                stamps.push(Instant::now());
+                if ttft.is_none() {
+                    ttft = Some(start.elapsed());
+                }
+            }
             StreamEvent::Usage(u) => usage = Some(u),
             _ => {}
         }
     }
     let u = usage.ok_or("no usage")?;
     Ok(Run {
+        stamps,
         ttft: ttft.unwrap_or_default(),
         total: start.elapsed(),
         prompt_tokens: u.input_tokens,
@@ -109,19 +118,37 @@ async fn main() -> Result<(), String> {
         })
         .collect();
     let mut total_tokens = 0;
+    let mut runs = Vec::new();
     for t in tasks {
-        total_tokens += t.await.map_err(|e| e.to_string())??.output_tokens;
+        let r = t.await.map_err(|e| e.to_string())??;
+        total_tokens += r.output_tokens;
+        runs.push(r);
     }
     let aggregate = total_tokens as f64 / started.elapsed().as_secs_f64();
+    // Steady state: the window in which all four streams were generating together, which
+    // leaves out the prompts read one after another as the streams arrive.
+    let window_start = runs.iter().filter_map(|r| r.stamps.first()).max().copied();
+    let window_end = runs.iter().filter_map(|r| r.stamps.last()).min().copied();
+    let steady = match (window_start, window_end) {
+        (Some(a), Some(b)) if b > a => {
+            let n = runs
+                .iter()
+                .map(|r| r.stamps.iter().filter(|t| **t > a && **t <= b).count())
+                .sum::<usize>();
+            n as f64 / (b - a).as_secs_f64()
+        }
+        _ => 0.0,
+    };
 
     println!(
-        "{{\"load_ms\": {:.0}, \"pp_tokens\": {n_prompt}, \"pp_tok_s\": {:.1}, \"tg_tokens\": {gen_tokens}, \"tg_tok_s\": {:.1}, \"ttft_ms\": {:.1}, \"aggregate4_tok_s\": {:.1}, \"aggregate_ratio\": {:.2}, \"peak_rss_mb\": {:.0}}}",
+        "{{\"load_ms\": {:.0}, \"pp_tokens\": {n_prompt}, \"pp_tok_s\": {:.1}, \"tg_tokens\": {gen_tokens}, \"tg_tok_s\": {:.1}, \"ttft_ms\": {:.1}, \"aggregate4_tok_s\": {:.1}, \"aggregate_ratio\": {:.2}, \"steady4_tok_s\": {:.1}, \"peak_rss_mb\": {:.0}}}",
         load.as_secs_f64() * 1000.0,
         median(pp),
         single,
         median(ttft),
         aggregate,
         aggregate / single,
+        steady,
         peak_rss_mb()
     );
     Ok(())
