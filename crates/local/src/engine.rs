@@ -177,6 +177,7 @@ fn worker(
             return;
         }
     };
+    let facts_bos = facts.bos.clone();
     let _ = ready.send(Ok(facts));
     Scheduler {
         model: &model,
@@ -184,6 +185,7 @@ fn worker(
         slots: (0..parallel).map(|_| None).collect(),
         batch: LlamaBatch::new(PROMPT_BATCH.max(parallel as usize), 1),
         context_tokens: cfg.context_tokens.max(64),
+        bos: facts_bos,
     }
     .run(jobs);
 }
@@ -278,6 +280,8 @@ struct Scheduler<'m> {
     slots: Vec<Option<Seq>>,
     batch: LlamaBatch<'static>,
     context_tokens: u32,
+    /// The BOS token's text, to see whether the template already wrote it.
+    bos: String,
 }
 
 impl Scheduler<'_> {
@@ -340,10 +344,8 @@ impl Scheduler<'_> {
     /// Read the prompt into sequence `slot` and sample its first token.
     fn start(&mut self, slot: usize, job: &Job) -> Result<Seq, Error> {
         let vocab = self.model.vocab();
-        let bos =
-            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
         // A template that writes the BOS token itself must not get a second one.
-        let add_bos = bos.is_empty() || !job.prompt.starts_with(&bos);
+        let add_bos = self.bos.is_empty() || !job.prompt.starts_with(&self.bos);
         let tokens = vocab.tokenize(job.prompt.as_bytes(), add_bos, true);
         let n_prompt = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         let limit = self.context_tokens;

@@ -360,20 +360,17 @@ async fn chat_with(
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        app.entry(key, &req.model, RouteKind::Chat)?;
-        Ok::<_, Error>(req)
+        let entry = app.entry(key, &req.model, RouteKind::Chat)?;
+        Ok::<_, Error>((req, entry))
     }
     .await;
-    let req = match admitted {
+    let (req, entry) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
             log_error("", &ctx.id, &e);
             return ctx.error(&e, Duration::ZERO);
         }
-    };
-    let Some(entry) = app.entries.get(&req.model) else {
-        return ctx.error(&Error::internal("route vanished"), Duration::ZERO);
     };
     let inflight = Inflight::new(&app);
     let routed = match entry.route.chat(&req).await {
@@ -614,19 +611,16 @@ async fn embeddings_with(
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        app.entry(key, &req.model, RouteKind::Embeddings)?;
-        Ok::<_, Error>((req, base64))
+        let entry = app.entry(key, &req.model, RouteKind::Embeddings)?;
+        Ok::<_, Error>((req, base64, entry))
     }
     .await;
-    let (req, base64) = match admitted {
+    let (req, base64, entry) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
             return ctx.error(&e, Duration::ZERO);
         }
-    };
-    let Some(entry) = app.entries.get(&req.model) else {
-        return ctx.error(&Error::internal("route vanished"), Duration::ZERO);
     };
     let _inflight = Inflight::new(&app);
     match entry.route.embed(&req).await {

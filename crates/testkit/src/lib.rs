@@ -19,7 +19,7 @@ mod behaviour;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -83,7 +83,7 @@ struct MockState {
 
 impl MockState {
     fn take_fault(&self, model: &str) -> Option<Fault> {
-        let mut faults = self.faults.lock().unwrap();
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
         let pos = faults
             .iter()
             .position(|f| f.model.as_deref().is_none_or(|m| m == model))?;
@@ -152,19 +152,35 @@ impl MockServer {
     }
 
     pub fn push_fault(&self, fault: Fault) {
-        self.state.faults.lock().unwrap().push(fault);
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fault);
     }
 
     pub fn clear_faults(&self) {
-        self.state.faults.lock().unwrap().clear();
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.state.requests.lock().unwrap().clone()
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn clear_requests(&self) {
-        self.state.requests.lock().unwrap().clear();
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -196,21 +212,35 @@ fn app(state: Arc<MockState>) -> Router {
 }
 
 async fn add_fault(State(s): State<Arc<MockState>>, Json(f): Json<Fault>) -> StatusCode {
-    s.faults.lock().unwrap().push(f);
+    s.faults
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(f);
     StatusCode::NO_CONTENT
 }
 
 async fn clear_faults(State(s): State<Arc<MockState>>) -> StatusCode {
-    s.faults.lock().unwrap().clear();
+    s.faults
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
     StatusCode::NO_CONTENT
 }
 
 async fn list_requests(State(s): State<Arc<MockState>>) -> Json<Vec<Recorded>> {
-    Json(s.requests.lock().unwrap().clone())
+    Json(
+        s.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
+    )
 }
 
 async fn clear_requests(State(s): State<Arc<MockState>>) -> StatusCode {
-    s.requests.lock().unwrap().clear();
+    s.requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
     StatusCode::NO_CONTENT
 }
 
@@ -245,16 +275,19 @@ async fn admit(
     let (headers, body, auth, query) = (&req.headers, &req.body, req.auth, &req.query);
     let model_from_path = req.dep.as_deref();
     let body_json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    s.requests.lock().unwrap().push(Recorded {
-        method: "POST".into(),
-        path: req.path.clone(),
-        query: query.clone(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: body_json.clone(),
-    });
+    s.requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Recorded {
+            method: "POST".into(),
+            path: req.path.clone(),
+            query: query.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: body_json.clone(),
+        });
     if body_json.is_null() {
         return Err(error_json(
             StatusCode::BAD_REQUEST,
