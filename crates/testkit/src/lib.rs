@@ -15,6 +15,7 @@
 )]
 
 mod behaviour;
+mod fast;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 pub use behaviour::{Reply, prompt_tokens, reply_for};
+pub use fast::{FastOptions, serve_fast};
 
 /// One injected fault, applied to the next `times` requests whose model matches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

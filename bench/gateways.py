@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: relais against the mock directly (calibration), nginx (the floor for any
+proxy) and LiteLLM, on the same mock, rates and load generator, in one run.
+
+Run it through bench/gateways (which installs the tools). Loopback only; every load is bounded in
+rate and time. Pinning: on a machine with at least 2 cores the gateway runs on core 0 and the
+load generator plus the mock on the other cores (taskset); with 1 core nothing is pinned.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CACHE = pathlib.Path(os.environ.get("RELAIS_CACHE", pathlib.Path.home() / ".cache/relais"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
+OHA = os.environ.get("OHA", str(CACHE / "tools/bin/oha"))
+CORES = os.cpu_count() or 1
+GATEWAY_CPUS = "0" if CORES >= 2 else None
+LOAD_CPUS = f"1-{CORES - 1}" if CORES >= 2 else None
+BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say something short."}]})
+STREAM_BODY = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "Say something short."}]})
+KEY = "bench-client-key-0001"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cmd, cpus):
+    return (["taskset", "-c", cpus] + cmd) if cpus and shutil.which("taskset") else cmd
+
+
+def wait_http(url, proc, timeout=60, headers=None):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status < 500:
+                    return time.time() - start
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def proc_stat(pid):
+    """(cpu seconds, rss MB, peak rss MB) of a process and its children."""
+    total_cpu, rss, peak = 0.0, 0.0, 0.0
+    pids = [pid]
+    try:
+        children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total_cpu += (int(fields[11]) + int(fields[12])) / tick
+            status = pathlib.Path(f"/proc/{p}/status").read_text()
+            rss += int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+            peak += int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+        except (OSError, AttributeError):
+            pass
+    return total_cpu, rss, peak
+
+
+class Setup:
+    def __init__(self, name, url, proc=None, headers=None, startup=None):
+        self.name, self.url, self.proc, self.headers, self.startup = name, url, proc, headers or {}, startup
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def oha(url, body, rate, duration, headers, connections=64):
+    cmd = [OHA, "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(connections),
+           "-m", "POST", "-T", "application/json", "-d", body]
+    if rate:
+        cmd += ["-q", str(rate), "--latency-correction"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(pinned(cmd + [url], LOAD_CPUS), capture_output=True, text=True, timeout=duration + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed: {out.stderr[-500:]}")
+    r = json.loads(out.stdout)
+    s = r["summary"]
+    codes = r.get("statusCodeDistribution", {})
+    total = sum(codes.values()) or 1
+    ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
+    errors = sum((r.get("errorDistribution") or {}).values())
+    p = r["latencyPercentiles"]
+    return {
+        "rps": s["requestsPerSec"],
+        "success": 100.0 * ok / (total + errors),
+        "p50_ms": (p["p50"] or 0) * 1000,
+        "p99_ms": (p["p99"] or 0) * 1000,
+    }
+
+
+def ttfb(url, body, headers, n=100):
+    """Median time to the first byte of the body of a streamed answer, over n sequential requests."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    req = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n{extra}"
+           f"content-length: {len(body)}\r\n\r\n{body}").encode()
+    times = []
+    with socket.create_connection((host, int(port))) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            s.sendall(req)
+            buf = b""
+            first = None
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("connection closed")
+                buf += chunk
+                if first is None and b"data:" in buf:
+                    first = time.perf_counter() - t0
+                if b"data: [DONE]" in buf:
+                    # drain the chunked terminator
+                    if not buf.endswith(b"0\r\n\r\n") and b"transfer-encoding: chunked" in buf.lower():
+                        while not buf.endswith(b"0\r\n\r\n"):
+                            buf += s.recv(65536)
+                    break
+            times.append(first * 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def start_mock(port, args):
+    cmd = [str(TARGET / "release/relais-mock"), "--fast", "--listen", f"127.0.0.1:{port}"] + args
+    proc = subprocess.Popen(pinned(cmd, LOAD_CPUS), stdout=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/", proc)
+    return proc
+
+
+def start_relais(mock_port, auth):
+    port = free_port()
+    cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-")) / "relais.toml"
+    text = f"""[server]
+listen = "127.0.0.1:{port}"
+[providers.mock]
+type = "openai_compat"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+api_key = "upstream-key"
+[routes.bench]
+deployments = [{{ provider = "mock", model = "bench" }}]
+"""
+    if auth:
+        text += f'[[auth.keys]]\nname = "bench"\nkey = "{KEY}"\n'
+    cfg.write_text(text)
+    t0 = time.time()
+    proc = subprocess.Popen(pinned([str(TARGET / "release/relais"), "serve", "--config", str(cfg)], GATEWAY_CPUS),
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, RELAIS_LOG="warn"))
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    name = "relais + auth" if auth else "relais (bare routing)"
+    return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
+                 {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
+
+
+def start_nginx(mock_port):
+    port = free_port()
+    d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-nginx-"))
+    (d / "nginx.conf").write_text(f"""worker_processes 1;
+daemon off;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d};
+  upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+    t0 = time.time()
+    proc = subprocess.Popen(pinned(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], GATEWAY_CPUS),
+                            stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/", proc)
+    return Setup("nginx (reverse proxy)", f"http://127.0.0.1:{port}/v1/chat/completions", proc, {}, time.time() - t0)
+
+
+def start_litellm(mock_port):
+    exe = CACHE / "litellm-venv/bin/litellm"
+    if not exe.exists():
+        return None
+    port = free_port()
+    d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-litellm-"))
+    (d / "config.yaml").write_text(f"""model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/bench
+      api_base: http://127.0.0.1:{mock_port}/v1
+      api_key: upstream-key
+general_settings:
+  master_key: sk-{KEY}
+""")
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+    t0 = time.time()
+    proc = subprocess.Popen(pinned([str(exe), "--config", str(d / "config.yaml"), "--port", str(port),
+                                    "--num_workers", "1"], GATEWAY_CPUS),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    headers = {"authorization": f"Bearer sk-{KEY}"}
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)
+    return Setup("LiteLLM", f"http://127.0.0.1:{port}/v1/chat/completions", proc, headers, time.time() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="CI smoke: relais vs direct, 500 req/s, 3 s")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rates", default="500,2000,5000")
+    args = ap.parse_args()
+    duration = 3 if args.quick else args.duration
+    rates = [500] if args.quick else [int(r) for r in args.rates.split(",")]
+
+    mock_port = free_port()
+    mock = start_mock(mock_port, [])
+    results = []  # (setup, mode, rate or "max", figures)
+    setups_info = {}
+    try:
+        direct = Setup("direct to mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions")
+        starters = [lambda: direct, lambda: start_relais(mock_port, False)]
+        if not args.quick:
+            starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
+                         lambda: start_litellm(mock_port)]
+        for start in starters:
+            setup = start()
+            if setup is None:
+                print("LiteLLM is not installed: skipped (bench/gateways installs it)", file=sys.stderr)
+                continue
+            info = {"startup_s": setup.startup}
+            if setup.proc:
+                time.sleep(1)
+                info["idle_rss_mb"] = proc_stat(setup.proc.pid)[1]
+            setups_info[setup.name] = info
+            my_rates = rates if setup.name != "LiteLLM" else [50]
+            for mode, body in (("json", BODY), ("sse", STREAM_BODY)):
+                for rate in my_rates + ([] if args.quick else [None]):
+                    cpu0 = proc_stat(setup.proc.pid)[0] if setup.proc else 0
+                    t0 = time.time()
+                    fig = oha(setup.url, body, rate, duration, setup.headers)
+                    if setup.proc:
+                        cpu1, rss, peak = proc_stat(setup.proc.pid)
+                        fig["cpu_pct"] = 100 * (cpu1 - cpu0) / (time.time() - t0)
+                        fig["peak_rss_mb"] = peak
+                    results.append((setup.name, mode, rate or "max", fig))
+                    print(f"{setup.name:24} {mode:4} {str(rate or 'max'):>5}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms", file=sys.stderr)
+            if setup.proc:
+                info["ttfb_ms"] = ttfb(setup.url, STREAM_BODY, setup.headers, 50 if args.quick else 200)
+            else:
+                info["ttfb_ms"] = ttfb(setup.url, STREAM_BODY, {}, 50 if args.quick else 200)
+            setup.stop()
+    finally:
+        mock.terminate()
+    report(results, setups_info, args.quick, duration)
+
+
+def report(results, info, quick, duration):
+    base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
+    lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s, m, r, f in results:
+        b = base.get((m, r))
+        add50 = f"{f['p50_ms'] - b['p50_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
+        add99 = f"{f['p99_ms'] - b['p99_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
+        lines.append(f"| {s} | {m} | {r} | {f['rps']:.0f} | {f['success']:.2f}% | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | {add50} | {add99} | {f.get('cpu_pct', 0):.0f} | {f.get('peak_rss_mb', 0):.0f} |")
+    direct_ttfb = info.get("direct to mock", {}).get("ttfb_ms", 0)
+    lines += ["", "| setup | startup s | idle RSS MB | stream TTFB p50 ms | added TTFB ms |", "|---|---|---|---|---|"]
+    for s, i in info.items():
+        added = "" if s == "direct to mock" else f"{i['ttfb_ms'] - direct_ttfb:+.3f}"
+        startup = "" if i.get("startup_s") is None else f"{i['startup_s']:.2f}"
+        lines.append(f"| {s} | {startup} | {i.get('idle_rss_mb', 0):.0f} | {i['ttfb_ms']:.3f} | {added} |")
+    relais_bin = TARGET / "release/relais"
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    header = (f"Machine: {cpu}, {CORES} cores; gateway pinned to cpu {GATEWAY_CPUS}, load generator and mock to cpus {LOAD_CPUS}. "
+              f"oha, {duration} s per row, 64 connections, open loop with latency correction (\"max\" = closed loop). "
+              f"relais binary {relais_bin.stat().st_size / 1e6:.1f} MB. Date: {datetime.date.today()}.")
+    table = header + "\n\n" + "\n".join(lines)
+    print(table)
+    if quick:
+        check_regression(results)
+        return
+    svg = plot(results)
+    (ROOT / "docs/bench-gateways.svg").write_text(svg)
+    doc = ROOT / "docs/benchmarks.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    section = ("## Gateways\n\nProduced by `bench/gateways`. Added latency is the gateway's percentile minus the direct "
+               "run's at the same offered rate.\n\n" + table + "\n\n![added p99 latency by offered rate](bench-gateways.svg)\n")
+    if "## Gateways" in text:
+        text = re.sub(r"## Gateways\n.*?(?=\n## |\Z)", lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    doc.write_text(text)
+
+
+def check_regression(results):
+    """CI smoke: fail only on a gross regression, never on noise."""
+    limit_ms = float(os.environ.get("RELAIS_BENCH_MAX_ADDED_P50_MS", "2.0"))
+    base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
+    bad = []
+    for s, m, r, f in results:
+        if s.startswith("relais"):
+            added = f["p50_ms"] - base[(m, r)]["p50_ms"]
+            if f["success"] < 99.9:
+                bad.append(f"{s} {m}: success {f['success']:.2f}%")
+            if added > limit_ms:
+                bad.append(f"{s} {m}: added p50 {added:.3f} ms > {limit_ms} ms")
+    if bad:
+        sys.exit("bench smoke: gross regression: " + "; ".join(bad))
+    print("bench smoke: ok")
+
+
+def plot(results):
+    """Added p99 latency against offered rate, one line per setup and mode, as plain SVG."""
+    base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
+    series = {}
+    for s, m, r, f in results:
+        if s == "direct to mock" or r == "max" or (m, r) not in base:
+            continue
+        series.setdefault(f"{s} {m}", []).append((r, max(0.0, f["p99_ms"] - base[(m, r)]["p99_ms"])))
+    w, h, pad = 720, 420, 60
+    xs = sorted({r for pts in series.values() for r, _ in pts}) or [1]
+    ymax = max([y for pts in series.values() for _, y in pts] + [1.0])
+    X = lambda r: pad + (xs.index(r) / max(1, len(xs) - 1)) * (w - 2 * pad)
+    Y = lambda y: h - pad - (y / ymax) * (h - 2 * pad)
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+           f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">offered rate (req/s)</text>',
+           f'<text x="15" y="{h / 2}" transform="rotate(-90 15 {h / 2})" text-anchor="middle">added p99 latency (ms)</text>']
+    for r in xs:
+        out.append(f'<text x="{X(r)}" y="{h - pad + 18}" text-anchor="middle">{r}</text>')
+    for i in range(5):
+        y = ymax * i / 4
+        out.append(f'<text x="{pad - 8}" y="{Y(y) + 4}" text-anchor="end">{y:.2f}</text>')
+    for n, (name, pts) in enumerate(sorted(series.items())):
+        c = colors[n % len(colors)]
+        pts = sorted(pts)
+        out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (c, " ".join(f"{X(r)},{Y(y)}" for r, y in pts)))
+        out.append(f'<text x="{pad + 10}" y="{pad + 14 * n}" fill="{c}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
