@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use relais_core::{Collector, Error, ErrorKind, EventStream, Side, StreamEvent, Usage};
 use relais_dialects::openai;
 use relais_router::{FailedAttempt, Route, RouteKind};
@@ -529,7 +529,10 @@ struct BodyState {
     done: bool,
 }
 
-/// Encode events as SSE as they arrive: one frame out per event in, no buffering.
+/// Largest write assembled from events that were ready at once.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Encode events as SSE as they arrive, never waiting to batch them.
 fn stream_body(
     stream: EventStream,
     encoder: openai::ChatStreamEncoder,
@@ -549,22 +552,31 @@ fn stream_body(
         }
         let mut out = Vec::new();
         loop {
-            let next = tokio::select! {
-                biased;
-                () = aborted(&mut st.abort) => Err(Error::new(
-                    ErrorKind::Unavailable,
-                    Side::Gateway,
-                    "gateway is shutting down; the stream was cut at the drain deadline",
-                )),
-                item = st.stream.next() => Ok(item),
+            // Wait for the first event of a write; after it, take whatever is already decoded
+            // without waiting, so events that arrived together leave in one write (one syscall,
+            // one chunk) instead of one each. Nothing is ever held back for later.
+            let next = if out.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = aborted(&mut st.abort) => Err(Error::new(
+                        ErrorKind::Unavailable,
+                        Side::Gateway,
+                        "gateway is shutting down; the stream was cut at the drain deadline",
+                    )),
+                    item = st.stream.next() => Ok(item),
+                }
+            } else if out.len() >= COALESCE_LIMIT {
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), st));
+            } else {
+                match st.stream.next().now_or_never() {
+                    Some(item) => Ok(item),
+                    None => return Some((Ok(Bytes::from(out)), st)),
+                }
             };
             match next {
                 Ok(Some(Ok(ev))) => {
                     st.guard.observe(&ev);
                     st.encoder.event(&ev, &mut out);
-                    if !out.is_empty() {
-                        return Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), st));
-                    }
                 }
                 Ok(None) => {
                     st.encoder.end(&mut out);
