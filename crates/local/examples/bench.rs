@@ -3,7 +3,10 @@
 //! peak RSS, and aggregate throughput with concurrent streams. `bench/local-inference` runs it
 //! beside llama.cpp's own `llama-bench` on the same file and thread count.
 //!
-//! Usage: bench MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS
+//! Usage: bench MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS [GPU_LAYERS [STREAMS]]
+//!
+//! GPU_LAYERS (default 0) offloads layers when the llama.cpp linked in has a GPU backend;
+//! STREAMS (default 4) is the number of concurrent streams in the aggregate figures.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -78,14 +81,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        return Err("usage: bench MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS".into());
+    if !(5..=7).contains(&args.len()) {
+        return Err(
+            "usage: bench MODEL.gguf THREADS PROMPT_TOKENS GEN_TOKENS [GPU_LAYERS [STREAMS]]"
+                .into(),
+        );
     }
     let (model, threads) = (&args[1], &args[2]);
     let prompt_tokens: usize = args[3].parse().map_err(|_| "PROMPT_TOKENS")?;
     let gen_tokens: u32 = args[4].parse().map_err(|_| "GEN_TOKENS")?;
+    let gpu_layers: u32 = args
+        .get(5)
+        .map_or(Ok(0), |a| a.parse())
+        .map_err(|_| "GPU_LAYERS")?;
+    let streams: usize = args
+        .get(6)
+        .map_or(Ok(4), |a| a.parse())
+        .map_err(|_| "STREAMS")?;
+    let streams = streams.max(1);
+    // Each stream needs its own sequence (2048 tokens of KV cache each).
+    let parallel = streams.max(4);
     let cfg: relais_local::LocalConfig = toml::from_str(&format!(
-        "model_path = {model:?}\nthreads = {threads}\nparallel = 4\ncontext_tokens = 2048\n"
+        "model_path = {model:?}\nthreads = {threads}\nparallel = {parallel}\ncontext_tokens = 2048\ngpu_layers = {gpu_layers}\nqueue_depth = {}\n",
+        parallel * 2
     ))
     .map_err(|e| e.to_string())?;
     let load = Instant::now();
@@ -110,7 +128,7 @@ async fn main() -> Result<(), String> {
     let single = median(tg.clone());
 
     let started = Instant::now();
-    let tasks: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..streams)
         .map(|i| {
             let p = p.clone();
             let prompt = format!("{short_prompt} ({i})");
@@ -125,7 +143,7 @@ async fn main() -> Result<(), String> {
         runs.push(r);
     }
     let aggregate = total_tokens as f64 / started.elapsed().as_secs_f64();
-    // Steady state: the window in which all four streams were generating together, which
+    // Steady state: the window in which all the streams were generating together, which
     // leaves out the prompts read one after another as the streams arrive.
     let window_start = runs.iter().filter_map(|r| r.stamps.first()).max().copied();
     let window_end = runs.iter().filter_map(|r| r.stamps.last()).min().copied();
@@ -141,7 +159,7 @@ async fn main() -> Result<(), String> {
     };
 
     println!(
-        "{{\"load_ms\": {:.0}, \"pp_tokens\": {n_prompt}, \"pp_tok_s\": {:.1}, \"tg_tokens\": {gen_tokens}, \"tg_tok_s\": {:.1}, \"ttft_ms\": {:.1}, \"aggregate4_tok_s\": {:.1}, \"aggregate_ratio\": {:.2}, \"steady4_tok_s\": {:.1}, \"peak_rss_mb\": {:.0}}}",
+        "{{\"load_ms\": {:.0}, \"pp_tokens\": {n_prompt}, \"pp_tok_s\": {:.1}, \"tg_tokens\": {gen_tokens}, \"tg_tok_s\": {:.1}, \"ttft_ms\": {:.1}, \"streams\": {streams}, \"gpu_layers\": {gpu_layers}, \"aggregate_tok_s\": {:.1}, \"aggregate_ratio\": {:.2}, \"steady_tok_s\": {:.1}, \"peak_rss_mb\": {:.0}}}",
         load.as_secs_f64() * 1000.0,
         median(pp),
         single,

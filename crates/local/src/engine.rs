@@ -124,21 +124,55 @@ fn quantization_name(file_type: &str) -> String {
     name.to_owned()
 }
 
+/// The inference thread's queue. Dropping it closes the queue and waits for the thread to free
+/// the model and context: llama.cpp's GPU backend must release its memory before the process
+/// exits, or CUDA's exit handlers tear the runtime down under it and the process aborts.
+pub(crate) struct Worker {
+    jobs: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), std::sync::mpsc::TrySendError<Job>> {
+        match &self.jobs {
+            Some(tx) => tx.try_send(job),
+            None => Err(std::sync::mpsc::TrySendError::Disconnected(job)),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker once its running sequences are done; their clients
+        // are gone by now, so each ends at its next step.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Start the worker: load the model on its own thread and report what it found.
-pub(crate) fn spawn(cfg: &LocalConfig) -> Result<(SyncSender<Job>, Facts), String> {
+pub(crate) fn spawn(cfg: &LocalConfig) -> Result<(Worker, Facts), String> {
     let path = PathBuf::from(&cfg.model_path.0);
     let size = check_file(&path)?;
     let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(cfg.queue_depth.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Facts, String>>();
     let cfg = cfg.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("relais-local".into())
         .spawn(move || worker(&cfg, &path, size, &ready_tx, &job_rx))
         .map_err(|e| format!("cannot start the inference thread: {e}"))?;
     let facts = ready_rx
         .recv()
         .map_err(|_| "the inference thread stopped while loading".to_owned())??;
-    Ok((job_tx, facts))
+    Ok((
+        Worker {
+            jobs: Some(job_tx),
+            thread: Some(thread),
+        },
+        facts,
+    ))
 }
 
 fn worker(

@@ -13,7 +13,7 @@ mod grammar;
 mod template;
 
 use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::time::Duration;
 
 use relais_core::{
@@ -29,7 +29,7 @@ use template::ChatTemplate;
 
 /// The built-in model as a provider.
 pub struct Local {
-    jobs: SyncSender<Job>,
+    jobs: engine::Worker,
     facts: Facts,
     template: ChatTemplate,
     default_temperature: f32,
