@@ -132,11 +132,20 @@ pub(crate) struct Worker {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Why a job was not queued.
+pub(crate) enum Refused {
+    Full,
+    Stopped,
+}
+
 impl Worker {
-    pub(crate) fn try_send(&self, job: Job) -> Result<(), std::sync::mpsc::TrySendError<Job>> {
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), Refused> {
         match &self.jobs {
-            Some(tx) => tx.try_send(job),
-            None => Err(std::sync::mpsc::TrySendError::Disconnected(job)),
+            Some(tx) => tx.try_send(job).map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => Refused::Full,
+                std::sync::mpsc::TrySendError::Disconnected(_) => Refused::Stopped,
+            }),
+            None => Err(Refused::Stopped),
         }
     }
 }

@@ -13,7 +13,6 @@ mod grammar;
 mod template;
 
 use std::sync::Arc;
-use std::sync::mpsc::TrySendError;
 use std::time::Duration;
 
 use relais_core::{
@@ -123,14 +122,14 @@ impl Provider for Local {
                 tx,
             }) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
+                Err(engine::Refused::Full) => {
                     return Err(Error::upstream(
                         ErrorKind::Overloaded,
                         "the local model's queue is full; retry shortly",
                     )
                     .with_retry(Retry::After(Duration::from_secs(1))));
                 }
-                Err(TrySendError::Disconnected(_)) => {
+                Err(engine::Refused::Stopped) => {
                     return Err(Error::new(
                         ErrorKind::Unavailable,
                         Side::Gateway,
