@@ -7,10 +7,13 @@ use serde_json::{Map, Value};
 
 use crate::parse_json;
 
-#[derive(Deserialize)]
+/// The request body. Deserialized by hand (below) rather than with `#[serde(flatten)]` for the
+/// unknown fields: flatten makes serde buffer the whole body into its private content tree and
+/// decode it a second time, the largest cost of parsing a request.
+#[derive(Default)]
 struct OpenAiChatRequest {
-    model: String,
-    messages: Vec<OpenAiMessage>,
+    model: Option<String>,
+    messages: Option<Vec<OpenAiMessage>>,
     tools: Option<Vec<OpenAiTool>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
@@ -28,8 +31,132 @@ struct OpenAiChatRequest {
     user: Option<String>,
     metadata: Option<Map<String, Value>>,
     n: Option<u32>,
-    #[serde(flatten)]
+    /// Fields relais does not interpret, passed to the upstream as they came.
     extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for OpenAiChatRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, MapAccess, Visitor};
+
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = OpenAiChatRequest;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chat completion request object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut r = OpenAiChatRequest::default();
+                // `null` reads as absent, as it does for the derived optional fields.
+                macro_rules! set {
+                    ($field:ident, $name:literal) => {{
+                        if r.$field.is_some() {
+                            return Err(A::Error::duplicate_field($name));
+                        }
+                        r.$field = map.next_value()?;
+                    }};
+                }
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Model => set!(model, "model"),
+                        Key::Messages => set!(messages, "messages"),
+                        Key::Tools => set!(tools, "tools"),
+                        Key::ToolChoice => set!(tool_choice, "tool_choice"),
+                        Key::ParallelToolCalls => set!(parallel_tool_calls, "parallel_tool_calls"),
+                        Key::ResponseFormat => set!(response_format, "response_format"),
+                        Key::MaxTokens => set!(max_tokens, "max_tokens"),
+                        Key::MaxCompletionTokens => {
+                            set!(max_completion_tokens, "max_completion_tokens");
+                        }
+                        Key::Temperature => set!(temperature, "temperature"),
+                        Key::TopP => set!(top_p, "top_p"),
+                        Key::TopK => set!(top_k, "top_k"),
+                        Key::Stop => set!(stop, "stop"),
+                        Key::Seed => set!(seed, "seed"),
+                        Key::Stream => set!(stream, "stream"),
+                        Key::StreamOptions => set!(stream_options, "stream_options"),
+                        Key::ReasoningEffort => set!(reasoning_effort, "reasoning_effort"),
+                        Key::User => set!(user, "user"),
+                        Key::Metadata => set!(metadata, "metadata"),
+                        Key::N => set!(n, "n"),
+                        Key::Other(name) => {
+                            let v: Value = map.next_value()?;
+                            r.extra.insert(name, v);
+                        }
+                    }
+                }
+                if r.model.is_none() {
+                    return Err(A::Error::missing_field("model"));
+                }
+                if r.messages.is_none() {
+                    return Err(A::Error::missing_field("messages"));
+                }
+                Ok(r)
+            }
+        }
+        d.deserialize_map(Body)
+    }
+}
+
+/// A top-level key of the request body: the known ones without allocating.
+enum Key {
+    Model,
+    Messages,
+    Tools,
+    ToolChoice,
+    ParallelToolCalls,
+    ResponseFormat,
+    MaxTokens,
+    MaxCompletionTokens,
+    Temperature,
+    TopP,
+    TopK,
+    Stop,
+    Seed,
+    Stream,
+    StreamOptions,
+    ReasoningEffort,
+    User,
+    Metadata,
+    N,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "model" => Key::Model,
+                    "messages" => Key::Messages,
+                    "tools" => Key::Tools,
+                    "tool_choice" => Key::ToolChoice,
+                    "parallel_tool_calls" => Key::ParallelToolCalls,
+                    "response_format" => Key::ResponseFormat,
+                    "max_tokens" => Key::MaxTokens,
+                    "max_completion_tokens" => Key::MaxCompletionTokens,
+                    "temperature" => Key::Temperature,
+                    "top_p" => Key::TopP,
+                    "top_k" => Key::TopK,
+                    "stop" => Key::Stop,
+                    "seed" => Key::Seed,
+                    "stream" => Key::Stream,
+                    "stream_options" => Key::StreamOptions,
+                    "reasoning_effort" => Key::ReasoningEffort,
+                    "user" => Key::User,
+                    "metadata" => Key::Metadata,
+                    "n" => Key::N,
+                    other => Key::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -53,32 +180,28 @@ struct OpenAiStreamOptions {
     include_usage: Option<bool>,
 }
 
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum OpenAiRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// One message, every role's fields together. A plain struct rather than an enum tagged by
+/// `role`: serde decodes a tagged enum by first buffering the whole message into its private
+/// content tree, a second pass over every message of every request.
 #[derive(Deserialize)]
-#[serde(tag = "role", rename_all = "lowercase")]
-enum OpenAiMessage {
-    System {
-        content: Value,
-        name: Option<String>,
-    },
-    Developer {
-        content: Value,
-        name: Option<String>,
-    },
-    User {
-        content: Value,
-        name: Option<String>,
-    },
-    Assistant {
-        content: Option<Value>,
-        name: Option<String>,
-        tool_calls: Option<Vec<OpenAiToolCall>>,
-        refusal: Option<String>,
-        reasoning_content: Option<String>,
-    },
-    Tool {
-        content: Value,
-        tool_call_id: String,
-    },
+struct OpenAiMessage {
+    role: OpenAiRole,
+    content: Option<Value>,
+    name: Option<String>,
+    tool_calls: Option<Vec<OpenAiToolCall>>,
+    tool_call_id: Option<String>,
+    refusal: Option<String>,
+    reasoning_content: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +253,10 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
     if raw.n.is_some_and(|n| n != 1) {
         return Err(Error::unsupported("n other than 1 is not supported").with_param("n"));
     }
-    if raw.messages.is_empty() {
+    let (Some(model), Some(raw_messages)) = (raw.model, raw.messages) else {
+        return Err(Error::internal("request parsed without model or messages"));
+    };
+    if raw_messages.is_empty() {
         return Err(Error::bad_request("'messages' must not be empty").with_param("messages"));
     }
     if let (Some(a), Some(b)) = (raw.max_tokens, raw.max_completion_tokens) {
@@ -141,8 +267,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
             .with_param("max_completion_tokens"));
         }
     }
-    let mut messages = Vec::with_capacity(raw.messages.len());
-    for (i, m) in raw.messages.into_iter().enumerate() {
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (i, m) in raw_messages.into_iter().enumerate() {
         messages.push(message(i, m)?);
     }
     let tools = match raw.tools {
@@ -184,7 +310,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
         }
     }
     Ok(ChatRequest {
-        model: raw.model,
+        model,
         messages,
         tools,
         tool_choice,
@@ -213,77 +339,72 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
 
 fn message(i: usize, m: OpenAiMessage) -> Result<Message, Error> {
     let at = |what: &str| format!("messages[{i}].{what}");
-    Ok(match m {
-        OpenAiMessage::System { content, name } => Message {
-            role: Role::System,
-            content: parts(&at("content"), content)?,
+    let required = |content: Option<Value>| {
+        content.ok_or_else(|| {
+            Error::bad_request(format!("'{}' is required", at("content"))).with_param(at("content"))
+        })
+    };
+    let plain = |role: Role, content: Option<Value>, name: Option<String>| {
+        Ok::<_, Error>(Message {
+            role,
+            content: parts(&at("content"), required(content)?)?,
             name,
-        },
-        OpenAiMessage::Developer { content, name } => Message {
-            role: Role::Developer,
-            content: parts(&at("content"), content)?,
-            name,
-        },
-        OpenAiMessage::User { content, name } => Message {
-            role: Role::User,
-            content: parts(&at("content"), content)?,
-            name,
-        },
-        OpenAiMessage::Assistant {
-            content,
-            name,
-            tool_calls,
-            refusal,
-            reasoning_content,
-        } => {
+        })
+    };
+    match m.role {
+        OpenAiRole::System => plain(Role::System, m.content, m.name),
+        OpenAiRole::Developer => plain(Role::Developer, m.content, m.name),
+        OpenAiRole::User => plain(Role::User, m.content, m.name),
+        OpenAiRole::Assistant => {
             let mut out = Vec::new();
-            if let Some(r) = reasoning_content.filter(|r| !r.is_empty()) {
+            if let Some(r) = m.reasoning_content.filter(|r| !r.is_empty()) {
                 out.push(ContentPart::Reasoning {
                     text: r,
                     signature: None,
                 });
             }
-            if let Some(c) = content {
+            if let Some(c) = m.content {
                 out.extend(parts(&at("content"), c)?);
             }
-            if let Some(r) = refusal {
+            if let Some(r) = m.refusal {
                 out.push(ContentPart::Text(r));
             }
-            for call in tool_calls.unwrap_or_default() {
+            for call in m.tool_calls.unwrap_or_default() {
                 out.push(ContentPart::ToolCall(ToolCall {
                     id: call.id,
                     name: call.function.name,
                     arguments: call.function.arguments,
                 }));
             }
-            Message {
+            Ok(Message {
                 role: Role::Assistant,
                 content: out,
-                name,
-            }
+                name: m.name,
+            })
         }
-        OpenAiMessage::Tool {
-            content,
-            tool_call_id,
-        } => {
-            let text: String = parts(&at("content"), content)?
+        OpenAiRole::Tool => {
+            let call_id = m.tool_call_id.ok_or_else(|| {
+                Error::bad_request(format!("'{}' is required", at("tool_call_id")))
+                    .with_param(at("tool_call_id"))
+            })?;
+            let text: String = parts(&at("content"), required(m.content)?)?
                 .into_iter()
                 .filter_map(|p| match p {
                     ContentPart::Text(t) => Some(t),
                     _ => None,
                 })
                 .collect();
-            Message {
+            Ok(Message {
                 role: Role::Tool,
                 content: vec![ContentPart::ToolResult {
-                    call_id: tool_call_id,
+                    call_id,
                     content: text,
                     is_error: false,
                 }],
                 name: None,
-            }
+            })
         }
-    })
+    }
 }
 
 /// Message content is a string or an array of typed parts.
