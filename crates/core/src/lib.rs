@@ -17,8 +17,8 @@ pub use error::{Error, ErrorKind, Retry, Side};
 pub use event::{ChatResponse, Collector, FinishReason, StreamEvent, ToolCall};
 pub use provider::{BoxFuture, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider};
 pub use request::{
-    ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role, Tool,
-    ToolChoice,
+    CacheControl, ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
+    Tool, ToolChoice,
 };
 pub use secret::{Secret, redact};
 pub use usage::Usage;

@@ -144,6 +144,16 @@ pub enum ContentPart {
         family: &'static str,
         value: Value,
     },
+    /// A prompt-caching breakpoint: everything up to and including the part before it may be
+    /// cached. A hint only: providers that cache on their own (OpenAI) or not at all skip it.
+    CacheBreakpoint(CacheControl),
+}
+
+/// Anthropic-style explicit prompt caching (`{"type":"ephemeral","ttl":"5m"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CacheControl {
+    /// `5m` or `1h` as the client said it; `None` is the vendor's default.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +163,8 @@ pub struct Tool {
     /// JSON schema of the arguments.
     pub parameters: Option<Value>,
     pub strict: Option<bool>,
+    /// A caching breakpoint after this tool's definition (the tools prefix may be cached).
+    pub cache: Option<CacheControl>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

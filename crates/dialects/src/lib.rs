@@ -4,6 +4,7 @@
 //! A dialect knows nothing of vendors or of HTTP servers; it maps bytes to `relais-core` types
 //! and back, so the server crate stays free of every wire format.
 
+pub mod anthropic;
 mod json;
 pub mod openai;
 

@@ -40,7 +40,7 @@ impl ChatTemplate {
                 match part {
                     ContentPart::Text(t) => content.push_str(t),
                     ContentPart::ToolResult { content: c, .. } => content.push_str(c),
-                    ContentPart::Reasoning { .. } => {}
+                    ContentPart::Reasoning { .. } | ContentPart::CacheBreakpoint(_) => {}
                     ContentPart::ToolCall(_) => {
                         return Err(Error::unsupported(format!(
                             "messages[{i}]: the local model does not support tool calls"

@@ -210,6 +210,7 @@ async fn tools_and_images_are_refused_not_ignored() {
         description: None,
         parameters: None,
         strict: None,
+        cache: None,
     }];
     let e = p.chat("m", &req).await.err().unwrap();
     assert_eq!(e.kind, ErrorKind::Unsupported);

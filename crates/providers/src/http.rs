@@ -42,3 +42,89 @@ pub fn shared_client(settings: &HttpSettings) -> Result<reqwest::Client, String>
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(CLIENT.get_or_init(|| client).clone())
 }
+
+/// Read a whole upstream body, refusing one larger than `limit`.
+pub(crate) async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, relais_core::Error> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(relais_core::Error::upstream(
+                        relais_core::ErrorKind::Protocol,
+                        format!("upstream response exceeds {limit} bytes"),
+                    ));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(from_transport(&e, true)),
+        }
+    }
+}
+
+/// A transport failure of reqwest, before or during the body.
+pub(crate) fn from_transport(err: &reqwest::Error, during_body: bool) -> relais_core::Error {
+    use relais_core::{Error, ErrorKind, Retry};
+    if err.is_timeout() {
+        Error::upstream(ErrorKind::Timeout, "upstream timed out")
+    } else if during_body {
+        Error::upstream(
+            ErrorKind::Protocol,
+            "upstream connection broke while sending the response",
+        )
+        .with_retry(Retry::Yes)
+    } else {
+        // Connection refused, reset, closed before headers, TLS failure: all "could not get an
+        // answer", all safe to try elsewhere because the upstream produced nothing.
+        let mut msg = String::from("could not reach upstream");
+        if err.is_connect() {
+            msg.push_str(" (connect failed)");
+        }
+        Error::upstream(ErrorKind::Connect, msg)
+    }
+}
+
+/// `retry-after-ms` (OpenAI, Azure) or `retry-after` in seconds, capped at a day. HTTP dates are
+/// not used by any vendor we speak, so they are ignored rather than guessed at; so is a value
+/// that is not a finite number (`NaN` and `inf` parse as f64 and would panic `Duration`).
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs = |name: &str, scale: f64| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite())
+            .and_then(|s| Duration::try_from_secs_f64((s / scale).clamp(0.0, 86_400.0)).ok())
+    };
+    secs("retry-after-ms", 1000.0).or_else(|| secs("retry-after", 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_never_panics_on_odd_numbers() {
+        for v in ["NaN", "inf", "-inf", "-5", "1e300", "abc", ""] {
+            for name in ["retry-after", "retry-after-ms"] {
+                let mut h = http::HeaderMap::new();
+                h.insert(name, http::HeaderValue::from_static(v));
+                let got = retry_after(&h);
+                assert!(
+                    got.is_none_or(|d| d <= Duration::from_secs(86_400)),
+                    "{name}: {v}"
+                );
+            }
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("retry-after-ms", http::HeaderValue::from_static("1500"));
+        h.insert("retry-after", http::HeaderValue::from_static("9"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        h.remove("retry-after-ms");
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(9)));
+    }
+}

@@ -2,6 +2,7 @@
 //! canonical events. Nothing outside this crate names a vendor; a vendor's JSON never leaves its
 //! folder. `registry.rs` is the one place that lists them.
 
+pub mod anthropic;
 pub mod azure;
 mod http;
 pub mod openai_compat;

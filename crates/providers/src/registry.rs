@@ -5,7 +5,7 @@ use std::sync::Arc;
 use relais_core::Provider;
 use serde::Deserialize;
 
-use crate::{azure, openai_compat};
+use crate::{anthropic, azure, openai_compat};
 
 /// A `[providers.NAME]` table; `type` picks the variant.
 #[derive(Debug, Clone, Deserialize)]
@@ -13,6 +13,7 @@ use crate::{azure, openai_compat};
 pub enum ProviderConfig {
     OpenaiCompat(openai_compat::OpenAiCompatConfig),
     Azure(azure::AzureConfig),
+    Anthropic(anthropic::AnthropicConfig),
     #[cfg(feature = "local")]
     Local(relais_local::LocalConfig),
 }
@@ -22,6 +23,7 @@ impl ProviderConfig {
         match self {
             Self::OpenaiCompat(_) => "openai_compat",
             Self::Azure(_) => "azure",
+            Self::Anthropic(_) => "anthropic",
             #[cfg(feature = "local")]
             Self::Local(_) => "local",
         }
@@ -36,6 +38,7 @@ pub fn build_provider(
     match cfg {
         ProviderConfig::OpenaiCompat(c) => openai_compat::build(c, http),
         ProviderConfig::Azure(c) => azure::build(c, http),
+        ProviderConfig::Anthropic(c) => anthropic::build(c, http),
         #[cfg(feature = "local")]
         ProviderConfig::Local(c) => relais_local::build(c),
     }
@@ -71,6 +74,22 @@ impl ProviderConfig {
                 c.api_version.as_ref().map_or("(default)", |v| v.0.as_str()),
                 c.api_key.masked()
             ),
+            Self::Anthropic(c) => {
+                let mut s = format!(
+                    "base_url={} version={} api_key={}",
+                    c.base_url
+                        .as_ref()
+                        .map_or(anthropic::DEFAULT_BASE_URL, |b| b.0.as_str()),
+                    c.version
+                        .as_ref()
+                        .map_or(anthropic::DEFAULT_VERSION, |v| v.0.as_str()),
+                    c.api_key.masked()
+                );
+                for (h, v) in &c.headers {
+                    s.push_str(&format!(" header[{h}]={}", v.masked()));
+                }
+                s
+            }
             #[cfg(feature = "local")]
             Self::Local(c) => format!(
                 "model_path={} parallel={} context_tokens={} queue_depth={}",

@@ -538,6 +538,7 @@ fn tool(i: usize, t: OpenAiTool) -> Result<Tool, Error> {
         description: f.description,
         parameters: f.parameters,
         strict: f.strict,
+        cache: None,
     })
 }
 

@@ -148,6 +148,8 @@ fn message(m: &Message) -> Result<OpenAiMessage<'_>, Error> {
                 }
                 parts.push(json!({"type": "file", "file": file}));
             }
+            // OpenAI caches prompt prefixes on its own; the hint has no field there.
+            ContentPart::CacheBreakpoint(_) => {}
             ContentPart::Opaque { family, value } => {
                 if *family != "openai" {
                     return Err(Error::unsupported(format!(

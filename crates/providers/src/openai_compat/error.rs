@@ -1,7 +1,5 @@
 //! Upstream failures → canonical errors, with the vendor's message kept but its secrets removed.
 
-use std::time::Duration;
-
 use relais_core::{Error, ErrorKind, Retry, Secret, redact};
 use serde_json::Value;
 
@@ -70,29 +68,12 @@ pub(crate) fn from_response(
     let mut err = Error::upstream(kind, redact(&message, secrets)).with_status(status);
     err.code = code.map(|c| redact(&c, secrets));
     err.param = field("param");
-    if let Some(after) = retry_after(headers) {
+    if let Some(after) = crate::http::retry_after(headers) {
         if err.is_retryable() {
             err.retry = Retry::After(after);
         }
     }
     err
-}
-
-/// `retry-after-ms` (OpenAI, Azure) or `retry-after` in seconds. HTTP dates are not used by any
-/// vendor we speak, so they are ignored rather than guessed at.
-pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-    {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
-    }
-    headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0)))
 }
 
 /// An `{"error": ...}` object sent inside a 200 stream.
@@ -112,27 +93,6 @@ pub(crate) fn in_stream_error(err: &Value) -> Error {
     let mut e = Error::upstream(kind, redact(message, &[]));
     e.code = code;
     e
-}
-
-/// A transport failure of reqwest, before or during the body.
-pub(crate) fn from_transport(err: &reqwest::Error, during_body: bool) -> Error {
-    if err.is_timeout() {
-        Error::upstream(ErrorKind::Timeout, "upstream timed out")
-    } else if during_body {
-        Error::upstream(
-            ErrorKind::Protocol,
-            "upstream connection broke while sending the response",
-        )
-        .with_retry(Retry::Yes)
-    } else {
-        // Connection refused, reset, closed before headers, TLS failure: all "could not get an
-        // answer", all safe to try elsewhere because the upstream produced nothing.
-        let mut msg = String::from("could not reach upstream");
-        if err.is_connect() {
-            msg.push_str(" (connect failed)");
-        }
-        Error::upstream(ErrorKind::Connect, msg)
-    }
 }
 
 #[cfg(test)]
@@ -169,7 +129,7 @@ mod tests {
         headers.insert("retry-after", http::HeaderValue::from_static("7"));
         let e = from_response(429, &headers, b"{}", &[]);
         assert_eq!(e.kind, ErrorKind::RateLimited);
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
         let e = from_response(529, &h(), b"overloaded", &[]);
         assert_eq!(e.kind, ErrorKind::Overloaded);
         assert_eq!(e.message, "overloaded");

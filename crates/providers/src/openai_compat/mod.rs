@@ -167,13 +167,15 @@ impl<E: Endpoint> Family<E> {
             .authorize(rb)
             .send()
             .await
-            .map_err(|e| error::from_transport(&e, false))?;
+            .map_err(|e| crate::http::from_transport(&e, false))?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(resp);
         }
         let headers = resp.headers().clone();
-        let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+        let body = crate::http::read_limited(resp, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         Err(error::from_response(
             status,
             &headers,
@@ -201,7 +203,7 @@ impl<E: Endpoint> Family<E> {
             return Ok(sse_stream(resp));
         }
         // A non-streaming answer (or a server that ignored `stream`): decode it whole.
-        let body = read_limited(resp, MAX_RESPONSE_BODY).await?;
+        let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
         let events = decode_whole(&body)?;
         Ok(Box::pin(futures_util::stream::iter(
             events.into_iter().map(Ok),
@@ -224,7 +226,7 @@ impl<E: Endpoint> Family<E> {
         let body = serde_json::to_vec(&body)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
         let resp = self.post(self.endpoint.embeddings_url(model), body).await?;
-        let body = read_limited(resp, MAX_RESPONSE_BODY).await?;
+        let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
         decode_embeddings(&body)
     }
 }
@@ -248,25 +250,6 @@ impl<E: Endpoint> Provider for Family<E> {
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, Error>> {
         Box::pin(self.embed_inner(model, request))
-    }
-}
-
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if out.len() + chunk.len() > limit {
-                    return Err(Error::upstream(
-                        ErrorKind::Protocol,
-                        format!("upstream response exceeds {limit} bytes"),
-                    ));
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(out),
-            Err(e) => return Err(error::from_transport(&e, true)),
-        }
     }
 }
 
@@ -361,7 +344,7 @@ impl SseState {
                         Err(e) => Err(e),
                     }
                 }
-                Err(e) => Err(error::from_transport(&e, true)),
+                Err(e) => Err(crate::http::from_transport(&e, true)),
             };
             if let Err(e) = step {
                 self.done = true;
