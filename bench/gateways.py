@@ -330,13 +330,20 @@ def report(results, info, quick, duration):
 
 
 def check_regression(results):
-    """CI smoke: fail only on a gross regression, never on noise."""
-    limit_ms = float(os.environ.get("RELAIS_BENCH_MAX_ADDED_P50_MS", "2.0"))
+    """CI smoke: fail only on a gross regression, never on noise.
+
+    The limit is about five times the added p50 recorded at 500 req/s in docs/benchmarks.md
+    (+0.39 ms for JSON, +0.68 ms for SSE on this machine kind, first full run): a change that makes the
+    hot path several times slower trips it, a noisy neighbour does not.
+    RELAIS_BENCH_MAX_ADDED_P50_MS overrides both limits."""
+    override = os.environ.get("RELAIS_BENCH_MAX_ADDED_P50_MS")
+    limits = {"json": 2.0, "sse": 3.5}
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
     bad = []
     for s, m, r, f in results:
         if s.startswith("relais"):
             added = f["p50_ms"] - base[(m, r)]["p50_ms"]
+            limit_ms = float(override) if override else limits[m]
             if f["success"] < 99.9:
                 bad.append(f"{s} {m}: success {f['success']:.2f}%")
             if added > limit_ms:

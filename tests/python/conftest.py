@@ -99,6 +99,11 @@ endpoint = "{mock}"
 api_key = "${{UPSTREAM_KEY}}"
 api_version = "{api_version}"
 
+[providers.claude]
+type = "anthropic"
+base_url = "{mock}"
+api_key = "${{UPSTREAM_KEY}}"
+
 [providers.local]
 type = "local"
 model_path = "${{RELAIS_LOCAL_MODEL}}"
@@ -107,6 +112,12 @@ threads = 2
 
 [routes.gpt-4o-mini]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+
+[routes.claude-sonnet-4-5]
+deployments = [{{ provider = "claude", model = "claude-sonnet-4-5-20250929" }}]
+
+[routes.claude-failover]
+deployments = [{{ provider = "claude", model = "claude-primary" }}, {{ provider = "up", model = "secondary" }}]
 
 [routes.local]
 deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]

@@ -127,7 +127,15 @@ def test_embeddings_default_base64_and_float(client):
 
 def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["az-dep", "failover", "gpt-4o-mini", "local", "text-embedding-3-small"]
+    assert ids == [
+        "az-dep",
+        "claude-failover",
+        "claude-sonnet-4-5",
+        "failover",
+        "gpt-4o-mini",
+        "local",
+        "text-embedding-3-small",
+    ]
 
 
 def test_failover_is_invisible_to_the_client(client, mock):

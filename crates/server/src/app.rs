@@ -20,6 +20,7 @@ use relais_router::{FailedAttempt, Route, RouteKind};
 use tokio::sync::watch;
 
 use crate::config::{ClientKey, Runtime};
+use crate::dialect::{Dialect, Encoder, estimate_input_tokens};
 use crate::metrics::{Global, Series};
 
 /// A route with its metric series, one per deployment, built once per config.
@@ -199,6 +200,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
@@ -219,13 +222,20 @@ pub fn router(state: Arc<AppState>) -> Router {
 struct Ctx {
     start: Instant,
     id: String,
+    /// The client's API: errors are rendered in its shape.
+    dialect: Dialect,
 }
 
 impl Ctx {
     fn new(headers: &HeaderMap) -> Self {
+        Self::for_dialect(headers, Dialect::OpenAi)
+    }
+
+    fn for_dialect(headers: &HeaderMap, dialect: Dialect) -> Self {
         Self {
             start: Instant::now(),
             id: request_id(headers),
+            dialect,
         }
     }
 
@@ -233,6 +243,10 @@ impl Ctx {
         let overhead = self.start.elapsed().saturating_sub(upstream);
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.id) {
+            // Anthropic's SDKs read their own header name for the request id.
+            if self.dialect == Dialect::Anthropic {
+                h.insert(HeaderName::from_static("request-id"), v.clone());
+            }
             h.insert(HeaderName::from_static("x-request-id"), v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
@@ -241,9 +255,9 @@ impl Ctx {
     }
 
     fn error(&self, err: &Error, upstream: Duration) -> Response {
-        let status = StatusCode::from_u16(openai::error_status(err))
+        let status = StatusCode::from_u16(self.dialect.error_status(err))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (status, openai::error_body(err)).into_response();
+        let mut resp = (status, self.dialect.error_body(err, &self.id)).into_response();
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -335,7 +349,44 @@ impl Drop for Inflight {
 }
 
 async fn chat(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    chat_with(app, headers, body, None).await
+    chat_with(app, headers, body, None, Dialect::OpenAi).await
+}
+
+async fn messages(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    chat_with(app, headers, body, None, Dialect::Anthropic).await
+}
+
+/// `/v1/messages/count_tokens`: the route must exist and be visible to the key; the count is
+/// an estimate (see [`estimate_input_tokens`]), since no upstream is called for it.
+async fn count_tokens(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ctx = Ctx::for_dialect(&headers, Dialect::Anthropic);
+    let counted = async {
+        let (key, bytes) = app.admit(&headers, body).await?;
+        let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
+        app.entry(key, &req.model, RouteKind::Chat)?;
+        Ok::<_, Error>(estimate_input_tokens(&req))
+    }
+    .await;
+    match counted {
+        Ok(n) => {
+            let body = relais_dialects::anthropic::render_count_tokens(n);
+            let mut resp = Response::new(Body::from(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            ctx.headers(&mut resp, Duration::ZERO);
+            resp
+        }
+        Err(e) => {
+            app.global.rejected(e.kind);
+            ctx.error(&e, Duration::ZERO)
+        }
+    }
 }
 
 async fn azure_chat(
@@ -344,7 +395,7 @@ async fn azure_chat(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    chat_with(app, headers, body, Some(deployment)).await
+    chat_with(app, headers, body, Some(deployment), Dialect::OpenAi).await
 }
 
 async fn chat_with(
@@ -352,11 +403,12 @@ async fn chat_with(
     headers: HeaderMap,
     body: Body,
     model: Option<String>,
+    dialect: Dialect,
 ) -> Response {
-    let ctx = Ctx::new(&headers);
+    let ctx = Ctx::for_dialect(&headers, dialect);
     let admitted = async {
         let (key, bytes) = app.admit(&headers, body).await?;
-        let mut req = openai::parse_chat(&bytes)?;
+        let mut req = dialect.parse_chat(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
@@ -395,10 +447,10 @@ async fn chat_with(
     };
     series.ttft.observe(ctx.start.elapsed());
     let deployment = &entry.route.deployments[routed.deployment];
-    let response_id = format!("chatcmpl-{}", ctx.id);
+    let response_id = dialect.response_id(&ctx.id);
     let created = unix_now();
     let mut resp = if req.stream {
-        let encoder = openai::ChatStreamEncoder::new(
+        let encoder = dialect.stream_encoder(
             response_id,
             req.model.clone(),
             created,
@@ -433,7 +485,7 @@ async fn chat_with(
                 if let Some(u) = &r.usage {
                     series.tokens(u);
                 }
-                let body = openai::render_chat(&r, &response_id, &req.model, created);
+                let body = dialect.render(&r, &response_id, &req.model, created);
                 let mut resp = Response::new(Body::from(body));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -523,7 +575,7 @@ async fn aborted(rx: &mut watch::Receiver<bool>) {
 
 struct BodyState {
     stream: EventStream,
-    encoder: openai::ChatStreamEncoder,
+    encoder: Encoder,
     guard: StreamGuard,
     abort: watch::Receiver<bool>,
     done: bool,
@@ -535,7 +587,7 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// Encode events as SSE as they arrive, never waiting to batch them.
 fn stream_body(
     stream: EventStream,
-    encoder: openai::ChatStreamEncoder,
+    encoder: Encoder,
     guard: StreamGuard,
     abort: watch::Receiver<bool>,
 ) -> Body {

@@ -4,6 +4,7 @@
 
 mod app;
 pub mod config;
+mod dialect;
 mod metrics;
 
 use std::future::{Future, IntoFuture};

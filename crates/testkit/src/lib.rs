@@ -1,5 +1,5 @@
-//! Test kit: a fault-injecting mock vendor that speaks the OpenAI and Azure OpenAI wire formats
-//! over loopback, and records what it received.
+//! Test kit: a fault-injecting mock vendor that speaks the OpenAI, Azure OpenAI and Anthropic
+//! Messages wire formats over loopback, and records what it received.
 //!
 //! Faults are queued through a control API (`POST /_mock/faults`) or [`MockServer::push_fault`]:
 //! status codes with `retry-after`, delays before headers and between chunks, a connection closed
@@ -14,6 +14,7 @@
     reason = "test support: a poisoned mutex or a failed bind should abort the test"
 )]
 
+mod anthropic;
 mod behaviour;
 mod fast;
 
@@ -197,6 +198,7 @@ fn app(state: Arc<MockState>) -> Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(anthropic_messages))
         .route("/openai/v1/chat/completions", post(azure_v1_chat))
         .route("/openai/v1/embeddings", post(azure_v1_embeddings))
         .route(
@@ -266,6 +268,7 @@ fn error_json(status: StatusCode, message: &str, kind: &str, code: Option<&str>)
 enum Flavor {
     OpenAi,
     Azure,
+    Anthropic,
 }
 
 /// Shared front half of every endpoint: record, authenticate, apply faults.
@@ -309,7 +312,20 @@ async fn admit(
                 .get("api-key")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
+            Auth::XApiKey => headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
         };
+        if auth == Auth::XApiKey && presented != expected {
+            let body = anthropic::error_body(401, "invalid x-api-key");
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response());
+        }
         if presented != expected {
             // Like OpenAI, echo the key that was presented: the gateway must redact it.
             return Err(error_json(
@@ -321,6 +337,15 @@ async fn admit(
                 Some("invalid_api_key"),
             ));
         }
+    }
+    if auth == Auth::XApiKey && !headers.contains_key("anthropic-version") {
+        let body = anthropic::error_body(400, "anthropic-version: header is required");
+        return Err((
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
     }
     if auth == Auth::ApiKey && !query.contains_key("api-version") {
         return Err(error_json(
@@ -352,6 +377,9 @@ async fn admit(
         if let Some(status) = f.status {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = f.body.clone().unwrap_or_else(|| {
+                if auth == Auth::XApiKey {
+                    return anthropic::error_body(status, &format!("mock fault: HTTP {status}"));
+                }
                 json!({"error": {"message": format!("mock fault: HTTP {status}"), "type": "server_error", "param": null, "code": null}}).to_string()
             });
             let mut resp =
@@ -382,6 +410,8 @@ struct Call {
 enum Auth {
     Bearer,
     ApiKey,
+    /// Anthropic: `x-api-key`, and `anthropic-version` must be present.
+    XApiKey,
 }
 
 async fn openai_chat(
@@ -400,6 +430,24 @@ async fn openai_chat(
         dep: None,
     };
     chat(&s, &k, call, Flavor::OpenAi).await
+}
+
+async fn anthropic_messages(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        path: "/v1/messages".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::XApiKey,
+        dep: None,
+    };
+    chat(&s, &k, call, Flavor::Anthropic).await
 }
 
 async fn azure_v1_chat(
@@ -451,20 +499,28 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
         .map(str::to_owned)
         .or_else(|| req.get("model").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| "mock-model".into());
-    let reply = reply_for(&req);
+    let (reply, prompt) = if flavor == Flavor::Anthropic {
+        anthropic::answer(&req)
+    } else {
+        (reply_for(&req), behaviour::prompt_tokens(&req))
+    };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if stream {
         let include_usage = req
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let mut frames = behaviour::stream_frames(
-            &reply,
-            &model,
-            behaviour::prompt_tokens(&req),
-            include_usage,
-            flavor == Flavor::Azure,
-        );
+        let mut frames = if flavor == Flavor::Anthropic {
+            anthropic::stream_frames(&reply, &model, prompt)
+        } else {
+            behaviour::stream_frames(
+                &reply,
+                &model,
+                prompt,
+                include_usage,
+                flavor == Flavor::Azure,
+            )
+        };
         if fault.malformed {
             frames.insert(
                 frames.len().min(2),
@@ -512,8 +568,10 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
     }
     let body = if fault.malformed {
         "{\"id\": \"chatcmpl-mock\", \"choices\": [".to_owned()
+    } else if flavor == Flavor::Anthropic {
+        anthropic::message_json(&reply, &model, prompt).to_string()
     } else {
-        behaviour::completion_json(&reply, &model, behaviour::prompt_tokens(&req)).to_string()
+        behaviour::completion_json(&reply, &model, prompt).to_string()
     };
     drip(body, &fault)
 }
