@@ -252,6 +252,8 @@ fn every_example_config_checks() {
             .env("OPENAI_API_KEY", "sk-example-0000")
             .env("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
             .env("AZURE_OPENAI_API_KEY", "azure-example-0000")
+            .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+            .env("ANTHROPIC_API_KEY", "sk-ant-example-0000")
             .env("RELAIS_APP_KEY", "relais-example-key")
             .env("RELAIS_MODEL", local_model())
             .output()
