@@ -245,6 +245,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI smoke: relais vs direct, 500 req/s, 3 s")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rates", default="500,2000,5000")
+    ap.add_argument("--probe", action="store_true",
+                    help="relais vs direct only, at --rates and the closed-loop max; prints, writes nothing")
     args = ap.parse_args()
     duration = 3 if args.quick else args.duration
     rates = [500] if args.quick else [int(r) for r in args.rates.split(",")]
@@ -256,7 +258,7 @@ def main():
     try:
         direct = Setup("direct to mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions")
         starters = [lambda: direct, lambda: start_relais(mock_port, False)]
-        if not args.quick:
+        if not (args.quick or args.probe):
             starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
                          lambda: start_litellm(mock_port)]
         for start in starters:
@@ -288,10 +290,10 @@ def main():
             setup.stop()
     finally:
         mock.terminate()
-    report(results, setups_info, args.quick, duration)
+    report(results, setups_info, args.quick, duration, args.probe)
 
 
-def report(results, info, quick, duration):
+def report(results, info, quick, duration, probe=False):
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
     lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -315,6 +317,8 @@ def report(results, info, quick, duration):
     print(table)
     if quick:
         check_regression(results)
+        return
+    if probe:
         return
     svg = plot(results)
     (ROOT / "docs/bench-gateways.svg").write_text(svg)
