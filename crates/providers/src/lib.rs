@@ -4,6 +4,8 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+pub mod gemini;
 mod http;
 pub mod openai_compat;
 mod registry;

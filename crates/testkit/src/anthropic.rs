@@ -51,7 +51,10 @@ pub(crate) fn openai_view(req: &Value) -> Value {
             view.insert("tool_choice".into(), json!("none"));
         }
         Some("tool") => {
-            let name = req.pointer("/tool_choice/name").cloned().unwrap_or(Value::Null);
+            let name = req
+                .pointer("/tool_choice/name")
+                .cloned()
+                .unwrap_or(Value::Null);
             view.insert(
                 "tool_choice".into(),
                 json!({"type": "function", "function": {"name": name}}),
@@ -93,7 +96,9 @@ fn output_tokens(reply: &Reply) -> u64 {
 
 fn stop_reason(reply: &Reply) -> &'static str {
     match reply {
-        Reply::Text { truncated: true, .. } => "max_tokens",
+        Reply::Text {
+            truncated: true, ..
+        } => "max_tokens",
         Reply::Text { .. } => "end_turn",
         Reply::Tools(_) => "tool_use",
     }

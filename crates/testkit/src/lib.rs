@@ -13,10 +13,16 @@
     clippy::expect_used,
     reason = "test support: a poisoned mutex or a failed bind should abort the test"
 )]
+#![allow(
+    clippy::result_large_err,
+    reason = "the mock's checks fail with the HTTP response to send; size does not matter here"
+)]
 
 mod anthropic;
+pub mod bedrock;
 mod behaviour;
 mod fast;
+mod gemini;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,6 +46,7 @@ use tokio::sync::Notify;
 
 pub use behaviour::{Reply, prompt_tokens, reply_for};
 pub use fast::{FastOptions, serve_fast};
+pub use gemini::{TOKEN_FAULT_MODEL, vertex_test_key};
 
 /// One injected fault, applied to the next `times` requests whose model matches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -75,6 +82,10 @@ pub struct Recorded {
     pub query: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub body: Value,
+    /// The body exactly as received (lossy UTF-8), for checks that hash it, like a SigV4
+    /// signature's payload hash. Absent from recordings made before it existed.
+    #[serde(default)]
+    pub body_raw: String,
 }
 
 #[derive(Default)]
@@ -82,6 +93,7 @@ struct MockState {
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<Recorded>>,
     api_key: Option<String>,
+    gemini: gemini::GeminiState,
 }
 
 impl MockState {
@@ -199,6 +211,11 @@ fn app(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/model/{model}/converse", post(bedrock::converse))
+        .route(
+            "/model/{model}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route("/openai/v1/chat/completions", post(azure_v1_chat))
         .route("/openai/v1/embeddings", post(azure_v1_embeddings))
         .route(
@@ -209,6 +226,12 @@ fn app(state: Arc<MockState>) -> Router {
             "/openai/deployments/{dep}/embeddings",
             post(azure_embeddings),
         )
+        .route("/v1beta/models/{model_action}", post(gemini::studio))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{model_action}",
+            post(gemini::vertex),
+        )
+        .route("/token", post(gemini::token))
         .route("/_mock/faults", post(add_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/health", get(|| async { "ok" }))
@@ -292,8 +315,16 @@ async fn admit(
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                 .collect(),
             body: body_json.clone(),
+            body_raw: String::from_utf8_lossy(body).into_owned(),
         });
     if body_json.is_null() {
+        if auth == Auth::SigV4 {
+            return Err(bedrock::error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                "Malformed input request, please reformat your input and try again.",
+            ));
+        }
         return Err(error_json(
             StatusCode::BAD_REQUEST,
             "We could not parse the JSON body of your request.",
@@ -301,7 +332,9 @@ async fn admit(
             None,
         ));
     }
-    if let Some(expected) = &s.api_key {
+    if auth == Auth::SigV4 {
+        bedrock::authenticate(s.api_key.as_deref(), req)?;
+    } else if let Some(expected) = &s.api_key {
         let presented = match auth {
             Auth::Bearer => headers
                 .get("authorization")
@@ -312,11 +345,20 @@ async fn admit(
                 .get("api-key")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
-            Auth::XApiKey => headers
+            Auth::XApiKey | Auth::SigV4 => headers
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
+            Auth::GoogApiKey => headers
+                .get("x-goog-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            // Checked below against the tokens `/token` issued, not against the key.
+            Auth::VertexBearer => expected.as_str(),
         };
+        if auth == Auth::GoogApiKey && presented != expected {
+            return Err(gemini::bad_api_key());
+        }
         if auth == Auth::XApiKey && presented != expected {
             let body = anthropic::error_body(401, "invalid x-api-key");
             return Err((
@@ -337,6 +379,9 @@ async fn admit(
                 Some("invalid_api_key"),
             ));
         }
+    }
+    if auth == Auth::VertexBearer {
+        gemini::check_bearer(&s.gemini, headers)?;
     }
     if auth == Auth::XApiKey && !headers.contains_key("anthropic-version") {
         let body = anthropic::error_body(400, "anthropic-version: header is required");
@@ -375,10 +420,20 @@ async fn admit(
             std::future::pending::<()>().await;
         }
         if let Some(status) = f.status {
+            if auth == Auth::SigV4 {
+                return Err(bedrock::fault_response(status, f));
+            }
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = f.body.clone().unwrap_or_else(|| {
                 if auth == Auth::XApiKey {
                     return anthropic::error_body(status, &format!("mock fault: HTTP {status}"));
+                }
+                if matches!(auth, Auth::GoogApiKey | Auth::VertexBearer) {
+                    return gemini::error_body(
+                        status,
+                        &format!("mock fault: HTTP {status}"),
+                        f.retry_after.as_deref(),
+                    );
                 }
                 json!({"error": {"message": format!("mock fault: HTTP {status}"), "type": "server_error", "param": null, "code": null}}).to_string()
             });
@@ -402,7 +457,7 @@ struct Call {
     headers: HeaderMap,
     body: Bytes,
     auth: Auth,
-    /// The Azure deployment named in the path.
+    /// The Azure deployment or Bedrock model named in the path.
     dep: Option<String>,
 }
 
@@ -412,6 +467,12 @@ enum Auth {
     ApiKey,
     /// Anthropic: `x-api-key`, and `anthropic-version` must be present.
     XApiKey,
+    /// Bedrock: an AWS Signature Version 4 (see `bedrock.rs`).
+    SigV4,
+    /// Gemini on AI Studio: `x-goog-api-key`.
+    GoogApiKey,
+    /// Gemini on Vertex AI: a bearer token the mock's `/token` issued (see `gemini.rs`).
+    VertexBearer,
 }
 
 async fn openai_chat(
