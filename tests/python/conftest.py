@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "sk-upstream-python-0123456789"
 CLIENT_KEY = "relais-python-client-key"
 AZURE_API_VERSION = "2024-10-21"
+# Bedrock: the mock accepts this access key, with UPSTREAM_KEY as the secret.
+BEDROCK_ACCESS_KEY_ID = "AKIDRELAISMOCK"  # relais_testkit::bedrock::MOCK_AWS_ACCESS_KEY_ID
+BEDROCK_SESSION_TOKEN = "relais-mock-session-token"
+BEDROCK_REGION = "us-west-2"
+BEDROCK_MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
 
 
 def target_dir() -> Path:
@@ -104,6 +109,25 @@ type = "anthropic"
 base_url = "{mock}"
 api_key = "${{UPSTREAM_KEY}}"
 
+[providers.gemini]
+type = "gemini"
+base_url = "{mock}"
+api_key = "${{UPSTREAM_KEY}}"
+
+[providers.vertex]
+type = "vertex"
+base_url = "{mock}"
+location = "us-central1"
+credentials_file = "{vertex_key}"
+
+[providers.aws]
+type = "bedrock"
+region = "us-west-2"
+base_url = "{mock}"
+access_key_id = "${{BEDROCK_ACCESS_KEY_ID}}"
+secret_access_key = "${{UPSTREAM_KEY}}"
+session_token = "${{BEDROCK_SESSION_TOKEN}}"
+
 [providers.local]
 type = "local"
 model_path = "${{RELAIS_LOCAL_MODEL}}"
@@ -118,6 +142,15 @@ deployments = [{{ provider = "claude", model = "claude-sonnet-4-5-20250929" }}]
 
 [routes.claude-failover]
 deployments = [{{ provider = "claude", model = "claude-primary" }}, {{ provider = "up", model = "secondary" }}]
+
+[routes."gemini-2.5-flash"]
+deployments = [{{ provider = "gemini", model = "gemini-2.5-flash" }}]
+
+[routes.vertex-gemini]
+deployments = [{{ provider = "vertex", model = "gemini-2.5-flash" }}]
+
+[routes.bedrock-claude]
+deployments = [{{ provider = "aws", model = "anthropic.claude-3-5-haiku-20241022-v1:0" }}]
 
 [routes.local]
 deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
@@ -138,15 +171,32 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
 def relais_url(mock_url):
     port = free_port()
     cfg = Path(tempfile.mkdtemp(prefix="relais-py-")) / "relais.toml"
+    # A throwaway service-account key (tests only) whose token endpoint is the mock's.
+    key = json.loads((ROOT / "crates/testkit/src/vertex-test-key.json").read_text())
+    key["token_uri"] = f"{mock_url}/token"
+    vertex_key = cfg.parent / "vertex-key.json"
+    vertex_key.write_text(json.dumps(key))
     cfg.write_text(
-        CONFIG.format(port=port, mock=mock_url, client_key=CLIENT_KEY, api_version=AZURE_API_VERSION)
+        CONFIG.format(
+            port=port,
+            mock=mock_url,
+            client_key=CLIENT_KEY,
+            api_version=AZURE_API_VERSION,
+            vertex_key=vertex_key,
+        )
     )
     model = os.environ.get("RELAIS_LOCAL_MODEL") or str(
         Path.home() / ".local/share/relais/models/SmolLM2-135M-Instruct.Q4_1.gguf"
     )
     if not Path(model).exists():
         raise RuntimeError(f"local model {model} is missing: run scripts/fetch-model")
-    env = dict(os.environ, UPSTREAM_KEY=UPSTREAM_KEY, RELAIS_LOCAL_MODEL=model)
+    env = dict(
+        os.environ,
+        UPSTREAM_KEY=UPSTREAM_KEY,
+        RELAIS_LOCAL_MODEL=model,
+        BEDROCK_ACCESS_KEY_ID=BEDROCK_ACCESS_KEY_ID,
+        BEDROCK_SESSION_TOKEN=BEDROCK_SESSION_TOKEN,
+    )
     log = open(cfg.parent / "relais.log", "w")
     proc = subprocess.Popen(
         [binary("RELAIS_BIN", "relais"), "serve", "--config", str(cfg)], env=env, stderr=log

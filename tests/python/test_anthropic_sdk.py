@@ -28,6 +28,9 @@ PROVIDERS = {
     "openai_compat": "gpt-4o-mini",
     "azure": "az-dep",
     "anthropic": "claude-sonnet-4-5",
+    "gemini": "gemini-2.5-flash",
+    "vertex": "vertex-gemini",
+    "bedrock": "bedrock-claude",
 }
 
 
@@ -78,7 +81,16 @@ def test_anthropic_client_text(claude, mock, provider):
     assert msg.stop_reason == "end_turn"
     assert msg.usage.input_tokens > 0 and msg.usage.output_tokens == 7
     sent = mock.requests()[-1]
-    assert sent["headers"].get("x-api-key" if provider == "anthropic" else "authorization" if provider == "openai_compat" else "api-key")
+    # Each vendor got its own credential header.
+    auth_header = {
+        "openai_compat": "authorization",
+        "azure": "api-key",
+        "anthropic": "x-api-key",
+        "gemini": "x-goog-api-key",
+        "vertex": "authorization",
+        "bedrock": "authorization",
+    }[provider]
+    assert sent["headers"].get(auth_header)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -255,3 +267,62 @@ def test_local_model_through_messages(claude):
     with pytest.raises(anthropic.BadRequestError) as e:
         claude.messages.create(model="local", max_tokens=8, tools=[WEATHER], messages=[{"role": "user", "content": "x"}])
     assert "tool" in e.value.body["error"]["message"]
+
+
+OPENAI_WEATHER = [{"type": "function", "function": {"name": WEATHER["name"], "parameters": WEATHER["input_schema"]}}]
+# A 1x1 PNG, for image input.
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_client_matrix_text_and_tools(gpt, provider, stream):
+    """The OpenAI SDK against every provider kind: text, then a tool call and its result."""
+    route = PROVIDERS[provider]
+    if stream:
+        with gpt.chat.completions.stream(model=route, messages=[{"role": "user", "content": "hi there"}]) as s:
+            for _ in s:
+                pass
+            text = s.get_final_completion()
+    else:
+        text = gpt.chat.completions.create(model=route, messages=[{"role": "user", "content": "hi there"}])
+    assert text.choices[0].message.content == "Hello from mock! You said: hi there"
+    assert text.choices[0].finish_reason == "stop"
+    messages = [{"role": "user", "content": "weather?"}]
+    first = gpt.chat.completions.create(model=route, messages=messages, tools=OPENAI_WEATHER)
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "mock"}
+    messages += [
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "windy"},
+    ]
+    second = gpt.chat.completions.create(model=route, messages=messages, tools=OPENAI_WEATHER)
+    assert second.choices[0].message.content == "Tool result received: windy"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_client_matrix_json_schema(gpt, provider):
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    r = gpt.chat.completions.create(
+        model=PROVIDERS[provider],
+        messages=[{"role": "user", "content": "json please"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
+    assert json.loads(r.choices[0].message.content) == {"answer": "mock"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_client_matrix_image_input(gpt, provider):
+    content = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": PIXEL}}]
+    r = gpt.chat.completions.create(model=PROVIDERS[provider], messages=[{"role": "user", "content": content}])
+    assert r.choices[0].message.content.startswith("Hello from mock! You said: what is it")
+
+
+def test_image_input_to_the_local_model_is_a_capability_error(gpt):
+    content = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": PIXEL}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        gpt.chat.completions.create(model="local", messages=[{"role": "user", "content": content}])
+    assert "text only" in e.value.body["message"]

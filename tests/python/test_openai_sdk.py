@@ -129,12 +129,15 @@ def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
     assert ids == [
         "az-dep",
+        "bedrock-claude",
         "claude-failover",
         "claude-sonnet-4-5",
         "failover",
+        "gemini-2.5-flash",
         "gpt-4o-mini",
         "local",
         "text-embedding-3-small",
+        "vertex-gemini",
     ]
 
 
