@@ -254,6 +254,19 @@ fn every_example_config_checks() {
             .env("AZURE_OPENAI_API_KEY", "azure-example-0000")
             .env("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
             .env("ANTHROPIC_API_KEY", "sk-ant-example-0000")
+            .env("GEMINI_BASE_URL", "http://127.0.0.1:9")
+            .env("GEMINI_API_KEY", "gemini-example-0000")
+            .env("VERTEX_BASE_URL", "http://127.0.0.1:9")
+            .env("VERTEX_LOCATION", "us-central1")
+            .env(
+                "VERTEX_CREDENTIALS_FILE",
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../testkit/src/vertex-test-key.json"),
+            )
+            .env("BEDROCK_ENDPOINT", "http://127.0.0.1:9")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "example-secret")
             .env("RELAIS_APP_KEY", "relais-example-key")
             .env("RELAIS_MODEL", local_model())
             .output()

@@ -100,6 +100,7 @@ pub fn build(cfg: &AzureConfig, http: reqwest::Client) -> Result<Arc<dyn Provide
             .max_tokens_field
             .unwrap_or(MaxTokensField::MaxCompletionTokens),
         stream_usage: cfg.stream_usage.unwrap_or(true),
+        tool_call_ids: crate::openai_compat::ToolCallIds::AsIs,
         timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
     };
     Ok(Arc::new(Family::new(endpoint, http, opts)))

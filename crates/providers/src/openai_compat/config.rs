@@ -25,6 +25,18 @@ pub enum MaxTokensField {
     MaxCompletionTokens,
 }
 
+/// How tool-call ids in conversation history are sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCallIds {
+    /// As the client sent them.
+    AsIs,
+    /// Exactly nine ASCII letters or digits, which Mistral's API (and vLLM serving Mistral
+    /// models) requires: other ids (`call_...` from OpenAI, `toolu_...` from Anthropic) are
+    /// replaced by a stable nine-character digest, the same for a call and its result.
+    Mistral,
+}
+
 /// `type = "openai_compat"`: OpenAI and every server that speaks its Chat Completions API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +50,8 @@ pub struct OpenAiCompatConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     pub max_tokens_field: Option<MaxTokensField>,
+    /// Tool-call id format in history; `mistral` by default with the mistral preset.
+    pub tool_call_ids: Option<ToolCallIds>,
     /// Ask for `stream_options.include_usage` upstream so streams are metered.
     pub stream_usage: Option<bool>,
     /// Total time one attempt may take, in seconds.
@@ -49,6 +63,7 @@ pub(crate) struct PresetDefaults {
     pub base_url: &'static str,
     pub max_tokens_field: MaxTokensField,
     pub stream_usage: bool,
+    pub tool_call_ids: ToolCallIds,
 }
 
 impl Preset {
@@ -88,10 +103,15 @@ impl Preset {
             Self::Ollama => ("http://127.0.0.1:11434/v1", MaxTokensField::MaxTokens, true),
             Self::Llamacpp => ("http://127.0.0.1:8080/v1", MaxTokensField::MaxTokens, true),
         };
+        let tool_call_ids = match self {
+            Self::Mistral => ToolCallIds::Mistral,
+            _ => ToolCallIds::AsIs,
+        };
         PresetDefaults {
             base_url,
             max_tokens_field,
             stream_usage,
+            tool_call_ids,
         }
     }
 }

@@ -5,7 +5,9 @@ use relais_core::{
 };
 use serde_json::{Value, json};
 
-use super::config::MaxTokensField;
+use std::borrow::Cow;
+
+use super::config::{MaxTokensField, ToolCallIds};
 use super::wire::{OpenAiFunction, OpenAiMessage, OpenAiRequest, OpenAiTool};
 
 pub(crate) struct EncodeOptions<'a> {
@@ -14,6 +16,7 @@ pub(crate) struct EncodeOptions<'a> {
     pub stream: bool,
     pub stream_usage: bool,
     pub max_tokens_field: MaxTokensField,
+    pub tool_call_ids: ToolCallIds,
 }
 
 pub(crate) fn encode_request<'a>(
@@ -22,7 +25,7 @@ pub(crate) fn encode_request<'a>(
 ) -> Result<OpenAiRequest<'a>, Error> {
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
-        messages.push(message(m)?);
+        messages.push(message(m, opts.tool_call_ids)?);
     }
     let tools = req
         .tools
@@ -95,7 +98,34 @@ pub(crate) fn encode_request<'a>(
     })
 }
 
-fn message(m: &Message) -> Result<OpenAiMessage<'_>, Error> {
+/// A tool-call id in the form the upstream accepts (see [`ToolCallIds`]).
+fn call_id(id: &str, style: ToolCallIds) -> Cow<'_, str> {
+    match style {
+        ToolCallIds::AsIs => Cow::Borrowed(id),
+        ToolCallIds::Mistral if id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            Cow::Borrowed(id)
+        }
+        ToolCallIds::Mistral => {
+            // FNV-1a over the original id: stable across requests (a call and its result, sent
+            // in later turns, must agree) and 62^9 ≈ 1.3e16 values, ample for one conversation.
+            const ALPHABET: &[u8; 62] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in id.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            let mut out = String::with_capacity(9);
+            for _ in 0..9 {
+                out.push(char::from(ALPHABET[(h % 62) as usize]));
+                h /= 62;
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+fn message(m: &Message, ids: ToolCallIds) -> Result<OpenAiMessage<'_>, Error> {
     let mut tool_calls = Vec::new();
     let mut parts = Vec::new();
     let mut tool_call_id = None;
@@ -118,14 +148,14 @@ fn message(m: &Message) -> Result<OpenAiMessage<'_>, Error> {
                 parts.push(json!({"type": "image_url", "image_url": image}));
             }
             ContentPart::ToolCall(c) => tool_calls.push(json!({
-                "id": c.id,
+                "id": call_id(&c.id, ids),
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments},
             })),
             ContentPart::ToolResult {
                 call_id, content, ..
             } => {
-                tool_call_id = Some(call_id.as_str());
+                tool_call_id = Some(self::call_id(call_id, ids));
                 parts.push(json!({"type": "text", "text": content}));
             }
             // OpenAI's API takes no reasoning back in history; dropping it is what its own SDKs do.

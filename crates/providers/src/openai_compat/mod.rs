@@ -20,7 +20,7 @@ use relais_core::{
     Secret, StreamEvent,
 };
 
-pub use config::{MaxTokensField, OpenAiCompatConfig, Preset};
+pub use config::{MaxTokensField, OpenAiCompatConfig, Preset, ToolCallIds};
 
 use crate::sse::{SseEvent, SseParser};
 use convert::{EncodeOptions, encode_request};
@@ -75,6 +75,7 @@ pub(crate) struct FamilyOptions {
     pub headers: Vec<(HeaderName, Secret)>,
     pub max_tokens_field: MaxTokensField,
     pub stream_usage: bool,
+    pub tool_call_ids: ToolCallIds,
     pub timeout: Duration,
 }
 
@@ -128,6 +129,10 @@ pub fn build(
             .stream_usage
             .or(defaults.as_ref().map(|d| d.stream_usage))
             .unwrap_or(true),
+        tool_call_ids: cfg
+            .tool_call_ids
+            .or(defaults.as_ref().map(|d| d.tool_call_ids))
+            .unwrap_or(ToolCallIds::AsIs),
         timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
     };
     let endpoint = BaseUrl {
@@ -190,6 +195,7 @@ impl<E: Endpoint> Family<E> {
             stream: req.stream,
             stream_usage: self.opts.stream_usage,
             max_tokens_field: self.opts.max_tokens_field,
+            tool_call_ids: self.opts.tool_call_ids,
         };
         let body = serde_json::to_vec(&encode_request(req, &opts)?)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;

@@ -279,3 +279,86 @@ fn any_split_of_a_recorded_stream_decodes_the_same() {
         assert_eq!(r, reference, "cut at {cut}");
     }
 }
+
+/// Mistral refuses tool-call ids that are not nine letters or digits; history from another
+/// vendor (OpenAI's `call_...`, Anthropic's `toolu_...`) must be rewritten, the call and its
+/// result alike, and the same way in every later turn.
+#[test]
+fn mistral_tool_call_ids_are_nine_alphanumerics() {
+    use relais_core::{ChatRequest, ContentPart, Message, Role, ToolCall};
+
+    use super::config::{MaxTokensField, ToolCallIds};
+    use super::convert::{EncodeOptions, encode_request};
+
+    let req = ChatRequest {
+        model: "m".into(),
+        messages: vec![
+            Message::text(Role::User, "weather?"),
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    ContentPart::ToolCall(ToolCall {
+                        id: "toolu_01A09q90qw90lq917835lq9".into(),
+                        name: "get_weather".into(),
+                        arguments: "{}".into(),
+                    }),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "gSIMJiOkT".into(),
+                        name: "get_time".into(),
+                        arguments: "{}".into(),
+                    }),
+                ],
+                name: None,
+            },
+            Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult {
+                    call_id: "toolu_01A09q90qw90lq917835lq9".into(),
+                    content: "sunny".into(),
+                    is_error: false,
+                }],
+                name: None,
+            },
+            Message {
+                role: Role::Tool,
+                content: vec![ContentPart::ToolResult {
+                    call_id: "gSIMJiOkT".into(),
+                    content: "noon".into(),
+                    is_error: false,
+                }],
+                name: None,
+            },
+        ],
+        ..ChatRequest::default()
+    };
+    let encode = |ids| {
+        let opts = EncodeOptions {
+            model: Some("m"),
+            stream: false,
+            stream_usage: false,
+            max_tokens_field: MaxTokensField::MaxTokens,
+            tool_call_ids: ids,
+        };
+        serde_json::to_value(encode_request(&req, &opts).unwrap()).unwrap()
+    };
+    let body = encode(ToolCallIds::Mistral);
+    let calls = &body["messages"][1]["tool_calls"];
+    let rewritten = calls[0]["id"].as_str().unwrap();
+    assert_eq!(rewritten.len(), 9);
+    assert!(rewritten.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(body["messages"][2]["tool_call_id"], rewritten);
+    // Already valid ids are kept; the mapping is stable across requests.
+    assert_eq!(calls[1]["id"], "gSIMJiOkT");
+    assert_eq!(body["messages"][3]["tool_call_id"], "gSIMJiOkT");
+    assert_eq!(encode(ToolCallIds::Mistral), body);
+    // Every other server gets the ids as they came.
+    let plain = encode(ToolCallIds::AsIs);
+    assert_eq!(
+        plain["messages"][1]["tool_calls"][0]["id"],
+        "toolu_01A09q90qw90lq917835lq9"
+    );
+    assert_eq!(
+        plain["messages"][2]["tool_call_id"],
+        "toolu_01A09q90qw90lq917835lq9"
+    );
+}

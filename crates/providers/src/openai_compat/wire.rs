@@ -53,7 +53,7 @@ pub(crate) struct OpenAiMessage<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<&'a str>,
+    pub tool_call_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Serialize)]
