@@ -326,3 +326,15 @@ def test_image_input_to_the_local_model_is_a_capability_error(gpt):
     with pytest.raises(openai.BadRequestError) as e:
         gpt.chat.completions.create(model="local", messages=[{"role": "user", "content": content}])
     assert "text only" in e.value.body["message"]
+
+
+def test_stream_broken_right_after_message_start_fails_over(claude, mock):
+    """Anthropic's upstream accepted (message_start) and then broke before any content: the
+    client saw nothing yet, so the backup answers instead of an error."""
+    mock.fault(model="claude-primary", cut_after_chunks=1)
+    with claude.messages.stream(
+        model="claude-failover", max_tokens=20, messages=[{"role": "user", "content": "again"}]
+    ) as s:
+        text = "".join(s.text_stream)
+    assert text == "Hello from mock! You said: again"
+    assert [r["path"] for r in mock.requests()] == ["/v1/messages", "/v1/chat/completions"]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use relais_core::{
-    ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
+    ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider, StreamEvent,
 };
 
 /// What a route serves.
@@ -182,26 +182,40 @@ impl Route {
     }
 }
 
-/// Start a response on `d` and wait for its first event: the commit point.
+/// Start a response on `d` and wait for its first event with content: the commit point.
+///
+/// A bare `Start` (the upstream accepted the request: Anthropic's `message_start`, an OpenAI
+/// role-only chunk) is held back rather than committed to: vendors report overload and rate
+/// limits in the stream right after it (Anthropic's in-stream `overloaded_error`), and nothing
+/// the client can see depends on it yet, so such an error still fails over.
 async fn first_event(d: &Deployment, req: &ChatRequest) -> Result<EventStream, Error> {
     let mut stream = d.provider.chat(&d.model, req).await?;
-    match stream.next().await {
-        Some(Ok(first)) => {
-            let rest = futures_util::stream::once(async move { Ok(first) }).chain(stream);
-            Ok(Box::pin(rest))
+    let mut held = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(ev @ StreamEvent::Start { .. })) => held.push(Ok(ev)),
+            Some(Ok(first)) => {
+                held.push(Ok(first));
+                let rest = futures_util::stream::iter(held).chain(stream);
+                return Ok(Box::pin(rest));
+            }
+            Some(Err(e)) => return Err(e),
+            None if held.is_empty() => {
+                return Err(Error::upstream(
+                    ErrorKind::Protocol,
+                    "upstream closed the response without any event",
+                ));
+            }
+            // Accepted, then ended with nothing: let the decoder's own judgement stand.
+            None => return Ok(Box::pin(futures_util::stream::iter(held))),
         }
-        Some(Err(e)) => Err(e),
-        None => Err(Error::upstream(
-            ErrorKind::Protocol,
-            "upstream closed the response without any event",
-        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relais_core::{BoxFuture, StreamEvent};
+    use relais_core::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A provider scripted with one outcome per call.
@@ -292,6 +306,48 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(routed.deployment, 1);
+    }
+
+    /// Anthropic sends `message_start`, then may report `overloaded_error` in the stream:
+    /// nothing reached the client, so the next deployment answers.
+    #[tokio::test]
+    async fn error_right_after_start_still_fails_over() {
+        let a = scripted(vec![Ok(vec![
+            Ok(StreamEvent::Start {
+                id: Some("msg_1".into()),
+                model: None,
+            }),
+            Err(Error::upstream(ErrorKind::Overloaded, "overloaded")),
+        ])]);
+        let b = scripted(vec![Ok(ok_events())]);
+        let routed = route(vec![a, b])
+            .chat(&ChatRequest::default())
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(routed.deployment, 1);
+        assert_eq!(routed.failed[0].error.kind, ErrorKind::Overloaded);
+        let events: Vec<_> = routed.stream.collect().await;
+        assert_eq!(events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn start_is_kept_in_front_of_the_first_content() {
+        let a = scripted(vec![Ok(vec![
+            Ok(StreamEvent::Start {
+                id: Some("x".into()),
+                model: None,
+            }),
+            Ok(StreamEvent::TextDelta("hi".into())),
+        ])]);
+        let routed = route(vec![a])
+            .chat(&ChatRequest::default())
+            .await
+            .ok()
+            .unwrap();
+        let events: Vec<_> = routed.stream.collect().await;
+        assert!(matches!(events[0], Ok(StreamEvent::Start { .. })));
+        assert!(matches!(events[1], Ok(StreamEvent::TextDelta(_))));
     }
 
     #[tokio::test]
