@@ -21,6 +21,7 @@ pub(crate) fn from_response(
     };
     let message = field("message")
         .or_else(|| field("detail"))
+        .or_else(|| err_obj.and_then(validation_detail))
         .or_else(|| match err_obj {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
@@ -74,6 +75,37 @@ pub(crate) fn from_response(
         }
     }
     err
+}
+
+/// FastAPI-style validation errors (Mistral's 422 `HTTPValidationError`, vLLM's):
+/// `{"detail":[{"loc":["body","messages",0,"role"],"msg":"...","type":"..."}]}` becomes
+/// `body.messages.0.role: ...; ...`, so the client learns which field was refused.
+fn validation_detail(err: &Value) -> Option<String> {
+    let items = err.get("detail")?.as_array()?;
+    let parts: Vec<String> = items
+        .iter()
+        .filter_map(|d| {
+            let msg = d.get("msg")?.as_str()?;
+            let loc: Vec<String> = d
+                .get("loc")
+                .and_then(Value::as_array)
+                .map(|l| {
+                    l.iter()
+                        .map(|p| match p {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(if loc.is_empty() {
+                msg.to_owned()
+            } else {
+                format!("{}: {msg}", loc.join("."))
+            })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// An `{"error": ...}` object sent inside a 200 stream.
@@ -133,6 +165,38 @@ mod tests {
         let e = from_response(529, &h(), b"overloaded", &[]);
         assert_eq!(e.kind, ErrorKind::Overloaded);
         assert_eq!(e.message, "overloaded");
+    }
+
+    /// Mistral's two error shapes (specs/mistral): a flat `{"object":"error",...}` and the
+    /// 422 `HTTPValidationError` whose `detail` is a list of field errors.
+    #[test]
+    fn mistral_error_bodies() {
+        let e = from_response(
+            422,
+            &h(),
+            br#"{"detail":[{"loc":["body","messages",0,"role"],"msg":"Input should be 'user'","type":"literal_error"},{"loc":["body","model"],"msg":"Field required","type":"missing"}]}"#,
+            &[],
+        );
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert_eq!(
+            e.message,
+            "body.messages.0.role: Input should be 'user'; body.model: Field required"
+        );
+        let e = from_response(
+            400,
+            &h(),
+            br#"{"object":"error","message":"Prompt contains 40000 tokens, too large for model with 32768 maximum context length","type":"invalid_request_error","param":null,"code":null}"#,
+            &[],
+        );
+        assert_eq!(e.kind, ErrorKind::ContextWindowExceeded);
+        let e = from_response(
+            429,
+            &h(),
+            br#"{"object":"error","message":"Requests rate limit exceeded","type":"rate_limited","param":null,"code":"1300"}"#,
+            &[],
+        );
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert_eq!(e.message, "Requests rate limit exceeded");
     }
 
     #[test]
