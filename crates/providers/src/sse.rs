@@ -93,6 +93,108 @@ impl SseParser {
     }
 }
 
+/// What one vendor's stream decoder does with the events of an upstream SSE body.
+pub(crate) trait SseDecode: Send + 'static {
+    /// Decode one event into canonical events; `true` once the response is complete (the
+    /// vendor's end marker), after which nothing more is read.
+    fn event(
+        &mut self,
+        ev: &SseEvent,
+        out: &mut Vec<relais_core::StreamEvent>,
+    ) -> Result<bool, relais_core::Error>;
+
+    /// The upstream closed the body without an end marker: whether what arrived is a whole
+    /// response all the same (a finish reason was seen).
+    fn complete(&self) -> bool;
+}
+
+/// Decoding state of one upstream SSE body.
+struct SseBody<D> {
+    resp: reqwest::Response,
+    parser: SseParser,
+    decoder: D,
+    frames: Vec<SseEvent>,
+    pending: std::collections::VecDeque<relais_core::StreamEvent>,
+    ended: bool,
+    done: bool,
+}
+
+impl<D: SseDecode> SseBody<D> {
+    /// Decode the buffered frames; the events of a batch that fails are not delivered.
+    fn drain(&mut self) -> Result<(), relais_core::Error> {
+        let mut out = Vec::new();
+        for frame in self.frames.drain(..) {
+            if self.ended {
+                break;
+            }
+            self.ended = self.decoder.event(&frame, &mut out)?;
+        }
+        self.pending.extend(out);
+        if self.ended {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Option<Result<relais_core::StreamEvent, relais_core::Error>> {
+        use relais_core::{Error, ErrorKind};
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            let step = match self.resp.chunk().await {
+                Ok(Some(bytes)) => self
+                    .parser
+                    .feed(&bytes, &mut self.frames)
+                    .map_err(|e| Error::upstream(ErrorKind::Protocol, e))
+                    .and_then(|()| self.drain()),
+                Ok(None) => {
+                    self.parser.finish(&mut self.frames);
+                    self.done = true;
+                    match self.drain() {
+                        Ok(()) if self.ended || self.decoder.complete() => Ok(()),
+                        Ok(()) => Err(Error::upstream(
+                            ErrorKind::Protocol,
+                            "upstream stream ended before the response finished",
+                        )),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(crate::http::from_transport(&e, true)),
+            };
+            if let Err(e) = step {
+                self.done = true;
+                self.pending.clear();
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+/// Canonical events from an upstream SSE body, decoded by `decoder` as bytes arrive. Dropping
+/// the stream drops the response and with it the upstream request.
+pub(crate) fn sse_stream<D: SseDecode>(
+    resp: reqwest::Response,
+    decoder: D,
+) -> relais_core::EventStream {
+    let state = SseBody {
+        resp,
+        parser: SseParser::new(),
+        decoder,
+        frames: Vec::new(),
+        pending: std::collections::VecDeque::new(),
+        ended: false,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let item = st.next().await?;
+        Some((item, st))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

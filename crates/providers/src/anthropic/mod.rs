@@ -13,21 +13,19 @@ mod error;
 mod stream;
 mod wire;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderName;
 use relais_core::{
-    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
-    Secret, StreamEvent,
+    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, EventStream, Provider, Secret,
+    StreamEvent,
 };
 
 pub use config::AnthropicConfig;
 
 use crate::openai_compat::parse_headers;
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseDecode, SseEvent};
 use convert::{EncodeOptions, encode_request};
 use stream::EventDecoder;
 use wire::{AnthropicEvent, AnthropicMessageOut};
@@ -176,7 +174,7 @@ impl Anthropic {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if req.stream && is_sse {
-            return Ok(sse_stream(resp));
+            return Ok(crate::sse::sse_stream(resp, EventDecoder::new()));
         }
         // A non-streaming answer (or a server that ignored `stream`): decode it whole.
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
@@ -222,6 +220,18 @@ pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
 }
 
 /// Decode one SSE data payload.
+impl SseDecode for EventDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+        decode_frame(self, &ev.data, out)?;
+        // Nothing after `message_stop` belongs to the response; stop reading.
+        Ok(self.stopped())
+    }
+
+    fn complete(&self) -> bool {
+        self.finished()
+    }
+}
+
 fn decode_frame(
     decoder: &mut EventDecoder,
     data: &str,
@@ -233,90 +243,6 @@ fn decode_frame(
     let event: AnthropicEvent = serde_json::from_str(data)
         .map_err(|e| error::protocol(format!("upstream sent an invalid stream event: {e}")))?;
     decoder.decode(event, out)
-}
-
-/// Decoding state of one upstream SSE stream.
-struct SseState {
-    resp: reqwest::Response,
-    parser: SseParser,
-    decoder: EventDecoder,
-    frames: Vec<SseEvent>,
-    pending: VecDeque<StreamEvent>,
-    done: bool,
-}
-
-impl SseState {
-    /// Turn buffered SSE frames into events, up to `message_stop`.
-    fn drain_frames(&mut self) -> Result<(), Error> {
-        let mut out = Vec::new();
-        for frame in self.frames.drain(..) {
-            if self.decoder.stopped() {
-                break;
-            }
-            decode_frame(&mut self.decoder, &frame.data, &mut out)?;
-        }
-        self.pending.extend(out);
-        Ok(())
-    }
-
-    async fn next(&mut self) -> Option<Result<StreamEvent, Error>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Some(Ok(ev));
-            }
-            if self.done {
-                return None;
-            }
-            let step = match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.feed(&bytes),
-                Ok(None) => {
-                    self.parser.finish(&mut self.frames);
-                    self.done = true;
-                    match self.drain_frames() {
-                        Ok(()) if self.decoder.stopped() || self.decoder.finished() => Ok(()),
-                        Ok(()) => Err(Error::upstream(
-                            ErrorKind::Protocol,
-                            "upstream stream ended before the response finished",
-                        )),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(crate::http::from_transport(&e, true)),
-            };
-            if let Err(e) = step {
-                self.done = true;
-                self.pending.clear();
-                return Some(Err(e));
-            }
-        }
-    }
-
-    fn feed(&mut self, bytes: &Bytes) -> Result<(), Error> {
-        self.parser
-            .feed(bytes, &mut self.frames)
-            .map_err(|e| Error::upstream(ErrorKind::Protocol, e))?;
-        self.drain_frames()?;
-        // Nothing after `message_stop` belongs to the response; stop reading.
-        if self.decoder.stopped() {
-            self.done = true;
-        }
-        Ok(())
-    }
-}
-
-fn sse_stream(resp: reqwest::Response) -> EventStream {
-    let state = SseState {
-        resp,
-        parser: SseParser::new(),
-        decoder: EventDecoder::new(),
-        frames: Vec::new(),
-        pending: VecDeque::new(),
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        let item = st.next().await?;
-        Some((item, st))
-    }))
 }
 
 /// Decode recorded payloads (one SSE data field each) the way a live stream is decoded.

@@ -11,7 +11,7 @@ use relais_core::{
 use serde_json::{Map, Value, json};
 
 use super::convert::{EncodeOptions, encode_request};
-use super::{Anthropic, AnthropicConfig, decode_chunks, decode_whole, error, sse_stream};
+use super::{Anthropic, AnthropicConfig, decode_chunks, decode_whole, error};
 use crate::openai_compat::tests::fixture;
 use crate::sse::SseParser;
 
@@ -415,7 +415,10 @@ async fn live(body: Vec<u8>) -> Vec<Result<StreamEvent, Error>> {
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap();
-    let mut stream = sse_stream(reqwest::Response::from(resp));
+    let mut stream = crate::sse::sse_stream(
+        reqwest::Response::from(resp),
+        super::stream::EventDecoder::new(),
+    );
     let mut out = Vec::new();
     while let Some(item) = stream.next().await {
         out.push(item);

@@ -22,21 +22,19 @@ mod error;
 mod stream;
 mod wire;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderName;
 use relais_core::{
-    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
-    Secret, StreamEvent, Usage,
+    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, EventStream, Provider, Secret,
+    StreamEvent, Usage,
 };
 
 pub use config::{GeminiConfig, VertexConfig};
 
 use crate::openai_compat::parse_headers;
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseDecode, SseEvent};
 use auth::{ServiceAccount, TokenSource};
 use convert::{EncodeOptions, encode_request};
 use stream::ChunkDecoder;
@@ -322,7 +320,7 @@ impl Gemini {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if req.stream && is_sse {
-            return Ok(sse_stream(resp));
+            return Ok(crate::sse::sse_stream(resp, ChunkDecoder::new()));
         }
         // A non-streaming answer (or a server that ignored `alt=sse` and sent a JSON array of
         // chunks): decode it whole.
@@ -395,6 +393,18 @@ pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
 }
 
 /// Decode one SSE data payload.
+impl SseDecode for ChunkDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+        decode_frame(self, &ev.data, out)?;
+        // Gemini has no end-of-stream event: the finish reason is the end.
+        Ok(false)
+    }
+
+    fn complete(&self) -> bool {
+        self.finished()
+    }
+}
+
 fn decode_frame(
     decoder: &mut ChunkDecoder,
     data: &str,
@@ -464,83 +474,6 @@ pub(crate) fn decode_vertex_embeddings(
             ..Usage::default()
         },
     })
-}
-
-/// Decoding state of one upstream SSE stream.
-struct SseState {
-    resp: reqwest::Response,
-    parser: SseParser,
-    decoder: ChunkDecoder,
-    frames: Vec<SseEvent>,
-    pending: VecDeque<StreamEvent>,
-    done: bool,
-}
-
-impl SseState {
-    /// Turn buffered SSE frames into events.
-    fn drain_frames(&mut self) -> Result<(), Error> {
-        let mut out = Vec::new();
-        for frame in self.frames.drain(..) {
-            decode_frame(&mut self.decoder, &frame.data, &mut out)?;
-        }
-        self.pending.extend(out);
-        Ok(())
-    }
-
-    async fn next(&mut self) -> Option<Result<StreamEvent, Error>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Some(Ok(ev));
-            }
-            if self.done {
-                return None;
-            }
-            let step = match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.feed(&bytes),
-                Ok(None) => {
-                    self.parser.finish(&mut self.frames);
-                    self.done = true;
-                    match self.drain_frames() {
-                        // Gemini has no end-of-stream event: the finish reason is the end.
-                        Ok(()) if self.decoder.finished() => Ok(()),
-                        Ok(()) => Err(Error::upstream(
-                            ErrorKind::Protocol,
-                            "upstream stream ended before the response finished",
-                        )),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(crate::http::from_transport(&e, true)),
-            };
-            if let Err(e) = step {
-                self.done = true;
-                self.pending.clear();
-                return Some(Err(e));
-            }
-        }
-    }
-
-    fn feed(&mut self, bytes: &Bytes) -> Result<(), Error> {
-        self.parser
-            .feed(bytes, &mut self.frames)
-            .map_err(|e| Error::upstream(ErrorKind::Protocol, e))?;
-        self.drain_frames()
-    }
-}
-
-fn sse_stream(resp: reqwest::Response) -> EventStream {
-    let state = SseState {
-        resp,
-        parser: SseParser::new(),
-        decoder: ChunkDecoder::new(),
-        frames: Vec::new(),
-        pending: VecDeque::new(),
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        let item = st.next().await?;
-        Some((item, st))
-    }))
 }
 
 /// Decode recorded chunks (one JSON payload per line) the way a live stream is decoded.

@@ -19,7 +19,7 @@ use super::error;
 use super::stream::{Segment, parse_json_path};
 use super::{
     Gemini, GeminiConfig, VertexConfig, decode_chunks, decode_studio_embeddings,
-    decode_vertex_embeddings, decode_whole, model_segment, sse_stream,
+    decode_vertex_embeddings, decode_whole, model_segment,
 };
 use crate::openai_compat::tests::fixture;
 use crate::sse::SseParser;
@@ -668,7 +668,10 @@ async fn live(body: Vec<u8>) -> Vec<Result<StreamEvent, Error>> {
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap();
-    let mut stream = sse_stream(reqwest::Response::from(resp));
+    let mut stream = crate::sse::sse_stream(
+        reqwest::Response::from(resp),
+        super::stream::ChunkDecoder::new(),
+    );
     let mut out = Vec::new();
     while let Some(item) = stream.next().await {
         out.push(item);

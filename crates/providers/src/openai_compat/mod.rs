@@ -10,10 +10,8 @@ mod error;
 mod stream;
 mod wire;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderName;
 use relais_core::{
     BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
@@ -22,7 +20,7 @@ use relais_core::{
 
 pub use config::{MaxTokensField, OpenAiCompatConfig, Preset, ToolCallIds};
 
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseDecode, SseEvent};
 use convert::{EncodeOptions, encode_request};
 use stream::ChunkDecoder;
 use wire::{OpenAiEmbeddingList, OpenAiResponse};
@@ -206,7 +204,7 @@ impl<E: Endpoint> Family<E> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if req.stream && is_sse {
-            return Ok(sse_stream(resp));
+            return Ok(crate::sse::sse_stream(resp, ChunkDecoder::new()));
         }
         // A non-streaming answer (or a server that ignored `stream`): decode it whole.
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
@@ -269,6 +267,25 @@ fn protocol(what: &str, e: &serde_json::Error) -> Error {
     .with_retry(relais_core::Retry::Yes)
 }
 
+impl SseDecode for ChunkDecoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+        if ev.data == "[DONE]" {
+            return Ok(true);
+        }
+        if ev.data.trim().is_empty() {
+            return Ok(false);
+        }
+        let chunk: OpenAiResponse =
+            serde_json::from_str(&ev.data).map_err(|e| protocol("stream chunk", &e))?;
+        self.decode(chunk, out)?;
+        Ok(false)
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+}
+
 /// Decode a whole (non-streaming) completion body into events.
 pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
     let resp: OpenAiResponse =
@@ -294,96 +311,6 @@ pub(crate) fn decode_embeddings(body: &[u8]) -> Result<EmbedResponse, Error> {
         },
         embeddings: list.data.into_iter().map(|d| d.embedding).collect(),
     })
-}
-
-/// Decoding state of one upstream SSE stream.
-struct SseState {
-    resp: reqwest::Response,
-    parser: SseParser,
-    decoder: ChunkDecoder,
-    frames: Vec<SseEvent>,
-    pending: VecDeque<StreamEvent>,
-    done: bool,
-}
-
-impl SseState {
-    /// Turn buffered SSE frames into events; `true` once `[DONE]` was seen.
-    fn drain_frames(&mut self) -> Result<bool, Error> {
-        let mut out = Vec::new();
-        let mut saw_done = false;
-        for frame in self.frames.drain(..) {
-            if frame.data == "[DONE]" {
-                saw_done = true;
-                break;
-            }
-            if frame.data.trim().is_empty() {
-                continue;
-            }
-            let chunk: OpenAiResponse =
-                serde_json::from_str(&frame.data).map_err(|e| protocol("stream chunk", &e))?;
-            self.decoder.decode(chunk, &mut out)?;
-        }
-        self.pending.extend(out);
-        Ok(saw_done)
-    }
-
-    async fn next(&mut self) -> Option<Result<StreamEvent, Error>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return Some(Ok(ev));
-            }
-            if self.done {
-                return None;
-            }
-            let step = match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.feed(&bytes),
-                Ok(None) => {
-                    self.parser.finish(&mut self.frames);
-                    self.done = true;
-                    match self.drain_frames() {
-                        Ok(true) => Ok(()),
-                        Ok(false) if self.decoder.finished => Ok(()),
-                        Ok(false) => Err(Error::upstream(
-                            ErrorKind::Protocol,
-                            "upstream stream ended before the response finished",
-                        )),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(crate::http::from_transport(&e, true)),
-            };
-            if let Err(e) = step {
-                self.done = true;
-                self.pending.clear();
-                return Some(Err(e));
-            }
-        }
-    }
-
-    fn feed(&mut self, bytes: &Bytes) -> Result<(), Error> {
-        self.parser
-            .feed(bytes, &mut self.frames)
-            .map_err(|e| Error::upstream(ErrorKind::Protocol, e))?;
-        if self.drain_frames()? {
-            self.done = true;
-        }
-        Ok(())
-    }
-}
-
-fn sse_stream(resp: reqwest::Response) -> EventStream {
-    let state = SseState {
-        resp,
-        parser: SseParser::new(),
-        decoder: ChunkDecoder::new(),
-        frames: Vec::new(),
-        pending: VecDeque::new(),
-        done: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        let item = st.next().await?;
-        Some((item, st))
-    }))
 }
 
 /// Decode recorded chunks (one JSON payload each) the way a live stream is decoded.
