@@ -185,3 +185,36 @@ def test_json_output(client, provider, stream):
     assert set(value) == {"answer"} and isinstance(value["answer"], str)
     if provider != "local":
         assert value == {"answer": "mock"}
+
+
+@pytest.mark.parametrize("provider", [p for p in ROUTES if p != "local"])
+def test_coding_agent_turn(relais_url, provider):
+    """What a coding agent sends on /v1/messages: a long system prompt with cache breakpoints,
+    extended thinking, several tools, a long history, streaming. Every provider must answer it
+    (thinking is a hint where the vendor has no budget: it must not break the turn)."""
+    c = anthropic.Anthropic(base_url=relais_url, api_key=CLIENT_KEY, max_retries=0, timeout=120)
+    tools = [
+        {"name": n, "description": f"{n} tool", "input_schema": PARAMS}
+        for n in ("read_file", "write_file", "run_tests", "search")
+    ]
+    system = [
+        {"type": "text", "text": "You are a careful coding agent. " * 2000},
+        {"type": "text", "text": "Project rules: keep tests green.", "cache_control": {"type": "ephemeral"}},
+    ]
+    history = []
+    for i in range(20):
+        history.append({"role": "user", "content": f"step {i}: " + "context line\n" * 200})
+        history.append({"role": "assistant", "content": f"done with step {i}"})
+    history.append({"role": "user", "content": "now read the config"})
+    with c.messages.stream(
+        model=ROUTES[provider],
+        max_tokens=4096,
+        system=system,
+        tools=tools,
+        messages=history,
+        extra_body={"thinking": {"type": "enabled", "budget_tokens": 2048}},
+    ) as s:
+        m = s.get_final_message()
+    calls = [b for b in m.content if b.type == "tool_use"]
+    assert m.stop_reason == "tool_use" and calls[0].name == "read_file"
+    assert m.usage.input_tokens > 1000
