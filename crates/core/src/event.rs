@@ -21,6 +21,28 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The arguments as the JSON object vendors that take structured input require (Anthropic's
+    /// and Bedrock's `input`, Gemini's `args`). Empty text, which some clients send for a call
+    /// without arguments, is `{}`; anything but a JSON object is a client error naming the call.
+    pub fn arguments_object(&self) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        if self.arguments.trim().is_empty() {
+            return Ok(serde_json::Map::new());
+        }
+        match serde_json::from_str::<serde_json::Value>(&self.arguments) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(Error::bad_request(format!(
+                "the arguments of tool call '{}' ({}) are not a JSON object",
+                self.id, self.name
+            ))),
+            Err(e) => Err(Error::bad_request(format!(
+                "the arguments of tool call '{}' ({}) are not valid JSON: {e}",
+                self.id, self.name
+            ))),
+        }
+    }
+}
+
 /// One step of a response. Streams are sequences of these; a non-streaming response is the fold
 /// of the same sequence (see [`Collector`]), so both encodings share one code path.
 #[derive(Debug, Clone, PartialEq)]

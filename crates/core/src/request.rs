@@ -149,6 +149,22 @@ pub enum ContentPart {
     CacheBreakpoint(CacheControl),
 }
 
+impl ContentPart {
+    /// A short name for error messages ("a document cannot be sent to ...").
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text",
+            Self::Image { .. } => "image",
+            Self::ToolCall(_) => "tool call",
+            Self::ToolResult { .. } => "tool result",
+            Self::Reasoning { .. } => "reasoning",
+            Self::Document { .. } => "document",
+            Self::Opaque { .. } => "opaque",
+            Self::CacheBreakpoint(_) => "cache breakpoint",
+        }
+    }
+}
+
 /// Anthropic-style explicit prompt caching (`{"type":"ephemeral","ttl":"5m"}`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CacheControl {

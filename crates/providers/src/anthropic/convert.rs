@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use relais_core::{
     CacheControl, ChatRequest, ContentPart, Error, ImageSource, Message, ResponseFormat, Role,
-    Tool, ToolCall, ToolChoice,
+    Tool, ToolChoice,
 };
 use serde_json::{Map, Value, json};
 
@@ -297,7 +297,7 @@ fn system_blocks(m: &Message, system: &mut Vec<Value>) -> Result<(), Error> {
                 return Err(Error::unsupported(format!(
                     "a {} part in a {} message is not supported by the anthropic provider, \
                      whose system prompt holds only text",
-                    part_name(other),
+                    other.kind_name(),
                     m.role.as_str()
                 )));
             }
@@ -351,7 +351,7 @@ fn content_block(part: &ContentPart) -> Result<Option<Value>, Error> {
             }),
         },
         ContentPart::ToolCall(call) => {
-            let input = tool_input(call)?;
+            let input = Value::Object(call.arguments_object()?);
             json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
         }
         ContentPart::ToolResult {
@@ -400,25 +400,6 @@ fn content_block(part: &ContentPart) -> Result<Option<Value>, Error> {
         // Placed by the caller on the block before it.
         ContentPart::CacheBreakpoint(_) => return Ok(None),
     }))
-}
-
-/// A tool call's arguments as the JSON object Anthropic's `input` requires.
-fn tool_input(call: &ToolCall) -> Result<Value, Error> {
-    // Some clients send "" for a call without arguments.
-    if call.arguments.trim().is_empty() {
-        return Ok(Value::Object(Map::new()));
-    }
-    match serde_json::from_str::<Value>(&call.arguments) {
-        Ok(input @ Value::Object(_)) => Ok(input),
-        Ok(_) => Err(Error::bad_request(format!(
-            "the arguments of tool call '{}' ({}) are not a JSON object",
-            call.id, call.name
-        ))),
-        Err(e) => Err(Error::bad_request(format!(
-            "the arguments of tool call '{}' ({}) are not valid JSON: {e}",
-            call.id, call.name
-        ))),
-    }
 }
 
 /// A document as a base64 PDF source, the one inline binary form Anthropic takes (plain text
@@ -495,17 +476,4 @@ fn mark_last_cacheable<'v>(blocks: impl Iterator<Item = &'v mut Value>, cc: &Val
 
 fn is_tool_result(block: &Value) -> bool {
     block.get("type").and_then(Value::as_str) == Some("tool_result")
-}
-
-fn part_name(part: &ContentPart) -> &'static str {
-    match part {
-        ContentPart::Text(_) => "text",
-        ContentPart::Image { .. } => "image",
-        ContentPart::ToolCall(_) => "tool call",
-        ContentPart::ToolResult { .. } => "tool result",
-        ContentPart::Reasoning { .. } => "reasoning",
-        ContentPart::Document { .. } => "document",
-        ContentPart::Opaque { .. } => "opaque",
-        ContentPart::CacheBreakpoint(_) => "cache breakpoint",
-    }
 }

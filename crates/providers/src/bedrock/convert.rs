@@ -25,7 +25,7 @@ use std::borrow::Cow;
 
 use relais_core::{
     CacheControl, ChatRequest, ContentPart, Error, ImageSource, Message, ResponseFormat, Role,
-    ToolCall, ToolChoice,
+    ToolChoice,
 };
 use serde_json::{Map, Value, json};
 
@@ -369,7 +369,7 @@ fn system_blocks(m: &Message, system: &mut Vec<Value>) -> Result<(), Error> {
                 return Err(Error::unsupported(format!(
                     "a {} part in a {} message is not supported by the bedrock provider, whose \
                      system prompt holds only text",
-                    part_name(other),
+                    other.kind_name(),
                     m.role.as_str()
                 )));
             }
@@ -413,7 +413,7 @@ fn content_block(part: &ContentPart, names: &mut DocumentNames) -> Result<Option
         // `detail` (OpenAI's resolution hint) has no counterpart; the image is the same.
         ContentPart::Image { source, .. } => image(source)?,
         ContentPart::ToolCall(call) => {
-            let input = tool_input(call)?;
+            let input = Value::Object(call.arguments_object()?);
             json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": input}})
         }
         ContentPart::ToolResult {
@@ -489,25 +489,6 @@ fn image(source: &ImageSource) -> Result<Value, Error> {
             };
             Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
         }
-    }
-}
-
-/// A tool call's arguments as the JSON object Converse's `input` requires.
-fn tool_input(call: &ToolCall) -> Result<Value, Error> {
-    // Some clients send "" for a call without arguments.
-    if call.arguments.trim().is_empty() {
-        return Ok(Value::Object(Map::new()));
-    }
-    match serde_json::from_str::<Value>(&call.arguments) {
-        Ok(input @ Value::Object(_)) => Ok(input),
-        Ok(_) => Err(Error::bad_request(format!(
-            "the arguments of tool call '{}' ({}) are not a JSON object",
-            call.id, call.name
-        ))),
-        Err(e) => Err(Error::bad_request(format!(
-            "the arguments of tool call '{}' ({}) are not valid JSON: {e}",
-            call.id, call.name
-        ))),
     }
 }
 
@@ -642,17 +623,4 @@ fn is_cache_point(block: &Value) -> bool {
 
 fn is_tool_result(block: &Value) -> bool {
     block.get("toolResult").is_some()
-}
-
-fn part_name(part: &ContentPart) -> &'static str {
-    match part {
-        ContentPart::Text(_) => "text",
-        ContentPart::Image { .. } => "image",
-        ContentPart::ToolCall(_) => "tool call",
-        ContentPart::ToolResult { .. } => "tool result",
-        ContentPart::Reasoning { .. } => "reasoning",
-        ContentPart::Document { .. } => "document",
-        ContentPart::Opaque { .. } => "opaque",
-        ContentPart::CacheBreakpoint(_) => "cache breakpoint",
-    }
 }

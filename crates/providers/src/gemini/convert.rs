@@ -257,7 +257,7 @@ fn system_parts(m: &Message, system: &mut Vec<Value>) -> Result<(), Error> {
                 return Err(Error::unsupported(format!(
                     "a {} part in a {} message is not supported by the gemini provider, whose \
                      system instruction holds only text",
-                    part_name(other),
+                    other.kind_name(),
                     m.role.as_str()
                 )));
             }
@@ -486,25 +486,9 @@ fn function_call(call: &ToolCall) -> Result<Value, Error> {
     let mut fc = Map::new();
     fc.insert("name".to_owned(), Value::String(call.name.clone()));
     // Some clients send "" for a call without arguments; Gemini sends such calls without `args`.
-    if !call.arguments.trim().is_empty() {
-        match serde_json::from_str::<Value>(&call.arguments) {
-            Ok(Value::Object(args)) if args.is_empty() => {}
-            Ok(args @ Value::Object(_)) => {
-                fc.insert("args".to_owned(), args);
-            }
-            Ok(_) => {
-                return Err(Error::bad_request(format!(
-                    "the arguments of tool call '{}' ({}) are not a JSON object",
-                    call.id, call.name
-                )));
-            }
-            Err(e) => {
-                return Err(Error::bad_request(format!(
-                    "the arguments of tool call '{}' ({}) are not valid JSON: {e}",
-                    call.id, call.name
-                )));
-            }
-        }
+    let args = call.arguments_object()?;
+    if !args.is_empty() {
+        fc.insert("args".to_owned(), Value::Object(args));
     }
     Ok(json!({"functionCall": Value::Object(fc)}))
 }
@@ -548,19 +532,6 @@ fn is_function_call(part: &Value) -> bool {
 
 fn is_function_response(part: &Value) -> bool {
     part.get("functionResponse").is_some()
-}
-
-fn part_name(part: &ContentPart) -> &'static str {
-    match part {
-        ContentPart::Text(_) => "text",
-        ContentPart::Image { .. } => "image",
-        ContentPart::ToolCall(_) => "tool call",
-        ContentPart::ToolResult { .. } => "tool result",
-        ContentPart::Reasoning { .. } => "reasoning",
-        ContentPart::Document { .. } => "document",
-        ContentPart::Opaque { .. } => "opaque",
-        ContentPart::CacheBreakpoint(_) => "cache breakpoint",
-    }
 }
 
 /// The task an embedding is for (`RETRIEVAL_QUERY`, `RETRIEVAL_DOCUMENT`, ...), when a client
