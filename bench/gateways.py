@@ -245,9 +245,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI smoke: relais vs direct, 500 req/s, 3 s")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rates", default="500,2000,5000")
+    ap.add_argument("--in-flight", action="store_true",
+                    help="only the many-requests-in-flight row (60 ms upstream, 5000 req/s): prints, writes nothing")
     ap.add_argument("--probe", action="store_true",
                     help="relais vs direct only, at --rates and the closed-loop max; prints, writes nothing")
     args = ap.parse_args()
+    if args.in_flight:
+        print(in_flight_table(in_flight(args.duration)))
+        return
     duration = 3 if args.quick else args.duration
     rates = [500] if args.quick else [int(r) for r in args.rates.split(",")]
 
@@ -290,10 +295,49 @@ def main():
             setup.stop()
     finally:
         mock.terminate()
-    report(results, setups_info, args.quick, duration, args.probe)
+    flight = None if (args.quick or args.probe) else in_flight(duration)
+    report(results, setups_info, args.quick, duration, args.probe, flight)
 
 
-def report(results, info, quick, duration, probe=False):
+IN_FLIGHT_DELAY_MS = 60
+IN_FLIGHT_RATE = 5000
+
+
+def in_flight(duration):
+    """Memory with many requests in flight: the mock answers after 60 ms, the load is 5000 req/s
+    open loop, so about 300 requests wait inside the gateway at any moment (oha gets enough
+    connections to keep them all open)."""
+    port = free_port()
+    mock = start_mock(port, ["--delay-ms", str(IN_FLIGHT_DELAY_MS)])
+    rows = []
+    try:
+        for start in (lambda: Setup("direct to mock", f"http://127.0.0.1:{port}/v1/chat/completions"),
+                      lambda: start_relais(port, False)):
+            setup = start()
+            fig = oha(setup.url, BODY, IN_FLIGHT_RATE, duration, setup.headers, connections=600)
+            if setup.proc:
+                _, rss, peak = proc_stat(setup.proc.pid)
+                fig["peak_rss_mb"] = peak
+            rows.append((setup.name, fig))
+            print(f"{setup.name:24} in-flight {IN_FLIGHT_RATE}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  "
+                  f"p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms", file=sys.stderr)
+            setup.stop()
+    finally:
+        mock.terminate()
+    return rows
+
+
+def in_flight_table(rows):
+    lines = [f"Upstream answers after {IN_FLIGHT_DELAY_MS} ms; {IN_FLIGHT_RATE} req/s open loop, JSON, 600 connections "
+             f"(~{IN_FLIGHT_RATE * IN_FLIGHT_DELAY_MS // 1000} requests in flight).", "",
+             "| setup | achieved req/s | success | p50 ms | p99 ms | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for name, f in rows:
+        lines.append(f"| {name} | {f['rps']:.0f} | {f['success']:.2f}% | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | "
+                     f"{f.get('peak_rss_mb', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def report(results, info, quick, duration, probe=False, flight=None):
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
     lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -314,6 +358,8 @@ def report(results, info, quick, duration, probe=False):
               f"oha, {duration} s per row, 64 connections, open loop with latency correction (\"max\" = closed loop). "
               f"relais binary {relais_bin.stat().st_size / 1e6:.1f} MB. Date: {datetime.date.today()}.")
     table = header + "\n\n" + "\n".join(lines)
+    if flight:
+        table += "\n\n" + in_flight_table(flight)
     print(table)
     if quick:
         check_regression(results)
