@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+mod claude;
 pub mod gemini;
 mod http;
 pub mod openai_compat;

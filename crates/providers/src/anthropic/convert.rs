@@ -22,9 +22,6 @@ use super::wire::{
     AnthropicRequest, AnthropicThinking, AnthropicTool,
 };
 
-/// Anthropic's floor for `thinking.budget_tokens`.
-const MIN_THINKING_BUDGET: u32 = 1024;
-
 /// Fields of Anthropic's request that relais has no canonical meaning for, forwarded from
 /// `extra`. `extra` holds whatever the client's dialect did not model, and nothing says which
 /// dialect that was, so only names that no other vendor's API uses are listed: a field meant for
@@ -81,7 +78,13 @@ pub(crate) fn encode_request<'a>(
         }
     }
 
-    let (max_tokens, thinking) = budget(req, opts.default_max_tokens)?;
+    let (max_tokens, budget) =
+        crate::claude::thinking_budget(req, Some(opts.default_max_tokens), "anthropic")?;
+    let max_tokens = max_tokens.unwrap_or(opts.default_max_tokens);
+    let thinking = budget.map(|budget_tokens| AnthropicThinking {
+        kind: "enabled",
+        budget_tokens,
+    });
     let output_config = match &req.response_format {
         None | Some(ResponseFormat::Text) => None,
         // Anthropic has no "any JSON object" mode; only a schema constrains its output.
@@ -159,73 +162,6 @@ pub(crate) fn encode_request<'a>(
         thinking,
         output_config,
         extra,
-    })
-}
-
-/// `max_tokens` and the thinking configuration, which constrain each other: Anthropic counts
-/// thinking inside `max_tokens` and requires the budget to be below it.
-fn budget(
-    req: &ChatRequest,
-    default_max_tokens: u32,
-) -> Result<(u32, Option<AnthropicThinking>), Error> {
-    // (budget, whether the client named it in tokens)
-    let requested = match &req.reasoning {
-        None => None,
-        Some(r) => match (r.budget_tokens, r.effort.as_deref()) {
-            // A zero budget means "no thinking", as in Gemini's thinkingBudget.
-            (Some(0), _) => None,
-            (Some(tokens), _) => Some((tokens, true)),
-            (None, Some(effort)) => effort_budget(effort)?.map(|tokens| (tokens, false)),
-            (None, None) => None,
-        },
-    };
-    let Some((tokens, explicit)) = requested else {
-        return Ok((req.max_output_tokens.unwrap_or(default_max_tokens), None));
-    };
-    let (max_tokens, tokens) = match req.max_output_tokens {
-        // The client's cap covers thinking too, as OpenAI's max_completion_tokens covers
-        // reasoning. A budget the client named is sent as is (Anthropic explains a conflict
-        // better than a guess would); one derived from an effort level shrinks to fit the cap.
-        Some(cap) if explicit || tokens < cap => (cap, tokens),
-        Some(cap) => {
-            let room = cap.saturating_sub(1);
-            if room < MIN_THINKING_BUDGET {
-                return Err(Error::unsupported(format!(
-                    "reasoning effort needs max output tokens above {MIN_THINKING_BUDGET} on the \
-                     anthropic provider, whose thinking budget starts there; got {cap}"
-                )));
-            }
-            (cap, room)
-        }
-        // No cap: the answer keeps the default room on top of the thinking budget.
-        None => (default_max_tokens.saturating_add(tokens), tokens),
-    };
-    Ok((
-        max_tokens,
-        Some(AnthropicThinking {
-            kind: "enabled",
-            budget_tokens: tokens,
-        }),
-    ))
-}
-
-/// Thinking budget for an effort level. Anthropic takes budgets in tokens: `low` is its minimum
-/// and each step up quadruples it. `xhigh` and `max` get 24576, the most that still fits, with
-/// the default room for the answer, under the smallest output limit of a thinking model (32000,
-/// Claude Opus 4). `none` turns thinking off.
-fn effort_budget(effort: &str) -> Result<Option<u32>, Error> {
-    Ok(match effort {
-        "none" => None,
-        "minimal" | "low" => Some(MIN_THINKING_BUDGET),
-        "medium" => Some(4096),
-        "high" => Some(16_384),
-        "xhigh" | "max" => Some(24_576),
-        other => {
-            return Err(Error::unsupported(format!(
-                "reasoning effort '{other}' is not supported by the anthropic provider; \
-                 use none, minimal, low, medium, high, xhigh or max"
-            )));
-        }
     })
 }
 

@@ -34,9 +34,6 @@ use super::wire::{
     BedrockToolConfig, BedrockToolSpec,
 };
 
-/// Anthropic's floor for `thinking.budget_tokens`.
-const MIN_THINKING_BUDGET: u32 = 1024;
-
 /// Members of Converse's request that relais has no canonical meaning for, forwarded from
 /// `extra` (an OpenAI client's `extra_body`, say). Only camelCase names no other vendor uses are
 /// listed, so a field meant for another vendor never reaches Bedrock, which rejects unknown
@@ -102,7 +99,8 @@ pub(crate) fn encode_request<'a>(
     if let Some(Value::Object(fields)) = req.extra.get(ADDITIONAL_FIELDS) {
         additional.extend(fields.clone());
     }
-    let (max_tokens, thinking) = budget(req, opts.default_max_tokens)?;
+    let (max_tokens, thinking) =
+        crate::claude::thinking_budget(req, opts.default_max_tokens, "bedrock")?;
     if let Some(budget_tokens) = thinking {
         if !claude {
             return Err(needs_claude("reasoning", opts.model).with_param("reasoning_effort"));
@@ -175,66 +173,6 @@ fn needs_claude(feature: &str, model: &str) -> Error {
         "{feature} is supported by the bedrock provider only for Anthropic Claude models (a model \
          id naming anthropic.claude); '{model}' is not one"
     ))
-}
-
-/// `maxTokens` and the thinking budget, which constrain each other: Claude counts thinking inside
-/// `max_tokens` and requires the budget to be below it. The same rules as the `anthropic`
-/// provider's, except that without a cap and without `default_max_tokens` no cap is sent and
-/// Bedrock allows the model's maximum, which is above every budget an effort level gives.
-fn budget(
-    req: &ChatRequest,
-    default_max_tokens: Option<u32>,
-) -> Result<(Option<u32>, Option<u32>), Error> {
-    // (budget, whether the client named it in tokens)
-    let requested = match &req.reasoning {
-        None => None,
-        Some(r) => match (r.budget_tokens, r.effort.as_deref()) {
-            // A zero budget means "no thinking", as in Gemini's thinkingBudget.
-            (Some(0), _) => None,
-            (Some(tokens), _) => Some((tokens, true)),
-            (None, Some(effort)) => effort_budget(effort)?.map(|tokens| (tokens, false)),
-            (None, None) => None,
-        },
-    };
-    let Some((tokens, explicit)) = requested else {
-        return Ok((req.max_output_tokens.or(default_max_tokens), None));
-    };
-    let (max_tokens, tokens) = match req.max_output_tokens {
-        // The client's cap covers thinking too. A budget the client named is sent as is (Claude
-        // explains a conflict better than a guess would); one derived from an effort level
-        // shrinks to fit the cap.
-        Some(cap) if explicit || tokens < cap => (Some(cap), tokens),
-        Some(cap) => {
-            let room = cap.saturating_sub(1);
-            if room < MIN_THINKING_BUDGET {
-                return Err(Error::unsupported(format!(
-                    "reasoning effort needs max output tokens above {MIN_THINKING_BUDGET} on the \
-                     bedrock provider, whose thinking budget starts there; got {cap}"
-                )));
-            }
-            (Some(cap), room)
-        }
-        None => (default_max_tokens.map(|d| d.saturating_add(tokens)), tokens),
-    };
-    Ok((max_tokens, Some(tokens)))
-}
-
-/// Thinking budget for an effort level, as the `anthropic` provider gives it: `low` is Claude's
-/// minimum and each step up quadruples it; `xhigh` and `max` get 24576. `none` turns thinking off.
-fn effort_budget(effort: &str) -> Result<Option<u32>, Error> {
-    Ok(match effort {
-        "none" => None,
-        "minimal" | "low" => Some(MIN_THINKING_BUDGET),
-        "medium" => Some(4096),
-        "high" => Some(16_384),
-        "xhigh" | "max" => Some(24_576),
-        other => {
-            return Err(Error::unsupported(format!(
-                "reasoning effort '{other}' is not supported by the bedrock provider; \
-                 use none, minimal, low, medium, high, xhigh or max"
-            )));
-        }
-    })
 }
 
 fn tool_config(req: &ChatRequest) -> Result<Option<BedrockToolConfig<'_>>, Error> {
