@@ -190,24 +190,29 @@ impl Route {
 /// the client can see depends on it yet, so such an error still fails over.
 async fn first_event(d: &Deployment, req: &ChatRequest) -> Result<EventStream, Error> {
     let mut stream = d.provider.chat(&d.model, req).await?;
-    let mut held = Vec::new();
+    // Providers send one Start; should one send more, the first carries what the response
+    // needs (the collector keeps the first id and model), so only it is held: no allocation.
+    let mut start: Option<StreamEvent> = None;
     loop {
         match stream.next().await {
-            Some(Ok(ev @ StreamEvent::Start { .. })) => held.push(Ok(ev)),
+            Some(Ok(ev @ StreamEvent::Start { .. })) => {
+                start.get_or_insert(ev);
+            }
             Some(Ok(first)) => {
-                held.push(Ok(first));
-                let rest = futures_util::stream::iter(held).chain(stream);
-                return Ok(Box::pin(rest));
+                let head = start.into_iter().chain(std::iter::once(first)).map(Ok);
+                return Ok(Box::pin(futures_util::stream::iter(head).chain(stream)));
             }
             Some(Err(e)) => return Err(e),
-            None if held.is_empty() => {
-                return Err(Error::upstream(
-                    ErrorKind::Protocol,
-                    "upstream closed the response without any event",
-                ));
-            }
-            // Accepted, then ended with nothing: let the decoder's own judgement stand.
-            None => return Ok(Box::pin(futures_util::stream::iter(held))),
+            None => match start {
+                // Accepted, then ended with nothing: let the decoder's own judgement stand.
+                Some(ev) => return Ok(Box::pin(futures_util::stream::iter([Ok(ev)]))),
+                None => {
+                    return Err(Error::upstream(
+                        ErrorKind::Protocol,
+                        "upstream closed the response without any event",
+                    ));
+                }
+            },
         }
     }
 }
