@@ -15,10 +15,12 @@ mod usage;
 pub use env::{EnvString, expand_env};
 pub use error::{Error, ErrorKind, Retry, Side};
 pub use event::{ChatResponse, Collector, FinishReason, StreamEvent, ToolCall};
-pub use provider::{BoxFuture, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider};
+pub use provider::{
+    BoxFuture, Capabilities, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider,
+};
 pub use request::{
     CacheControl, ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
     Tool, ToolChoice,
 };
 pub use secret::{Secret, redact};
-pub use usage::Usage;
+pub use usage::{Price, Usage};

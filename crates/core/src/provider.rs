@@ -39,6 +39,32 @@ pub struct ModelInfo {
     pub details: Map<String, Value>,
 }
 
+/// What a deployment can serve, so a router skips one that lacks what a request uses instead of
+/// sending it there to fail. Vendor APIs are assumed able unless a provider knows better (the
+/// built-in model has no tools or images) or the config says otherwise; an unknown window is no
+/// limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub images: bool,
+    pub json_schema: bool,
+    /// Context window in tokens, prompt and output together.
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            tools: true,
+            images: true,
+            json_schema: true,
+            context_window: None,
+            max_output_tokens: None,
+        }
+    }
+}
+
 /// One configured upstream: a vendor account or the built-in model. A provider turns canonical
 /// requests into canonical events; it never sees a client's wire format.
 pub trait Provider: Send + Sync {
@@ -58,6 +84,11 @@ pub trait Provider: Send + Sync {
         model: &'a str,
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, Error>>;
+
+    /// What `model` can serve; see [`Capabilities`].
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        Capabilities::default()
+    }
 
     fn model_info(&self, _model: &str) -> ModelInfo {
         ModelInfo {

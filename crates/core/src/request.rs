@@ -50,6 +50,25 @@ impl ChatRequest {
             })
             .sum()
     }
+
+    /// A rough prompt-size estimate where no tokenizer is at hand (`count_tokens`, context-window
+    /// checks, rate-limit reservations): about four bytes of English text per token, plus a few
+    /// tokens of framing per message and per tool. It errs high, which those checks want.
+    pub fn estimate_input_tokens(&self) -> u64 {
+        let text = self.text_len() as u64;
+        let tools: u64 = self
+            .tools
+            .iter()
+            .map(|t| {
+                (t.name.len()
+                    + t.description.as_ref().map_or(0, String::len)
+                    + t.parameters.as_ref().map_or(0, |p| p.to_string().len()))
+                    as u64
+            })
+            .sum();
+        let framing = 4 * self.messages.len() as u64 + 8 * self.tools.len() as u64;
+        (text + tools).div_ceil(4) + framing + 3
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

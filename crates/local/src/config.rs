@@ -2,7 +2,7 @@ use relais_core::EnvString;
 use serde::Deserialize;
 
 /// `type = "local"`: the built-in model, run inside the gateway process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// Path of a GGUF chat model.

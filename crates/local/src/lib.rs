@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relais_core::{
-    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, ModelInfo,
-    Provider, ResponseFormat, Retry, Side, StreamEvent,
+    BoxFuture, Capabilities, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind,
+    EventStream, ModelInfo, Provider, ResponseFormat, Retry, Side, StreamEvent,
 };
 use serde_json::Value;
 
@@ -151,6 +151,17 @@ impl Provider for Local {
                 "the local chat model does not serve embeddings",
             ))
         })
+    }
+
+    fn capabilities(&self, _model: &str) -> Capabilities {
+        // JSON schemas are served by grammar-constrained sampling; tools and images are not.
+        Capabilities {
+            tools: false,
+            images: false,
+            json_schema: true,
+            context_window: Some(self.context_tokens),
+            max_output_tokens: None,
+        }
     }
 
     fn model_info(&self, _model: &str) -> ModelInfo {

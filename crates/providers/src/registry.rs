@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::{anthropic, azure, bedrock, gemini, openai_compat};
 
 /// A `[providers.NAME]` table; `type` picks the variant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProviderConfig {
     OpenaiCompat(openai_compat::OpenAiCompatConfig),

@@ -151,8 +151,8 @@ fn init_logging(format: LogFormat) {
 fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     let path = config_path(config);
     let (mut raw, source, origin) = load(path.as_deref())?;
-    if let Some(l) = listen {
-        raw.server.listen = l;
+    if let Some(l) = &listen {
+        raw.server.listen.clone_from(l);
     }
     init_logging(raw.server.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -177,8 +177,17 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", runtime.listen))?;
         let addr = listener.local_addr()?;
+        for w in &runtime.warnings {
+            tracing::warn!(config = %origin, "{w}");
+        }
         tracing::info!(%addr, config = %origin, routes = runtime.routes.len(), "relais listening");
-        relais_server::serve(runtime, listener, shutdown_signal()).await?;
+        // A config file is watched (and re-read on SIGHUP); the built-in defaults have none.
+        let reload = path.map(|path| relais_server::Reload {
+            path,
+            poll: std::time::Duration::from_secs(1),
+            listen_override: listen,
+        });
+        relais_server::serve_with_reload(runtime, listener, shutdown_signal(), reload).await?;
         tracing::info!("relais stopped");
         Ok(())
     })
@@ -223,13 +232,37 @@ fn check(config: Option<PathBuf>) -> Result<()> {
     println!("routes:");
     for (name, r) in &runtime.routes {
         let chain: Vec<&str> = r.deployments.iter().map(|d| d.id.as_str()).collect();
-        println!("  {name} ({}): {}", r.kind.as_str(), chain.join(" -> "));
+        let sep = if r.strategy == relais_router::Strategy::Failover {
+            " -> "
+        } else {
+            ", "
+        };
+        println!(
+            "  {name} ({}, {}): {}",
+            r.kind.as_str(),
+            r.strategy.as_str(),
+            chain.join(sep)
+        );
+        for (why, f) in [
+            ("context window", &r.fallbacks.context_window),
+            ("content filter", &r.fallbacks.content_filter),
+        ] {
+            if let Some(f) = f {
+                println!("    on {why}: falls back to route {}", f.name);
+            }
+        }
         for d in &r.deployments {
             let info = d.provider.model_info(&d.model);
             if !info.details.is_empty() {
                 println!("    {}: {}", d.id, serde_json::Value::Object(info.details));
             }
         }
+    }
+    if runtime.admin_key.is_some() {
+        println!("admin API: on (/admin/)");
+    }
+    for w in &runtime.warnings {
+        println!("warning: {w}");
     }
     if runtime.keys.is_empty() {
         println!("auth: open (no client keys)");

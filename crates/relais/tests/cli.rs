@@ -54,7 +54,7 @@ fn check_prints_routes_with_secrets_masked() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("gpt-4o-mini (chat): up/gpt-4o-mini"),
+        stdout.contains("gpt-4o-mini (chat, failover): up/gpt-4o-mini"),
         "{stdout}"
     );
     assert!(stdout.contains("api_key=sk-t****"), "{stdout}");

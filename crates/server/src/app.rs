@@ -2,8 +2,8 @@
 //! answers, streams and errors. Every path of the pipeline in DESIGN.md §1 runs through here once.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -16,11 +16,11 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use relais_core::{Collector, Error, ErrorKind, EventStream, Side, StreamEvent, Usage};
 use relais_dialects::openai;
-use relais_router::{FailedAttempt, Route, RouteKind};
+use relais_router::{Exhausted, FailedAttempt, Route, RouteKind};
 use tokio::sync::watch;
 
 use crate::config::{ClientKey, Runtime};
-use crate::dialect::{Dialect, Encoder, estimate_input_tokens};
+use crate::dialect::{Dialect, Encoder};
 use crate::metrics::{Global, Series};
 
 /// A route with its metric series, one per deployment, built once per config.
@@ -29,27 +29,38 @@ pub struct RouteEntry {
     pub series: Vec<Arc<Series>>,
 }
 
-/// Shared state of the server.
-pub struct AppState {
+/// One config as the server runs it: the validated runtime and its routes' metric series. A
+/// reload builds a new one and swaps it in; requests already running keep the one they started
+/// with.
+pub struct Live {
     pub runtime: Runtime,
     pub entries: BTreeMap<String, RouteEntry>,
-    pub global: Global,
-    pub draining: AtomicBool,
-    /// Flipped to true at the drain deadline: open streams end with an error event.
-    pub abort_streams: watch::Receiver<bool>,
-    pub started_at: u64,
 }
 
-impl AppState {
-    pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
+impl Live {
+    /// Build the entries, taking over the series of `previous` for every (route, deployment)
+    /// still configured, so counters run on across reloads.
+    fn new(runtime: Runtime, previous: Option<&Live>) -> Self {
         let entries = runtime
             .routes
             .iter()
             .map(|(name, route)| {
+                let old = previous.and_then(|p| p.entries.get(name));
                 let series = route
                     .deployments
                     .iter()
-                    .map(|d| Arc::new(Series::new(name, &d.id, &d.provider_name)))
+                    .map(|d| {
+                        old.and_then(|o| o.series.iter().find(|s| s.is_for(name, &d.id)))
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(Series::new(
+                                    name,
+                                    &d.id,
+                                    &d.provider_name,
+                                    d.health.clone(),
+                                ))
+                            })
+                    })
                     .collect();
                 (
                     name.clone(),
@@ -60,14 +71,7 @@ impl AppState {
                 )
             })
             .collect();
-        Self {
-            runtime,
-            entries,
-            global: Global::default(),
-            draining: AtomicBool::new(false),
-            abort_streams,
-            started_at: unix_now(),
-        }
+        Self { runtime, entries }
     }
 
     /// All metric series, for `/metrics`.
@@ -75,6 +79,10 @@ impl AppState {
         self.entries
             .values()
             .flat_map(|e| e.series.iter().map(|s| &**s))
+    }
+
+    fn series_of(&self, route: &str, deployment: usize) -> Option<&Arc<Series>> {
+        self.entries.get(route)?.series.get(deployment)
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&ClientKey>, Error> {
@@ -101,25 +109,6 @@ impl AppState {
         found
             .map(Some)
             .ok_or_else(|| Error::new(ErrorKind::Auth, Side::Client, "invalid API key"))
-    }
-
-    /// Everything a request must pass before its body is parsed: not draining, a valid key, a
-    /// body within the limit.
-    async fn admit(
-        &self,
-        headers: &HeaderMap,
-        body: Body,
-    ) -> Result<(Option<&ClientKey>, Bytes), Error> {
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(Error::new(
-                ErrorKind::Unavailable,
-                Side::Gateway,
-                "gateway is shutting down",
-            ));
-        }
-        let key = self.authenticate(headers)?;
-        let bytes = read_body(body, headers, self.runtime.max_body_bytes).await?;
-        Ok((key, bytes))
     }
 
     fn visible(&self, key: Option<&ClientKey>, route: &str) -> bool {
@@ -156,6 +145,63 @@ impl AppState {
             .with_param("model"));
         }
         Ok(entry)
+    }
+}
+
+/// Shared state of the server.
+pub struct AppState {
+    live: RwLock<Arc<Live>>,
+    pub global: Global,
+    pub draining: AtomicBool,
+    /// Flipped to true at the drain deadline: open streams end with an error event.
+    pub abort_streams: watch::Receiver<bool>,
+    pub started_at: u64,
+}
+
+impl AppState {
+    pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
+        Self {
+            live: RwLock::new(Arc::new(Live::new(runtime, None))),
+            global: Global::default(),
+            draining: AtomicBool::new(false),
+            abort_streams,
+            started_at: unix_now(),
+        }
+    }
+
+    /// The config in force now. Cheap: a read lock held for one reference-count increment.
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swap in a new config; requests in flight finish on the one they started with.
+    pub fn install(&self, runtime: Runtime) {
+        let mut slot = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let next = Arc::new(Live::new(runtime, Some(&slot)));
+        *slot = next;
+    }
+
+    /// Everything a request must pass before its body is parsed: not draining, a valid key, a
+    /// body within the limit.
+    async fn admit<'a>(
+        &self,
+        live: &'a Live,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Option<&'a ClientKey>, Bytes), Error> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "gateway is shutting down",
+            ));
+        }
+        let key = live.authenticate(headers)?;
+        let bytes = read_body(body, headers, live.runtime.max_body_bytes).await?;
+        Ok((key, bytes))
     }
 }
 
@@ -213,6 +259,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/routes", get(admin_routes))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -304,10 +351,25 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     Ok(Bytes::from(buf))
 }
 
-fn record_failed(entry: &RouteEntry, failed: &[FailedAttempt]) {
+fn record_failed(live: &Live, failed: &[FailedAttempt]) {
     for f in failed {
-        if let Some(s) = entry.series.get(f.deployment) {
+        if let Some(s) = live.series_of(&f.route, f.deployment) {
             s.failed_attempt(f.error.kind);
+        }
+    }
+}
+
+/// A request every deployment failed: count it against the last one tried.
+fn record_exhausted(live: &Live, ex: &Exhausted, elapsed: Option<Duration>) {
+    record_failed(live, &ex.failed);
+    if let Some(last) = ex
+        .failed
+        .last()
+        .and_then(|f| live.series_of(&f.route, f.deployment))
+    {
+        last.error(ex.error.kind);
+        if let Some(d) = elapsed {
+            last.duration.observe(d);
         }
     }
 }
@@ -357,18 +419,20 @@ async fn messages(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 }
 
 /// `/v1/messages/count_tokens`: the route must exist and be visible to the key; the count is
-/// an estimate (see [`estimate_input_tokens`]), since no upstream is called for it.
+/// an estimate (see [`relais_core::ChatRequest::estimate_input_tokens`]), since no upstream is
+/// called for it.
 async fn count_tokens(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let ctx = Ctx::for_dialect(&headers, Dialect::Anthropic);
+    let live = app.live();
     let counted = async {
-        let (key, bytes) = app.admit(&headers, body).await?;
+        let (key, bytes) = app.admit(&live, &headers, body).await?;
         let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
-        app.entry(key, &req.model, RouteKind::Chat)?;
-        Ok::<_, Error>(estimate_input_tokens(&req))
+        live.entry(key, &req.model, RouteKind::Chat)?;
+        Ok::<_, Error>(req.estimate_input_tokens())
     }
     .await;
     match counted {
@@ -406,13 +470,14 @@ async fn chat_with(
     dialect: Dialect,
 ) -> Response {
     let ctx = Ctx::for_dialect(&headers, dialect);
+    let live = app.live();
     let admitted = async {
-        let (key, bytes) = app.admit(&headers, body).await?;
+        let (key, bytes) = app.admit(&live, &headers, body).await?;
         let mut req = dialect.parse_chat(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        let entry = app.entry(key, &req.model, RouteKind::Chat)?;
+        let entry = live.entry(key, &req.model, RouteKind::Chat)?;
         Ok::<_, Error>((req, entry))
     }
     .await;
@@ -428,25 +493,20 @@ async fn chat_with(
     let routed = match entry.route.chat(&req).await {
         Ok(r) => r,
         Err(ex) => {
-            record_failed(entry, &ex.failed);
-            if let Some(last) = ex
-                .failed
-                .last()
-                .and_then(|f| entry.series.get(f.deployment))
-            {
-                last.error(ex.error.kind);
-                last.duration.observe(ctx.start.elapsed());
-            }
+            record_exhausted(&live, &ex, Some(ctx.start.elapsed()));
             log_error(&req.model, &ctx.id, &ex.error);
             return ctx.error(&ex.error, ex.upstream_wait);
         }
     };
-    record_failed(entry, &routed.failed);
-    let Some(series) = entry.series.get(routed.deployment).cloned() else {
+    record_failed(&live, &routed.failed);
+    let Some(series) = live
+        .series_of(&routed.route.name, routed.deployment)
+        .cloned()
+    else {
         return ctx.error(&Error::internal("deployment vanished"), Duration::ZERO);
     };
     series.ttft.observe(ctx.start.elapsed());
-    let deployment = &entry.route.deployments[routed.deployment];
+    let deployment = &routed.route.deployments[routed.deployment];
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_now();
     let mut resp = if req.stream {
@@ -669,13 +729,14 @@ async fn embeddings_with(
     model: Option<String>,
 ) -> Response {
     let ctx = Ctx::new(&headers);
+    let live = app.live();
     let admitted = async {
-        let (key, bytes) = app.admit(&headers, body).await?;
+        let (key, bytes) = app.admit(&live, &headers, body).await?;
         let (mut req, base64) = openai::parse_embeddings(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        let entry = app.entry(key, &req.model, RouteKind::Embeddings)?;
+        let entry = live.entry(key, &req.model, RouteKind::Embeddings)?;
         Ok::<_, Error>((req, base64, entry))
     }
     .await;
@@ -689,7 +750,7 @@ async fn embeddings_with(
     let _inflight = Inflight::new(&app);
     match entry.route.embed(&req).await {
         Ok((i, resp, failed, waited)) => {
-            record_failed(entry, &failed);
+            record_failed(&live, &failed);
             if let Some(s) = entry.series.get(i) {
                 s.ok.fetch_add(1, Ordering::Relaxed);
                 s.tokens(&resp.usage);
@@ -705,14 +766,7 @@ async fn embeddings_with(
             out
         }
         Err(ex) => {
-            record_failed(entry, &ex.failed);
-            if let Some(last) = ex
-                .failed
-                .last()
-                .and_then(|f| entry.series.get(f.deployment))
-            {
-                last.error(ex.error.kind);
-            }
+            record_exhausted(&live, &ex, None);
             log_error(&req.model, &ctx.id, &ex.error);
             ctx.error(&ex.error, ex.upstream_wait)
         }
@@ -721,17 +775,18 @@ async fn embeddings_with(
 
 async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let ctx = Ctx::new(&headers);
-    let key = match app.authenticate(&headers) {
+    let live = app.live();
+    let key = match live.authenticate(&headers) {
         Ok(k) => k,
         Err(e) => {
             app.global.rejected(e.kind);
             return ctx.error(&e, Duration::ZERO);
         }
     };
-    let list: Vec<openai::ModelEntry> = app
+    let list: Vec<openai::ModelEntry> = live
         .entries
         .iter()
-        .filter(|(name, _)| app.visible(key, name))
+        .filter(|(name, _)| live.visible(key, name))
         .map(|(name, e)| {
             let primary = e.route.deployments.first();
             let info = primary
@@ -802,8 +857,80 @@ async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let body = crate::metrics::render(&app.global, app.series());
+    let live = app.live();
+    let body = crate::metrics::render(&app.global, live.series());
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
+}
+
+/// `GET /admin/routes`: every route's strategy and, per deployment, the router's live view:
+/// breaker state, cool-downs, latency estimate, in-flight and counters. Behind `admin.key`.
+async fn admin_routes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let ctx = Ctx::new(&headers);
+    let live = app.live();
+    let Some(admin) = &live.runtime.admin_key else {
+        let err = Error::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "the admin API is off: set admin.key in the config",
+        );
+        return ctx.error(&err, Duration::ZERO);
+    };
+    let presented = bearer(&headers).or_else(|| header_str(&headers, "x-api-key"));
+    if !presented.is_some_and(|p| constant_time_eq(admin.expose().as_bytes(), p.as_bytes())) {
+        let err = Error::new(
+            ErrorKind::Auth,
+            Side::Client,
+            "invalid or missing admin key",
+        );
+        return ctx.error(&err, Duration::ZERO);
+    }
+    let now = tokio::time::Instant::now();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let routes: serde_json::Map<String, serde_json::Value> = live
+        .runtime
+        .routes
+        .iter()
+        .map(|(name, r)| {
+            let deployments: Vec<serde_json::Value> = r
+                .deployments
+                .iter()
+                .map(|d| {
+                    let h = d.health.snapshot(now, &d.limits, &r.latency);
+                    serde_json::json!({
+                        "id": d.id,
+                        "provider": d.provider_name,
+                        "model": d.model,
+                        "weight": d.weight,
+                        "state": h.state,
+                        "unavailable_for_ms": h.unavailable_for.map(ms),
+                        "latency_estimate_ms": h.latency_estimate.map(ms),
+                        "inflight": h.inflight,
+                        "consecutive_failures": h.consecutive_failures,
+                        "window": {"successes": h.window_successes, "failures": h.window_failures},
+                        "last_minute": {"requests": h.minute_requests, "tokens": h.minute_tokens},
+                        "limits": {"rpm": d.limits.rpm, "tpm": d.limits.tpm, "max_concurrent": d.limits.concurrent},
+                        "attempts": h.attempts,
+                        "failures": h.failures,
+                        "retries": h.retries,
+                        "failovers": h.failovers,
+                        "ejections": h.ejections,
+                    })
+                })
+                .collect();
+            let value = serde_json::json!({
+                "kind": r.kind.as_str(),
+                "strategy": r.strategy.as_str(),
+                "deployments": deployments,
+                "fallbacks": {
+                    "context_window": r.fallbacks.context_window.as_ref().map(|f| f.name.as_str()),
+                    "content_filter": r.fallbacks.content_filter.as_ref().map(|f| f.name.as_str()),
+                },
+            });
+            (name.clone(), value)
+        })
+        .collect();
+    let body = serde_json::json!({ "routes": routes }).to_string();
+    plain(&headers, StatusCode::OK, "application/json", body)
 }
 
 async fn unknown_path(method: Method, uri: Uri, headers: HeaderMap) -> Response {

@@ -8,9 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relais_core::Secret;
+use relais_core::{Capabilities, Price, Secret};
 use relais_providers::{HttpSettings, ProviderConfig, build_provider, shared_client};
-use relais_router::{Deployment, Route, RouteKind};
+use relais_router::{
+    BreakerPolicy, BudgetPolicy, Deployment, DeploymentLimits, Fallbacks, Health, LatencyPolicy,
+    RetryBudget, RetryPolicy, Route, RouteKind, Strategy, Timeouts,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -28,6 +31,50 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Prices per upstream model name, in USD per million tokens.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin API (`/admin/...`). Off unless a key is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub key: Option<Secret>,
+}
+
+/// A price as TOML gives it: a number (`0.15`) or a string (`"0.15"`), read as an exact decimal.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum PriceValue {
+    Number(f64),
+    Text(String),
+}
+
+impl PriceValue {
+    fn parse(&self) -> Result<u64, String> {
+        match self {
+            // f64's Display is the shortest text that reads back as the same number, so 0.15
+            // becomes "0.15", not 0.1499999...
+            Self::Number(n) if n.is_finite() && *n >= 0.0 => {
+                Price::parse_usd_per_mtok(&format!("{n}"))
+            }
+            Self::Number(n) => Err(format!("{n} is not a price")),
+            Self::Text(t) => Price::parse_usd_per_mtok(t),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: PriceValue,
+    pub output: PriceValue,
+    pub cache_read: Option<PriceValue>,
+    pub cache_write: Option<PriceValue>,
+    pub reasoning: Option<PriceValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,9 +151,64 @@ pub struct KeyConfig {
 pub struct RouteConfig {
     #[serde(default = "default_kind")]
     pub kind: Spanned<String>,
+    /// `failover` (default), `weighted`, `least_latency`, `least_cost`, `least_busy`.
+    pub strategy: Option<Spanned<String>>,
     pub deployments: Vec<DeploymentConfig>,
     /// Per attempt: time allowed until the first event before trying the next deployment.
     pub first_token_timeout_secs: Option<f64>,
+    /// Per attempt, once streaming: longest silence between two events.
+    pub idle_timeout_secs: Option<f64>,
+    /// Per attempt: the whole response.
+    pub attempt_timeout_secs: Option<f64>,
+    /// The whole request, every attempt and backoff included.
+    pub request_timeout_secs: Option<f64>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub latency: LatencyConfig,
+    #[serde(default)]
+    pub fallbacks: FallbackConfig,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per request, all deployments together (default: deployments + 1).
+    pub attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    /// Retries at most this share of the route's requests ...
+    pub budget_ratio: Option<f64>,
+    /// ... plus this many per second.
+    pub budget_min_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window_secs: Option<f64>,
+    pub base_ejection_secs: Option<f64>,
+    pub max_ejection_secs: Option<f64>,
+    pub max_ejected_percent: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    pub default_ms: Option<f64>,
+    pub decay_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub context_window: Option<Spanned<String>>,
+    pub content_filter: Option<Spanned<String>>,
 }
 
 fn default_kind() -> Spanned<String> {
@@ -120,6 +222,18 @@ pub struct DeploymentConfig {
     pub provider: Spanned<String>,
     /// The upstream's name for the model (Azure: the deployment name).
     pub model: String,
+    /// Share of traffic under the `weighted` strategy.
+    pub weight: Option<u32>,
+    /// Limits from the vendor contract: requests and tokens per minute, requests at once.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    /// Capabilities, where the provider's own answer is wrong for this model.
+    pub tools: Option<bool>,
+    pub images: Option<bool>,
+    pub json_schema: Option<bool>,
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
 }
 
 /// A config error: where and what.
@@ -144,11 +258,16 @@ pub struct ClientKey {
 /// The validated, built form the server runs on.
 pub struct Runtime {
     pub listen: SocketAddr,
+    pub admin_key: Option<Secret>,
+    /// Things that are allowed but probably not meant (shown by `relais check`, logged at start).
+    pub warnings: Vec<String>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
+    /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).
+    pub providers: BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
     /// Provider kinds by name, for `relais check`.
     pub provider_kinds: BTreeMap<String, &'static str>,
 }
@@ -190,6 +309,29 @@ fn refine_line(source: &str, span: std::ops::Range<usize>, msg: &str) -> usize {
     line_of(source, start)
 }
 
+/// What `backup` lacks that `primary` has, in words.
+fn capability_loss(primary: &Capabilities, backup: &Capabilities) -> Vec<&'static str> {
+    let mut lost = Vec::new();
+    if primary.tools && !backup.tools {
+        lost.push("tools");
+    }
+    if primary.images && !backup.images {
+        lost.push("images");
+    }
+    if primary.json_schema && !backup.json_schema {
+        lost.push("JSON schema output");
+    }
+    let window = |c: &Capabilities| c.context_window.map_or(u64::MAX, u64::from);
+    if window(backup) < window(primary) {
+        lost.push("the primary's context window");
+    }
+    let out = |c: &Capabilities| c.max_output_tokens.map_or(u64::MAX, u64::from);
+    if out(backup) < out(primary) {
+        lost.push("the primary's max output tokens");
+    }
+    lost
+}
+
 /// Parse TOML text. `origin` names the source in error messages.
 pub fn parse(source: &str, origin: &str) -> Result<RawConfig, ConfigError> {
     toml::from_str(source).map_err(|e| {
@@ -212,6 +354,53 @@ pub fn load(path: &Path) -> Result<(RawConfig, String), ConfigError> {
 
 /// Validate a parsed config and build its providers and routes.
 pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, ConfigError> {
+    build_from(raw, source, origin, None)
+}
+
+/// Build a config that replaces `previous` (a reload): providers whose settings did not change
+/// are kept (the built-in model is not loaded twice), and deployments still there keep their
+/// live health (breaker, cool-down, latency estimate).
+pub fn rebuild(
+    raw: &RawConfig,
+    source: &str,
+    origin: &str,
+    previous: &Runtime,
+) -> Result<Runtime, ConfigError> {
+    build_from(raw, source, origin, Some(previous))
+}
+
+fn secs(
+    value: Option<f64>,
+    default: Option<f64>,
+    field: &str,
+    origin: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match value.or(default) {
+        None => Ok(None),
+        Some(v) if v > 0.0 && v <= 86_400.0 => Ok(Some(Duration::from_secs_f64(v))),
+        Some(_) => Err(ConfigError(format!(
+            "{origin}: {field}: must be within (0, 86400] seconds"
+        ))),
+    }
+}
+
+fn share(value: Option<f64>, default: f64, field: &str, origin: &str) -> Result<f64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!(
+            "{origin}: {field}: must be within [0, 1]"
+        )))
+    }
+}
+
+fn build_from(
+    raw: &RawConfig,
+    source: &str,
+    origin: &str,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigError> {
     let at = |span: std::ops::Range<usize>, field: &str, msg: String| {
         if span.is_empty() && span.start == 0 {
             ConfigError(format!("{origin}: {field}: {msg}"))
@@ -239,18 +428,124 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
     })
     .map_err(|e| ConfigError(format!("{origin}: upstream: {e}")))?;
+    if let Some(admin) = &raw.admin.key {
+        if admin.expose().len() < 16 {
+            return Err(ConfigError(format!(
+                "{origin}: admin.key: must be at least 16 characters"
+            )));
+        }
+    }
 
     let mut providers = BTreeMap::new();
     let mut provider_kinds = BTreeMap::new();
     for (name, cfg) in &raw.providers {
-        let p = build_provider(cfg, http.clone())
-            .map_err(|e| ConfigError(format!("{origin}: providers.{name}.{e}")))?;
-        providers.insert(name.clone(), p);
+        let kept = previous
+            .and_then(|p| p.providers.get(name))
+            .filter(|(old, _)| old == cfg)
+            .map(|(_, p)| p.clone());
+        let p = match kept {
+            Some(p) => p,
+            None => build_provider(cfg, http.clone())
+                .map_err(|e| ConfigError(format!("{origin}: providers.{name}.{e}")))?,
+        };
+        providers.insert(name.clone(), (cfg.clone(), p));
         provider_kinds.insert(name.clone(), cfg.kind());
     }
 
-    let mut routes = BTreeMap::new();
+    let mut prices = BTreeMap::new();
+    for (model, pc) in &raw.prices {
+        let field = |f: &str| format!("prices.{model}.{f}");
+        let one = |v: &PriceValue, f: &str| {
+            v.parse()
+                .map_err(|e| ConfigError(format!("{origin}: {}: {e}", field(f))))
+        };
+        let opt = |v: &Option<PriceValue>, f: &str| v.as_ref().map(|v| one(v, f)).transpose();
+        prices.insert(
+            model.clone(),
+            Price {
+                input: one(&pc.input, "input")?,
+                output: one(&pc.output, "output")?,
+                cache_read: opt(&pc.cache_read, "cache_read")?,
+                cache_write: opt(&pc.cache_write, "cache_write")?,
+                reasoning: opt(&pc.reasoning, "reasoning")?,
+            },
+        );
+    }
+
+    // Fallback routes must exist, serve chat and form no cycle; routes are built so that a
+    // route's fallbacks exist before it does.
     for (name, rc) in &raw.routes {
+        for (field, target) in [
+            ("context_window", &rc.fallbacks.context_window),
+            ("content_filter", &rc.fallbacks.content_filter),
+        ] {
+            if let Some(t) = target {
+                let f = format!("routes.{name}.fallbacks.{field}");
+                match raw.routes.get(t.get_ref()) {
+                    None => {
+                        return Err(at(
+                            t.span(),
+                            &f,
+                            format!("no route named '{}'", t.get_ref()),
+                        ));
+                    }
+                    Some(other)
+                        if other.kind.get_ref() != "chat" || rc.kind.get_ref() != "chat" =>
+                    {
+                        return Err(at(t.span(), &f, "fallbacks are for chat routes".to_owned()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let mut order: Vec<&str> = Vec::with_capacity(raw.routes.len());
+    {
+        // Depth-first, children first; `visiting` catches a cycle.
+        fn visit<'a>(
+            name: &'a str,
+            raw: &'a RawConfig,
+            order: &mut Vec<&'a str>,
+            visiting: &mut Vec<&'a str>,
+        ) -> Result<(), String> {
+            if order.contains(&name) {
+                return Ok(());
+            }
+            if visiting.contains(&name) {
+                visiting.push(name);
+                return Err(visiting.join(" -> "));
+            }
+            visiting.push(name);
+            if let Some(rc) = raw.routes.get(name) {
+                for t in [&rc.fallbacks.context_window, &rc.fallbacks.content_filter]
+                    .into_iter()
+                    .flatten()
+                {
+                    visit(t.get_ref(), raw, order, visiting)?;
+                }
+            }
+            visiting.pop();
+            order.push(name);
+            Ok(())
+        }
+        for name in raw.routes.keys() {
+            let mut visiting = Vec::new();
+            visit(name, raw, &mut order, &mut visiting).map_err(|cycle| {
+                ConfigError(format!(
+                    "{origin}: routes.{name}.fallbacks: fallbacks form a cycle: {cycle}"
+                ))
+            })?;
+        }
+    }
+
+    let now = tokio::time::Instant::now();
+    let mut warnings = Vec::new();
+    let mut routes: BTreeMap<String, Arc<Route>> = BTreeMap::new();
+    for name in order {
+        let Some(rc) = raw.routes.get(name) else {
+            continue;
+        };
+        let name = name.to_owned();
         let kind = match rc.kind.get_ref().as_str() {
             "chat" => RouteKind::Chat,
             "embeddings" => RouteKind::Embeddings,
@@ -262,15 +557,63 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
                 ));
             }
         };
+        let strategy = match &rc.strategy {
+            None => Strategy::Failover,
+            Some(s) => Strategy::parse(s.get_ref()).ok_or_else(|| {
+                at(
+                    s.span(),
+                    &format!("routes.{name}.strategy"),
+                    format!("'{}' is not one of: {}", s.get_ref(), Strategy::NAMES),
+                )
+            })?,
+        };
         if rc.deployments.is_empty() {
             return Err(ConfigError(format!(
                 "{origin}: routes.{name}.deployments: at least one deployment is required"
             )));
         }
+        if rc.deployments.len() > 64 {
+            return Err(ConfigError(format!(
+                "{origin}: routes.{name}.deployments: at most 64 deployments per route"
+            )));
+        }
+        let f = |field: &str| format!("routes.{name}.breaker.{field}");
+        let breaker_defaults = BreakerPolicy::default();
+        let bc = &rc.breaker;
+        let breaker = BreakerPolicy {
+            consecutive_failures: bc
+                .consecutive_failures
+                .unwrap_or(breaker_defaults.consecutive_failures),
+            failure_rate: share(
+                bc.failure_rate,
+                breaker_defaults.failure_rate,
+                &f("failure_rate"),
+                origin,
+            )?,
+            min_requests: bc.min_requests.unwrap_or(breaker_defaults.min_requests),
+            window: secs(bc.window_secs, None, &f("window_secs"), origin)?
+                .unwrap_or(breaker_defaults.window),
+            base_ejection: secs(
+                bc.base_ejection_secs,
+                None,
+                &f("base_ejection_secs"),
+                origin,
+            )?
+            .unwrap_or(breaker_defaults.base_ejection),
+            max_ejection: secs(bc.max_ejection_secs, None, &f("max_ejection_secs"), origin)?
+                .unwrap_or(breaker_defaults.max_ejection),
+            max_ejected_share: share(
+                bc.max_ejected_percent.map(|p| p / 100.0),
+                breaker_defaults.max_ejected_share,
+                &f("max_ejected_percent"),
+                origin,
+            )?,
+        };
+        let prev_route = previous.and_then(|p| p.routes.get(&name));
         let mut deployments = Vec::with_capacity(rc.deployments.len());
         for (i, d) in rc.deployments.iter().enumerate() {
             let pname = d.provider.get_ref();
-            let provider = providers.get(pname).ok_or_else(|| {
+            let (_, provider) = providers.get(pname).ok_or_else(|| {
                 let known: Vec<&str> = providers.keys().map(String::as_str).collect();
                 at(
                     d.provider.span(),
@@ -289,26 +632,139 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
                     format!("'{id}' is listed twice"),
                 ));
             }
+            let base = provider.capabilities(&d.model);
+            let capabilities = Capabilities {
+                tools: d.tools.unwrap_or(base.tools),
+                images: d.images.unwrap_or(base.images),
+                json_schema: d.json_schema.unwrap_or(base.json_schema),
+                context_window: d.context_window.or(base.context_window),
+                max_output_tokens: d.max_output_tokens.or(base.max_output_tokens),
+            };
+            let health = prev_route
+                .and_then(|r| r.deployments.iter().find(|x| x.id == id))
+                .map_or_else(
+                    || Arc::new(Health::new(now, &breaker)),
+                    |x| x.health.clone(),
+                );
             deployments.push(Deployment {
                 id,
                 provider_name: pname.clone(),
                 provider: provider.clone(),
                 model: d.model.clone(),
+                weight: d.weight.unwrap_or(1),
+                capabilities,
+                limits: DeploymentLimits {
+                    rpm: d.rpm,
+                    tpm: d.tpm,
+                    concurrent: d.max_concurrent,
+                },
+                price: prices.get(&d.model).copied(),
+                health,
             });
         }
-        let timeout = rc.first_token_timeout_secs.unwrap_or(120.0);
-        if !(timeout > 0.0 && timeout <= 3600.0) {
+        if strategy == Strategy::Weighted && deployments.iter().all(|d| d.weight == 0) {
             return Err(ConfigError(format!(
-                "{origin}: routes.{name}.first_token_timeout_secs: must be within (0, 3600]"
+                "{origin}: routes.{name}.deployments: every weight is 0; nothing could be chosen"
             )));
         }
+        if strategy == Strategy::LeastCost {
+            for d in deployments.iter().filter(|d| d.price.is_none()) {
+                warnings.push(format!(
+                    "routes.{name}: least_cost, but no [prices.\"{}\"] for {}: it is chosen last",
+                    d.model, d.id
+                ));
+            }
+        }
+        // A backup that lacks what the primary has fails the requests that use it.
+        let primary = deployments[0].capabilities;
+        for d in &deployments[1..] {
+            for lost in capability_loss(&primary, &d.capabilities) {
+                warnings.push(format!(
+                    "routes.{name}: {} lacks {lost} that the primary {} has; requests that use it skip this deployment",
+                    d.id, deployments[0].id
+                ));
+            }
+        }
+        let first = |field: &str, v: Option<f64>, default: Option<f64>| {
+            secs(v, default, &format!("routes.{name}.{field}"), origin)
+        };
+        let timeouts = Timeouts {
+            first_event: first(
+                "first_token_timeout_secs",
+                rc.first_token_timeout_secs,
+                Some(120.0),
+            )?
+            .unwrap_or(Duration::from_secs(120)),
+            idle: first("idle_timeout_secs", rc.idle_timeout_secs, Some(120.0))?,
+            attempt: first("attempt_timeout_secs", rc.attempt_timeout_secs, None)?,
+            request: first("request_timeout_secs", rc.request_timeout_secs, None)?,
+        };
+        let mut retry = RetryPolicy::for_deployments(deployments.len());
+        if let Some(n) = rc.retry.attempts {
+            if n == 0 {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}.retry.attempts: must be at least 1"
+                )));
+            }
+            retry.max_attempts = n;
+        }
+        if let Some(ms) = rc.retry.backoff_base_ms {
+            retry.backoff_base = Duration::from_millis(ms);
+        }
+        if let Some(ms) = rc.retry.backoff_max_ms {
+            retry.backoff_max = Duration::from_millis(ms);
+        }
+        let budget_defaults = BudgetPolicy::default();
+        let budget = BudgetPolicy {
+            ratio: share(
+                rc.retry.budget_ratio,
+                budget_defaults.ratio,
+                &format!("routes.{name}.retry.budget_ratio"),
+                origin,
+            )?,
+            min_per_sec: match rc.retry.budget_min_per_sec {
+                Some(v) if !(0.0..=10_000.0).contains(&v) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: routes.{name}.retry.budget_min_per_sec: must be within [0, 10000]"
+                    )));
+                }
+                v => v.unwrap_or(budget_defaults.min_per_sec),
+            },
+            window: budget_defaults.window,
+        };
+        let latency_defaults = LatencyPolicy::default();
+        let latency = LatencyPolicy {
+            default_rtt: match rc.latency.default_ms {
+                Some(ms) if ms > 0.0 && ms <= 600_000.0 => Duration::from_secs_f64(ms / 1000.0),
+                Some(_) => {
+                    return Err(ConfigError(format!(
+                        "{origin}: routes.{name}.latency.default_ms: must be within (0, 600000]"
+                    )));
+                }
+                None => latency_defaults.default_rtt,
+            },
+            decay: first("latency.decay_secs", rc.latency.decay_secs, None)?
+                .unwrap_or(latency_defaults.decay),
+        };
+        let fallback =
+            |t: &Option<Spanned<String>>| t.as_ref().and_then(|t| routes.get(t.get_ref()).cloned());
+        let fallbacks = Fallbacks {
+            context_window: fallback(&rc.fallbacks.context_window),
+            content_filter: fallback(&rc.fallbacks.content_filter),
+        };
         routes.insert(
             name.clone(),
             Arc::new(Route {
                 name: name.clone(),
                 kind,
                 deployments,
-                first_event_timeout: Duration::from_secs_f64(timeout),
+                strategy,
+                timeouts,
+                retry,
+                budget: RetryBudget::new(budget, now),
+                breaker,
+                latency,
+                fallbacks,
             }),
         );
     }
@@ -344,8 +800,20 @@ pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, Con
         });
     }
 
+    if let Some(p) = previous {
+        if p.listen != listen {
+            warnings.push(format!(
+                "server.listen changed to {listen}: a running gateway keeps listening on {} until restarted",
+                p.listen
+            ));
+        }
+    }
+
     Ok(Runtime {
         listen,
+        admin_key: raw.admin.key.clone(),
+        warnings,
+        providers,
         max_body_bytes: raw.server.max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
         log_format: raw.server.log_format,

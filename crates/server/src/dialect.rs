@@ -102,21 +102,3 @@ impl Encoder {
         }
     }
 }
-
-/// A rough prompt-size estimate for `/v1/messages/count_tokens` when no upstream counts for us:
-/// about four bytes of English text per token, plus a few tokens of framing per message and per
-/// tool. It is an estimate, said so in the docs, and errs high (context checks want that).
-pub(crate) fn estimate_input_tokens(req: &ChatRequest) -> u64 {
-    let text = req.text_len() as u64;
-    let tools: u64 = req
-        .tools
-        .iter()
-        .map(|t| {
-            (t.name.len()
-                + t.description.as_ref().map_or(0, String::len)
-                + t.parameters.as_ref().map_or(0, |p| p.to_string().len())) as u64
-        })
-        .sum();
-    let framing = 4 * req.messages.len() as u64 + 8 * req.tools.len() as u64;
-    (text + tools).div_ceil(4) + framing + 3
-}

@@ -8,6 +8,7 @@ mod dialect;
 mod metrics;
 
 use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,8 +17,18 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use app::{AppState, router};
+pub use app::{AppState, Live, router};
 pub use config::{ConfigError, RawConfig, Runtime};
+
+/// Where a running server re-reads its config: the file is checked every `poll` and re-read at
+/// once on SIGHUP. A changed file is validated and built first; only then is it swapped in.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub path: PathBuf,
+    pub poll: Duration,
+    /// `relais serve --listen` given on the command line; it outlives reloads.
+    pub listen_override: Option<String>,
+}
 
 /// Serve until `shutdown` resolves, then drain: stop accepting, let in-flight requests finish
 /// for up to the configured grace period, end any stream still open with an error event, return.
@@ -26,10 +37,22 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_reload(runtime, listener, shutdown, None).await
+}
+
+/// [`serve`], reloading the config from `reload` when it changes.
+pub async fn serve_with_reload(
+    runtime: Runtime,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Option<Reload>,
+) -> std::io::Result<()> {
     let grace = runtime.shutdown_grace;
     let (abort_tx, abort_rx) = watch::channel(false);
     let (started_tx, mut started_rx) = watch::channel(false);
     let state = Arc::new(AppState::new(runtime, abort_rx));
+    let watcher = reload.map(|r| tokio::spawn(watch_config(state.clone(), r)));
+    let _stop_watcher = AbortOnDrop(watcher);
     let app = router(state.clone());
     let drain_state = state.clone();
     // Nagle plus delayed ACK holds a response's last small write for ~40 ms under keep-alive.
@@ -63,5 +86,77 @@ pub async fn serve(
     tokio::select! {
         r = &mut server => r,
         () = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
+    }
+}
+
+/// Stops the config watcher when the server returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Watch the config file; on a change (or SIGHUP) validate and build it, then swap it in. An
+/// invalid file is refused with a log line naming the problem, and the running config stays.
+async fn watch_config(state: Arc<AppState>, reload: Reload) {
+    let origin = reload.path.display().to_string();
+    let mut seen = std::fs::read_to_string(&reload.path).ok();
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(reload.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tick.tick().await;
+            false
+        };
+        let text = match std::fs::read_to_string(&reload.path) {
+            Ok(t) => t,
+            Err(e) => {
+                if forced || seen.is_some() {
+                    tracing::error!(config = %origin, error = %e, "cannot read the config; the running config stays");
+                }
+                seen = None;
+                continue;
+            }
+        };
+        if !forced && seen.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        seen = Some(text.clone());
+        let built = config::parse(&text, &origin).and_then(|mut raw| {
+            if let Some(l) = &reload.listen_override {
+                raw.server.listen.clone_from(l);
+            }
+            config::rebuild(&raw, &text, &origin, &state.live().runtime)
+        });
+        match built {
+            Ok(runtime) => {
+                for w in &runtime.warnings {
+                    tracing::warn!(config = %origin, "{w}");
+                }
+                let routes = runtime.routes.len();
+                state.install(runtime);
+                tracing::info!(config = %origin, routes, "config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config stays");
+            }
+        }
     }
 }

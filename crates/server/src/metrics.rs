@@ -2,12 +2,17 @@
 //! created when the config is built, and requests only touch atomics.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use relais_core::{ErrorKind, Usage};
+use relais_router::Health;
 
 const KINDS: usize = ErrorKind::ALL.len();
+
+/// A router counter shown per deployment: metric name, help text, how to read it.
+type Counter = (&'static str, &'static str, fn(&Health) -> u64);
 
 /// Latency bucket bounds in seconds: from sub-millisecond gateway work to multi-minute streams.
 const BUCKETS: [f64; 16] = [
@@ -60,10 +65,12 @@ pub struct Series {
     pub duration: Histogram,
     pub ttft: Histogram,
     tokens: [AtomicU64; 5],
+    /// The router's live view of the deployment (attempts, retries, ejections, breaker).
+    health: Arc<Health>,
 }
 
 impl Series {
-    pub fn new(route: &str, deployment: &str, provider: &str) -> Self {
+    pub fn new(route: &str, deployment: &str, provider: &str, health: Arc<Health>) -> Self {
         Self {
             route: route.to_owned(),
             deployment: deployment.to_owned(),
@@ -75,7 +82,13 @@ impl Series {
             duration: Histogram::default(),
             ttft: Histogram::default(),
             tokens: Default::default(),
+            health,
         }
+    }
+
+    /// The same series, for a reloaded deployment with the same route and id.
+    pub fn is_for(&self, route: &str, deployment: &str) -> bool {
+        self.route == route && self.deployment == deployment
     }
 
     pub fn error(&self, kind: ErrorKind) {
@@ -222,6 +235,54 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
                 s.tokens[i].load(Ordering::Relaxed)
             );
         }
+    }
+    let counters: [Counter; 4] = [
+        (
+            "relais_attempts_total",
+            "Upstream attempts, first tries and retries.",
+            |h| h.attempts.load(Ordering::Relaxed),
+        ),
+        (
+            "relais_retries_total",
+            "Attempts that retried a request that had already failed once.",
+            |h| h.retries.load(Ordering::Relaxed),
+        ),
+        (
+            "relais_failovers_total",
+            "Failed attempts after which the request moved to another deployment.",
+            |h| h.failovers.load(Ordering::Relaxed),
+        ),
+        (
+            "relais_ejections_total",
+            "Times the circuit breaker took the deployment out of rotation.",
+            |h| h.ejections.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in series.clone() {
+            let _ = writeln!(out, "{name}{{{}}} {}", s.labels(), read(&s.health));
+        }
+    }
+    out.push_str("# HELP relais_deployment_ejected Whether the breaker holds the deployment out of rotation (1) or not (0).\n");
+    out.push_str("# TYPE relais_deployment_ejected gauge\n");
+    for s in series.clone() {
+        let _ = writeln!(
+            out,
+            "relais_deployment_ejected{{{}}} {}",
+            s.labels(),
+            u8::from(s.health.is_ejected())
+        );
+    }
+    out.push_str("# HELP relais_deployment_inflight Attempts in flight on the deployment.\n");
+    out.push_str("# TYPE relais_deployment_inflight gauge\n");
+    for s in series.clone() {
+        let _ = writeln!(
+            out,
+            "relais_deployment_inflight{{{}}} {}",
+            s.labels(),
+            s.health.inflight()
+        );
     }
     out.push_str("# HELP relais_request_duration_seconds Whole request time, upstream included.\n");
     out.push_str("# TYPE relais_request_duration_seconds histogram\n");

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// api_key = "${ANTHROPIC_API_KEY}"
 /// headers = { anthropic-beta = "context-1m-2025-08-07" }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnthropicConfig {
     /// Scheme and host, without `/v1`: requests go to `{base_url}/v1/messages`.

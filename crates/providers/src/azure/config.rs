@@ -18,7 +18,7 @@ pub enum ApiStyle {
 
 /// `type = "azure"`: Azure OpenAI. A deployment's `model` is the Azure deployment name
 /// (`deployments` style) or the model name (`v1` style).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureConfig {
     /// `https://{resource}.openai.azure.com`

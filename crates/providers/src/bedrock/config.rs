@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// secret_access_key = "${AWS_SECRET_ACCESS_KEY}"
 /// session_token = "${AWS_SESSION_TOKEN:-}"
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BedrockConfig {
     /// The AWS region, e.g. `us-east-1`: part of the default endpoint and of every signature.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// type = "gemini"
 /// api_key = "${GEMINI_API_KEY}"
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeminiConfig {
     /// Scheme and host, without `/v1beta`: requests go to
@@ -34,7 +34,7 @@ pub struct GeminiConfig {
 /// location = "us-central1"
 /// credentials_file = "${GOOGLE_APPLICATION_CREDENTIALS}"
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VertexConfig {
     /// The Google Cloud project. Default: the key's `project_id`.

@@ -38,7 +38,7 @@ pub enum ToolCallIds {
 }
 
 /// `type = "openai_compat"`: OpenAI and every server that speaks its Chat Completions API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiCompatConfig {
     pub preset: Option<Preset>,
