@@ -123,6 +123,9 @@ struct State {
     rtt: Option<(f64, Instant)>,
     /// Requests and tokens, over one minute.
     usage: Window,
+    /// When this health record began: an unmeasured deployment's default estimate decays from
+    /// here like a measured one, so a deployment that never got a first request is tried.
+    born: Instant,
 }
 
 /// Live health of one deployment. Shared (`Arc`) so a reloaded config keeps it for a
@@ -189,6 +192,7 @@ impl Health {
                 cooling_until: None,
                 rtt: None,
                 usage: Window::new(Duration::from_secs(60), now),
+                born: now,
             }),
             inflight: AtomicU32::new(0),
             attempts: AtomicU64::new(0),
@@ -402,10 +406,8 @@ impl Health {
     /// Latency estimate in seconds now, decayed since its last sample.
     pub fn latency(&self, now: Instant, policy: &LatencyPolicy) -> f64 {
         let s = self.lock();
-        match s.rtt {
-            None => policy.default_rtt.as_secs_f64(),
-            Some((v, at)) => decay(v, now.saturating_duration_since(at), policy.decay),
-        }
+        let (v, at) = s.rtt.unwrap_or((policy.default_rtt.as_secs_f64(), s.born));
+        decay(v, now.saturating_duration_since(at), policy.decay)
     }
 
     pub fn snapshot(
@@ -552,6 +554,9 @@ mod tests {
         let now = Instant::now();
         let h = Health::new(now, &BreakerPolicy::default());
         assert!((h.latency(now, &policy) - 0.3).abs() < 1e-9);
+        // Unmeasured, the default decays too: a deployment never picked gets picked.
+        let idle = h.latency(now + Duration::from_secs(10), &policy);
+        assert!((idle - 0.3 / std::f64::consts::E).abs() < 1e-6, "{idle}");
         h.success(now, Duration::from_millis(20), &policy);
         h.success(now, Duration::from_millis(500), &policy);
         assert!(

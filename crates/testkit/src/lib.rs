@@ -68,6 +68,8 @@ pub struct Fault {
     pub close_before_headers: bool,
     /// Streams: break the connection after this many SSE frames.
     pub cut_after_chunks: Option<usize>,
+    /// Streams: after this many SSE frames, send nothing more (for an hour).
+    pub stall_after_chunks: Option<usize>,
     /// Send invalid JSON (whole body, or one SSE frame).
     pub malformed: bool,
     /// Send the body in pieces of this many bytes.
@@ -88,10 +90,48 @@ pub struct Recorded {
     pub body_raw: String,
 }
 
+/// How a streamed answer ended, as the mock saw it.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    pub model: String,
+    /// Every frame was written; `false` when the body was dropped early (the peer closed the
+    /// connection, or a cut fault).
+    pub completed: bool,
+    /// When the body was dropped (tokio's clock, so paused-time tests can read it).
+    pub at: tokio::time::Instant,
+}
+
+/// Records a [`StreamEnd`] when the streamed body is dropped, however that happens.
+struct EndGuard {
+    ends: Arc<Mutex<Vec<StreamEnd>>>,
+    model: String,
+    completed: bool,
+}
+
+impl EndGuard {
+    fn completed(&mut self) {
+        self.completed = true;
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(StreamEnd {
+                model: std::mem::take(&mut self.model),
+                completed: self.completed,
+                at: tokio::time::Instant::now(),
+            });
+    }
+}
+
 #[derive(Default)]
 struct MockState {
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<Recorded>>,
+    stream_ends: Arc<Mutex<Vec<StreamEnd>>>,
     api_key: Option<String>,
     gemini: gemini::GeminiState,
 }
@@ -185,6 +225,15 @@ impl MockServer {
     pub fn requests(&self) -> Vec<Recorded> {
         self.state
             .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Streamed answers that ended so far, in order.
+    pub fn stream_ends(&self) -> Vec<StreamEnd> {
+        self.state
+            .stream_ends
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -589,10 +638,16 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
             );
         }
         let cut = fault.cut_after_chunks;
+        let stall = fault.stall_after_chunks;
         let delay = fault.chunk_delay_ms.map(Duration::from_millis);
+        let guard = EndGuard {
+            ends: s.stream_ends.clone(),
+            model: model.clone(),
+            completed: false,
+        };
         let body = futures_util::stream::unfold(
-            (frames.into_iter(), 0usize, false),
-            move |(mut it, n, done)| async move {
+            (frames.into_iter(), 0usize, false, guard),
+            move |(mut it, n, done, mut guard)| async move {
                 if done {
                     return None;
                 }
@@ -603,10 +658,17 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
                     // An error from the body makes hyper abort the connection mid-message.
                     return Some((
                         Err(std::io::Error::other("mock: stream cut")),
-                        (it, n, true),
+                        (it, n, true, guard),
                     ));
                 }
-                let frame = it.next()?;
+                if stall == Some(n) {
+                    // Headers and the first frames are out; then nothing, for an hour.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let Some(frame) = it.next() else {
+                    guard.completed();
+                    return None;
+                };
                 if n > 0 {
                     if let Some(d) = delay {
                         tokio::time::sleep(d).await;
@@ -614,7 +676,7 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
                 }
                 Some((
                     Ok::<_, std::io::Error>(Bytes::from(frame)),
-                    (it, n + 1, false),
+                    (it, n + 1, false, guard),
                 ))
             },
         );
