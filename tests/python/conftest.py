@@ -128,6 +128,12 @@ access_key_id = "${{BEDROCK_ACCESS_KEY_ID}}"
 secret_access_key = "${{UPSTREAM_KEY}}"
 session_token = "${{BEDROCK_SESSION_TOKEN}}"
 
+# A vendor that is down for the whole run: nothing listens on port 1.
+[providers.down]
+type = "openai_compat"
+base_url = "http://127.0.0.1:1/v1"
+api_key = "${{UPSTREAM_KEY}}"
+
 [providers.local]
 type = "local"
 model_path = "${{RELAIS_LOCAL_MODEL}}"
@@ -157,6 +163,9 @@ deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
 
 [routes.failover]
 deployments = [{{ provider = "up", model = "primary" }}, {{ provider = "backup", model = "secondary" }}]
+
+[routes.vendor-down]
+deployments = [{{ provider = "down", model = "gone" }}, {{ provider = "backup", model = "survivor" }}]
 
 [routes.az-dep]
 deployments = [{{ provider = "az", model = "my-gpt-deployment" }}]

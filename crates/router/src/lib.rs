@@ -1026,4 +1026,109 @@ mod tests {
         assert_eq!(err.failed.len(), 3);
         assert_eq!(err.failed[2].deployment, 1);
     }
+
+    fn always_ok(n: usize) -> Vec<Arc<Scripted>> {
+        (0..n).map(|_| scripted(vec![Ok(ok_events())])).collect()
+    }
+
+    async fn served_by(r: &Arc<Route>, req: &ChatRequest, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; r.deployments.len()];
+        for _ in 0..n {
+            let routed = r.chat(req).await.ok().unwrap();
+            counts[routed.deployment] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weighted_spreads_in_proportion() {
+        let r = route_with(always_ok(2), Strategy::Weighted, |r| {
+            r.deployments[0].weight = 3;
+            r.deployments[1].weight = 1;
+        });
+        fastrand::seed(7);
+        let counts = served_by(&r, &ChatRequest::default(), 4000).await;
+        let share = counts[0] as f64 / 4000.0;
+        assert!((share - 0.75).abs() < 0.03, "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_cost_prefers_the_cheaper_price() {
+        let price = |input, output| {
+            Some(Price {
+                input,
+                output,
+                ..Price::default()
+            })
+        };
+        let r = route_with(always_ok(3), Strategy::LeastCost, |r| {
+            r.deployments[0].price = None;
+            r.deployments[1].price = price(3_000_000, 15_000_000);
+            r.deployments[2].price = price(150_000, 600_000);
+        });
+        assert_eq!(
+            served_by(&r, &ChatRequest::default(), 20).await,
+            vec![0, 0, 20]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn least_busy_avoids_deployments_with_requests_in_flight() {
+        let r = route_with(always_ok(2), Strategy::LeastBusy, |_| {});
+        // Hold a response open on whichever deployment takes the first request.
+        let held = r.chat(&ChatRequest::default()).await.ok().unwrap();
+        let busy = held.deployment;
+        let counts = served_by(&r, &ChatRequest::default(), 10).await;
+        assert_eq!(counts[busy], 0, "{counts:?}");
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_no_deployment_can_serve_is_refused_before_any_attempt() {
+        let providers = always_ok(2);
+        let r = route_with(providers.clone(), Strategy::Failover, |r| {
+            for d in &mut r.deployments {
+                d.capabilities.images = false;
+            }
+        });
+        let req = ChatRequest {
+            messages: vec![relais_core::Message {
+                role: relais_core::Role::User,
+                content: vec![relais_core::ContentPart::Image {
+                    source: relais_core::ImageSource::Url("http://x/y.png".into()),
+                    detail: None,
+                }],
+                name: None,
+            }],
+            ..ChatRequest::default()
+        };
+        let err = r.chat(&req).await.err().unwrap();
+        assert_eq!(err.error.kind, ErrorKind::Unsupported);
+        assert!(
+            err.error.message.contains("images"),
+            "{}",
+            err.error.message
+        );
+        assert!(
+            providers
+                .iter()
+                .all(|p| p.calls.load(Ordering::SeqCst) == 0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_deadline_bounds_retries_and_backoff() {
+        let failing = scripted(vec![Err(Error::upstream(ErrorKind::Server, "down"))]);
+        let r = route_with(vec![failing.clone()], Strategy::Failover, |r| {
+            r.retry.max_attempts = 100;
+            r.retry.backoff_base = Duration::from_secs(1);
+            r.retry.backoff_max = Duration::from_secs(1);
+            r.timeouts.request = Some(Duration::from_secs(3));
+        });
+        let t0 = Instant::now();
+        let err = r.chat(&ChatRequest::default()).await.err().unwrap();
+        assert_eq!(err.error.kind, ErrorKind::Server);
+        assert!(t0.elapsed() <= Duration::from_secs(3));
+        assert!(failing.calls.load(Ordering::SeqCst) < 100);
+    }
 }

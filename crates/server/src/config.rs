@@ -902,4 +902,110 @@ routes = ["chat"]
         assert_eq!(rt.routes["chat"].deployments[1].id, "az/dep");
         assert_eq!(rt.keys[0].routes.as_deref(), Some(&["chat".to_owned()][..]));
     }
+
+    const TWO_PROVIDERS: &str = "[providers.a]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[providers.b]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+
+    #[test]
+    fn routing_options_are_validated_with_lines() {
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\nstrategy = \"fastest\"\ndeployments = [{{ provider = \"a\", model = \"m\" }}]\n"
+        );
+        let e = check(&src).err().unwrap();
+        assert!(e.0.starts_with("t.toml:8: routes.r.strategy"), "{e}");
+        assert!(e.0.contains("least_latency"), "{e}");
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"m\" }}]\nfallbacks = {{ context_window = \"nowhere\" }}\n"
+        );
+        let e = check(&src).err().unwrap();
+        assert!(
+            e.0.starts_with("t.toml:9: routes.r.fallbacks.context_window"),
+            "{e}"
+        );
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"m\" }}]\nfallbacks = {{ context_window = \"s\" }}\n[routes.s]\ndeployments = [{{ provider = \"b\", model = \"m\" }}]\nfallbacks = {{ content_filter = \"r\" }}\n"
+        );
+        let e = check(&src).err().unwrap();
+        assert!(e.0.contains("cycle: r -> s -> r"), "{e}");
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"m\" }}]\n[routes.r.breaker]\nmax_ejected_percent = 150\n"
+        );
+        let e = check(&src).err().unwrap();
+        assert!(e.0.contains("routes.r.breaker.max_ejected_percent"), "{e}");
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"m\" }}]\n[prices.m]\ninput = \"0.1234567\"\noutput = 1\n"
+        );
+        let e = check(&src).err().unwrap();
+        assert!(e.0.contains("prices.m.input"), "{e}");
+    }
+
+    #[test]
+    fn routing_options_build_and_warn_about_lost_capabilities() {
+        let src = format!(
+            r#"{TWO_PROVIDERS}
+[prices.m]
+input = 0.15
+output = "0.6"
+[routes.r]
+strategy = "least_cost"
+request_timeout_secs = 30
+deployments = [
+  {{ provider = "a", model = "m", context_window = 128000, rpm = 100 }},
+  {{ provider = "b", model = "n", tools = false, context_window = 8000, weight = 3 }},
+]
+fallbacks = {{ context_window = "big" }}
+[routes.r.retry]
+attempts = 4
+budget_ratio = 0.1
+[routes.r.breaker]
+consecutive_failures = 2
+max_ejected_percent = 34
+[routes.big]
+deployments = [{{ provider = "a", model = "huge" }}]
+"#
+        );
+        let rt = check(&src).ok().unwrap();
+        let r = &rt.routes["r"];
+        assert_eq!(r.strategy, Strategy::LeastCost);
+        assert_eq!(r.retry.max_attempts, 4);
+        assert_eq!(r.budget.policy().ratio, 0.1);
+        assert_eq!(r.breaker.consecutive_failures, 2);
+        assert!((r.breaker.max_ejected_share - 0.34).abs() < 1e-9);
+        assert_eq!(r.timeouts.request, Some(Duration::from_secs(30)));
+        assert_eq!(
+            r.deployments[0].price.map(|p| (p.input, p.output)),
+            Some((150_000, 600_000))
+        );
+        assert_eq!(r.deployments[0].limits.rpm, Some(100));
+        assert_eq!(r.deployments[1].weight, 3);
+        assert!(!r.deployments[1].capabilities.tools);
+        assert_eq!(
+            r.fallbacks.context_window.as_ref().map(|f| f.name.as_str()),
+            Some("big")
+        );
+        let warnings = rt.warnings.join("\n");
+        assert!(warnings.contains("b/n lacks tools"), "{warnings}");
+        assert!(warnings.contains("context window"), "{warnings}");
+        assert!(warnings.contains("no [prices.\"n\"]"), "{warnings}");
+    }
+
+    #[test]
+    fn a_rebuild_keeps_live_health_and_unchanged_providers() {
+        let src = format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"m\" }}, {{ provider = \"b\", model = \"m\" }}]\n"
+        );
+        let old = check(&src).ok().unwrap();
+        let changed = src.replace(
+            "[providers.b]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"",
+            "[providers.b]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:10/v1\"",
+        );
+        let raw = parse(&changed, "t.toml").unwrap();
+        let new = rebuild(&raw, &changed, "t.toml", &old).ok().unwrap();
+        let (o, n) = (&old.routes["r"], &new.routes["r"]);
+        assert!(Arc::ptr_eq(
+            &o.deployments[0].health,
+            &n.deployments[0].health
+        ));
+        assert!(Arc::ptr_eq(&old.providers["a"].1, &new.providers["a"].1));
+        assert!(!Arc::ptr_eq(&old.providers["b"].1, &new.providers["b"].1));
+    }
 }

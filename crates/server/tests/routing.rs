@@ -2,6 +2,13 @@
 //! loopback, in-process. Time-based behaviour runs on tokio's paused clock, so "7 seconds of
 //! cool-down" or "60 seconds of traffic" take virtual time and no test sleeps for real.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers: a failure is a failed test"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -469,4 +476,158 @@ deployments = [{ provider = "up", model = "long", context_window = 100000 }]
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-relais-deployment"], "up/long");
     assert_eq!(upstream(&gw, "no-tools"), 1);
+}
+
+fn reload_config(mock: &str, version: usize) -> String {
+    // Each version changes the route's deployment, strategy and timeouts.
+    let strategy = ["failover", "weighted", "least_latency", "least_busy"][version % 4];
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+key = "{ADMIN_KEY}"
+[providers.up]
+type = "openai_compat"
+base_url = "{mock}/v1"
+api_key = "{key}"
+[routes.r]
+strategy = "{strategy}"
+first_token_timeout_secs = {timeout}
+deployments = [{{ provider = "up", model = "v{version}" }}]
+"#,
+        key = common::UPSTREAM_KEY,
+        timeout = 30 + version,
+    )
+}
+
+/// Hot reload under load: the config file changes ten times while four clients keep sending
+/// requests; none fails, each change takes effect, and an invalid file is refused while the
+/// last good config keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue6_hot_reload_under_load_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mock = relais_testkit::MockServer::start(Some(common::UPSTREAM_KEY)).await;
+    let dir = std::env::temp_dir().join(format!("relais-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("relais.toml");
+    std::fs::write(&path, reload_config(&mock.url(), 0)).unwrap();
+    let (raw, source) = relais_server::config::load(&path).unwrap();
+    let runtime = relais_server::config::build(&raw, &source, "relais.toml").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reload = relais_server::Reload {
+        path: path.clone(),
+        poll: Duration::from_millis(50),
+        listen_override: None,
+    };
+    let server = tokio::spawn(relais_server::serve_with_reload(
+        runtime,
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+        Some(reload),
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (url, stop, ok, failed, seen) = (
+            url.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            seen.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let client = Gateway::client();
+            let mut n = 0usize;
+            // Bounded: at most 20,000 requests per client, and only until told to stop.
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                n += 1;
+                let resp = client
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&chat("r", i % 2 == 0))
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) if r.status() == 200 => {
+                        let dep = r.headers()["x-relais-deployment"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        let body = r.text().await.unwrap_or_default();
+                        // A whole answer, or a stream that ended with [DONE] and no error.
+                        let whole = if i % 2 == 0 {
+                            body.ends_with("data: [DONE]\n\n")
+                        } else {
+                            body.contains("Hello from mock!")
+                        };
+                        if whole && !body.contains("\"error\"") {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            *seen.lock().unwrap() = dep;
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let wait_for = |dep: String| {
+        let seen = seen.clone();
+        async move {
+            let t0 = std::time::Instant::now();
+            while *seen.lock().unwrap() != dep {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "config with {dep} never took effect"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for("up/v0".into()).await;
+    for version in 1..=10 {
+        std::fs::write(&path, reload_config(&mock.url(), version)).unwrap();
+        wait_for(format!("up/v{version}")).await;
+    }
+    // An invalid file (a route naming a provider that does not exist) is refused.
+    let broken = reload_config(&mock.url(), 11).replace("provider = \"up\"", "provider = \"nope\"");
+    std::fs::write(&path, broken).unwrap();
+    let served_before = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        "up/v10",
+        "the last good config serves on"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > served_before,
+        "traffic continued"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
 }
