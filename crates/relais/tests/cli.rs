@@ -61,6 +61,33 @@ fn check_prints_routes_with_secrets_masked() {
     assert!(!stdout.contains("very-secret"), "{stdout}");
 }
 
+/// `relais check` warns when a route's fallback chain loses a capability its primary has.
+#[test]
+fn check_warns_when_a_backup_lacks_what_the_primary_has() {
+    let text = format!(
+        "{}\n[routes.agent]\ndeployments = [{{ provider = \"up\", model = \"big\" }}, {{ provider = \"up\", model = \"small\", tools = false, context_window = 8192 }}]\nfallbacks = {{ context_window = \"gpt-4o-mini\" }}\n",
+        config("http://127.0.0.1:9", 8080)
+    );
+    let path = temp_config("check-warn", &text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-very-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: routes.agent: up/small lacks tools that the primary up/big has"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("context window"), "{stdout}");
+    assert!(
+        stdout.contains("on context window: falls back to route gpt-4o-mini"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn check_names_file_line_and_field_of_an_error() {
     let path = temp_config(
@@ -268,6 +295,11 @@ fn every_example_config_checks() {
             .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
             .env("AWS_SECRET_ACCESS_KEY", "example-secret")
             .env("RELAIS_APP_KEY", "relais-example-key")
+            .env("RELAIS_ADMIN_KEY", "relais-example-admin-key")
+            .env("PRIMARY_BASE_URL", "http://127.0.0.1:9/v1")
+            .env("PRIMARY_API_KEY", "sk-primary-0000")
+            .env("BACKUP_BASE_URL", "http://127.0.0.1:10/v1")
+            .env("BACKUP_API_KEY", "sk-backup-0000")
             .env("RELAIS_MODEL", local_model())
             .output()
             .unwrap();
