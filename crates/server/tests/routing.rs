@@ -126,6 +126,21 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
     assert_eq!(deployment(&routes, "trio", "up/m2")["state"], "ejected");
     assert_eq!(deployment(&routes, "trio", "up/m2")["ejections"], 1);
     assert!(!served.contains_key("up/m2"));
+    let metrics = Gateway::client()
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels = r#"route="trio",deployment="up/m2",provider="up""#;
+    assert!(
+        metrics.contains(&format!("relais_ejections_total{{{labels}}} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!("relais_deployment_ejected{{{labels}}} 1")));
+    assert!(metrics.contains(&format!("relais_failovers_total{{{labels}}} 3")));
 
     // 60 s of traffic while m2 stays broken: only probes reach it.
     let before = upstream(&gw, "m2");
@@ -133,7 +148,7 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
     let ejected_at = Instant::now();
     while ejected_at.elapsed() < Duration::from_secs(60) {
         ask(&gw, "trio").await.expect("failover hides the 500s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let probes = upstream(&gw, "m2") - before;
     let attempts = gw.mock.requests().len() - total_before;
@@ -160,7 +175,7 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
         if back.is_some() {
             *after.entry(dep).or_default() += 1;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let back = back.expect("the healed deployment came back");
     assert!(back <= Duration::from_secs(41), "back after {back:?}");
@@ -630,4 +645,54 @@ async fn issue6_hot_reload_under_load_loses_nothing() {
         "failed requests during reloads"
     );
     assert!(ok.load(Ordering::Relaxed) > 100);
+}
+
+/// Per-deployment limits from the vendor contract: traffic moves to the backup before the
+/// primary would answer 429, and with nowhere left to go the client gets a 429 with the time to
+/// wait, without any vendor being called.
+#[tokio::test(start_paused = true)]
+async fn issue6_deployment_limits_spread_traffic_before_the_vendor_refuses() {
+    let gw = Gateway::start(
+        r#"
+[routes.limited]
+deployments = [
+  { provider = "up", model = "contract", rpm = 3 },
+  { provider = "backup", model = "spare", rpm = 2 },
+]
+"#,
+    )
+    .await;
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        served.push(ask(&gw, "limited").await.unwrap());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        served,
+        [
+            "up/contract",
+            "up/contract",
+            "up/contract",
+            "backup/spare",
+            "backup/spare"
+        ]
+    );
+    let resp = gw
+        .post("/v1/chat/completions", &chat("limited", false))
+        .await;
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first request of the minute leaves the window about 55 s from now.
+    assert!((50..=60).contains(&wait), "retry-after {wait}");
+    assert_eq!(
+        gw.mock.requests().len(),
+        5,
+        "no vendor was called for the 429"
+    );
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(ask(&gw, "limited").await, Ok("up/contract".into()));
 }
