@@ -53,7 +53,10 @@ impl Drop for AttemptGuard {
 pub(crate) struct AttemptStream {
     inner: Option<EventStream>,
     guard: AttemptGuard,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The idle limit, its timer, and when the last event came. The timer is not re-armed per
+    /// event (that would touch the timer wheel on every token); when it fires, it is moved to
+    /// the last event plus the limit if events came meanwhile.
+    idle: Option<(Duration, Pin<Box<Sleep>>, Instant)>,
     deadline: Option<(Duration, Pin<Box<Sleep>>)>,
     output_tokens: u64,
 }
@@ -71,7 +74,7 @@ impl AttemptStream {
         Self {
             inner: Some(inner),
             guard,
-            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)), now)),
             deadline: deadline.map(|(d, at)| (d, Box::pin(tokio::time::sleep_until(at)))),
             output_tokens: 0,
         }
@@ -108,8 +111,8 @@ impl Stream for AttemptStream {
                 if let StreamEvent::Usage(u) = &ev {
                     this.output_tokens = this.output_tokens.max(u.output_tokens);
                 }
-                if let Some((d, sleep)) = this.idle.as_mut() {
-                    sleep.as_mut().reset(Instant::now() + *d);
+                if let Some((_, _, last)) = this.idle.as_mut() {
+                    *last = Instant::now();
                 }
                 return Poll::Ready(Some(Ok(ev)));
             }
@@ -138,8 +141,13 @@ impl Stream for AttemptStream {
                 return out;
             }
         }
-        if let Some((d, sleep)) = this.idle.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
+        if let Some((d, sleep, last)) = this.idle.as_mut() {
+            while sleep.as_mut().poll(cx).is_ready() {
+                let due = *last + *d;
+                if due > Instant::now() {
+                    sleep.as_mut().reset(due);
+                    continue;
+                }
                 let err = Error::upstream(
                     ErrorKind::Timeout,
                     format!("the upstream sent nothing for {} ms", d.as_millis()),
