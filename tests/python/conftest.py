@@ -164,6 +164,21 @@ deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
 [routes.failover]
 deployments = [{{ provider = "up", model = "primary" }}, {{ provider = "backup", model = "secondary" }}]
 
+# Routes of their own for tests that inject errors, so the cool-downs and breaker counts those
+# errors cause (a 429's retry-after cools a deployment down) touch no other test's route. One
+# attempt per deployment: these tests are about how an error reaches the client.
+[routes.errors]
+deployments = [{{ provider = "up", model = "err-a" }}, {{ provider = "backup", model = "err-b" }}]
+retry = {{ attempts = 2 }}
+
+[routes.claude-errors]
+deployments = [{{ provider = "claude", model = "claude-errors" }}]
+retry = {{ attempts = 1 }}
+
+[routes.bedrock-throttle]
+deployments = [{{ provider = "aws", model = "anthropic.claude-3-5-haiku-20241022-v1:0" }}]
+retry = {{ attempts = 1 }}
+
 [routes.vendor-down]
 deployments = [{{ provider = "down", model = "gone" }}, {{ provider = "backup", model = "survivor" }}]
 

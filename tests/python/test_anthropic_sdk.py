@@ -202,16 +202,17 @@ def test_overloaded_anthropic_fails_over_before_the_first_byte(claude, mock):
 @pytest.mark.parametrize(
     "fault,exc,status",
     [
-        ({"status": 429, "retry_after": "3"}, anthropic.RateLimitError, 429),
         ({"status": 529}, getattr(anthropic, "OverloadedError", anthropic.InternalServerError), 529),
         ({"status": 500}, anthropic.InternalServerError, 500),
         ({"status": 400, "body": json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": "bad thing"}})}, anthropic.BadRequestError, 400),
+        # Last: its retry-after cools the route's deployment down for 3 s.
+        ({"status": 429, "retry_after": "3"}, anthropic.RateLimitError, 429),
     ],
 )
 def test_upstream_errors_in_anthropic_shape(claude, mock, fault, exc, status):
-    mock.fault(model="claude-sonnet-4-5-20250929", **fault)
+    mock.fault(model="claude-errors", **fault)
     with pytest.raises(exc) as e:
-        claude.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=[{"role": "user", "content": "x"}])
+        claude.messages.create(model="claude-errors", max_tokens=20, messages=[{"role": "user", "content": "x"}])
     assert e.value.status_code == status
     body = e.value.body
     assert body["type"] == "error" and body["error"]["type"] and body["error"]["message"]

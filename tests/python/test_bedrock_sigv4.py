@@ -181,5 +181,5 @@ def test_tool_round_trip(gpt, mock):
 def test_throttling_is_a_rate_limit(gpt, mock):
     mock.fault(status=429, model=BEDROCK_MODEL_ID, retry_after="1")
     with pytest.raises(openai.RateLimitError) as caught:
-        gpt.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": "hi"}])
+        gpt.chat.completions.create(model="bedrock-throttle", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.response.headers.get("retry-after") == "1"

@@ -130,13 +130,17 @@ def test_models_list(client):
     assert ids == [
         "az-dep",
         "bedrock-claude",
+        "bedrock-throttle",
+        "claude-errors",
         "claude-failover",
         "claude-sonnet-4-5",
+        "errors",
         "failover",
         "gemini-2.5-flash",
         "gpt-4o-mini",
         "local",
         "text-embedding-3-small",
+        "vendor-down",
         "vertex-gemini",
     ]
 
@@ -151,7 +155,6 @@ def test_failover_is_invisible_to_the_client(client, mock):
 @pytest.mark.parametrize(
     "fault,exc,status",
     [
-        ({"status": 429, "retry_after": "2", "times": 2}, openai.RateLimitError, 429),
         ({"status": 500, "times": 2}, openai.InternalServerError, 500),
         ({"status": 503, "times": 2}, openai.InternalServerError, 503),
         ({"close_before_headers": True, "times": 2}, openai.InternalServerError, 502),
@@ -163,12 +166,14 @@ def test_failover_is_invisible_to_the_client(client, mock):
             openai.BadRequestError,
             400,
         ),
+        # Last: its retry-after cools the route's deployments down for 2 s.
+        ({"status": 429, "retry_after": "2", "times": 2}, openai.RateLimitError, 429),
     ],
 )
 def test_upstream_errors_become_sdk_exceptions(client, mock, fault, exc, status):
     mock.fault(**fault)
     with pytest.raises(exc) as info:
-        client.chat.completions.create(model="failover", messages=HELLO)
+        client.chat.completions.create(model="errors", messages=HELLO)
     assert info.value.status_code == status
     if status == 400:
         assert info.value.code == "context_length_exceeded"

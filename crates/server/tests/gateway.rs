@@ -221,15 +221,26 @@ async fn json_mode_images_and_tool_choice_are_forwarded() {
 
 #[tokio::test]
 async fn fails_over_on_500_429_and_closed_connection() {
-    let gw = Gateway::start("").await;
+    // Five failures in a row on the primary are the point here, not its ejection.
+    let gw = Gateway::start("[routes.failover.breaker]\nconsecutive_failures = 0\n").await;
+    // Streams fail over too, as long as nothing was sent yet.
+    gw.mock.push_fault(Fault {
+        model: Some("primary".into()),
+        status: Some(502),
+        ..Fault::default()
+    });
+    let mut body = hello("failover");
+    body["stream"] = json!(true);
+    let text = gw
+        .post("/v1/chat/completions", &body)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
     for fault in [
         Fault {
             status: Some(500),
-            ..Fault::default()
-        },
-        Fault {
-            status: Some(429),
-            retry_after: Some("3".into()),
             ..Fault::default()
         },
         Fault {
@@ -242,6 +253,12 @@ async fn fails_over_on_500_429_and_closed_connection() {
         },
         Fault {
             malformed: true,
+            ..Fault::default()
+        },
+        // Last: the 429's retry-after cools the primary down for the rest of the test.
+        Fault {
+            status: Some(429),
+            retry_after: Some("3".into()),
             ..Fault::default()
         },
     ] {
@@ -262,21 +279,11 @@ async fn fails_over_on_500_429_and_closed_connection() {
             .collect();
         assert_eq!(models, ["primary", "secondary"], "fault {fault:?}");
     }
-    // Streams fail over too, as long as nothing was sent yet.
-    gw.mock.push_fault(Fault {
-        model: Some("primary".into()),
-        status: Some(502),
-        ..Fault::default()
-    });
-    let mut body = hello("failover");
-    body["stream"] = json!(true);
-    let text = gw
-        .post("/v1/chat/completions", &body)
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"));
+    // The primary cools down after its 429: the next request goes straight to the backup.
+    gw.mock.clear_requests();
+    let resp = gw.post("/v1/chat/completions", &hello("failover")).await;
+    assert_eq!(resp.headers()["x-relais-attempts"], "1");
+    assert_eq!(resp.headers()["x-relais-deployment"], "backup/secondary");
     let metrics = Gateway::client()
         .get(format!("{}/metrics", gw.url))
         .send()
@@ -320,51 +327,69 @@ async fn client_errors_are_not_failed_over_and_keep_upstream_message() {
 #[tokio::test]
 async fn every_deployment_failing_maps_by_class_with_retry_after() {
     let gw = Gateway::start("").await;
-    gw.mock.push_fault(Fault {
-        status: Some(429),
-        retry_after: Some("7".into()),
-        times: Some(2),
-        ..Fault::default()
-    });
-    let resp = gw.post("/v1/chat/completions", &hello("failover")).await;
-    assert_eq!(resp.headers()["retry-after"], "7");
-    assert_eq!(resp.headers()["x-relais-error-class"], "rate_limited");
-    let e = error_of(resp, 429).await;
-    assert_eq!(e["type"], "rate_limit_error");
-
-    gw.mock.push_fault(Fault {
+    let every = |fault: Fault| Fault {
+        times: Some(0),
+        ..fault
+    };
+    gw.mock.push_fault(every(Fault {
         status: Some(500),
-        times: Some(2),
         ..Fault::default()
-    });
+    }));
     error_of(
         gw.post("/v1/chat/completions", &hello("failover")).await,
         500,
     )
     .await;
+    // Both deployments, then one retry (attempts default to deployments + 1).
+    assert_eq!(gw.mock.requests().len(), 3);
+    gw.mock.clear_faults();
 
-    gw.mock.push_fault(Fault {
+    gw.mock.push_fault(every(Fault {
         close_before_headers: true,
-        times: Some(2),
         ..Fault::default()
-    });
+    }));
     let e = error_of(
         gw.post("/v1/chat/completions", &hello("failover")).await,
         502,
     )
     .await;
     assert_eq!(e["code"], "upstream_unreachable");
+    gw.mock.clear_faults();
 
-    gw.mock.push_fault(Fault {
+    gw.mock.push_fault(every(Fault {
         malformed: true,
         ..Fault::default()
-    });
+    }));
     let e = error_of(
         gw.post("/v1/chat/completions", &hello("gpt-4o-mini")).await,
         502,
     )
     .await;
     assert_eq!(e["code"], "upstream_protocol_error");
+    gw.mock.clear_faults();
+
+    gw.mock.push_fault(every(Fault {
+        status: Some(429),
+        retry_after: Some("7".into()),
+        ..Fault::default()
+    }));
+    let resp = gw.post("/v1/chat/completions", &hello("failover")).await;
+    assert_eq!(resp.headers()["retry-after"], "7");
+    assert_eq!(resp.headers()["x-relais-error-class"], "rate_limited");
+    let e = error_of(resp, 429).await;
+    assert_eq!(e["type"], "rate_limit_error");
+    // Both deployments now cool down for 7 s: the next request is refused by relais itself,
+    // with the time left, and no vendor is called.
+    gw.mock.clear_requests();
+    let resp = gw.post("/v1/chat/completions", &hello("failover")).await;
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((6..=7).contains(&wait), "retry-after {wait}");
+    error_of(resp, 429).await;
+    assert!(gw.mock.requests().is_empty());
 }
 
 #[tokio::test]
