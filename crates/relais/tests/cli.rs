@@ -363,3 +363,69 @@ fn serve_with_a_missing_model_fails_at_start_naming_the_file() {
     assert!(stderr.contains("/nonexistent/dir/model.gguf"), "{stderr}");
     assert!(stderr.contains("fetch-model"), "{stderr}");
 }
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
+
+/// The running binary picks up an edited config (on SIGHUP, or by watching the file) without
+/// restarting, refuses a broken one with a log line, and keeps serving the last good one.
+#[test]
+fn serve_reloads_its_config_and_refuses_a_broken_one() {
+    let port = free_port();
+    let base = config("http://127.0.0.1:9", port);
+    let path = temp_config("reload", &base);
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-upstream-0001")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    assert!(!get(port, "/v1/models").contains("added-route"));
+    let wait_models = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if get(port, "/v1/models").contains("added-route") == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the reload did not take effect");
+    };
+    let added = format!(
+        "{base}\n[routes.added-route]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n"
+    );
+    std::fs::write(&path, &added).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_models(true);
+    // Broken: an unknown field. Refused; the added route keeps serving.
+    std::fs::write(&path, format!("{added}\n[server2]\n")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(get(port, "/v1/models").contains("added-route"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("config reloaded"), "{log}");
+    assert!(log.contains("config reload refused"), "{log}");
+    assert!(
+        log.contains("server2"),
+        "the refusal names the problem: {log}"
+    );
+}

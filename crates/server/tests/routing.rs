@@ -153,6 +153,10 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
     let probes = upstream(&gw, "m2") - before;
     let attempts = gw.mock.requests().len() - total_before;
     let share = probes as f64 / attempts as f64;
+    eprintln!(
+        "figures: ejected deployment got {probes} of {attempts} attempts in 60 s ({:.2}%)",
+        share * 100.0
+    );
     assert!(
         share < 0.01,
         "ejected deployment got {probes} of {attempts} attempts"
@@ -178,6 +182,7 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let back = back.expect("the healed deployment came back");
+    eprintln!("figures: healed deployment back in rotation after {back:?}");
     assert!(back <= Duration::from_secs(41), "back after {back:?}");
     let total: usize = after.values().sum();
     let m2 = after.get("up/m2").copied().unwrap_or(0);
@@ -214,6 +219,7 @@ async fn issue6_retry_after_cools_down_without_ejecting() {
         }
     }
     let back_at = back_at.expect("primary came back");
+    eprintln!("figures: primary cooled down for {back_at:?} after retry-after: 7");
     assert!(
         back_at >= Duration::from_millis(6300) && back_at <= Duration::from_millis(7700),
         "cooled down for {back_at:?}"
@@ -246,6 +252,9 @@ async fn issue6_retry_budget_bounds_load_when_everything_fails() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let attempts = gw.mock.requests().len();
+    eprintln!(
+        "figures: every upstream failing: {attempts} upstream attempts for {requests} requests"
+    );
     // The floor: 1 retry per second over the budget's 10 s window.
     let bound = 1.2 * requests as f64 + 10.0;
     assert!(
@@ -358,6 +367,10 @@ decay_secs = 5
     }
     let first = traffic(&gw, 10).await;
     let slow = first.iter().filter(|d| *d == "up/slow").count();
+    eprintln!(
+        "figures: +500 ms deployment served {slow} of {} requests in the first 10 s",
+        first.len()
+    );
     assert!(
         (slow as f64) < 0.1 * first.len() as f64,
         "slow deployment served {slow} of {}",
@@ -376,6 +389,10 @@ decay_secs = 5
     let healed = traffic(&gw, 60).await;
     let tail = &healed[healed.len() / 2..];
     let slow = tail.iter().filter(|d| *d == "up/slow").count();
+    eprintln!(
+        "figures: healed, it served {slow} of the last {} requests",
+        tail.len()
+    );
     assert!(
         slow as f64 > 0.25 * tail.len() as f64,
         "after healing it served {slow} of the last {}",
@@ -409,6 +426,7 @@ async fn issue6_client_disconnect_cancels_the_upstream_request() {
     assert_eq!(ends.len(), 1, "the upstream stream ended");
     assert!(!ends[0].completed, "it was cut, not finished");
     let after = ends[0].at.saturating_duration_since(left_at);
+    eprintln!("figures: upstream stream closed {after:?} after the client left");
     assert!(
         after <= Duration::from_secs(1),
         "closed {after:?} after the client left"
@@ -435,6 +453,7 @@ async fn issue6_idle_timeout_fires_when_the_upstream_stalls() {
         last_at = Instant::now();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    eprintln!("figures: idle timeout (2 s configured) fired after {waited:?}");
     // The wait before the last chunk (the error event) is the idle timeout.
     assert!(
         waited >= Duration::from_millis(1900) && waited <= Duration::from_millis(2200),
@@ -639,6 +658,11 @@ async fn issue6_hot_reload_under_load_loses_nothing() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "figures: hot reload: {} requests ok, {} failed, across 10 reloads and 1 refused file",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
