@@ -618,13 +618,13 @@ impl Route {
             }
         }
         if !capable {
+            // The message names the route, never its deployments: which vendors stand behind
+            // a model name is the operator's business, not the client's.
             let lack = lack.unwrap_or(Lack::Tools);
-            let names: Vec<&str> = self.deployments.iter().map(|d| d.id.as_str()).collect();
             let msg = format!(
-                "no deployment of model '{}' supports {} (deployments: {})",
+                "no deployment of model '{}' supports {}",
                 self.name,
-                lack.as_str(),
-                names.join(", ")
+                lack.as_str()
             );
             return Err(if lack == Lack::ContextWindow {
                 Error::new(ErrorKind::ContextWindowExceeded, Side::Client, msg)
@@ -722,17 +722,23 @@ impl Route {
                     .unwrap_or(first)
             }
             Strategy::LeastBusy => {
-                // Ties go to a random one among the least busy, so idle deployments share.
-                let min = members()
-                    .map(|i| self.deployments[i].health.inflight())
-                    .min()
-                    .unwrap_or(0);
-                let idle: Vec<usize> = members()
-                    .filter(|i| self.deployments[*i].health.inflight() == min)
-                    .collect();
-                idle.get(fastrand::usize(0..idle.len().max(1)))
-                    .copied()
-                    .unwrap_or(first)
+                // Ties go to a random one among the least busy (reservoir sampling, no
+                // allocation), so idle deployments share.
+                let mut best = first;
+                let mut min = u32::MAX;
+                let mut ties = 0u32;
+                for i in members() {
+                    let n = self.deployments[i].health.inflight();
+                    if n < min {
+                        (best, min, ties) = (i, n, 1);
+                    } else if n == min {
+                        ties += 1;
+                        if fastrand::u32(0..ties) == 0 {
+                            best = i;
+                        }
+                    }
+                }
+                best
             }
         }
     }

@@ -11,8 +11,8 @@ use relais_router::Health;
 
 const KINDS: usize = ErrorKind::ALL.len();
 
-/// A router counter shown per deployment: metric name, help text, how to read it.
-type Counter = (&'static str, &'static str, fn(&Health) -> u64);
+/// A router series shown per deployment: metric name, type, help text, how to read it.
+type RouterSeries = (&'static str, &'static str, &'static str, fn(&Health) -> u64);
 
 /// Latency bucket bounds in seconds: from sub-millisecond gateway work to multi-minute streams.
 const BUCKETS: [f64; 16] = [
@@ -236,53 +236,49 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
             );
         }
     }
-    let counters: [Counter; 4] = [
+    let router: [RouterSeries; 6] = [
         (
             "relais_attempts_total",
+            "counter",
             "Upstream attempts, first tries and retries.",
             |h| h.attempts.load(Ordering::Relaxed),
         ),
         (
             "relais_retries_total",
+            "counter",
             "Attempts that retried a request that had already failed once.",
             |h| h.retries.load(Ordering::Relaxed),
         ),
         (
             "relais_failovers_total",
+            "counter",
             "Failed attempts after which the request moved to another deployment.",
             |h| h.failovers.load(Ordering::Relaxed),
         ),
         (
             "relais_ejections_total",
+            "counter",
             "Times the circuit breaker took the deployment out of rotation.",
             |h| h.ejections.load(Ordering::Relaxed),
         ),
+        (
+            "relais_deployment_ejected",
+            "gauge",
+            "Whether the breaker holds the deployment out of rotation (1) or not (0).",
+            |h| u64::from(h.is_ejected()),
+        ),
+        (
+            "relais_deployment_inflight",
+            "gauge",
+            "Attempts in flight on the deployment.",
+            |h| u64::from(h.inflight()),
+        ),
     ];
-    for (name, help, read) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (name, kind, help, read) in router {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in series.clone() {
             let _ = writeln!(out, "{name}{{{}}} {}", s.labels(), read(&s.health));
         }
-    }
-    out.push_str("# HELP relais_deployment_ejected Whether the breaker holds the deployment out of rotation (1) or not (0).\n");
-    out.push_str("# TYPE relais_deployment_ejected gauge\n");
-    for s in series.clone() {
-        let _ = writeln!(
-            out,
-            "relais_deployment_ejected{{{}}} {}",
-            s.labels(),
-            u8::from(s.health.is_ejected())
-        );
-    }
-    out.push_str("# HELP relais_deployment_inflight Attempts in flight on the deployment.\n");
-    out.push_str("# TYPE relais_deployment_inflight gauge\n");
-    for s in series.clone() {
-        let _ = writeln!(
-            out,
-            "relais_deployment_inflight{{{}}} {}",
-            s.labels(),
-            s.health.inflight()
-        );
     }
     out.push_str("# HELP relais_request_duration_seconds Whole request time, upstream included.\n");
     out.push_str("# TYPE relais_request_duration_seconds histogram\n");

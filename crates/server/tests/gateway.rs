@@ -284,14 +284,7 @@ async fn fails_over_on_500_429_and_closed_connection() {
     let resp = gw.post("/v1/chat/completions", &hello("failover")).await;
     assert_eq!(resp.headers()["x-relais-attempts"], "1");
     assert_eq!(resp.headers()["x-relais-deployment"], "backup/secondary");
-    let metrics = Gateway::client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.get_text("/metrics").await;
     assert!(metrics.contains(r#"relais_failed_attempts_total{route="failover",deployment="up/primary",provider="up",class="server"} 2"#), "{metrics}");
     for class in ["rate_limited", "overloaded", "connect", "protocol"] {
         assert!(
@@ -600,14 +593,7 @@ async fn bad_input_gets_openai_errors() {
     assert_eq!(e["param"], "n");
     // Nothing malformed reached the vendor.
     assert!(gw.mock.requests().is_empty());
-    let metrics = Gateway::client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.get_text("/metrics").await;
     assert!(
         metrics.contains("relais_rejected_total{class=\"bad_request\"}"),
         "{metrics}"

@@ -126,14 +126,7 @@ async fn issue6_failing_deployment_is_ejected_and_comes_back() {
     assert_eq!(deployment(&routes, "trio", "up/m2")["state"], "ejected");
     assert_eq!(deployment(&routes, "trio", "up/m2")["ejections"], 1);
     assert!(!served.contains_key("up/m2"));
-    let metrics = Gateway::client()
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.get_text("/metrics").await;
     let labels = r#"route="trio",deployment="up/m2",provider="up""#;
     assert!(
         metrics.contains(&format!("relais_ejections_total{{{labels}}} 1")),

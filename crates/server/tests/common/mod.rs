@@ -100,6 +100,18 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
             .unwrap()
     }
 
+    /// GET `path` and return the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        Self::client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
         Self::client()
             .post(format!("{}{path}", self.url))
