@@ -16,6 +16,10 @@ pub struct SseParser {
     has_data: bool,
 }
 
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
 /// Upper bound on one unterminated line, so a broken upstream cannot grow memory without limit.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 
@@ -26,20 +30,34 @@ impl SseParser {
 
     /// Parse `bytes`, appending finished events to `out`. Errors only when a line exceeds the
     /// size bound.
+    ///
+    /// Lines are read in place from `bytes` (only an unfinished tail is copied aside), and a
+    /// `data:` value goes straight into the event's text: no allocation per line, which matters
+    /// at one event per token.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), String> {
-        self.buf.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
-            let end = start + pos;
-            let mut line = &self.buf[start..end];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
-            self.line(&line, out);
+        let mut rest = bytes;
+        if !self.buf.is_empty() {
+            // Finish the line the previous chunk left unfinished.
+            let Some(pos) = rest.iter().position(|b| *b == b'\n') else {
+                self.buf.extend_from_slice(rest);
+                return self.check_len();
+            };
+            self.buf.extend_from_slice(&rest[..pos]);
+            let line = std::mem::take(&mut self.buf);
+            self.line(trim_cr(&line), out);
+            self.buf = line;
+            self.buf.clear();
+            rest = &rest[pos + 1..];
         }
-        self.buf.drain(..start);
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.line(trim_cr(&rest[..pos]), out);
+            rest = &rest[pos + 1..];
+        }
+        self.buf.extend_from_slice(rest);
+        self.check_len()
+    }
+
+    fn check_len(&self) -> Result<(), String> {
         if self.buf.len() > MAX_LINE {
             return Err("SSE line exceeds 16 MiB".to_owned());
         }
@@ -49,34 +67,39 @@ impl SseParser {
     /// End of input: a final event without its blank line still counts.
     pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
         if !self.buf.is_empty() {
-            let line = String::from_utf8_lossy(&self.buf).into_owned();
-            self.buf.clear();
-            self.line(line.trim_end_matches('\r'), out);
+            let line = std::mem::take(&mut self.buf);
+            self.line(trim_cr(&line), out);
         }
         self.dispatch(out);
     }
 
-    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             self.dispatch(out);
             return;
         }
-        if line.starts_with(':') {
+        if line[0] == b':' {
             return; // comment / keep-alive
         }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
+        let (field, value) = match line.iter().position(|b| *b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
         };
         match field {
-            "data" => {
+            b"data" => {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(value);
+                match std::str::from_utf8(value) {
+                    Ok(v) => self.data.push_str(v),
+                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.has_data = true;
             }
-            "event" => self.event = Some(value.to_owned()),
+            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {} // id, retry: not used by any vendor we speak
         }
     }
