@@ -64,7 +64,7 @@ impl ChunkDecoder {
 
     pub(crate) fn decode(
         &mut self,
-        resp: OpenAiResponse,
+        resp: OpenAiResponse<'_>,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), Error> {
         if let Some(err) = resp.error {
@@ -73,8 +73,8 @@ impl ChunkDecoder {
         if !self.started && (!resp.choices.is_empty() || resp.usage.is_some()) {
             self.started = true;
             out.push(StreamEvent::Start {
-                id: resp.id.filter(|s| !s.is_empty()),
-                model: resp.model.filter(|s| !s.is_empty()),
+                id: resp.id.filter(|s| !s.is_empty()).map(|s| s.into_owned()),
+                model: resp.model.filter(|s| !s.is_empty()).map(|s| s.into_owned()),
             });
         }
         for choice in resp.choices {

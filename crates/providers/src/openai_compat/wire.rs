@@ -1,5 +1,7 @@
 //! OpenAI Chat Completions JSON as sent to and received from an upstream. Private to this family.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -96,10 +98,13 @@ pub(crate) struct OpenAiCompletionDetails {
 }
 
 /// A whole completion, or one stream chunk: the same shape with `message` or `delta`.
+/// `id` and `model` borrow from the input: every chunk repeats them and only the first is kept.
 #[derive(Deserialize)]
-pub(crate) struct OpenAiResponse {
-    pub id: Option<String>,
-    pub model: Option<String>,
+pub(crate) struct OpenAiResponse<'a> {
+    #[serde(borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub model: Option<Cow<'a, str>>,
     #[serde(default)]
     pub choices: Vec<OpenAiChoice>,
     pub usage: Option<OpenAiUsage>,
