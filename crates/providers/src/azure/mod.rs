@@ -9,7 +9,7 @@ mod config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relais_core::{Provider, Secret};
+use relais_core::{Error, ErrorKind, Provider, Secret, Side};
 
 pub use config::{ApiStyle, AzureConfig};
 
@@ -52,12 +52,25 @@ fn encode_segment(s: &str) -> String {
         .collect()
 }
 
-impl Endpoint for AzureEndpoint {
-    fn chat_url(&self, model: &str) -> String {
-        self.url(model, "chat/completions")
+impl AzureEndpoint {
+    /// The deployment is in the path, so the URL is built per request.
+    fn parsed(&self, model: &str, op: &str) -> Result<reqwest::Url, Error> {
+        reqwest::Url::parse(&self.url(model, op)).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                Side::Gateway,
+                format!("cannot build the Azure URL for deployment '{model}': {e}"),
+            )
+        })
     }
-    fn embeddings_url(&self, model: &str) -> String {
-        self.url(model, "embeddings")
+}
+
+impl Endpoint for AzureEndpoint {
+    fn chat_url(&self, model: &str) -> Result<reqwest::Url, Error> {
+        self.parsed(model, "chat/completions")
+    }
+    fn embeddings_url(&self, model: &str) -> Result<reqwest::Url, Error> {
+        self.parsed(model, "embeddings")
     }
     fn model_in_body(&self) -> bool {
         self.style == ApiStyle::V1
@@ -119,13 +132,13 @@ mod tests {
             api_key: Secret::new("k"),
         };
         assert_eq!(
-            e.chat_url("my dep"),
+            e.chat_url("my dep").unwrap().as_str(),
             "https://r.openai.azure.com/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
         );
         assert!(!e.model_in_body());
         e.style = ApiStyle::V1;
         assert_eq!(
-            e.embeddings_url("x"),
+            e.embeddings_url("x").unwrap().as_str(),
             "https://r.openai.azure.com/openai/v1/embeddings"
         );
         assert!(e.model_in_body());

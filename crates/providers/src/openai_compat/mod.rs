@@ -32,34 +32,62 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
 /// How a member of the OpenAI wire family is addressed and authenticated.
 pub(crate) trait Endpoint: Send + Sync + 'static {
-    fn chat_url(&self, model: &str) -> String;
-    fn embeddings_url(&self, model: &str) -> String;
+    fn chat_url(&self, model: &str) -> Result<reqwest::Url, Error>;
+    fn embeddings_url(&self, model: &str) -> Result<reqwest::Url, Error>;
     /// Whether the body names the model (false when the URL does, as in Azure deployments).
     fn model_in_body(&self) -> bool;
     fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder;
     fn secrets(&self) -> Vec<&Secret>;
 }
 
-/// Plain OpenAI-style addressing: `{base_url}/chat/completions` with a bearer token.
+/// Plain OpenAI-style addressing: `{base_url}/chat/completions` with a bearer token. The URLs
+/// and the authorization header are built once, not per request (parsing a URL and formatting
+/// a header showed up in the request path's profile).
 pub(crate) struct BaseUrl {
-    base: String,
+    chat: reqwest::Url,
+    embeddings: reqwest::Url,
     api_key: Option<Secret>,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl BaseUrl {
+    fn new(base: &str, api_key: Option<Secret>) -> Result<Self, String> {
+        let parse = |path: &str| {
+            reqwest::Url::parse(&format!("{base}/{path}"))
+                .map_err(|e| format!("base_url: '{base}' is not a valid URL: {e}"))
+        };
+        let authorization = match &api_key {
+            Some(k) if !k.is_empty() => {
+                let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                    .map_err(|_| "api_key: contains characters not allowed in a header".to_owned())?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            chat: parse("chat/completions")?,
+            embeddings: parse("embeddings")?,
+            api_key,
+            authorization,
+        })
+    }
 }
 
 impl Endpoint for BaseUrl {
-    fn chat_url(&self, _model: &str) -> String {
-        format!("{}/chat/completions", self.base)
+    fn chat_url(&self, _model: &str) -> Result<reqwest::Url, Error> {
+        Ok(self.chat.clone())
     }
-    fn embeddings_url(&self, _model: &str) -> String {
-        format!("{}/embeddings", self.base)
+    fn embeddings_url(&self, _model: &str) -> Result<reqwest::Url, Error> {
+        Ok(self.embeddings.clone())
     }
     fn model_in_body(&self) -> bool {
         true
     }
     fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
-            Some(k) if !k.is_empty() => rb.bearer_auth(k.expose()),
-            _ => rb,
+        match &self.authorization {
+            Some(v) => rb.header(http::header::AUTHORIZATION, v.clone()),
+            None => rb,
         }
     }
     fn secrets(&self) -> Vec<&Secret> {
@@ -133,10 +161,7 @@ pub fn build(
             .unwrap_or(ToolCallIds::AsIs),
         timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
     };
-    let endpoint = BaseUrl {
-        base,
-        api_key: cfg.api_key.clone(),
-    };
+    let endpoint = BaseUrl::new(&base, cfg.api_key.clone())?;
     Ok(std::sync::Arc::new(Family::new(endpoint, http, opts)))
 }
 
@@ -155,7 +180,7 @@ impl<E: Endpoint> Family<E> {
         s
     }
 
-    async fn post(&self, url: String, body: Vec<u8>) -> Result<reqwest::Response, Error> {
+    async fn post(&self, url: reqwest::Url, body: Vec<u8>) -> Result<reqwest::Response, Error> {
         let mut rb = self
             .http
             .post(url)
@@ -197,7 +222,7 @@ impl<E: Endpoint> Family<E> {
         };
         let body = serde_json::to_vec(&encode_request(req, &opts)?)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
-        let resp = self.post(self.endpoint.chat_url(model), body).await?;
+        let resp = self.post(self.endpoint.chat_url(model)?, body).await?;
         let is_sse = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -229,7 +254,7 @@ impl<E: Endpoint> Family<E> {
         }
         let body = serde_json::to_vec(&body)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
-        let resp = self.post(self.endpoint.embeddings_url(model), body).await?;
+        let resp = self.post(self.endpoint.embeddings_url(model)?, body).await?;
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
         decode_embeddings(&body)
     }
