@@ -59,7 +59,9 @@ impl BaseUrl {
         let authorization = match &api_key {
             Some(k) if !k.is_empty() => {
                 let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                    .map_err(|_| "api_key: contains characters not allowed in a header".to_owned())?;
+                    .map_err(|_| {
+                        "api_key: contains characters not allowed in a header".to_owned()
+                    })?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -254,7 +256,9 @@ impl<E: Endpoint> Family<E> {
         }
         let body = serde_json::to_vec(&body)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
-        let resp = self.post(self.endpoint.embeddings_url(model)?, body).await?;
+        let resp = self
+            .post(self.endpoint.embeddings_url(model)?, body)
+            .await?;
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
         decode_embeddings(&body)
     }
