@@ -1,0 +1,90 @@
+//! Stores behind traits (DESIGN.md §6): keys and teams, in SQLite (the embedded default) or
+//! PostgreSQL (many nodes). The gateway never speaks SQL outside this crate.
+//!
+//! Keys are stored only as a SHA-256 hash and a short display prefix; this crate never sees a
+//! plaintext key. It must never depend on the server, the router or any wire format.
+
+mod migrations;
+mod postgres;
+mod sqlite;
+
+use relais_core::BoxFuture;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A team: the unit keys belong to and budgets will be set on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    /// Routes the team's keys may use; all when `None`.
+    pub routes: Option<Vec<String>>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A virtual key as stored: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    pub team_id: String,
+    /// The first characters of the key, to recognise it in lists and logs.
+    pub prefix: String,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub hash: String,
+    /// Routes this key may use, within its team's; all of the team's when `None`.
+    pub routes: Option<Vec<String>>,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Backend(String),
+}
+
+/// Keys and teams. Implementations: [`SqliteStore`], [`PostgresStore`].
+pub trait KeyStore: Send + Sync {
+    /// Which backend, for logs and `/readyz`.
+    fn kind(&self) -> &'static str;
+    fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn teams(&self) -> BoxFuture<'_, Result<Vec<Team>, StoreError>>;
+    fn insert_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Every key, revoked ones included, oldest first.
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>>;
+    fn key_by_hash<'a>(
+        &'a self,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>, StoreError>>;
+    /// Mark a key revoked at `at`; `NotFound` when no such key exists. Revoking twice keeps
+    /// the first time.
+    fn revoke_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Give a key a new secret (prefix and hash), keeping its id, team and permissions.
+    fn rotate_key<'a>(
+        &'a self,
+        id: &'a str,
+        prefix: &'a str,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+fn routes_to_text(routes: &Option<Vec<String>>) -> Option<String> {
+    routes
+        .as_ref()
+        .map(|r| serde_json::Value::from(r.clone()).to_string())
+}
+
+fn routes_from_text(text: Option<String>) -> Result<Option<Vec<String>>, StoreError> {
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| StoreError::Backend(format!("stored route list is not valid: {e}")))
+    })
+    .transpose()
+}

@@ -1,0 +1,272 @@
+//! The embedded default: one SQLite file, in WAL mode, driven from tokio's blocking pool so no
+//! worker ever waits on the disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use relais_core::BoxFuture;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use crate::migrations::{CREATE_SCHEMA_TABLE, STEPS};
+use crate::{KeyStore, StoreError, StoredKey, Team, routes_from_text, routes_to_text};
+
+/// Keys and teams in a SQLite file.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => StoreError::Backend(format!("SQLite: {e}")),
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(CREATE_SCHEMA_TABLE, []).map_err(db_error)?;
+    let applied: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM relais_schema",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > STEPS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
+            STEPS.len()
+        )));
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(applied) {
+        let tx = conn.unchecked_transaction().map_err(db_error)?;
+        tx.execute_batch(step).map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO relais_schema (version) VALUES (?1)",
+            params![i64::try_from(i + 1).unwrap_or(i64::MAX)],
+        )
+        .map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<String>)> {
+    Ok((
+        StoredKey {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            team_id: r.get(2)?,
+            prefix: r.get(3)?,
+            hash: r.get(4)?,
+            routes: None,
+            created_at: r.get(6)?,
+            revoked_at: r.get(7)?,
+        },
+        r.get(5)?,
+    ))
+}
+
+const KEY_COLUMNS: &str = "id, name, team_id, prefix, hash, routes, created_at, revoked_at";
+
+impl SqliteStore {
+    /// Open (creating it if needed) the database file and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let conn = Connection::open(&path)
+                .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+            // WAL lets readers run beside the writer; foreign keys keep a key's team real.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_error)?;
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(db_error)?;
+            conn.busy_timeout(Duration::from_secs(5))
+                .map_err(db_error)?;
+            migrate(&conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("SQLite open task failed: {e}")))??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` on the connection in the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&c)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("SQLite task failed: {e}")))?
+    }
+}
+
+impl KeyStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
+        let team = team.clone();
+        Box::pin(self.run(move |c| {
+            c.execute(
+                "INSERT INTO relais_teams (id, name, routes, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    team.id,
+                    team.name,
+                    routes_to_text(&team.routes),
+                    team.created_at
+                ],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        }))
+    }
+
+    fn teams(&self) -> BoxFuture<'_, Result<Vec<Team>, StoreError>> {
+        Box::pin(self.run(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT id, name, routes, created_at FROM relais_teams ORDER BY created_at, id",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(db_error)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, routes, created_at) = row.map_err(db_error)?;
+                out.push(Team {
+                    id,
+                    name,
+                    routes: routes_from_text(routes)?,
+                    created_at,
+                });
+            }
+            Ok(out)
+        }))
+    }
+
+    fn insert_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        let k = key.clone();
+        Box::pin(self.run(move |c| {
+            c.execute(
+                &format!("INSERT INTO relais_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    k.id,
+                    k.name,
+                    k.team_id,
+                    k.prefix,
+                    k.hash,
+                    routes_to_text(&k.routes),
+                    k.created_at,
+                    k.revoked_at
+                ],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        }))
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
+        Box::pin(self.run(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM relais_keys ORDER BY created_at, id"
+                ))
+                .map_err(db_error)?;
+            let rows = stmt.query_map([], key_from_row).map_err(db_error)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut k, routes) = row.map_err(db_error)?;
+                k.routes = routes_from_text(routes)?;
+                out.push(k);
+            }
+            Ok(out)
+        }))
+    }
+
+    fn key_by_hash<'a>(
+        &'a self,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>, StoreError>> {
+        let hash = hash.to_owned();
+        Box::pin(self.run(move |c| {
+            let found = c
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM relais_keys WHERE hash = ?1"),
+                    params![hash],
+                    key_from_row,
+                )
+                .optional()
+                .map_err(db_error)?;
+            match found {
+                None => Ok(None),
+                Some((mut k, routes)) => {
+                    k.routes = routes_from_text(routes)?;
+                    Ok(Some(k))
+                }
+            }
+        }))
+    }
+
+    fn revoke_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.run(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                    params![id, at],
+                )
+                .map_err(db_error)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("key {id}")));
+            }
+            Ok(())
+        }))
+    }
+
+    fn rotate_key<'a>(
+        &'a self,
+        id: &'a str,
+        prefix: &'a str,
+        hash: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (id, prefix, hash) = (id.to_owned(), prefix.to_owned(), hash.to_owned());
+        Box::pin(self.run(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE relais_keys SET prefix = ?2, hash = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id, prefix, hash],
+                )
+                .map_err(db_error)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("active key {id}")));
+            }
+            Ok(())
+        }))
+    }
+}
