@@ -39,6 +39,51 @@ enum Command {
     },
     /// Stream an answer from a running gateway to the terminal.
     Chat(chat::ChatArgs),
+    /// Issue, list, rotate and revoke virtual keys (in the config's [governance] store).
+    Keys {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
+    /// Create and list teams (in the config's [governance] store).
+    Teams {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TeamsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Issue a key; its secret is printed once and stored nowhere.
+    Create {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        name: String,
+        /// Routes the key may use (comma-separated), within its team's; all of the team's by default.
+        #[arg(long, value_delimiter = ',')]
+        routes: Option<Vec<String>>,
+    },
+    /// List keys by prefix (never their secrets).
+    List,
+    /// Give a key a new secret; the old one stops working.
+    Rotate { id: String },
+    /// Revoke a key.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum TeamsCmd {
+    Create {
+        name: String,
+        /// Routes the team's keys may use (comma-separated); all by default.
+        #[arg(long, value_delimiter = ',')]
+        routes: Option<Vec<String>>,
+    },
+    List,
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +92,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::Check { config } => check(config),
         Command::Chat(args) => chat::run(args),
+        Command::Keys { config, action } => keys(config, action),
+        Command::Teams { config, action } => teams(config, action),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -114,6 +161,11 @@ deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
 
 [routes.default]
 deployments = [{{ provider = "local", model = "SmolLM2-135M-Instruct" }}]
+
+# Virtual keys and teams in an embedded SQLite file ($RELAIS_HOME/relais.db). Until a key is
+# issued (relais keys create ...), the gateway is open, as fits a loopback default.
+[governance]
+store = "sqlite"
 "#
     )
 }
@@ -160,7 +212,13 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let runtime = config::build(&raw, &source, &origin).map_err(|e| anyhow!(e))?;
+        let mut runtime = config::build(&raw, &source, &origin).map_err(|e| anyhow!(e))?;
+        runtime.keyring = config::open_governance(raw.governance.as_ref(), &origin)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        if let Some(ring) = &runtime.keyring {
+            tracing::info!(store = ring.store_kind(), active_keys = ring.has_active_keys(), "virtual keys loaded");
+        }
         if runtime.routes.is_empty() {
             tracing::warn!(
                 config = %origin,
@@ -277,4 +335,102 @@ fn check(config: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open the key ring of the config's `[governance]` store, on a small runtime of its own.
+fn with_keyring<T>(
+    config: Option<PathBuf>,
+    f: impl AsyncFnOnce(&relais_governance::KeyRing) -> Result<T>,
+) -> Result<T> {
+    let path = config_path(config);
+    let (raw, _, origin) = load(path.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let ring = config::open_governance(raw.governance.as_ref(), &origin)
+            .await
+            .map_err(|e| anyhow!(e))?
+            .ok_or_else(|| anyhow!("{origin}: no [governance] section: virtual keys are off"))?;
+        f(&ring).await
+    })
+}
+
+fn fmt_routes(routes: &Option<Vec<String>>) -> String {
+    routes
+        .as_ref()
+        .map_or("all routes".to_owned(), |r| r.join(","))
+}
+
+fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
+    with_keyring(config, async |ring| {
+        match action {
+            KeysCmd::Create { team, name, routes } => {
+                let issued = ring
+                    .create_key(&team, &name, routes)
+                    .await
+                    .map_err(|e| anyhow!(e.message))?;
+                println!("{}", issued.key.expose());
+                eprintln!(
+                    "key {} ({}) for team {}: {}; shown once, store it now",
+                    issued.stored.id,
+                    issued.stored.prefix,
+                    team,
+                    fmt_routes(&issued.stored.routes)
+                );
+            }
+            KeysCmd::List => {
+                for k in ring.keys().await.map_err(|e| anyhow!(e.message))? {
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}  {}...  {}  team={}  {}  {}",
+                        k.id,
+                        k.prefix,
+                        k.name,
+                        k.team_id,
+                        fmt_routes(&k.routes),
+                        state
+                    );
+                }
+            }
+            KeysCmd::Rotate { id } => {
+                let issued = ring.rotate_key(&id).await.map_err(|e| anyhow!(e.message))?;
+                println!("{}", issued.key.expose());
+                eprintln!(
+                    "key {id} has a new secret ({}); the old one no longer works",
+                    issued.stored.prefix
+                );
+            }
+            KeysCmd::Revoke { id } => {
+                ring.revoke_key(&id).await.map_err(|e| anyhow!(e.message))?;
+                eprintln!("key {id} revoked");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
+    with_keyring(config, async |ring| {
+        match action {
+            TeamsCmd::Create { name, routes } => {
+                let t = ring
+                    .create_team(&name, routes)
+                    .await
+                    .map_err(|e| anyhow!(e.message))?;
+                println!("{}", t.id);
+            }
+            TeamsCmd::List => {
+                for t in ring.teams().await.map_err(|e| anyhow!(e.message))? {
+                    println!("{}  {}  {}", t.id, t.name, fmt_routes(&t.routes));
+                }
+            }
+        }
+        Ok(())
+    })
 }

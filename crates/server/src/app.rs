@@ -85,13 +85,21 @@ impl Live {
         self.entries.get(route)?.series.get(deployment)
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<&ClientKey>, Error> {
-        if self.runtime.keys.is_empty() {
-            return Ok(None);
-        }
+    /// Who is calling: a virtual key (checked against the key ring), a static key from the
+    /// config (compared in constant time), or nobody when no key exists at all.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller<'_>, Error> {
         let presented = bearer(headers)
             .or_else(|| header_str(headers, "api-key"))
             .or_else(|| header_str(headers, "x-api-key"));
+        let ring = self.runtime.keyring.as_ref();
+        if let (Some(ring), Some(p)) = (ring, presented) {
+            if let Some(access) = ring.authenticate(p).await? {
+                return Ok(Caller::Virtual(access));
+            }
+        }
+        if self.runtime.keys.is_empty() && !ring.is_some_and(|r| r.has_active_keys()) {
+            return Ok(Caller::Open);
+        }
         let Some(presented) = presented else {
             return Err(Error::new(
                 ErrorKind::Auth,
@@ -107,27 +115,20 @@ impl Live {
             }
         }
         found
-            .map(Some)
+            .map(Caller::Static)
             .ok_or_else(|| Error::new(ErrorKind::Auth, Side::Client, "invalid API key"))
-    }
-
-    fn visible(&self, key: Option<&ClientKey>, route: &str) -> bool {
-        match key.and_then(|k| k.routes.as_ref()) {
-            None => true,
-            Some(allowed) => allowed.iter().any(|r| r == route),
-        }
     }
 
     fn entry(
         &self,
-        key: Option<&ClientKey>,
+        caller: &Caller<'_>,
         name: &str,
         kind: RouteKind,
     ) -> Result<&RouteEntry, Error> {
         let entry = self
             .entries
             .get(name)
-            .filter(|_| self.visible(key, name))
+            .filter(|_| caller.allows(name))
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -145,6 +146,29 @@ impl Live {
             .with_param("model"));
         }
         Ok(entry)
+    }
+}
+
+/// Who is calling.
+pub(crate) enum Caller<'a> {
+    /// No key is configured or issued: the gateway is open.
+    Open,
+    /// A key from `[auth] keys`.
+    Static(&'a ClientKey),
+    /// A virtual key from the governance store.
+    Virtual(relais_governance::Access),
+}
+
+impl Caller<'_> {
+    fn allows(&self, route: &str) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Static(k) => k
+                .routes
+                .as_ref()
+                .is_none_or(|allowed| allowed.iter().any(|r| r == route)),
+            Self::Virtual(access) => access.allows_route(route),
+        }
     }
 }
 
@@ -191,7 +215,7 @@ impl AppState {
         live: &'a Live,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<(Option<&'a ClientKey>, Bytes), Error> {
+    ) -> Result<(Caller<'a>, Bytes), Error> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Error::new(
                 ErrorKind::Unavailable,
@@ -199,9 +223,9 @@ impl AppState {
                 "gateway is shutting down",
             ));
         }
-        let key = live.authenticate(headers)?;
+        let caller = live.authenticate(headers).await?;
         let bytes = read_body(body, headers, live.runtime.max_body_bytes).await?;
-        Ok((key, bytes))
+        Ok((caller, bytes))
     }
 }
 
@@ -260,6 +284,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/routes", get(admin_routes))
+        .route("/admin/teams", get(admin_teams).post(admin_teams))
+        .route("/admin/keys", get(admin_keys).post(admin_keys))
+        .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -431,7 +458,7 @@ async fn count_tokens(
     let counted = async {
         let (key, bytes) = app.admit(&live, &headers, body).await?;
         let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
-        live.entry(key, &req.model, RouteKind::Chat)?;
+        live.entry(&key, &req.model, RouteKind::Chat)?;
         Ok::<_, Error>(req.estimate_input_tokens())
     }
     .await;
@@ -477,7 +504,7 @@ async fn chat_with(
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        let entry = live.entry(key, &req.model, RouteKind::Chat)?;
+        let entry = live.entry(&key, &req.model, RouteKind::Chat)?;
         Ok::<_, Error>((req, entry))
     }
     .await;
@@ -762,7 +789,7 @@ async fn embeddings_with(
         if let Some(m) = &model {
             req.model.clone_from(m);
         }
-        let entry = live.entry(key, &req.model, RouteKind::Embeddings)?;
+        let entry = live.entry(&key, &req.model, RouteKind::Embeddings)?;
         Ok::<_, Error>((req, base64, entry))
     }
     .await;
@@ -802,7 +829,7 @@ async fn embeddings_with(
 async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let ctx = Ctx::new(&headers);
     let live = app.live();
-    let key = match live.authenticate(&headers) {
+    let key = match live.authenticate(&headers).await {
         Ok(k) => k,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -812,7 +839,7 @@ async fn models(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     let list: Vec<openai::ModelEntry> = live
         .entries
         .iter()
-        .filter(|(name, _)| live.visible(key, name))
+        .filter(|(name, _)| key.allows(name))
         .map(|(name, e)| {
             let primary = e.route.deployments.first();
             let info = primary
@@ -888,27 +915,206 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 
+/// The admin API's own credential, compared in constant time. Off (404) without one.
+fn admin_auth(live: &Live, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(admin) = &live.runtime.admin_key else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "the admin API is off: set admin.key in the config",
+        ));
+    };
+    let presented = bearer(headers).or_else(|| header_str(headers, "x-api-key"));
+    if presented.is_some_and(|p| constant_time_eq(admin.expose().as_bytes(), p.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Auth,
+            Side::Client,
+            "invalid or missing admin key",
+        ))
+    }
+}
+
+/// The key ring, for the key and team endpoints.
+fn keyring(live: &Live) -> Result<Arc<relais_governance::KeyRing>, Error> {
+    live.runtime.keyring.clone().ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "virtual keys are off: add a [governance] section to the config",
+        )
+    })
+}
+
+fn team_json(t: &relais_state::Team) -> serde_json::Value {
+    serde_json::json!({"id": t.id, "name": t.name, "routes": t.routes, "created_at": t.created_at})
+}
+
+/// A key as listed: never its secret or hash, only the prefix that recognises it.
+fn key_json(k: &relais_state::StoredKey) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.id, "name": k.name, "team_id": k.team_id, "prefix": k.prefix,
+        "routes": k.routes, "created_at": k.created_at, "revoked_at": k.revoked_at,
+    })
+}
+
+/// The admin body: a JSON object, or a 400 that says what is wrong.
+fn admin_body(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::bad_request("the body must be a JSON object")),
+        Err(e) => Err(Error::bad_request(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn string_list(
+    body: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Option<Vec<String>>, Error> {
+    let bad = || Error::bad_request(format!("{field} must be a list of strings")).with_param(field);
+    match body.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn string_field<'a>(
+    body: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<&'a str, Error> {
+    body.get(field)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Error::bad_request(format!("{field} is required")).with_param(field))
+}
+
+/// Run an admin operation and answer with its JSON, or with the error in OpenAI's shape.
+async fn admin_answer(
+    headers: &HeaderMap,
+    op: impl std::future::Future<Output = Result<(StatusCode, serde_json::Value), Error>>,
+) -> Response {
+    match op.await {
+        Ok((status, value)) => plain(headers, status, "application/json", value.to_string()),
+        Err(e) => Ctx::new(headers).error(&e, Duration::ZERO),
+    }
+}
+
+/// `GET /admin/teams`, `POST /admin/teams` (`{"name", "routes"?}`).
+async fn admin_teams(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let ring = keyring(&live)?;
+        if method == Method::GET {
+            let list: Vec<_> = ring.teams().await?.iter().map(team_json).collect();
+            return Ok((StatusCode::OK, serde_json::json!({ "teams": list })));
+        }
+        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let body = admin_body(&bytes)?;
+        let routes = string_list(&body, "routes")?;
+        if let Some(unknown) = routes
+            .iter()
+            .flatten()
+            .find(|r| !live.runtime.routes.contains_key(*r))
+        {
+            return Err(
+                Error::bad_request(format!("no route named '{unknown}'")).with_param("routes")
+            );
+        }
+        let team = ring
+            .create_team(string_field(&body, "name")?, routes)
+            .await?;
+        Ok((StatusCode::CREATED, team_json(&team)))
+    })
+    .await
+}
+
+/// `GET /admin/keys`, `POST /admin/keys` (`{"team", "name", "routes"?}`): the new key's secret
+/// is in this answer and nowhere else, ever.
+async fn admin_keys(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let ring = keyring(&live)?;
+        if method == Method::GET {
+            let list: Vec<_> = ring.keys().await?.iter().map(key_json).collect();
+            return Ok((StatusCode::OK, serde_json::json!({ "keys": list })));
+        }
+        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let body = admin_body(&bytes)?;
+        let issued = ring
+            .create_key(
+                string_field(&body, "team")?,
+                string_field(&body, "name")?,
+                string_list(&body, "routes")?,
+            )
+            .await?;
+        let mut value = key_json(&issued.stored);
+        value["key"] = issued.key.expose().into();
+        Ok((StatusCode::CREATED, value))
+    })
+    .await
+}
+
+/// `POST /admin/keys/{id}/revoke` and `POST /admin/keys/{id}/rotate` (the new secret is in the
+/// answer; the old one stops working).
+async fn admin_key_action(
+    State(app): State<Arc<AppState>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let ring = keyring(&live)?;
+        match action.as_str() {
+            "revoke" => {
+                ring.revoke_key(&id).await?;
+                Ok((
+                    StatusCode::OK,
+                    serde_json::json!({"id": id, "revoked": true}),
+                ))
+            }
+            "rotate" => {
+                let issued = ring.rotate_key(&id).await?;
+                let mut value = key_json(&issued.stored);
+                value["key"] = issued.key.expose().into();
+                Ok((StatusCode::OK, value))
+            }
+            other => Err(Error::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                format!("unknown key action '{other}' (revoke, rotate)"),
+            )),
+        }
+    })
+    .await
+}
+
 /// `GET /admin/routes`: every route's strategy and, per deployment, the router's live view:
 /// breaker state, cool-downs, latency estimate, in-flight and counters. Behind `admin.key`.
 async fn admin_routes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let ctx = Ctx::new(&headers);
     let live = app.live();
-    let Some(admin) = &live.runtime.admin_key else {
-        let err = Error::new(
-            ErrorKind::NotFound,
-            Side::Client,
-            "the admin API is off: set admin.key in the config",
-        );
-        return ctx.error(&err, Duration::ZERO);
-    };
-    let presented = bearer(&headers).or_else(|| header_str(&headers, "x-api-key"));
-    if !presented.is_some_and(|p| constant_time_eq(admin.expose().as_bytes(), p.as_bytes())) {
-        let err = Error::new(
-            ErrorKind::Auth,
-            Side::Client,
-            "invalid or missing admin key",
-        );
-        return ctx.error(&err, Duration::ZERO);
+    if let Err(e) = admin_auth(&live, &headers) {
+        return ctx.error(&e, Duration::ZERO);
     }
     let now = tokio::time::Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

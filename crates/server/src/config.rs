@@ -36,6 +36,89 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, PriceConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Virtual keys and teams (and, later, limits, budgets and the ledger) in a store.
+    pub governance: Option<GovernanceConfig>,
+}
+
+/// Where keys and teams live.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// `sqlite` (default: one file, this instance only) or `postgres` (shared by many).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// SQLite file; default `$RELAIS_HOME/relais.db` (`~/.local/share/relais/relais.db`).
+    pub sqlite_path: Option<String>,
+    /// PostgreSQL connection string, for `store = "postgres"`.
+    pub postgres_url: Option<Secret>,
+    /// How often keys are reloaded from the store, so a revocation made on another instance
+    /// arrives here.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+}
+
+fn default_store() -> String {
+    "sqlite".to_owned()
+}
+
+fn default_refresh() -> u64 {
+    10
+}
+
+/// `$RELAIS_HOME`, by default `~/.local/share/relais`.
+pub fn relais_home() -> std::path::PathBuf {
+    std::env::var_os("RELAIS_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default()
+                .join(".local/share/relais")
+        })
+}
+
+/// Open the governance store the config names, if any, and load its keys.
+pub async fn open_governance(
+    cfg: Option<&GovernanceConfig>,
+    origin: &str,
+) -> Result<Option<Arc<relais_governance::KeyRing>>, ConfigError> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let store: Arc<dyn relais_state::KeyStore> = match cfg.store.as_str() {
+        "sqlite" => {
+            let path = cfg
+                .sqlite_path
+                .as_ref()
+                .map_or_else(|| relais_home().join("relais.db"), std::path::PathBuf::from);
+            Arc::new(
+                relais_state::SqliteStore::open(&path)
+                    .await
+                    .map_err(|e| ConfigError(format!("{origin}: governance.sqlite_path: {e}")))?,
+            )
+        }
+        "postgres" => {
+            let url = cfg.postgres_url.as_ref().ok_or_else(|| {
+                ConfigError(format!(
+                    "{origin}: governance.postgres_url: required when store = \"postgres\""
+                ))
+            })?;
+            Arc::new(
+                relais_state::PostgresStore::connect(url.expose())
+                    .await
+                    .map_err(|e| ConfigError(format!("{origin}: governance.postgres_url: {e}")))?,
+            )
+        }
+        other => {
+            return Err(ConfigError(format!(
+                "{origin}: governance.store: '{other}' is not one of: sqlite, postgres"
+            )));
+        }
+    };
+    let ring = relais_governance::KeyRing::load(store)
+        .await
+        .map_err(|e| ConfigError(format!("{origin}: governance: {}", e.message)))?;
+    Ok(Some(Arc::new(ring)))
 }
 
 /// The admin API (`/admin/...`). Off unless a key is set.
@@ -259,6 +342,10 @@ pub struct ClientKey {
 pub struct Runtime {
     pub listen: SocketAddr,
     pub admin_key: Option<Secret>,
+    /// Virtual keys and teams, when `[governance]` is configured; opened by the caller with
+    /// [`open_governance`] (it is async) and kept across reloads.
+    pub keyring: Option<Arc<relais_governance::KeyRing>>,
+    pub governance: Option<GovernanceConfig>,
     /// Things that are allowed but probably not meant (shown by `relais check`, logged at start).
     pub warnings: Vec<String>,
     pub max_body_bytes: usize,
@@ -801,6 +888,12 @@ fn build_from(
     }
 
     if let Some(p) = previous {
+        if p.governance != raw.governance {
+            warnings.push(
+                "[governance] changed: the running gateway keeps its store until restarted"
+                    .to_owned(),
+            );
+        }
         if p.listen != listen {
             warnings.push(format!(
                 "server.listen changed to {listen}: a running gateway keeps listening on {} until restarted",
@@ -812,6 +905,11 @@ fn build_from(
     Ok(Runtime {
         listen,
         admin_key: raw.admin.key.clone(),
+        keyring: previous.and_then(|p| p.keyring.clone()),
+        governance: match previous {
+            Some(p) => p.governance.clone(),
+            None => raw.governance.clone(),
+        },
         warnings,
         providers,
         max_body_bytes: raw.server.max_body_bytes,

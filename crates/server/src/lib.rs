@@ -53,6 +53,17 @@ pub async fn serve_with_reload(
     let state = Arc::new(AppState::new(runtime, abort_rx));
     let watcher = reload.map(|r| tokio::spawn(watch_config(state.clone(), r)));
     let _stop_watcher = AbortOnDrop(watcher);
+    let refresher = state.live().runtime.keyring.clone().map(|ring| {
+        let every = state
+            .live()
+            .runtime
+            .governance
+            .as_ref()
+            .map_or(10, |g| g.refresh_secs)
+            .max(1);
+        tokio::spawn(refresh_keys(ring, Duration::from_secs(every)))
+    });
+    let _stop_refresher = AbortOnDrop(refresher);
     let app = router(state.clone());
     let drain_state = state.clone();
     // Nagle plus delayed ACK holds a response's last small write for ~40 ms under keep-alive.
@@ -89,7 +100,21 @@ pub async fn serve_with_reload(
     }
 }
 
-/// Stops the config watcher when the server returns.
+/// Reload keys and teams from the store now and then, so revocations and keys made by other
+/// instances (or by `relais keys` on the same file) arrive.
+async fn refresh_keys(ring: Arc<relais_governance::KeyRing>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = ring.refresh().await {
+            tracing::warn!(store = ring.store_kind(), error = %e.message, "cannot refresh keys from the store; the last ones loaded stay in force");
+        }
+    }
+}
+
+/// Stops a background task when the server returns.
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {

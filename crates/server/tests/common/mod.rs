@@ -63,7 +63,11 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
         )
         .replace("MOCK", &mock.url());
         let raw = relais_server::config::parse(&text, "test.toml").unwrap();
-        let runtime = relais_server::config::build(&raw, &text, "test.toml").unwrap();
+        let mut runtime = relais_server::config::build(&raw, &text, "test.toml").unwrap();
+        runtime.keyring =
+            relais_server::config::open_governance(raw.governance.as_ref(), "test.toml")
+                .await
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,346 @@
+//! Virtual keys: `rk-` and 64 hex digits of randomness from the operating system. Only the
+//! SHA-256 of a key is stored (with its first characters, to recognise it in a list), so a
+//! stolen database holds nothing that authenticates: presenting the stored hash fails, because
+//! the hash of the hash is not in the store.
+//!
+//! The [`KeyRing`] keeps every key and team in memory and answers from there; a key it does not
+//! know (created by another instance a moment ago) is looked up in the store once and
+//! remembered. A refresh reloads everything, which is how a revocation made elsewhere arrives.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use relais_core::{Error, ErrorKind, Secret, Side};
+use relais_state::{KeyStore, StoreError, StoredKey, Team};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Every virtual key starts with this.
+pub const KEY_PREFIX: &str = "rk-";
+/// Random bytes in a key (256 bits).
+const KEY_BYTES: usize = 32;
+/// Characters of a key kept in the clear to recognise it: the prefix and 7 hex digits.
+const SHOWN: usize = 10;
+
+/// Lowercase hex SHA-256 of a presented key: what the store keeps.
+pub fn hash_key(key: &str) -> String {
+    hex(digest::digest(&digest::SHA256, key.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn random_hex(n: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| Error::internal("the operating system's random source failed"))?;
+    Ok(hex(&buf))
+}
+
+/// Whether `s` has the shape of a virtual key, before any lookup.
+fn looks_like_key(s: &str) -> bool {
+    s.len() == KEY_PREFIX.len() + 2 * KEY_BYTES
+        && s.starts_with(KEY_PREFIX)
+        && s[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A key just issued: the secret (shown once, never stored) and what was stored.
+pub struct IssuedKey {
+    pub key: Secret,
+    pub stored: StoredKey,
+}
+
+fn new_secret() -> Result<(Secret, String, String), Error> {
+    let key = format!("{KEY_PREFIX}{}", random_hex(KEY_BYTES)?);
+    let hash = hash_key(&key);
+    let prefix = key[..SHOWN].to_owned();
+    Ok((Secret::new(key), prefix, hash))
+}
+
+/// What a request presenting a virtual key may do.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub key: Arc<StoredKey>,
+    pub team: Arc<Team>,
+}
+
+impl Access {
+    /// Whether the key may use `route`: within its own list and its team's.
+    pub fn allows_route(&self, route: &str) -> bool {
+        let within =
+            |list: &Option<Vec<String>>| list.as_ref().is_none_or(|l| l.iter().any(|r| r == route));
+        within(&self.key.routes) && within(&self.team.routes)
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    by_hash: HashMap<String, Arc<StoredKey>>,
+    teams: HashMap<String, Arc<Team>>,
+}
+
+/// Keys and teams, in memory, backed by a store.
+pub struct KeyRing {
+    store: Arc<dyn KeyStore>,
+    cache: RwLock<Cache>,
+    /// Whether any key is active, kept with the cache so requests need not count.
+    active: AtomicBool,
+}
+
+fn store_error(e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound(what) => {
+            Error::new(ErrorKind::NotFound, Side::Client, format!("no such {what}"))
+        }
+        StoreError::Conflict(what) => Error::bad_request(format!("conflict: {what}")),
+        StoreError::Backend(msg) => Error::new(ErrorKind::Unavailable, Side::Gateway, msg),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl KeyRing {
+    /// Load every key and team from `store`.
+    pub async fn load(store: Arc<dyn KeyStore>) -> Result<Self, Error> {
+        let ring = Self {
+            store,
+            cache: RwLock::new(Cache::default()),
+            active: AtomicBool::new(false),
+        };
+        ring.refresh().await?;
+        Ok(ring)
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// Reload everything from the store (revocations made by other instances arrive so).
+    pub async fn refresh(&self) -> Result<(), Error> {
+        let teams = self.store.teams().await.map_err(store_error)?;
+        let keys = self.store.keys().await.map_err(store_error)?;
+        let cache = Cache {
+            by_hash: keys
+                .into_iter()
+                .map(|k| (k.hash.clone(), Arc::new(k)))
+                .collect(),
+            teams: teams
+                .into_iter()
+                .map(|t| (t.id.clone(), Arc::new(t)))
+                .collect(),
+        };
+        let active = cache.by_hash.values().any(|k| k.revoked_at.is_none());
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = cache;
+        self.active.store(active, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether any key is active: then requests without one are refused.
+    pub fn has_active_keys(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, hash: &str) -> Option<(Arc<StoredKey>, Option<Arc<Team>>)> {
+        let c = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+        let k = c.by_hash.get(hash)?.clone();
+        let team = c.teams.get(&k.team_id).cloned();
+        Some((k, team))
+    }
+
+    /// Check a presented key. `Ok(None)`: not a virtual key (the caller may try others);
+    /// an error: a virtual key that does not authenticate (unknown or revoked).
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<Access>, Error> {
+        if !presented.starts_with(KEY_PREFIX) {
+            return Ok(None);
+        }
+        let invalid = || Error::new(ErrorKind::Auth, Side::Client, "invalid API key");
+        // Malformed keys never reach the store: a flood of garbage costs no queries.
+        if !looks_like_key(presented) {
+            return Err(invalid());
+        }
+        let hash = hash_key(presented);
+        let found = match self.cached(&hash) {
+            Some(hit) => Some(hit),
+            None => {
+                // Created by another instance since the last refresh?
+                match self.store.key_by_hash(&hash).await.map_err(store_error)? {
+                    None => None,
+                    Some(k) => {
+                        if !self
+                            .cache
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .teams
+                            .contains_key(&k.team_id)
+                        {
+                            self.refresh().await?;
+                        }
+                        let k = Arc::new(k);
+                        let mut c = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+                        c.by_hash.insert(hash.clone(), k.clone());
+                        if k.revoked_at.is_none() {
+                            self.active.store(true, Ordering::Relaxed);
+                        }
+                        let team = c.teams.get(&k.team_id).cloned();
+                        Some((k, team))
+                    }
+                }
+            }
+        };
+        let Some((key, team)) = found else {
+            return Err(invalid());
+        };
+        if key.revoked_at.is_some() {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Side::Client,
+                "this API key has been revoked",
+            ));
+        }
+        let team = team.ok_or_else(|| Error::internal("a key's team is missing from the store"))?;
+        Ok(Some(Access { key, team }))
+    }
+
+    pub async fn create_team(
+        &self,
+        name: &str,
+        routes: Option<Vec<String>>,
+    ) -> Result<Team, Error> {
+        if name.trim().is_empty() {
+            return Err(Error::bad_request("a team needs a name").with_param("name"));
+        }
+        let team = Team {
+            id: format!("team_{}", random_hex(8)?),
+            name: name.to_owned(),
+            routes,
+            created_at: unix_now(),
+        };
+        self.store.create_team(&team).await.map_err(store_error)?;
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .teams
+            .insert(team.id.clone(), Arc::new(team.clone()));
+        Ok(team)
+    }
+
+    pub async fn teams(&self) -> Result<Vec<Team>, Error> {
+        self.store.teams().await.map_err(store_error)
+    }
+
+    pub async fn keys(&self) -> Result<Vec<StoredKey>, Error> {
+        self.store.keys().await.map_err(store_error)
+    }
+
+    /// Issue a key for the team named (or with the id) `team`. A key can never be given more
+    /// than its team holds: its routes must be within the team's.
+    pub async fn create_key(
+        &self,
+        team: &str,
+        name: &str,
+        routes: Option<Vec<String>>,
+    ) -> Result<IssuedKey, Error> {
+        let teams = self.store.teams().await.map_err(store_error)?;
+        let Some(t) = teams.iter().find(|t| t.name == team || t.id == team) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                format!("no team named '{team}'"),
+            )
+            .with_param("team"));
+        };
+        if let (Some(team_routes), Some(wanted)) = (&t.routes, &routes) {
+            if let Some(extra) = wanted.iter().find(|r| !team_routes.contains(r)) {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    Side::Client,
+                    format!("route '{extra}' is not allowed to team '{}'", t.name),
+                )
+                .with_param("routes"));
+            }
+        }
+        let routes = match (&t.routes, routes) {
+            // Unrestricted key in a restricted team: it gets the team's list.
+            (Some(tr), None) => Some(tr.clone()),
+            (_, r) => r,
+        };
+        let (key, prefix, hash) = new_secret()?;
+        let stored = StoredKey {
+            id: format!("key_{}", random_hex(8)?),
+            name: name.to_owned(),
+            team_id: t.id.clone(),
+            prefix,
+            hash,
+            routes,
+            created_at: unix_now(),
+            revoked_at: None,
+        };
+        self.store.insert_key(&stored).await.map_err(store_error)?;
+        {
+            let mut c = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+            c.teams.insert(t.id.clone(), Arc::new(t.clone()));
+            c.by_hash
+                .insert(stored.hash.clone(), Arc::new(stored.clone()));
+        }
+        self.active.store(true, Ordering::Relaxed);
+        Ok(IssuedKey { key, stored })
+    }
+
+    /// Revoke a key: refused at once on this instance, within a refresh on others.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
+        self.store
+            .revoke_key(id, unix_now())
+            .await
+            .map_err(store_error)?;
+        self.refresh().await
+    }
+
+    /// A new secret for a key; the old one stops working.
+    pub async fn rotate_key(&self, id: &str) -> Result<IssuedKey, Error> {
+        let (key, prefix, hash) = new_secret()?;
+        self.store
+            .rotate_key(id, &prefix, &hash)
+            .await
+            .map_err(store_error)?;
+        self.refresh().await?;
+        let stored = self
+            .cached(&hash)
+            .map(|(k, _)| (*k).clone())
+            .ok_or_else(|| Error::internal("a rotated key vanished"))?;
+        Ok(IssuedKey { key, stored })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_their_shape_and_hash_to_sha256() {
+        let (key, prefix, hash) = new_secret().unwrap();
+        assert!(looks_like_key(key.expose()));
+        assert!(key.expose().starts_with(&prefix));
+        assert_eq!(hash, hash_key(key.expose()));
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let (other, _, _) = new_secret().unwrap();
+        assert_ne!(key.expose(), other.expose());
+        assert!(!looks_like_key("rk-short"));
+        assert!(!looks_like_key(&format!("rk-{}", "g".repeat(64))));
+    }
+}

@@ -1,0 +1,9 @@
+//! Governance (DESIGN.md §6): who may spend what on which vendor. Today: virtual keys and teams,
+//! issued and checked here, stored through `relais-state`. Limits, budgets and the ledger build
+//! on the same [`Access`].
+//!
+//! This crate must never depend on the server or on any wire format.
+
+mod keys;
+
+pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};

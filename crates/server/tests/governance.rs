@@ -1,0 +1,265 @@
+//! Virtual keys and teams end to end (issue 7, first part): issued through the admin API,
+//! checked on every request, scoped to routes, rotated and revoked; against both stores,
+//! SQLite and PostgreSQL. PostgreSQL must be reachable on 127.0.0.1:5432 (`.ci/run` starts it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests: a failure is a failed test"
+)]
+
+mod common;
+
+use common::{Gateway, error_of};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-key-0123456789abcdef";
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `[governance]` section for a fresh store of `kind`, and a way to read everything the
+/// store holds as text (to prove no secret is in it).
+async fn store(kind: &str) -> (String, Box<dyn Fn(bool) -> String + Send + Sync>) {
+    match kind {
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(unique("relais-gov"));
+            let path = dir.join("relais.db");
+            let section = format!(
+                "[governance]\nstore = \"sqlite\"\nsqlite_path = \"{}\"\nrefresh_secs = 1\n",
+                path.display()
+            );
+            let dump = move |cleanup: bool| {
+                if cleanup {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return String::new();
+                }
+                // The database and its write-ahead log, as raw bytes.
+                let mut all = Vec::new();
+                for f in ["relais.db", "relais.db-wal"] {
+                    all.extend(std::fs::read(dir.join(f)).unwrap_or_default());
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            };
+            (section, Box::new(dump))
+        }
+        _ => {
+            let base = std::env::var("RELAIS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned()
+            });
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL must be reachable on 127.0.0.1:5432 (.ci/run starts it)");
+            tokio::spawn(conn);
+            let schema = unique("relais_gov");
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap();
+            let url = format!("{base} options='-c search_path={schema}'");
+            let section = format!(
+                "[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nrefresh_secs = 1\n"
+            );
+            let dump = move |cleanup: bool| {
+                let sql = if cleanup {
+                    format!("DROP SCHEMA {schema} CASCADE")
+                } else {
+                    format!(
+                        "SELECT t::text FROM {schema}.relais_keys t UNION ALL SELECT t::text FROM {schema}.relais_teams t"
+                    )
+                };
+                let out = std::process::Command::new("psql")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "test",
+                        "-At",
+                        "-c",
+                    ])
+                    .arg(sql)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            (section, Box::new(dump))
+        }
+    }
+}
+
+async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let c = Gateway::client();
+    let url = format!("{}{path}", gw.url);
+    let rb = if method == "GET" {
+        c.get(url)
+    } else {
+        c.post(url)
+    };
+    let rb = match body {
+        Some(b) => rb.json(&b),
+        None => rb,
+    };
+    let resp = rb.bearer_auth(ADMIN).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn chat(gw: &Gateway, model: &str, key: Option<&str>) -> reqwest::Response {
+    let rb = Gateway::client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}));
+    match key {
+        Some(k) => rb.bearer_auth(k),
+        None => rb,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn keys_lifecycle(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let extra = format!("[admin]\nkey = \"{ADMIN}\"\n{section}");
+    let gw = Gateway::start(&extra).await;
+
+    // No key issued yet: the gateway is open, as before.
+    assert_eq!(chat(&gw, "gpt-4o-mini", None).await.status(), 200);
+
+    let (status, team) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "search", "routes": ["gpt-4o-mini", "emb"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{team}");
+    let (status, err) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "x", "routes": ["nope"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    // A key cannot be given more than its team holds.
+    let (status, err) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "search", "name": "too much", "routes": ["failover"]})),
+    )
+    .await;
+    assert_eq!(status, 403, "{err}");
+    let (status, issued) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "search", "name": "app"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let id = issued["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("rk-") && key.len() == 67, "{key}");
+    assert!(key.starts_with(issued["prefix"].as_str().unwrap()));
+    assert_eq!(
+        issued["routes"],
+        json!(["gpt-4o-mini", "emb"]),
+        "inherits the team's routes"
+    );
+
+    // Now a key is required, and it is scoped.
+    error_of(chat(&gw, "gpt-4o-mini", None).await, 401).await;
+    assert_eq!(chat(&gw, "gpt-4o-mini", Some(&key)).await.status(), 200);
+    let e = error_of(chat(&gw, "failover", Some(&key)).await, 404).await;
+    assert_eq!(e["code"], "model_not_found");
+    error_of(chat(&gw, "gpt-4o-mini", Some("rk-0000")).await, 401).await;
+
+    // The store holds no secret: not the key, and its hash does not authenticate.
+    let stored = dump(false);
+    assert!(!stored.contains(&key), "plaintext key in the {kind} store");
+    let hash = relais_governance::hash_key(&key);
+    assert!(stored.contains(&hash), "the {kind} store keeps the hash");
+    error_of(chat(&gw, "gpt-4o-mini", Some(&hash)).await, 401).await;
+
+    // Listing shows prefixes, never secrets.
+    let (_, list) = admin(&gw, "GET", "/admin/keys", None).await;
+    let listed = list.to_string();
+    assert!(
+        !listed.contains(&key) && !listed.contains(&hash),
+        "{listed}"
+    );
+    assert_eq!(list["keys"][0]["prefix"], issued["prefix"]);
+
+    // Another instance on the same store accepts the key at once (a cache miss reads the store).
+    let other = Gateway::start(&extra).await;
+    assert_eq!(chat(&other, "gpt-4o-mini", Some(&key)).await.status(), 200);
+
+    // Rotation: the old secret stops, the new one works.
+    let (status, rotated) = admin(&gw, "POST", &format!("/admin/keys/{id}/rotate"), None).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    error_of(chat(&gw, "gpt-4o-mini", Some(&key)).await, 401).await;
+    assert_eq!(chat(&gw, "gpt-4o-mini", Some(&new_key)).await.status(), 200);
+
+    // Revocation: refused here at once, on the other instance within its refresh (1 s).
+    assert_eq!(
+        chat(&other, "gpt-4o-mini", Some(&new_key)).await.status(),
+        200
+    );
+    let (status, _) = admin(&gw, "POST", &format!("/admin/keys/{id}/revoke"), None).await;
+    assert_eq!(status, 200);
+    let e = error_of(chat(&gw, "gpt-4o-mini", Some(&new_key)).await, 401).await;
+    assert!(e["message"].as_str().unwrap().contains("revoked"), "{e}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    error_of(chat(&other, "gpt-4o-mini", Some(&new_key)).await, 401).await;
+    let (status, err) = admin(&gw, "POST", "/admin/keys/key_nope/revoke", None).await;
+    assert_eq!(status, 404, "{err}");
+    drop((gw, other));
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_virtual_keys_with_sqlite() {
+    keys_lifecycle("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_virtual_keys_with_postgres() {
+    keys_lifecycle("postgres").await;
+}
+
+#[tokio::test]
+async fn admin_key_endpoints_need_governance_and_the_admin_key() {
+    let gw = Gateway::start(&format!("[admin]\nkey = \"{ADMIN}\"\n")).await;
+    let (status, e) = admin(&gw, "GET", "/admin/keys", None).await;
+    assert_eq!(status, 404, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[governance]")
+    );
+    let resp = Gateway::client()
+        .get(format!("{}/admin/keys", gw.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
