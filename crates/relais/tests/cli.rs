@@ -429,3 +429,91 @@ fn serve_reloads_its_config_and_refuses_a_broken_one() {
         "the refusal names the problem: {log}"
     );
 }
+
+fn relais(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-upstream-0001")
+        .output()
+        .unwrap()
+}
+
+/// `relais teams` and `relais keys` work on the config's store; a running gateway accepts a key
+/// issued by the CLI (it reads the store on a miss) and refuses it once revoked (after its
+/// refresh).
+#[test]
+fn keys_issued_by_the_cli_work_on_a_running_gateway() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-keys", std::process::id()));
+    let text = format!(
+        "{}\n[governance]\nstore = \"sqlite\"\nsqlite_path = \"{}\"\nrefresh_secs = 1\n",
+        config(&mock.url(), port),
+        dir.join("relais.db").display()
+    );
+    let path = temp_config("keys", &text);
+    let out = relais(
+        &["teams", "create", "search", "--routes", "gpt-4o-mini"],
+        &path,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relais(
+        &["keys", "create", "--team", "search", "--name", "app"],
+        &path,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(key.starts_with("rk-") && key.len() == 67, "{key}");
+    let out = relais(&["keys", "list"], &path);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains(&key[..10]) && !list.contains(&key), "{list}");
+    let id = list.split_whitespace().next().unwrap().to_owned();
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-upstream-0001")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    let ask = |key: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf
+    };
+    assert!(ask(&key).starts_with("HTTP/1.1 200"));
+    assert!(ask("not-a-key").starts_with("HTTP/1.1 401"));
+    let out = relais(&["keys", "revoke", &id], &path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(ask(&key).starts_with("HTTP/1.1 401"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
