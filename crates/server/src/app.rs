@@ -959,6 +959,29 @@ fn key_json(k: &relais_state::StoredKey) -> serde_json::Value {
     })
 }
 
+/// What every key and team call starts with: the admin credential, the key ring, and for a
+/// POST its JSON body (`None` for a GET).
+async fn admin_request(
+    live: &Live,
+    headers: &HeaderMap,
+    method: &Method,
+    body: Body,
+) -> Result<
+    (
+        Arc<relais_governance::KeyRing>,
+        Option<serde_json::Map<String, serde_json::Value>>,
+    ),
+    Error,
+> {
+    admin_auth(live, headers)?;
+    let ring = keyring(live)?;
+    if *method == Method::GET {
+        return Ok((ring, None));
+    }
+    let bytes = read_body(body, headers, 64 * 1024).await?;
+    Ok((ring, Some(admin_body(&bytes)?)))
+}
+
 /// The admin body: a JSON object, or a 400 that says what is wrong.
 fn admin_body(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
     match serde_json::from_slice::<serde_json::Value>(bytes) {
@@ -1015,14 +1038,11 @@ async fn admin_teams(
 ) -> Response {
     let live = app.live();
     admin_answer(&headers, async {
-        admin_auth(&live, &headers)?;
-        let ring = keyring(&live)?;
-        if method == Method::GET {
+        let (ring, body) = admin_request(&live, &headers, &method, body).await?;
+        let Some(body) = body else {
             let list: Vec<_> = ring.teams().await?.iter().map(team_json).collect();
             return Ok((StatusCode::OK, serde_json::json!({ "teams": list })));
-        }
-        let bytes = read_body(body, &headers, 64 * 1024).await?;
-        let body = admin_body(&bytes)?;
+        };
         let routes = string_list(&body, "routes")?;
         if let Some(unknown) = routes
             .iter()
@@ -1051,14 +1071,11 @@ async fn admin_keys(
 ) -> Response {
     let live = app.live();
     admin_answer(&headers, async {
-        admin_auth(&live, &headers)?;
-        let ring = keyring(&live)?;
-        if method == Method::GET {
+        let (ring, body) = admin_request(&live, &headers, &method, body).await?;
+        let Some(body) = body else {
             let list: Vec<_> = ring.keys().await?.iter().map(key_json).collect();
             return Ok((StatusCode::OK, serde_json::json!({ "keys": list })));
-        }
-        let bytes = read_body(body, &headers, 64 * 1024).await?;
-        let body = admin_body(&bytes)?;
+        };
         let issued = ring
             .create_key(
                 string_field(&body, "team")?,

@@ -1,5 +1,6 @@
-//! The schema, one step per entry, shared by SQLite and PostgreSQL (the SQL below is the common
-//! subset of both). A step is applied once, in order, and recorded in `relais_schema`.
+//! The schema and the statements, shared by SQLite and PostgreSQL: the SQL below is the common
+//! subset of both, and `$1`-style parameters are positional in both. A schema step is applied
+//! once, in order, and recorded in `relais_schema`.
 
 pub(crate) const STEPS: &[&str] = &[
     "CREATE TABLE relais_teams (
@@ -22,3 +23,20 @@ pub(crate) const STEPS: &[&str] = &[
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS relais_schema (version BIGINT PRIMARY KEY)";
+
+pub(crate) const INSERT_TEAM: &str =
+    "INSERT INTO relais_teams (id, name, routes, created_at) VALUES ($1, $2, $3, $4)";
+pub(crate) const SELECT_TEAMS: &str =
+    "SELECT id, name, routes, created_at FROM relais_teams ORDER BY created_at, id";
+pub(crate) const INSERT_KEY: &str = "INSERT INTO relais_keys \
+    (id, name, team_id, prefix, hash, routes, created_at, revoked_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const SELECT_KEYS: &str = "SELECT id, name, team_id, prefix, hash, routes, created_at, \
+    revoked_at FROM relais_keys ORDER BY created_at, id";
+pub(crate) const SELECT_KEY_BY_HASH: &str = "SELECT id, name, team_id, prefix, hash, routes, \
+    created_at, revoked_at FROM relais_keys WHERE hash = $1";
+/// Revoking twice keeps the first time.
+pub(crate) const REVOKE_KEY: &str =
+    "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+pub(crate) const ROTATE_KEY: &str =
+    "UPDATE relais_keys SET prefix = $2, hash = $3 WHERE id = $1 AND revoked_at IS NULL";

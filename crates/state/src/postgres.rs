@@ -6,7 +6,10 @@ use relais_core::BoxFuture;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
-use crate::migrations::{CREATE_SCHEMA_TABLE, STEPS};
+use crate::migrations::{
+    CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
+    SELECT_KEYS, SELECT_TEAMS, STEPS,
+};
 use crate::{KeyStore, StoreError, StoredKey, Team, routes_from_text, routes_to_text};
 
 /// Keys and teams in PostgreSQL.
@@ -26,8 +29,6 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
     // The error's Display never includes the connection string, so no password leaks here.
     StoreError::Backend(format!("PostgreSQL: {e}"))
 }
-
-const KEY_COLUMNS: &str = "id, name, team_id, prefix, hash, routes, created_at, revoked_at";
 
 fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
     Ok(StoredKey {
@@ -100,8 +101,13 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             self.client
                 .execute(
-                    "INSERT INTO relais_teams (id, name, routes, created_at) VALUES ($1, $2, $3, $4)",
-                    &[&team.id, &team.name, &routes_to_text(&team.routes), &team.created_at],
+                    INSERT_TEAM,
+                    &[
+                        &team.id,
+                        &team.name,
+                        &routes_to_text(&team.routes),
+                        &team.created_at,
+                    ],
                 )
                 .await
                 .map_err(db_error)?;
@@ -113,10 +119,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             let rows = self
                 .client
-                .query(
-                    "SELECT id, name, routes, created_at FROM relais_teams ORDER BY created_at, id",
-                    &[],
-                )
+                .query(SELECT_TEAMS, &[])
                 .await
                 .map_err(db_error)?;
             rows.iter()
@@ -136,9 +139,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             self.client
                 .execute(
-                    &format!(
-                        "INSERT INTO relais_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                    ),
+                    INSERT_KEY,
                     &[
                         &k.id,
                         &k.name,
@@ -160,10 +161,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             let rows = self
                 .client
-                .query(
-                    &format!("SELECT {KEY_COLUMNS} FROM relais_keys ORDER BY created_at, id"),
-                    &[],
-                )
+                .query(SELECT_KEYS, &[])
                 .await
                 .map_err(db_error)?;
             rows.iter().map(key_from_row).collect()
@@ -177,10 +175,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             let row = self
                 .client
-                .query_opt(
-                    &format!("SELECT {KEY_COLUMNS} FROM relais_keys WHERE hash = $1"),
-                    &[&hash],
-                )
+                .query_opt(SELECT_KEY_BY_HASH, &[&hash])
                 .await
                 .map_err(db_error)?;
             row.as_ref().map(key_from_row).transpose()
@@ -191,10 +186,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             let n = self
                 .client
-                .execute(
-                    "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
-                    &[&id, &at],
-                )
+                .execute(REVOKE_KEY, &[&id, &at])
                 .await
                 .map_err(db_error)?;
             if n == 0 {
@@ -213,10 +205,7 @@ impl KeyStore for PostgresStore {
         Box::pin(async move {
             let n = self
                 .client
-                .execute(
-                    "UPDATE relais_keys SET prefix = $2, hash = $3 WHERE id = $1 AND revoked_at IS NULL",
-                    &[&id, &prefix, &hash],
-                )
+                .execute(ROTATE_KEY, &[&id, &prefix, &hash])
                 .await
                 .map_err(db_error)?;
             if n == 0 {

@@ -8,12 +8,21 @@ use std::time::Duration;
 use relais_core::BoxFuture;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
-use crate::migrations::{CREATE_SCHEMA_TABLE, STEPS};
+use crate::migrations::{
+    CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
+    SELECT_KEYS, SELECT_TEAMS, STEPS,
+};
 use crate::{KeyStore, StoreError, StoredKey, Team, routes_from_text, routes_to_text};
 
 /// Keys and teams in a SQLite file.
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+}
+
+/// The shared statements use PostgreSQL's `$1`; SQLite reads `$1` as a *named* parameter
+/// (numbered by first appearance) and `?1` as the numbered one.
+fn sql(statement: &str) -> String {
+    statement.replace('$', "?")
 }
 
 fn db_error(e: rusqlite::Error) -> StoreError {
@@ -70,8 +79,6 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<St
     ))
 }
 
-const KEY_COLUMNS: &str = "id, name, team_id, prefix, hash, routes, created_at, revoked_at";
-
 impl SqliteStore {
     /// Open (creating it if needed) the database file and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -126,7 +133,7 @@ impl KeyStore for SqliteStore {
         let team = team.clone();
         Box::pin(self.run(move |c| {
             c.execute(
-                "INSERT INTO relais_teams (id, name, routes, created_at) VALUES (?1, ?2, ?3, ?4)",
+                &sql(INSERT_TEAM),
                 params![
                     team.id,
                     team.name,
@@ -141,11 +148,7 @@ impl KeyStore for SqliteStore {
 
     fn teams(&self) -> BoxFuture<'_, Result<Vec<Team>, StoreError>> {
         Box::pin(self.run(|c| {
-            let mut stmt = c
-                .prepare(
-                    "SELECT id, name, routes, created_at FROM relais_teams ORDER BY created_at, id",
-                )
-                .map_err(db_error)?;
+            let mut stmt = c.prepare(&sql(SELECT_TEAMS)).map_err(db_error)?;
             let rows = stmt
                 .query_map([], |r| {
                     Ok((
@@ -174,7 +177,7 @@ impl KeyStore for SqliteStore {
         let k = key.clone();
         Box::pin(self.run(move |c| {
             c.execute(
-                &format!("INSERT INTO relais_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &sql(INSERT_KEY),
                 params![
                     k.id,
                     k.name,
@@ -193,11 +196,7 @@ impl KeyStore for SqliteStore {
 
     fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
         Box::pin(self.run(|c| {
-            let mut stmt = c
-                .prepare(&format!(
-                    "SELECT {KEY_COLUMNS} FROM relais_keys ORDER BY created_at, id"
-                ))
-                .map_err(db_error)?;
+            let mut stmt = c.prepare(&sql(SELECT_KEYS)).map_err(db_error)?;
             let rows = stmt.query_map([], key_from_row).map_err(db_error)?;
             let mut out = Vec::new();
             for row in rows {
@@ -216,11 +215,7 @@ impl KeyStore for SqliteStore {
         let hash = hash.to_owned();
         Box::pin(self.run(move |c| {
             let found = c
-                .query_row(
-                    &format!("SELECT {KEY_COLUMNS} FROM relais_keys WHERE hash = ?1"),
-                    params![hash],
-                    key_from_row,
-                )
+                .query_row(&sql(SELECT_KEY_BY_HASH), params![hash], key_from_row)
                 .optional()
                 .map_err(db_error)?;
             match found {
@@ -237,10 +232,7 @@ impl KeyStore for SqliteStore {
         let id = id.to_owned();
         Box::pin(self.run(move |c| {
             let n = c
-                .execute(
-                    "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                    params![id, at],
-                )
+                .execute(&sql(REVOKE_KEY), params![id, at])
                 .map_err(db_error)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("key {id}")));
@@ -258,10 +250,7 @@ impl KeyStore for SqliteStore {
         let (id, prefix, hash) = (id.to_owned(), prefix.to_owned(), hash.to_owned());
         Box::pin(self.run(move |c| {
             let n = c
-                .execute(
-                    "UPDATE relais_keys SET prefix = ?2, hash = ?3 WHERE id = ?1 AND revoked_at IS NULL",
-                    params![id, prefix, hash],
-                )
+                .execute(&sql(ROTATE_KEY), params![id, prefix, hash])
                 .map_err(db_error)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("active key {id}")));
