@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use relais_core::{Error, ErrorKind, Secret, Side};
-use relais_state::{KeyStore, StoreError, StoredKey, Team};
+use relais_state::{KeyStore, Limits, StoreError, StoredKey, Team};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -218,6 +218,7 @@ impl KeyRing {
         &self,
         name: &str,
         routes: Option<Vec<String>>,
+        limits: Limits,
     ) -> Result<Team, Error> {
         if name.trim().is_empty() {
             return Err(Error::bad_request("a team needs a name").with_param("name"));
@@ -227,6 +228,7 @@ impl KeyRing {
             name: name.to_owned(),
             routes,
             created_at: unix_now(),
+            limits,
         };
         self.store.create_team(&team).await.map_err(store_error)?;
         self.cache
@@ -246,12 +248,13 @@ impl KeyRing {
     }
 
     /// Issue a key for the team named (or with the id) `team`. A key can never be given more
-    /// than its team holds: its routes must be within the team's.
+    /// than its team holds: its routes must be within the team's, its limits no higher.
     pub async fn create_key(
         &self,
         team: &str,
         name: &str,
         routes: Option<Vec<String>>,
+        limits: Limits,
     ) -> Result<IssuedKey, Error> {
         let teams = self.store.teams().await.map_err(store_error)?;
         let Some(t) = teams.iter().find(|t| t.name == team || t.id == team) else {
@@ -272,6 +275,26 @@ impl KeyRing {
                 .with_param("routes"));
             }
         }
+        for (what, team_limit, key_limit) in [
+            ("rpm", t.limits.rpm, limits.rpm),
+            ("tpm", t.limits.tpm, limits.tpm),
+            (
+                "max_concurrent",
+                t.limits.max_concurrent,
+                limits.max_concurrent,
+            ),
+        ] {
+            if let (Some(tl), Some(kl)) = (team_limit, key_limit) {
+                if kl > tl {
+                    return Err(Error::new(
+                        ErrorKind::PermissionDenied,
+                        Side::Client,
+                        format!("{what} {kl} is above team '{}''s {tl}", t.name),
+                    )
+                    .with_param(what));
+                }
+            }
+        }
         let routes = match (&t.routes, routes) {
             // Unrestricted key in a restricted team: it gets the team's list.
             (Some(tr), None) => Some(tr.clone()),
@@ -287,6 +310,7 @@ impl KeyRing {
             routes,
             created_at: unix_now(),
             revoked_at: None,
+            limits,
         };
         self.store.insert_key(&stored).await.map_err(store_error)?;
         {

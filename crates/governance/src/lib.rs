@@ -5,5 +5,8 @@
 //! This crate must never depend on the server or on any wire format.
 
 mod keys;
+mod limits;
 
 pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
+pub use limits::{Limiter, Ticket};
+pub use relais_state::Limits;

@@ -66,6 +66,8 @@ enum KeysCmd {
         /// Routes the key may use (comma-separated), within its team's; all of the team's by default.
         #[arg(long, value_delimiter = ',')]
         routes: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List keys by prefix (never their secrets).
     List,
@@ -75,6 +77,30 @@ enum KeysCmd {
     Revoke { id: String },
 }
 
+/// Rate limits of a key or team (none by default).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute (prompt and output).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests at once.
+    #[arg(long)]
+    max_concurrent: Option<u64>,
+}
+
+impl From<LimitArgs> for relais_governance::Limits {
+    fn from(a: LimitArgs) -> Self {
+        Self {
+            rpm: a.rpm,
+            tpm: a.tpm,
+            max_concurrent: a.max_concurrent,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TeamsCmd {
     Create {
@@ -82,6 +108,8 @@ enum TeamsCmd {
         /// Routes the team's keys may use (comma-separated); all by default.
         #[arg(long, value_delimiter = ',')]
         routes: Option<Vec<String>>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     List,
 }
@@ -366,9 +394,14 @@ fn fmt_routes(routes: &Option<Vec<String>>) -> String {
 fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
     with_keyring(config, async |ring| {
         match action {
-            KeysCmd::Create { team, name, routes } => {
+            KeysCmd::Create {
+                team,
+                name,
+                routes,
+                limits,
+            } => {
                 let issued = ring
-                    .create_key(&team, &name, routes)
+                    .create_key(&team, &name, routes, limits.into())
                     .await
                     .map_err(|e| anyhow!(e.message))?;
                 println!("{}", issued.key.expose());
@@ -418,9 +451,13 @@ fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
 fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
     with_keyring(config, async |ring| {
         match action {
-            TeamsCmd::Create { name, routes } => {
+            TeamsCmd::Create {
+                name,
+                routes,
+                limits,
+            } => {
                 let t = ring
-                    .create_team(&name, routes)
+                    .create_team(&name, routes, limits.into())
                     .await
                     .map_err(|e| anyhow!(e.message))?;
                 println!("{}", t.id);

@@ -81,6 +81,14 @@ impl Live {
             .flat_map(|e| e.series.iter().map(|s| &**s))
     }
 
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    fn default_max_tokens(&self) -> u64 {
+        self.runtime
+            .governance
+            .as_ref()
+            .map_or(4096, |g| g.default_max_tokens)
+    }
+
     fn series_of(&self, route: &str, deployment: usize) -> Option<&Arc<Series>> {
         self.entries.get(route)?.series.get(deployment)
     }
@@ -160,6 +168,31 @@ pub(crate) enum Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// Reserve room under the key's and its team's limits for a request that may use up to
+    /// `tokens`; `None` when the caller has no limits to keep.
+    fn admit(
+        &self,
+        limiter: &Arc<relais_governance::Limiter>,
+        tokens: u64,
+    ) -> Result<Option<relais_governance::Ticket>, Error> {
+        let Self::Virtual(access) = self else {
+            return Ok(None);
+        };
+        let (k, t) = (&access.key, &access.team);
+        if k.limits == relais_governance::Limits::default()
+            && t.limits == relais_governance::Limits::default()
+        {
+            return Ok(None);
+        }
+        let key_name = format!("key '{}' ({}...)", k.name, k.prefix);
+        let team_name = format!("team '{}'", t.name);
+        let subjects = [
+            (format!("key:{}", k.id), key_name.as_str(), k.limits),
+            (format!("team:{}", t.id), team_name.as_str(), t.limits),
+        ];
+        limiter.admit(&subjects, tokens).map(Some)
+    }
+
     fn allows(&self, route: &str) -> bool {
         match self {
             Self::Open => true,
@@ -175,6 +208,8 @@ impl Caller<'_> {
 /// Shared state of the server.
 pub struct AppState {
     live: RwLock<Arc<Live>>,
+    /// Per-key and per-team limits of this process; outlives reloads.
+    pub limiter: Arc<relais_governance::Limiter>,
     pub global: Global,
     pub draining: AtomicBool,
     /// Flipped to true at the drain deadline: open streams end with an error event.
@@ -186,6 +221,7 @@ impl AppState {
     pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
         Self {
             live: RwLock::new(Arc::new(Live::new(runtime, None))),
+            limiter: Arc::default(),
             global: Global::default(),
             draining: AtomicBool::new(false),
             abort_streams,
@@ -505,10 +541,15 @@ async fn chat_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Chat)?;
-        Ok::<_, Error>((req, entry))
+        let reserve = req.estimate_input_tokens()
+            + req
+                .max_output_tokens
+                .map_or(live.default_max_tokens(), u64::from);
+        let ticket = key.admit(&app.limiter, reserve)?;
+        Ok::<_, Error>((req, entry, ticket))
     }
     .await;
-    let (req, entry) = match admitted {
+    let (req, entry, ticket) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -548,6 +589,7 @@ async fn chat_with(
             start: ctx.start,
             usage: None,
             finished: false,
+            ticket,
             _inflight: inflight,
         };
         let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
@@ -564,7 +606,10 @@ async fn chat_with(
         let collect_start = Instant::now();
         let collected = collect(routed.stream).await;
         let upstream = routed.upstream_wait + collect_start.elapsed();
-        drop(inflight);
+        if let (Some(t), Ok(r)) = (&ticket, &collected) {
+            t.settle(r.usage.map_or(0, |u| u.total_tokens()));
+        }
+        drop((inflight, ticket));
         series.duration.observe(ctx.start.elapsed());
         match collected {
             Ok(r) => {
@@ -613,6 +658,8 @@ struct StreamGuard {
     start: Instant,
     usage: Option<Usage>,
     finished: bool,
+    /// The request's place under its key's limits, settled with the streamed usage at the end.
+    ticket: Option<relais_governance::Ticket>,
     _inflight: Inflight,
 }
 
@@ -644,6 +691,9 @@ impl Drop for StreamGuard {
         }
         if let Some(u) = &self.usage {
             self.series.tokens(u);
+        }
+        if let (Some(t), Some(u)) = (&self.ticket, &self.usage) {
+            t.settle(u.total_tokens());
         }
         self.series.duration.observe(self.start.elapsed());
     }
@@ -790,10 +840,17 @@ async fn embeddings_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Embeddings)?;
-        Ok::<_, Error>((req, base64, entry))
+        let estimate = req
+            .input
+            .iter()
+            .map(|s| s.len() as u64)
+            .sum::<u64>()
+            .div_ceil(4);
+        let ticket = key.admit(&app.limiter, estimate)?;
+        Ok::<_, Error>((req, base64, entry, ticket))
     }
     .await;
-    let (req, base64, entry) = match admitted {
+    let (req, base64, entry, ticket) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -803,6 +860,9 @@ async fn embeddings_with(
     let _inflight = Inflight::new(&app);
     match entry.route.embed(&req).await {
         Ok((i, resp, failed, waited)) => {
+            if let Some(t) = &ticket {
+                t.settle(resp.usage.total_tokens());
+            }
             record_failed(&live, &failed);
             if let Some(s) = entry.series.get(i) {
                 s.ok.fetch_add(1, Ordering::Relaxed);
@@ -947,8 +1007,30 @@ fn keyring(live: &Live) -> Result<Arc<relais_governance::KeyRing>, Error> {
     })
 }
 
+fn limits_json(l: &relais_governance::Limits) -> serde_json::Value {
+    serde_json::json!({"rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent})
+}
+
 fn team_json(t: &relais_state::Team) -> serde_json::Value {
-    serde_json::json!({"id": t.id, "name": t.name, "routes": t.routes, "created_at": t.created_at})
+    serde_json::json!({"id": t.id, "name": t.name, "routes": t.routes, "created_at": t.created_at,
+        "limits": limits_json(&t.limits)})
+}
+
+/// `rpm`, `tpm`, `max_concurrent` from an admin body: positive integers when present.
+fn limits_of(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<relais_governance::Limits, Error> {
+    let one = |field: &str| match body.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v.as_u64().filter(|n| *n > 0).map(Some).ok_or_else(|| {
+            Error::bad_request(format!("{field} must be a positive integer")).with_param(field)
+        }),
+    };
+    Ok(relais_governance::Limits {
+        rpm: one("rpm")?,
+        tpm: one("tpm")?,
+        max_concurrent: one("max_concurrent")?,
+    })
 }
 
 /// A key as listed: never its secret or hash, only the prefix that recognises it.
@@ -956,6 +1038,7 @@ fn key_json(k: &relais_state::StoredKey) -> serde_json::Value {
     serde_json::json!({
         "id": k.id, "name": k.name, "team_id": k.team_id, "prefix": k.prefix,
         "routes": k.routes, "created_at": k.created_at, "revoked_at": k.revoked_at,
+        "limits": limits_json(&k.limits),
     })
 }
 
@@ -1054,7 +1137,7 @@ async fn admin_teams(
             );
         }
         let team = ring
-            .create_team(string_field(&body, "name")?, routes)
+            .create_team(string_field(&body, "name")?, routes, limits_of(&body)?)
             .await?;
         Ok((StatusCode::CREATED, team_json(&team)))
     })
@@ -1081,6 +1164,7 @@ async fn admin_keys(
                 string_field(&body, "team")?,
                 string_field(&body, "name")?,
                 string_list(&body, "routes")?,
+                limits_of(&body)?,
             )
             .await?;
         let mut value = key_json(&issued.stored);

@@ -55,6 +55,13 @@ pub struct GovernanceConfig {
     /// arrives here.
     #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
+    /// Output tokens reserved against a TPM limit for a request that sets no `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_max_tokens() -> u64 {
+    4096
 }
 
 fn default_store() -> String {

@@ -263,3 +263,171 @@ async fn admin_key_endpoints_need_governance_and_the_admin_key() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+async fn issue(gw: &Gateway, team: Value, key: Value) -> String {
+    let (status, t) = admin(gw, "POST", "/admin/teams", Some(team)).await;
+    assert_eq!(status, 201, "{t}");
+    let (status, k) = admin(gw, "POST", "/admin/keys", Some(key)).await;
+    assert_eq!(status, 201, "{k}");
+    k["key"].as_str().unwrap().to_owned()
+}
+
+/// Per-key and per-team limits: requests per minute over a sliding minute, requests at once, and
+/// tokens per minute with a reservation (prompt + max_tokens) settled to the real usage.
+async fn limits_hold(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let gw = Gateway::start(&format!("[admin]\nkey = \"{ADMIN}\"\n{section}")).await;
+
+    // A key may not be given more than its team.
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "small", "rpm": 10})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, e) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "small", "name": "greedy", "rpm": 11})),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+
+    // RPM 3 on the key: the fourth request in the minute is a 429 with the wait.
+    let key = issue(
+        &gw,
+        json!({"name": "rpm"}),
+        json!({"team": "rpm", "name": "k", "rpm": 3}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "gpt-4o-mini", Some(&key)).await.status(), 200);
+    }
+    let resp = chat(&gw, "gpt-4o-mini", Some(&key)).await;
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "retry-after {wait}");
+    let e = error_of(resp, 429).await;
+    assert_eq!(e["code"], "rate_limit_exceeded");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 requests per minute"),
+        "{e}"
+    );
+
+    // One request at once for the team: a second while the first waits on a slow upstream is
+    // refused; after it, the next one passes.
+    let key = issue(
+        &gw,
+        json!({"name": "serial", "max_concurrent": 1}),
+        json!({"team": "serial", "name": "k"}),
+    )
+    .await;
+    gw.mock.push_fault(relais_testkit::Fault {
+        model: Some("gpt-4o-mini".into()),
+        delay_ms: Some(500),
+        ..Default::default()
+    });
+    let slow = {
+        let (url, key) = (gw.url.clone(), key.clone());
+        tokio::spawn(async move {
+            Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let e = error_of(chat(&gw, "gpt-4o-mini", Some(&key)).await, 429).await;
+    assert!(
+        e["message"].as_str().unwrap().contains("team 'serial'"),
+        "{e}"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(chat(&gw, "gpt-4o-mini", Some(&key)).await.status(), 200);
+
+    // TPM 100: a request reserving ~85 (prompt + max_tokens 80) holds the room while it runs;
+    // settled to its real usage (~10 tokens), it leaves room for the next.
+    let key = issue(
+        &gw,
+        json!({"name": "tokens"}),
+        json!({"team": "tokens", "name": "k", "tpm": 100}),
+    )
+    .await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 80, "messages": [{"role": "user", "content": "hi"}]});
+    gw.mock.push_fault(relais_testkit::Fault {
+        model: Some("gpt-4o-mini".into()),
+        delay_ms: Some(500),
+        ..Default::default()
+    });
+    let first = {
+        let (url, key, body) = (gw.url.clone(), key.clone(), body.clone());
+        tokio::spawn(async move {
+            Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let send = || {
+        Gateway::client()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let e = error_of(send().await.unwrap(), 429).await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 tokens per minute"),
+        "{e}"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        send().await.unwrap().status(),
+        200,
+        "settled to the real usage"
+    );
+    // Too big on its own: refused without a retry-after, whatever the minute holds.
+    let huge = json!({"model": "gpt-4o-mini", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = Gateway::client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&key)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("retry-after").is_none());
+    error_of(resp, 429).await;
+    drop(gw);
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_key_and_team_limits_with_sqlite() {
+    limits_hold("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_key_and_team_limits_with_postgres() {
+    limits_hold("postgres").await;
+}

@@ -13,6 +13,17 @@ use relais_core::BoxFuture;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// Rate limits of a key or a team; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute (prompt and output).
+    pub tpm: Option<u64>,
+    /// Requests at once.
+    pub max_concurrent: Option<u64>,
+}
+
 /// A team: the unit keys belong to and budgets will be set on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
@@ -22,6 +33,8 @@ pub struct Team {
     pub routes: Option<Vec<String>>,
     /// Unix seconds.
     pub created_at: i64,
+    /// For all the team's keys together.
+    pub limits: Limits,
 }
 
 /// A virtual key as stored: never the key itself.
@@ -38,6 +51,7 @@ pub struct StoredKey {
     pub routes: Option<Vec<String>>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +87,21 @@ pub trait KeyStore: Send + Sync {
         prefix: &'a str,
         hash: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Limits as stored: three nullable BIGINT columns.
+fn limits_to_sql(l: &Limits) -> [Option<i64>; 3] {
+    let c = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    [c(l.rpm), c(l.tpm), c(l.max_concurrent)]
+}
+
+fn limits_from_sql(v: [Option<i64>; 3]) -> Limits {
+    let c = |n: Option<i64>| n.map(|n| u64::try_from(n).unwrap_or(0));
+    Limits {
+        rpm: c(v[0]),
+        tpm: c(v[1]),
+        max_concurrent: c(v[2]),
+    }
 }
 
 fn routes_to_text(routes: &Option<Vec<String>>) -> Option<String> {

@@ -19,22 +19,28 @@ pub(crate) const STEPS: &[&str] = &[
         created_at BIGINT NOT NULL,
         revoked_at BIGINT
     )",
+    "ALTER TABLE relais_teams ADD COLUMN rpm BIGINT;
+     ALTER TABLE relais_teams ADD COLUMN tpm BIGINT;
+     ALTER TABLE relais_teams ADD COLUMN max_concurrent BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN rpm BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN tpm BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN max_concurrent BIGINT",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS relais_schema (version BIGINT PRIMARY KEY)";
 
-pub(crate) const INSERT_TEAM: &str =
-    "INSERT INTO relais_teams (id, name, routes, created_at) VALUES ($1, $2, $3, $4)";
-pub(crate) const SELECT_TEAMS: &str =
-    "SELECT id, name, routes, created_at FROM relais_teams ORDER BY created_at, id";
+pub(crate) const INSERT_TEAM: &str = "INSERT INTO relais_teams \
+    (id, name, routes, created_at, rpm, tpm, max_concurrent) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const SELECT_TEAMS: &str = "SELECT id, name, routes, created_at, rpm, tpm, \
+    max_concurrent FROM relais_teams ORDER BY created_at, id";
 pub(crate) const INSERT_KEY: &str = "INSERT INTO relais_keys \
-    (id, name, team_id, prefix, hash, routes, created_at, revoked_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    (id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, max_concurrent) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 pub(crate) const SELECT_KEYS: &str = "SELECT id, name, team_id, prefix, hash, routes, created_at, \
-    revoked_at FROM relais_keys ORDER BY created_at, id";
+    revoked_at, rpm, tpm, max_concurrent FROM relais_keys ORDER BY created_at, id";
 pub(crate) const SELECT_KEY_BY_HASH: &str = "SELECT id, name, team_id, prefix, hash, routes, \
-    created_at, revoked_at FROM relais_keys WHERE hash = $1";
+    created_at, revoked_at, rpm, tpm, max_concurrent FROM relais_keys WHERE hash = $1";
 /// Revoking twice keeps the first time.
 pub(crate) const REVOKE_KEY: &str =
     "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";

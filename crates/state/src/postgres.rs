@@ -10,7 +10,10 @@ use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
     SELECT_KEYS, SELECT_TEAMS, STEPS,
 };
-use crate::{KeyStore, StoreError, StoredKey, Team, routes_from_text, routes_to_text};
+use crate::{
+    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, routes_from_text,
+    routes_to_text,
+};
 
 /// Keys and teams in PostgreSQL.
 pub struct PostgresStore {
@@ -30,6 +33,14 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("PostgreSQL: {e}"))
 }
 
+fn limits_from_row(r: &Row, first: usize) -> Result<crate::Limits, StoreError> {
+    Ok(limits_from_sql([
+        r.try_get(first).map_err(db_error)?,
+        r.try_get(first + 1).map_err(db_error)?,
+        r.try_get(first + 2).map_err(db_error)?,
+    ]))
+}
+
 fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
     Ok(StoredKey {
         id: r.try_get(0).map_err(db_error)?,
@@ -40,6 +51,7 @@ fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
         routes: routes_from_text(r.try_get(5).map_err(db_error)?)?,
         created_at: r.try_get(6).map_err(db_error)?,
         revoked_at: r.try_get(7).map_err(db_error)?,
+        limits: limits_from_row(r, 8)?,
     })
 }
 
@@ -99,6 +111,7 @@ impl KeyStore for PostgresStore {
 
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let [rpm, tpm, concurrent] = limits_to_sql(&team.limits);
             self.client
                 .execute(
                     INSERT_TEAM,
@@ -107,6 +120,9 @@ impl KeyStore for PostgresStore {
                         &team.name,
                         &routes_to_text(&team.routes),
                         &team.created_at,
+                        &rpm,
+                        &tpm,
+                        &concurrent,
                     ],
                 )
                 .await
@@ -129,6 +145,7 @@ impl KeyStore for PostgresStore {
                         name: r.try_get(1).map_err(db_error)?,
                         routes: routes_from_text(r.try_get(2).map_err(db_error)?)?,
                         created_at: r.try_get(3).map_err(db_error)?,
+                        limits: limits_from_row(r, 4)?,
                     })
                 })
                 .collect()
@@ -137,6 +154,7 @@ impl KeyStore for PostgresStore {
 
     fn insert_key<'a>(&'a self, k: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let [rpm, tpm, concurrent] = limits_to_sql(&k.limits);
             self.client
                 .execute(
                     INSERT_KEY,
@@ -149,6 +167,9 @@ impl KeyStore for PostgresStore {
                         &routes_to_text(&k.routes),
                         &k.created_at,
                         &k.revoked_at,
+                        &rpm,
+                        &tpm,
+                        &concurrent,
                     ],
                 )
                 .await

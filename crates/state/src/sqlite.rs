@@ -12,7 +12,10 @@ use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
     SELECT_KEYS, SELECT_TEAMS, STEPS,
 };
-use crate::{KeyStore, StoreError, StoredKey, Team, routes_from_text, routes_to_text};
+use crate::{
+    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, routes_from_text,
+    routes_to_text,
+};
 
 /// Keys and teams in a SQLite file.
 pub struct SqliteStore {
@@ -74,6 +77,7 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<St
             routes: None,
             created_at: r.get(6)?,
             revoked_at: r.get(7)?,
+            limits: limits_from_sql([r.get(8)?, r.get(9)?, r.get(10)?]),
         },
         r.get(5)?,
     ))
@@ -132,13 +136,17 @@ impl KeyStore for SqliteStore {
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         let team = team.clone();
         Box::pin(self.run(move |c| {
+            let [rpm, tpm, concurrent] = limits_to_sql(&team.limits);
             c.execute(
                 &sql(INSERT_TEAM),
                 params![
                     team.id,
                     team.name,
                     routes_to_text(&team.routes),
-                    team.created_at
+                    team.created_at,
+                    rpm,
+                    tpm,
+                    concurrent
                 ],
             )
             .map_err(db_error)?;
@@ -156,17 +164,19 @@ impl KeyStore for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, i64>(3)?,
+                        limits_from_sql([r.get(4)?, r.get(5)?, r.get(6)?]),
                     ))
                 })
                 .map_err(db_error)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, name, routes, created_at) = row.map_err(db_error)?;
+                let (id, name, routes, created_at, limits) = row.map_err(db_error)?;
                 out.push(Team {
                     id,
                     name,
                     routes: routes_from_text(routes)?,
                     created_at,
+                    limits,
                 });
             }
             Ok(out)
@@ -176,6 +186,7 @@ impl KeyStore for SqliteStore {
     fn insert_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         let k = key.clone();
         Box::pin(self.run(move |c| {
+            let [rpm, tpm, concurrent] = limits_to_sql(&k.limits);
             c.execute(
                 &sql(INSERT_KEY),
                 params![
@@ -186,7 +197,10 @@ impl KeyStore for SqliteStore {
                     k.hash,
                     routes_to_text(&k.routes),
                     k.created_at,
-                    k.revoked_at
+                    k.revoked_at,
+                    rpm,
+                    tpm,
+                    concurrent
                 ],
             )
             .map_err(db_error)?;

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use relais_state::{KeyStore, PostgresStore, SqliteStore, StoreError, StoredKey, Team};
+use relais_state::{KeyStore, Limits, PostgresStore, SqliteStore, StoreError, StoredKey, Team};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -77,6 +77,11 @@ fn team(name: &str) -> Team {
         name: name.to_owned(),
         routes: Some(vec!["gpt-4o-mini".to_owned()]),
         created_at: 1_700_000_000,
+        limits: Limits {
+            rpm: Some(600),
+            tpm: None,
+            max_concurrent: Some(20),
+        },
     }
 }
 
@@ -90,6 +95,11 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
         routes: None,
         created_at: 1_700_000_100,
         revoked_at: None,
+        limits: Limits {
+            rpm: None,
+            tpm: Some(100_000),
+            max_concurrent: None,
+        },
     }
 }
 
@@ -106,7 +116,7 @@ async fn suite(store: &dyn KeyStore) {
     ));
     let teams = store.teams().await.unwrap();
     assert_eq!(teams.len(), 2);
-    assert_eq!(teams[0].routes, Some(vec!["gpt-4o-mini".to_owned()]));
+    assert!(teams.contains(&team("search")), "{teams:?}");
 
     let mut k1 = key("k1", "search", "aa11");
     k1.routes = Some(vec!["a".into(), "b".into()]);
@@ -121,6 +131,7 @@ async fn suite(store: &dyn KeyStore) {
         store.insert_key(&key("k4", "nobody", "cc33")).await,
         Err(StoreError::Conflict(_))
     ));
+    // Everything round-trips, limits included.
     assert_eq!(store.key_by_hash("aa11").await.unwrap(), Some(k1.clone()));
     assert_eq!(store.key_by_hash("zz99").await.unwrap(), None);
     let ids: Vec<String> = store

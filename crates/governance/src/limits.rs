@@ -1,0 +1,249 @@
+//! Per-key and per-team rate limits, in this process: requests per minute, tokens per minute and
+//! requests at once, over an exact sliding minute (a log of what was admitted, not buckets), so
+//! no minute-long window ever holds more than the limit.
+//!
+//! Admission reserves the worst case: the prompt estimate plus the request's output cap (or the
+//! configured default cap); settlement replaces the reservation with the tokens the upstream
+//! reported, so concurrent requests can never overrun a TPM limit, and a short answer gives
+//! the unused part back. A shared store for many instances (Redis) builds on the same
+//! [`Ticket`] contract.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use relais_core::{Error, ErrorKind, Retry, Side};
+use relais_state::Limits;
+use tokio::time::Instant;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Subject {
+    /// Admitted requests of the last minute: when, ticket id, tokens counted.
+    admitted: VecDeque<(Instant, u64, u64)>,
+    inflight: u64,
+}
+
+impl Subject {
+    fn prune(&mut self, now: Instant) {
+        while self
+            .admitted
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            self.admitted.pop_front();
+        }
+    }
+
+    fn tokens(&self) -> u64 {
+        self.admitted.iter().map(|(_, _, n)| n).sum()
+    }
+
+    /// When enough of the minute's entries have left for `fits` to hold.
+    fn wait_until(&self, now: Instant, fits: impl Fn(usize, u64) -> bool) -> Duration {
+        let mut count = self.admitted.len();
+        let mut tokens = self.tokens();
+        for (t, _, n) in &self.admitted {
+            count -= 1;
+            tokens -= n;
+            if fits(count, tokens) {
+                return (*t + MINUTE).saturating_duration_since(now);
+            }
+        }
+        MINUTE
+    }
+}
+
+/// Limits per subject (`key:ID`, `team:ID`) in this process.
+#[derive(Default)]
+pub struct Limiter {
+    subjects: Mutex<HashMap<String, Subject>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// An admitted request's place under its limits: it holds the concurrency slots until dropped,
+/// and [`Ticket::settle`] replaces the reserved tokens with the real ones.
+pub struct Ticket {
+    limiter: Arc<Limiter>,
+    id: u64,
+    subjects: Vec<String>,
+}
+
+fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {
+    let mut e = Error::new(
+        ErrorKind::RateLimited,
+        Side::Client,
+        format!("{who} is over its {what}"),
+    )
+    .with_code("rate_limit_exceeded");
+    if let Some(w) = wait {
+        e = e.with_retry(Retry::After(w.max(Duration::from_secs(1))));
+    }
+    e
+}
+
+impl Limiter {
+    /// Admit a request costing up to `tokens` under every subject's limits, all or nothing.
+    /// `subjects`: (subject id, what to call it in an error, its limits).
+    pub fn admit(
+        self: &Arc<Self>,
+        subjects: &[(String, &str, Limits)],
+        tokens: u64,
+    ) -> Result<Ticket, Error> {
+        let now = Instant::now();
+        let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, who, limits) in subjects {
+            let s = map.entry(id.clone()).or_default();
+            s.prune(now);
+            if let Some(max) = limits.max_concurrent {
+                if s.inflight >= max {
+                    return Err(refuse(
+                        who,
+                        format!("limit of {max} requests at once"),
+                        Some(Duration::from_secs(1)),
+                    ));
+                }
+            }
+            if let Some(rpm) = limits.rpm {
+                if s.admitted.len() as u64 >= rpm {
+                    let wait = s.wait_until(now, |count, _| (count as u64) < rpm);
+                    return Err(refuse(
+                        who,
+                        format!("{rpm} requests per minute"),
+                        Some(wait),
+                    ));
+                }
+            }
+            if let Some(tpm) = limits.tpm {
+                if tokens > tpm {
+                    return Err(refuse(
+                        who,
+                        format!(
+                            "{tpm} tokens per minute: this request alone may use {tokens} (prompt plus max_tokens); lower max_tokens"
+                        ),
+                        None,
+                    ));
+                }
+                if s.tokens() + tokens > tpm {
+                    let wait = s.wait_until(now, |_, used| used + tokens <= tpm);
+                    return Err(refuse(who, format!("{tpm} tokens per minute"), Some(wait)));
+                }
+            }
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (sid, _, _) in subjects {
+            let s = map.entry(sid.clone()).or_default();
+            s.admitted.push_back((now, id, tokens));
+            s.inflight += 1;
+        }
+        Ok(Ticket {
+            limiter: self.clone(),
+            id,
+            subjects: subjects.iter().map(|(s, _, _)| s.clone()).collect(),
+        })
+    }
+}
+
+impl Ticket {
+    /// The upstream reported what the request really used: count that instead of the
+    /// reservation.
+    pub fn settle(&self, tokens: u64) {
+        let mut map = self
+            .limiter
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for sid in &self.subjects {
+            if let Some(s) = map.get_mut(sid) {
+                if let Some(entry) = s.admitted.iter_mut().find(|(_, id, _)| *id == self.id) {
+                    entry.2 = tokens;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut map = self
+            .limiter
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for sid in &self.subjects {
+            if let Some(s) = map.get_mut(sid) {
+                s.inflight = s.inflight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rpm: Option<u64>, tpm: Option<u64>, max_concurrent: Option<u64>) -> Limits {
+        Limits {
+            rpm,
+            tpm,
+            max_concurrent,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_over_an_exact_sliding_minute() {
+        let l = Arc::new(Limiter::default());
+        let key = vec![("key:a".to_owned(), "key 'a'", limits(Some(3), None, None))];
+        for _ in 0..3 {
+            drop(l.admit(&key, 1).unwrap());
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        // At t=30 s: three in the last minute; the first leaves at t=60 s.
+        let e = l.admit(&key, 1).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(l.admit(&key, 1).is_ok());
+        assert!(l.admit(&key, 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_reserved_then_settled() {
+        let l = Arc::new(Limiter::default());
+        let key = vec![("key:a".to_owned(), "key 'a'", limits(None, Some(100), None))];
+        let first = l.admit(&key, 85).unwrap();
+        assert!(l.admit(&key, 85).is_err(), "the reservation holds the room");
+        first.settle(10);
+        let second = l.admit(&key, 85).unwrap();
+        drop((first, second));
+        let e = l.admit(&key, 101).err().unwrap();
+        assert_eq!(
+            e.retry_after(),
+            None,
+            "too big on its own: waiting will not help"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_and_all_or_nothing_across_key_and_team() {
+        let l = Arc::new(Limiter::default());
+        let both = vec![
+            ("key:a".to_owned(), "key 'a'", limits(None, None, Some(5))),
+            ("team:t".to_owned(), "team 't'", limits(None, None, Some(1))),
+        ];
+        let held = l.admit(&both, 0).unwrap();
+        let e = l.admit(&both, 0).err().unwrap();
+        assert!(e.message.contains("team 't'"), "{}", e.message);
+        // The refused request took no slot from the key either.
+        assert_eq!(
+            l.subjects.lock().unwrap()["key:a"].inflight,
+            1,
+            "only the held ticket"
+        );
+        drop(held);
+        assert!(l.admit(&both, 0).is_ok());
+    }
+}
