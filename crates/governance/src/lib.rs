@@ -6,7 +6,9 @@
 
 mod keys;
 mod limits;
+mod redis_limits;
 
 pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
-pub use limits::{Limiter, Ticket};
+pub use limits::{Limiter, RateLimits, Ticket};
+pub use redis_limits::RedisLimiter;
 pub use relais_state::Limits;

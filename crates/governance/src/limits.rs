@@ -65,12 +65,74 @@ pub struct Limiter {
 /// An admitted request's place under its limits: it holds the concurrency slots until dropped,
 /// and [`Ticket::settle`] replaces the reserved tokens with the real ones.
 pub struct Ticket {
-    limiter: Arc<Limiter>,
-    id: u64,
-    subjects: Vec<String>,
+    inner: TicketInner,
 }
 
-fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {
+enum TicketInner {
+    Local {
+        limiter: Arc<Limiter>,
+        id: u64,
+        subjects: Vec<String>,
+    },
+    Redis {
+        limiter: Arc<crate::redis_limits::RedisLimiter>,
+        id: String,
+        subjects: Vec<String>,
+    },
+}
+
+impl Ticket {
+    pub(crate) fn redis(
+        limiter: Arc<crate::redis_limits::RedisLimiter>,
+        id: String,
+        subjects: Vec<String>,
+    ) -> Self {
+        Self {
+            inner: TicketInner::Redis {
+                limiter,
+                id,
+                subjects,
+            },
+        }
+    }
+}
+
+/// Where limits are counted: in this process, or in Redis for every instance together.
+#[derive(Clone)]
+pub enum RateLimits {
+    Local(Arc<Limiter>),
+    Redis(Arc<crate::redis_limits::RedisLimiter>),
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self::Local(Arc::default())
+    }
+}
+
+impl RateLimits {
+    /// Admit a request costing up to `tokens` under every subject's limits, all or nothing.
+    /// `Ok(None)`: admitted without a ticket (Redis down and configured to fail open).
+    pub async fn admit(
+        &self,
+        subjects: &[(String, &str, Limits)],
+        tokens: u64,
+    ) -> Result<Option<Ticket>, Error> {
+        match self {
+            Self::Local(l) => l.admit(subjects, tokens).map(Some),
+            Self::Redis(r) => r.admit(subjects, tokens).await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
+pub(crate) fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {
     let mut e = Error::new(
         ErrorKind::RateLimited,
         Side::Client,
@@ -140,9 +202,11 @@ impl Limiter {
             s.inflight += 1;
         }
         Ok(Ticket {
-            limiter: self.clone(),
-            id,
-            subjects: subjects.iter().map(|(s, _, _)| s.clone()).collect(),
+            inner: TicketInner::Local {
+                limiter: self.clone(),
+                id,
+                subjects: subjects.iter().map(|(s, _, _)| s.clone()).collect(),
+            },
         })
     }
 }
@@ -151,32 +215,54 @@ impl Ticket {
     /// The upstream reported what the request really used: count that instead of the
     /// reservation.
     pub fn settle(&self, tokens: u64) {
-        let mut map = self
-            .limiter
-            .subjects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for sid in &self.subjects {
-            if let Some(s) = map.get_mut(sid) {
-                if let Some(entry) = s.admitted.iter_mut().find(|(_, id, _)| *id == self.id) {
-                    entry.2 = tokens;
+        match &self.inner {
+            TicketInner::Local {
+                limiter,
+                id,
+                subjects,
+            } => {
+                let mut map = limiter
+                    .subjects
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for sid in subjects {
+                    if let Some(s) = map.get_mut(sid) {
+                        if let Some(entry) = s.admitted.iter_mut().find(|(_, i, _)| i == id) {
+                            entry.2 = tokens;
+                        }
+                    }
                 }
             }
+            TicketInner::Redis {
+                limiter,
+                id,
+                subjects,
+            } => limiter.settle(id, subjects, tokens),
         }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut map = self
-            .limiter
-            .subjects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for sid in &self.subjects {
-            if let Some(s) = map.get_mut(sid) {
-                s.inflight = s.inflight.saturating_sub(1);
+        match &self.inner {
+            TicketInner::Local {
+                limiter, subjects, ..
+            } => {
+                let mut map = limiter
+                    .subjects
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for sid in subjects {
+                    if let Some(s) = map.get_mut(sid) {
+                        s.inflight = s.inflight.saturating_sub(1);
+                    }
+                }
             }
+            TicketInner::Redis {
+                limiter,
+                id,
+                subjects,
+            } => limiter.release(id, subjects),
         }
     }
 }

@@ -244,6 +244,12 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         runtime.keyring = config::open_governance(raw.governance.as_ref(), &origin)
             .await
             .map_err(|e| anyhow!(e))?;
+        if let Some(limits) = config::open_rate_limits(raw.governance.as_ref(), &origin)
+            .await
+            .map_err(|e| anyhow!(e))?
+        {
+            runtime.rate_limits = limits;
+        }
         if let Some(ring) = &runtime.keyring {
             tracing::info!(store = ring.store_kind(), active_keys = ring.has_active_keys(), "virtual keys loaded");
         }

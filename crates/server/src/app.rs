@@ -170,9 +170,9 @@ pub(crate) enum Caller<'a> {
 impl Caller<'_> {
     /// Reserve room under the key's and its team's limits for a request that may use up to
     /// `tokens`; `None` when the caller has no limits to keep.
-    fn admit(
+    async fn admit(
         &self,
-        limiter: &Arc<relais_governance::Limiter>,
+        limits: &relais_governance::RateLimits,
         tokens: u64,
     ) -> Result<Option<relais_governance::Ticket>, Error> {
         let Self::Virtual(access) = self else {
@@ -190,7 +190,7 @@ impl Caller<'_> {
             (format!("key:{}", k.id), key_name.as_str(), k.limits),
             (format!("team:{}", t.id), team_name.as_str(), t.limits),
         ];
-        limiter.admit(&subjects, tokens).map(Some)
+        limits.admit(&subjects, tokens).await
     }
 
     fn allows(&self, route: &str) -> bool {
@@ -208,8 +208,6 @@ impl Caller<'_> {
 /// Shared state of the server.
 pub struct AppState {
     live: RwLock<Arc<Live>>,
-    /// Per-key and per-team limits of this process; outlives reloads.
-    pub limiter: Arc<relais_governance::Limiter>,
     pub global: Global,
     pub draining: AtomicBool,
     /// Flipped to true at the drain deadline: open streams end with an error event.
@@ -221,7 +219,6 @@ impl AppState {
     pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
         Self {
             live: RwLock::new(Arc::new(Live::new(runtime, None))),
-            limiter: Arc::default(),
             global: Global::default(),
             draining: AtomicBool::new(false),
             abort_streams,
@@ -545,7 +542,7 @@ async fn chat_with(
             + req
                 .max_output_tokens
                 .map_or(live.default_max_tokens(), u64::from);
-        let ticket = key.admit(&app.limiter, reserve)?;
+        let ticket = key.admit(&live.runtime.rate_limits, reserve).await?;
         Ok::<_, Error>((req, entry, ticket))
     }
     .await;
@@ -846,7 +843,7 @@ async fn embeddings_with(
             .map(|s| s.len() as u64)
             .sum::<u64>()
             .div_ceil(4);
-        let ticket = key.admit(&app.limiter, estimate)?;
+        let ticket = key.admit(&live.runtime.rate_limits, estimate).await?;
         Ok::<_, Error>((req, base64, entry, ticket))
     }
     .await;

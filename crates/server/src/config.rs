@@ -58,6 +58,79 @@ pub struct GovernanceConfig {
     /// Output tokens reserved against a TPM limit for a request that sets no `max_tokens`.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// Where key and team limits are counted: `local` (this instance) or `redis` (all
+    /// instances together).
+    #[serde(default = "default_limits")]
+    pub limits: String,
+    /// For `limits = "redis"`: `redis://127.0.0.1:6379`.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key relais writes.
+    #[serde(default = "default_prefix")]
+    pub redis_prefix: String,
+    /// How long a request's place in flight is held in Redis if its instance dies.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// When Redis cannot be reached: `closed` (refuse limited keys with 503) or `open` (admit
+    /// without limits). Logged either way.
+    #[serde(default = "default_when_down")]
+    pub when_redis_down: String,
+}
+
+fn default_limits() -> String {
+    "local".to_owned()
+}
+
+fn default_prefix() -> String {
+    "relais".to_owned()
+}
+
+fn default_lease() -> u64 {
+    900
+}
+
+fn default_when_down() -> String {
+    "closed".to_owned()
+}
+
+/// Where the config says key and team limits are counted (`None`: in this process).
+pub async fn open_rate_limits(
+    cfg: Option<&GovernanceConfig>,
+    origin: &str,
+) -> Result<Option<relais_governance::RateLimits>, ConfigError> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let fail_open = match cfg.when_redis_down.as_str() {
+        "closed" => false,
+        "open" => true,
+        other => {
+            return Err(ConfigError(format!(
+                "{origin}: governance.when_redis_down: '{other}' is not one of: closed, open"
+            )));
+        }
+    };
+    match cfg.limits.as_str() {
+        "local" => Ok(None),
+        "redis" => {
+            let url = cfg.redis_url.as_ref().ok_or_else(|| {
+                ConfigError(format!(
+                    "{origin}: governance.redis_url: required when limits = \"redis\""
+                ))
+            })?;
+            let r = relais_governance::RedisLimiter::connect(
+                url.expose(),
+                &cfg.redis_prefix,
+                Duration::from_secs(cfg.lease_secs.max(1)),
+                fail_open,
+            )
+            .await
+            .map_err(|e| ConfigError(format!("{origin}: governance.redis_url: {}", e.message)))?;
+            Ok(Some(relais_governance::RateLimits::Redis(r)))
+        }
+        other => Err(ConfigError(format!(
+            "{origin}: governance.limits: '{other}' is not one of: local, redis"
+        ))),
+    }
 }
 
 fn default_max_tokens() -> u64 {
@@ -352,6 +425,9 @@ pub struct Runtime {
     /// Virtual keys and teams, when `[governance]` is configured; opened by the caller with
     /// [`open_governance`] (it is async) and kept across reloads.
     pub keyring: Option<Arc<relais_governance::KeyRing>>,
+    /// Where key and team limits are counted (in this process unless the caller installs
+    /// Redis with [`open_rate_limits`]); kept across reloads.
+    pub rate_limits: relais_governance::RateLimits,
     pub governance: Option<GovernanceConfig>,
     /// Things that are allowed but probably not meant (shown by `relais check`, logged at start).
     pub warnings: Vec<String>,
@@ -913,6 +989,7 @@ fn build_from(
         listen,
         admin_key: raw.admin.key.clone(),
         keyring: previous.and_then(|p| p.keyring.clone()),
+        rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
         governance: match previous {
             Some(p) => p.governance.clone(),
             None => raw.governance.clone(),

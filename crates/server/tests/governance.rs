@@ -431,3 +431,158 @@ async fn issue7_key_and_team_limits_with_sqlite() {
 async fn issue7_key_and_team_limits_with_postgres() {
     limits_hold("postgres").await;
 }
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed (.ci/run checks Redis)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Three instances sharing one key store and one Redis: a key's limits hold across all of them.
+async fn limits_across_instances(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let prefix = unique("relais_test");
+    let extra = format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{section}limits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\n"
+    );
+    let gws = [
+        Gateway::start(&extra).await,
+        Gateway::start(&extra).await,
+        Gateway::start(&extra).await,
+    ];
+    let key = issue(
+        &gws[0],
+        json!({"name": "shared"}),
+        json!({"team": "shared", "name": "k", "rpm": 100}),
+    )
+    .await;
+
+    // 300 requests from 30 clients spread over the three instances, all within the minute.
+    let urls: Vec<String> = gws.iter().map(|g| g.url.clone()).collect();
+    let mut tasks = Vec::new();
+    for w in 0..30 {
+        let (urls, key) = (urls.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..10 {
+                let url = &urls[(w + i) % 3];
+                let status = Gateway::client()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                assert!(status == 200 || status == 429, "status {status}");
+                ok += usize::from(status == 200);
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    let upstream: usize = gws.iter().map(|g| g.mock.requests().len()).sum();
+    eprintln!(
+        "figures: {kind}+redis: 300 requests over 3 instances, key limit 100/min: {ok} admitted, {upstream} reached the upstreams"
+    );
+    assert_eq!(ok, upstream);
+    assert!(upstream <= 100, "{upstream} admitted past a limit of 100");
+    assert!(upstream >= 99, "only {upstream} of 100 admitted");
+
+    // TPM across instances: concurrent requests reserving ~95 tokens each under a 1000 TPM.
+    let key = issue(
+        &gws[0],
+        json!({"name": "tpm"}),
+        json!({"team": "tpm", "name": "k", "tpm": 1000}),
+    )
+    .await;
+    for g in &gws {
+        g.mock.push_fault(relais_testkit::Fault {
+            delay_ms: Some(200),
+            times: Some(0),
+            ..Default::default()
+        });
+        g.mock.clear_requests();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..30 {
+        let (url, key) = (urls[w % 3].clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o-mini", "max_tokens": 90, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            (status, body["usage"]["total_tokens"].as_u64().unwrap_or(0))
+        }));
+    }
+    let mut admitted = 0;
+    let mut used = 0;
+    for t in tasks {
+        let (status, tokens) = t.await.unwrap();
+        if status == 200 {
+            admitted += 1;
+            used += tokens;
+        }
+    }
+    // Reserved tokens never passed 1000: with ~95 reserved per request, at most 10 at once.
+    let team_id = {
+        let (_, teams) = admin(&gws[0], "GET", "/admin/teams", None).await;
+        teams["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "tpm")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let total: u64 = redis_cli(&["HGET", &format!("{prefix}:team:{team_id}:tok"), "_total"])
+        .parse()
+        .unwrap();
+    let in_flight = redis_cli(&["ZCARD", &format!("{prefix}:team:{team_id}:cur")]);
+    eprintln!(
+        "figures: {kind}+redis TPM 1000: {admitted} of 30 admitted, {used} tokens reported, {total} counted"
+    );
+    assert!((1..=10).contains(&admitted), "{admitted} admitted");
+    assert_eq!(total, used, "reservations settled to the reported usage");
+    assert!(total <= 1000);
+    assert_eq!(
+        in_flight, "0",
+        "no reservation left in flight after the last response"
+    );
+
+    // Leave nothing behind in the shared Redis.
+    let _ = redis_cli(&[
+        "EVAL",
+        &format!(
+            "for _, k in ipairs(redis.call('KEYS', '{prefix}:*')) do redis.call('DEL', k) end return 0"
+        ),
+        "0",
+    ]);
+    drop(gws);
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_limits_hold_across_three_instances_with_sqlite_and_redis() {
+    limits_across_instances("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_limits_hold_across_three_instances_with_postgres_and_redis() {
+    limits_across_instances("postgres").await;
+}

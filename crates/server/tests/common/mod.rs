@@ -68,6 +68,13 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
             relais_server::config::open_governance(raw.governance.as_ref(), "test.toml")
                 .await
                 .unwrap();
+        if let Some(limits) =
+            relais_server::config::open_rate_limits(raw.governance.as_ref(), "test.toml")
+                .await
+                .unwrap()
+        {
+            runtime.rate_limits = limits;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,206 @@
+//! The same limits as [`crate::Limiter`], counted in Redis for every instance together. Each
+//! admission is one Lua script run atomically by Redis with Redis's own clock (no instance's
+//! clock matters), checking and recording key and team in one step. A request in flight holds
+//! a lease, so the slots of an instance that dies come back when the lease ends.
+//!
+//! When Redis cannot be reached, admission fails closed (503) unless configured to fail open;
+//! either way it is logged, never silent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use relais_core::{Error, ErrorKind, Side};
+use relais_state::Limits;
+
+use crate::limits::{Ticket, refuse};
+
+/// How long one Redis call may take before the store counts as down.
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    lease: Duration,
+    fail_open: bool,
+    /// Distinguishes this instance's request ids from the others'.
+    instance: String,
+    next: AtomicU64,
+    admit: Script,
+    settle: Script,
+    release: Script,
+}
+
+fn none_or(v: Option<u64>) -> i64 {
+    v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl RedisLimiter {
+    /// Connect to `url` (`redis://127.0.0.1:6379`); keys live under `prefix:`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        lease: Duration,
+        fail_open: bool,
+    ) -> Result<Arc<Self>, Error> {
+        let unavailable = |e: String| Error::new(ErrorKind::Unavailable, Side::Gateway, e);
+        let client =
+            redis::Client::open(url).map_err(|e| unavailable(format!("not a Redis URL: {e}")))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
+            .await
+            .map_err(|_| unavailable("cannot connect to Redis within 5 s".to_owned()))?
+            .map_err(|e| unavailable(format!("cannot connect to Redis: {e}")))?;
+        let mut buf = [0u8; 6];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+            .map_err(|_| Error::internal("the operating system's random source failed"))?;
+        let instance: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Arc::new(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            lease,
+            fail_open,
+            instance,
+            next: AtomicU64::new(0),
+            admit: Script::new(include_str!("lua/admit.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+        }))
+    }
+
+    fn key(&self, subject: &str, part: &str) -> String {
+        format!("{}:{subject}:{part}", self.prefix)
+    }
+
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        subjects: &[(String, &str, Limits)],
+        tokens: u64,
+    ) -> Result<Option<Ticket>, Error> {
+        let id = format!(
+            "{}-{}",
+            self.instance,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut inv = self.admit.prepare_invoke();
+        for (sid, _, _) in subjects {
+            inv.key(self.key(sid, "log"))
+                .key(self.key(sid, "tok"))
+                .key(self.key(sid, "cur"));
+        }
+        inv.arg(&id)
+            .arg(tokens)
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+        for (_, _, l) in subjects {
+            inv.arg(none_or(l.rpm))
+                .arg(none_or(l.tpm))
+                .arg(none_or(l.max_concurrent));
+        }
+        let mut conn = self.conn.clone();
+        let result: Result<Vec<i64>, String> =
+            match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", CALL_TIMEOUT.as_millis())),
+            };
+        let r = match result {
+            Ok(r) => r,
+            Err(e) if self.fail_open => {
+                tracing::warn!(error = %e, "Redis is unreachable: admitting without limits (governance.when_redis_down = \"open\")");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis is unreachable: refusing requests of limited keys (governance.when_redis_down = \"closed\")");
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    Side::Gateway,
+                    "the limit store is unreachable; try again shortly",
+                ));
+            }
+        };
+        let (index, reason, wait) = (
+            r.first().copied().unwrap_or(-1),
+            r.get(1).copied().unwrap_or(0),
+            r.get(2).copied().unwrap_or(0),
+        );
+        if index < 0 {
+            let ids = subjects.iter().map(|(s, _, _)| s.clone()).collect();
+            return Ok(Some(Ticket::redis(self.clone(), id, ids)));
+        }
+        let (_, who, limits) = usize::try_from(index)
+            .ok()
+            .and_then(|i| subjects.get(i))
+            .ok_or_else(|| Error::internal("the limit script named no subject"))?;
+        let wait = u64::try_from(wait).ok().map(Duration::from_millis);
+        Err(match reason {
+            1 => refuse(
+                who,
+                format!(
+                    "limit of {} requests at once",
+                    limits.max_concurrent.unwrap_or(0)
+                ),
+                wait,
+            ),
+            2 => refuse(
+                who,
+                format!("{} requests per minute", limits.rpm.unwrap_or(0)),
+                wait,
+            ),
+            3 => refuse(
+                who,
+                format!("{} tokens per minute", limits.tpm.unwrap_or(0)),
+                wait,
+            ),
+            _ => refuse(
+                who,
+                format!(
+                    "{} tokens per minute: this request alone may use {tokens} (prompt plus max_tokens); lower max_tokens",
+                    limits.tpm.unwrap_or(0)
+                ),
+                None,
+            ),
+        })
+    }
+
+    /// Replace the reservation with the real usage, off the request's path.
+    pub(crate) fn settle(&self, id: &str, subjects: &[String], tokens: u64) {
+        let keys = subjects.iter().map(|s| self.key(s, "tok")).collect();
+        self.spawn(
+            &self.settle,
+            keys,
+            vec![id.to_owned(), tokens.to_string()],
+            "settle",
+        );
+    }
+
+    /// Free the request's place in flight, off the request's path.
+    pub(crate) fn release(&self, id: &str, subjects: &[String]) {
+        let keys = subjects.iter().map(|s| self.key(s, "cur")).collect();
+        self.spawn(&self.release, keys, vec![id.to_owned()], "release");
+    }
+
+    fn spawn(&self, script: &Script, keys: Vec<String>, args: Vec<String>, what: &'static str) {
+        // Outside a runtime (a ticket dropped during shutdown) the lease frees the slot.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (script, mut conn) = (script.clone(), self.conn.clone());
+        handle.spawn(async move {
+            let mut inv = script.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            let r = tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await;
+            if !matches!(r, Ok(Ok(_))) {
+                tracing::warn!(
+                    what,
+                    "Redis call failed; the entry expires with its lease or its minute"
+                );
+            }
+        });
+    }
+}
