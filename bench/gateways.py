@@ -83,8 +83,9 @@ def proc_stat(pid):
 
 
 class Setup:
-    def __init__(self, name, url, proc=None, headers=None, startup=None):
+    def __init__(self, name, url, proc=None, headers=None, startup=None, cleanup=None):
         self.name, self.url, self.proc, self.headers, self.startup = name, url, proc, headers or {}, startup
+        self.cleanup = cleanup
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -93,6 +94,8 @@ class Setup:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self.cleanup:
+            self.cleanup()
 
 
 def oha(url, body, rate, duration, headers, connections=64):
@@ -185,6 +188,53 @@ deployments = [{{ provider = "mock", model = "bench" }}]
                  {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
 
 
+def start_relais_governed(mock_port, cluster):
+    """relais with a virtual key whose team has limits (set high enough never to refuse, so every
+    request pays for the checks): keys in SQLite and limits in the process, or keys in PostgreSQL
+    and limits in Redis shared by instances. The ledger is not built yet (issue 7)."""
+    port = free_port()
+    d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-gov-"))
+    cfg = d / "relais.toml"
+    if cluster:
+        schema = f"relais_bench_{os.getpid()}_{port}"
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc", f"CREATE SCHEMA {schema}"],
+                       check=True)
+        url = f"host=127.0.0.1 port=5432 user=postgres dbname=test options='-c search_path={schema}'"
+        gov = (f'[governance]\nstore = "postgres"\npostgres_url = "{url}"\nlimits = "redis"\n'
+               f'redis_url = "redis://127.0.0.1:6379"\nredis_prefix = "{schema}"\n')
+
+        def cleanup():
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                            f"DROP SCHEMA {schema} CASCADE"], capture_output=True)
+            subprocess.run(["redis-cli", "-h", "127.0.0.1", "EVAL",
+                            f"for _, k in ipairs(redis.call('KEYS', '{schema}:*')) do redis.call('DEL', k) end return 0",
+                            "0"], capture_output=True)
+    else:
+        gov = f'[governance]\nstore = "sqlite"\nsqlite_path = "{d / "relais.db"}"\n'
+        cleanup = None
+    cfg.write_text(f"""[server]
+listen = "127.0.0.1:{port}"
+[providers.mock]
+type = "openai_compat"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+api_key = "upstream-key"
+[routes.bench]
+deployments = [{{ provider = "mock", model = "bench" }}]
+{gov}""")
+    relais = str(TARGET / "release/relais")
+    subprocess.run([relais, "teams", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000",
+                    "--max-concurrent", "1000000", "--config", str(cfg)], check=True, capture_output=True)
+    key = subprocess.run([relais, "keys", "create", "--team", "bench", "--name", "bench", "--config", str(cfg)],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    t0 = time.time()
+    proc = subprocess.Popen(pinned([relais, "serve", "--config", str(cfg)], GATEWAY_CPUS),
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, RELAIS_LOG="warn"))
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    name = "relais + keys/limits (PG + Redis)" if cluster else "relais + keys/limits (SQLite)"
+    return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
+                 {"authorization": f"Bearer {key}"}, time.time() - t0, cleanup)
+
+
 def start_nginx(mock_port):
     port = free_port()
     d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-nginx-"))
@@ -249,6 +299,8 @@ def main():
                     help="only the many-requests-in-flight row (60 ms upstream, 5000 req/s): prints, writes nothing")
     ap.add_argument("--probe", action="store_true",
                     help="relais vs direct only, at --rates and the closed-loop max; prints, writes nothing")
+    ap.add_argument("--governed", action="store_true",
+                    help="with --probe: add the relais setups with virtual keys and limits (SQLite; PG + Redis)")
     args = ap.parse_args()
     if args.in_flight:
         print(in_flight_table(in_flight(args.duration)))
@@ -263,6 +315,9 @@ def main():
     try:
         direct = Setup("direct to mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions")
         starters = [lambda: direct, lambda: start_relais(mock_port, False)]
+        if args.governed or not (args.quick or args.probe):
+            starters += [lambda: start_relais_governed(mock_port, False),
+                         lambda: start_relais_governed(mock_port, True)]
         if not (args.quick or args.probe):
             starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
                          lambda: start_litellm(mock_port)]

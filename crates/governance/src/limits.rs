@@ -20,24 +20,29 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Subject {
-    /// Admitted requests of the last minute: when, ticket id, tokens counted.
+    /// Admitted requests of the last minute, oldest first: when, ticket id (increasing, so a
+    /// ticket is found by binary search), tokens counted. Kept only for subjects with an RPM or
+    /// TPM limit; its length is the traffic of one minute.
     admitted: VecDeque<(Instant, u64, u64)>,
+    /// Sum of the tokens in `admitted`, kept as entries come, go and settle: admission must
+    /// not walk the minute (at thousands of requests per second it holds hundreds of thousands).
+    tokens: u64,
     inflight: u64,
 }
 
 impl Subject {
     fn prune(&mut self, now: Instant) {
-        while self
-            .admitted
-            .front()
-            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= MINUTE)
-        {
+        while let Some(&(t, _, n)) = self.admitted.front() {
+            if now.saturating_duration_since(t) < MINUTE {
+                break;
+            }
+            self.tokens -= n;
             self.admitted.pop_front();
         }
     }
 
     fn tokens(&self) -> u64 {
-        self.admitted.iter().map(|(_, _, n)| n).sum()
+        self.tokens
     }
 
     /// When enough of the minute's entries have left for `fits` to hold.
@@ -78,6 +83,9 @@ enum TicketInner {
         limiter: Arc<crate::redis_limits::RedisLimiter>,
         id: String,
         subjects: Vec<String>,
+        /// Tokens reported at settlement, sent with the release when the ticket drops (one
+        /// Redis call per request end instead of two); `u64::MAX` until settled.
+        used: std::sync::atomic::AtomicU64,
     },
 }
 
@@ -92,6 +100,7 @@ impl Ticket {
                 limiter,
                 id,
                 subjects,
+                used: std::sync::atomic::AtomicU64::new(u64::MAX),
             },
         }
     }
@@ -196,9 +205,12 @@ impl Limiter {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for (sid, _, _) in subjects {
+        for (sid, _, limits) in subjects {
             let s = map.entry(sid.clone()).or_default();
-            s.admitted.push_back((now, id, tokens));
+            if limits.rpm.is_some() || limits.tpm.is_some() {
+                s.admitted.push_back((now, id, tokens));
+                s.tokens += tokens;
+            }
             s.inflight += 1;
         }
         Ok(Ticket {
@@ -227,17 +239,16 @@ impl Ticket {
                     .unwrap_or_else(PoisonError::into_inner);
                 for sid in subjects {
                     if let Some(s) = map.get_mut(sid) {
-                        if let Some(entry) = s.admitted.iter_mut().find(|(_, i, _)| i == id) {
-                            entry.2 = tokens;
+                        if let Ok(i) = s.admitted.binary_search_by_key(id, |(_, i, _)| *i) {
+                            let old = std::mem::replace(&mut s.admitted[i].2, tokens);
+                            s.tokens = s.tokens - old + tokens;
                         }
                     }
                 }
             }
-            TicketInner::Redis {
-                limiter,
-                id,
-                subjects,
-            } => limiter.settle(id, subjects, tokens),
+            TicketInner::Redis { used, .. } => {
+                used.store(tokens, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -262,7 +273,11 @@ impl Drop for Ticket {
                 limiter,
                 id,
                 subjects,
-            } => limiter.release(id, subjects),
+                used,
+            } => {
+                let used = used.load(std::sync::atomic::Ordering::Relaxed);
+                limiter.finish(id, subjects, (used != u64::MAX).then_some(used));
+            }
         }
     }
 }

@@ -29,8 +29,7 @@ pub struct RedisLimiter {
     instance: String,
     next: AtomicU64,
     admit: Script,
-    settle: Script,
-    release: Script,
+    finish: Script,
 }
 
 fn none_or(v: Option<u64>) -> i64 {
@@ -64,8 +63,7 @@ impl RedisLimiter {
             instance,
             next: AtomicU64::new(0),
             admit: Script::new(include_str!("lua/admit.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
+            finish: Script::new(include_str!("lua/finish.lua")),
         }))
     }
 
@@ -163,21 +161,20 @@ impl RedisLimiter {
         })
     }
 
-    /// Replace the reservation with the real usage, off the request's path.
-    pub(crate) fn settle(&self, id: &str, subjects: &[String], tokens: u64) {
-        let keys = subjects.iter().map(|s| self.key(s, "tok")).collect();
+    /// The request ended: free its place in flight and, when the usage is known, replace the
+    /// reservation with it. One call, off the request's path.
+    pub(crate) fn finish(&self, id: &str, subjects: &[String], tokens: Option<u64>) {
+        let keys = subjects
+            .iter()
+            .flat_map(|s| [self.key(s, "tok"), self.key(s, "cur")])
+            .collect();
+        let used = tokens.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
         self.spawn(
-            &self.settle,
+            &self.finish,
             keys,
-            vec![id.to_owned(), tokens.to_string()],
-            "settle",
+            vec![id.to_owned(), used.to_string()],
+            "finish",
         );
-    }
-
-    /// Free the request's place in flight, off the request's path.
-    pub(crate) fn release(&self, id: &str, subjects: &[String]) {
-        let keys = subjects.iter().map(|s| self.key(s, "cur")).collect();
-        self.spawn(&self.release, keys, vec![id.to_owned()], "release");
     }
 
     fn spawn(&self, script: &Script, keys: Vec<String>, args: Vec<String>, what: &'static str) {
