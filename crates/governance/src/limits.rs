@@ -139,6 +139,14 @@ impl RateLimits {
             Self::Redis(_) => "redis",
         }
     }
+
+    /// Whether the counts can be kept: always in process; with Redis, whether it answered last.
+    pub fn is_up(&self) -> bool {
+        match self {
+            Self::Local(_) => true,
+            Self::Redis(r) => r.is_up(),
+        }
+    }
 }
 
 pub(crate) fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {

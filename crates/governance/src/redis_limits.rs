@@ -21,7 +21,15 @@ use crate::limits::{Ticket, refuse};
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// `None` until a first connection succeeds: an instance starts while Redis is down and
+    /// connects when it comes back (the manager itself reconnects after that).
+    conn: std::sync::Mutex<Option<ConnectionManager>>,
+    /// When the last connection attempt started, so a down Redis is retried once a second,
+    /// not once per request.
+    last_attempt: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Whether the last call reached Redis (for `/readyz` and metrics).
+    up: std::sync::atomic::AtomicBool,
     prefix: String,
     lease: Duration,
     fail_open: bool,
@@ -47,16 +55,15 @@ impl RedisLimiter {
         let unavailable = |e: String| Error::new(ErrorKind::Unavailable, Side::Gateway, e);
         let client =
             redis::Client::open(url).map_err(|e| unavailable(format!("not a Redis URL: {e}")))?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), ConnectionManager::new(client))
-            .await
-            .map_err(|_| unavailable("cannot connect to Redis within 5 s".to_owned()))?
-            .map_err(|e| unavailable(format!("cannot connect to Redis: {e}")))?;
         let mut buf = [0u8; 6];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
             .map_err(|_| Error::internal("the operating system's random source failed"))?;
         let instance: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Arc::new(Self {
-            conn,
+        let limiter = Arc::new(Self {
+            client,
+            conn: std::sync::Mutex::new(None),
+            last_attempt: std::sync::Mutex::new(None),
+            up: std::sync::atomic::AtomicBool::new(false),
             prefix: prefix.to_owned(),
             lease,
             fail_open,
@@ -64,7 +71,74 @@ impl RedisLimiter {
             next: AtomicU64::new(0),
             admit: Script::new(include_str!("lua/admit.lua")),
             finish: Script::new(include_str!("lua/finish.lua")),
-        }))
+        });
+        *limiter
+            .last_attempt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+        if !limiter.try_connect().await {
+            tracing::warn!(
+                "Redis is unreachable at start; limited keys follow governance.when_redis_down until it answers"
+            );
+        }
+        Ok(limiter)
+    }
+
+    /// Whether the last call reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The connection, or `None` while there is none; then a connection attempt is started in
+    /// the background (at most one at a time, one a second), never on the request's path.
+    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        if let Some(c) = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            return Some(c);
+        }
+        let now = tokio::time::Instant::now();
+        {
+            let mut last = self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+                return None;
+            }
+            *last = Some(now);
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.try_connect().await });
+        None
+    }
+
+    /// One connection attempt; on success the connection is kept (and the manager reconnects
+    /// by itself from then on).
+    async fn try_connect(&self) -> bool {
+        let fresh = tokio::time::timeout(
+            Duration::from_secs(2),
+            ConnectionManager::new(self.client.clone()),
+        )
+        .await;
+        match fresh {
+            Ok(Ok(c)) => {
+                tracing::info!("connected to Redis");
+                self.up.store(true, Ordering::Relaxed);
+                *self
+                    .conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+                true
+            }
+            _ => {
+                self.up.store(false, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     fn key(&self, subject: &str, part: &str) -> String {
@@ -95,13 +169,17 @@ impl RedisLimiter {
                 .arg(none_or(l.tpm))
                 .arg(none_or(l.max_concurrent));
         }
-        let mut conn = self.conn.clone();
-        let result: Result<Vec<i64>, String> =
-            match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", CALL_TIMEOUT.as_millis())),
-            };
+        let result: Result<Vec<i64>, String> = match self.connection() {
+            None => Err("not connected".to_owned()),
+            Some(mut conn) => {
+                match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} ms", CALL_TIMEOUT.as_millis())),
+                }
+            }
+        };
+        self.up.store(result.is_ok(), Ordering::Relaxed);
         let r = match result {
             Ok(r) => r,
             Err(e) if self.fail_open => {
@@ -182,7 +260,15 @@ impl RedisLimiter {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (script, mut conn) = (script.clone(), self.conn.clone());
+        let Some(mut conn) = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        let script = script.clone();
         handle.spawn(async move {
             let mut inv = script.prepare_invoke();
             for k in &keys {

@@ -948,27 +948,47 @@ async fn healthz(headers: HeaderMap) -> Response {
     )
 }
 
+/// `/readyz`: 503 while draining, and while the limit store (Redis) is unreachable when
+/// limited keys fail closed, since such an instance refuses their requests; 200 otherwise, with
+/// what is degraded named.
 async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if app.draining.load(Ordering::Relaxed) {
-        plain(
-            &headers,
+    let (status, body) = if app.draining.load(Ordering::Relaxed) {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            "application/json",
-            r#"{"status":"draining"}"#.to_owned(),
+            serde_json::json!({"status": "draining"}),
         )
     } else {
-        plain(
-            &headers,
-            StatusCode::OK,
-            "application/json",
-            r#"{"status":"ready"}"#.to_owned(),
-        )
-    }
+        let live = app.live();
+        let limits = &live.runtime.rate_limits;
+        let fail_open = live
+            .runtime
+            .governance
+            .as_ref()
+            .is_some_and(|g| g.when_redis_down == "open");
+        match (limits.is_up(), fail_open) {
+            (true, _) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
+            (false, true) => (
+                StatusCode::OK,
+                serde_json::json!({"status": "degraded", "limits": "unreachable: admitting without limits"}),
+            ),
+            (false, false) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "degraded", "limits": "unreachable: refusing limited keys"}),
+            ),
+        }
+    };
+    plain(&headers, status, "application/json", body.to_string())
 }
 
 async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let live = app.live();
-    let body = crate::metrics::render(&app.global, live.series());
+    let mut body = crate::metrics::render(&app.global, live.series());
+    let limits = &live.runtime.rate_limits;
+    body.push_str(&format!(
+        "# HELP relais_limit_store_up Whether key and team limits can be counted (1) or not (0).\n# TYPE relais_limit_store_up gauge\nrelais_limit_store_up{{kind=\"{}\"}} {}\n",
+        limits.kind(),
+        u8::from(limits.is_up())
+    ));
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 

@@ -586,3 +586,89 @@ async fn issue7_limits_hold_across_three_instances_with_sqlite_and_redis() {
 async fn issue7_limits_hold_across_three_instances_with_postgres_and_redis() {
     limits_across_instances("postgres").await;
 }
+
+/// Redis down at start and during requests: limited keys are refused (fail closed, the default)
+/// with a 503 and `/readyz` says so; when Redis comes up the instance connects on its own and
+/// serves them. Failing open admits them while Redis is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_redis_down_fails_closed_and_recovers_on_its_own() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (section, dump) = store("sqlite").await;
+    let prefix = unique("relais_down");
+    let gov = |mode: &str| {
+        format!(
+            "[admin]\nkey = \"{ADMIN}\"\n{section}limits = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\nredis_prefix = \"{prefix}\"\nwhen_redis_down = \"{mode}\"\n"
+        )
+    };
+    let gw = Gateway::start(&gov("closed")).await;
+    let key = issue(
+        &gw,
+        json!({"name": "down"}),
+        json!({"team": "down", "name": "k", "rpm": 1000}),
+    )
+    .await;
+    let e = error_of(chat(&gw, "gpt-4o-mini", Some(&key)).await, 503).await;
+    assert!(
+        e["message"].as_str().unwrap().contains("limit store"),
+        "{e}"
+    );
+    let ready = Gateway::client()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        gw.get_text("/metrics")
+            .await
+            .contains("relais_limit_store_up{kind=\"redis\"} 0")
+    );
+
+    // Failing open, the same key passes while Redis is down.
+    let open = Gateway::start(&gov("open")).await;
+    assert_eq!(chat(&open, "gpt-4o-mini", Some(&key)).await.status(), 200);
+
+    // Redis comes up: the closed instance connects by itself within a few seconds.
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (.ci/run checks Redis)");
+    let t0 = std::time::Instant::now();
+    let mut status = 0;
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        status = chat(&gw, "gpt-4o-mini", Some(&key)).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "figures: Redis back; limited keys served again after {:?}",
+        t0.elapsed()
+    );
+    let ready = Gateway::client()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(status, 200, "the instance did not recover");
+    assert_eq!(ready, 200);
+    drop((gw, open));
+    dump(true);
+}
