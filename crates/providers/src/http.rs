@@ -43,6 +43,35 @@ pub fn shared_client(settings: &HttpSettings) -> Result<reqwest::Client, String>
     Ok(CLIENT.get_or_init(|| client).clone())
 }
 
+/// Largest error body read from a vendor; error bodies are small, a bigger one is cut.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A vendor's non-2xx answer, read whole (up to 64 KiB) for the vendor's own error mapping.
+pub(crate) struct Rejected {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Send a request. A transport failure is a typed error; a non-2xx answer comes back as
+/// [`Rejected`] so each provider maps it with its own `error::from_response`.
+pub(crate) async fn send(
+    rb: reqwest::RequestBuilder,
+) -> Result<Result<reqwest::Response, Rejected>, relais_core::Error> {
+    let resp = rb.send().await.map_err(|e| from_transport(&e, false))?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(Ok(resp));
+    }
+    let headers = resp.headers().clone();
+    let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    Ok(Err(Rejected {
+        status,
+        headers,
+        body,
+    }))
+}
+
 /// Read a whole upstream body, refusing one larger than `limit`.
 pub(crate) async fn read_limited(
     mut resp: reqwest::Response,

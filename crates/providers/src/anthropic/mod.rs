@@ -36,8 +36,6 @@ pub(crate) const DEFAULT_VERSION: &str = "2023-06-01";
 /// See [`AnthropicConfig::default_max_tokens`].
 pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
 
-/// Error bodies are small; a proxy sending megabytes of HTML is cut short.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A whole non-streaming response; far above any real message.
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
@@ -139,25 +137,9 @@ impl Anthropic {
     }
 
     async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Error> {
-        let resp = self
-            .request(body)
-            .send()
-            .await
-            .map_err(|e| crate::http::from_transport(&e, false))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let headers = resp.headers().clone();
-        let body = crate::http::read_limited(resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        Err(error::from_response(
-            status,
-            &headers,
-            &body,
-            &self.secrets(),
-        ))
+        crate::http::send(self.request(body))
+            .await?
+            .map_err(|r| error::from_response(r.status, &r.headers, &r.body, &self.secrets()))
     }
 
     async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {

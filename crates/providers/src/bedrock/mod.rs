@@ -39,8 +39,6 @@ use wire::{BedrockResponse, BedrockStreamEvent};
 /// The content type of every request body (and a signed header).
 const JSON: &str = "application/json";
 
-/// Error bodies are small; a proxy sending megabytes of HTML is cut short.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A whole non-streaming response; far above any real message.
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 /// Bodies above this size (images, documents) are hashed for the signature on a blocking
@@ -210,25 +208,9 @@ impl Bedrock {
     ) -> Result<reqwest::Response, Error> {
         let url = self.url(model, stream)?;
         let (body, payload_hash) = payload_hash(body).await?;
-        let resp = self
-            .request(url, body, &payload_hash, unix_now())
-            .send()
-            .await
-            .map_err(|e| crate::http::from_transport(&e, false))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let headers = resp.headers().clone();
-        let body = crate::http::read_limited(resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        Err(error::from_response(
-            status,
-            &headers,
-            &body,
-            &self.secrets(),
-        ))
+        crate::http::send(self.request(url, body, &payload_hash, unix_now()))
+            .await?
+            .map_err(|r| error::from_response(r.status, &r.headers, &r.body, &self.secrets()))
     }
 
     async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {

@@ -43,8 +43,6 @@ use wire::{GeminiEmbeddings, GeminiResponse, VertexPredictions};
 /// AI Studio's host.
 pub(crate) const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 
-/// Error bodies are small; a proxy sending megabytes of HTML is cut short.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A whole non-streaming response; far above any real answer.
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
@@ -271,23 +269,14 @@ impl Gemini {
             Endpoint::Vertex { tokens, .. } => Some(tokens.token().await?),
             Endpoint::Studio { .. } => None,
         };
-        let resp = self
-            .request(url, body, token.as_ref())
-            .send()
-            .await
-            .map_err(|e| crate::http::from_transport(&e, false))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
+        let r = match crate::http::send(self.request(url, body, token.as_ref())).await? {
+            Ok(resp) => return Ok(resp),
+            Err(r) => r,
+        };
         // A token Google no longer accepts (revoked, key rotated) is not used again.
-        if let (401, Endpoint::Vertex { tokens, .. }) = (status, &self.endpoint) {
+        if let (401, Endpoint::Vertex { tokens, .. }) = (r.status, &self.endpoint) {
             tokens.invalidate();
         }
-        let headers = resp.headers().clone();
-        let body = crate::http::read_limited(resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
         let mut secrets: Vec<&Secret> = self.headers.iter().map(|(_, v)| v).collect();
         if let Endpoint::Studio { api_key, .. } = &self.endpoint {
             secrets.push(api_key);
@@ -295,7 +284,9 @@ impl Gemini {
         if let Some(t) = &token {
             secrets.push(t);
         }
-        Err(error::from_response(status, &headers, &body, &secrets))
+        Err(error::from_response(
+            r.status, &r.headers, &r.body, &secrets,
+        ))
     }
 
     fn is_vertex(&self) -> bool {

@@ -25,8 +25,6 @@ use convert::{EncodeOptions, encode_request};
 use stream::ChunkDecoder;
 use wire::{OpenAiEmbeddingList, OpenAiResponse};
 
-/// Error bodies are small; a vendor sending megabytes of HTML is cut short.
-const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A whole non-streaming response; far above any real completion.
 const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
@@ -192,26 +190,9 @@ impl<E: Endpoint> Family<E> {
         for (name, value) in &self.opts.headers {
             rb = rb.header(name, value.expose());
         }
-        let resp = self
-            .endpoint
-            .authorize(rb)
-            .send()
-            .await
-            .map_err(|e| crate::http::from_transport(&e, false))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(resp);
-        }
-        let headers = resp.headers().clone();
-        let body = crate::http::read_limited(resp, MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
-        Err(error::from_response(
-            status,
-            &headers,
-            &body,
-            &self.secrets(),
-        ))
+        crate::http::send(self.endpoint.authorize(rb))
+            .await?
+            .map_err(|r| error::from_response(r.status, &r.headers, &r.body, &self.secrets()))
     }
 
     async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
