@@ -9,6 +9,6 @@ mod limits;
 mod redis_limits;
 
 pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
-pub use limits::{Limiter, RateLimits, Ticket};
+pub use limits::{Holder, Limiter, RateLimits, Subject, Ticket};
 pub use redis_limits::RedisLimiter;
 pub use relais_state::Limits;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-struct Subject {
+struct Tally {
     /// Admitted requests of the last minute, oldest first: when, ticket id (increasing, so a
     /// ticket is found by binary search), tokens counted. Kept only for subjects with an RPM or
     /// TPM limit; its length is the traffic of one minute.
@@ -30,7 +30,7 @@ struct Subject {
     inflight: u64,
 }
 
-impl Subject {
+impl Tally {
     fn prune(&mut self, now: Instant) {
         while let Some(&(t, _, n)) = self.admitted.front() {
             if now.saturating_duration_since(t) < MINUTE {
@@ -63,7 +63,7 @@ impl Subject {
 /// Limits per subject (`key:ID`, `team:ID`) in this process.
 #[derive(Default)]
 pub struct Limiter {
-    subjects: Mutex<HashMap<String, Subject>>,
+    subjects: Mutex<HashMap<String, Tally>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -124,7 +124,7 @@ impl RateLimits {
     /// `Ok(None)`: admitted without a ticket (Redis down and configured to fail open).
     pub async fn admit(
         &self,
-        subjects: &[(String, &str, Limits)],
+        subjects: &[Subject<'_>],
         tokens: u64,
     ) -> Result<Option<Ticket>, Error> {
         match self {
@@ -149,7 +149,27 @@ impl RateLimits {
     }
 }
 
-pub(crate) fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {
+/// Whose limit a subject is: named only when a request is refused, so admission formats nothing.
+#[derive(Debug, Clone, Copy)]
+pub enum Holder<'a> {
+    Key { name: &'a str, prefix: &'a str },
+    Team { name: &'a str },
+}
+
+impl std::fmt::Display for Holder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key { name, prefix } => write!(f, "key '{name}' ({prefix}...)"),
+            Self::Team { name } => write!(f, "team '{name}'"),
+        }
+    }
+}
+
+/// One subject of an admission: its id (a key's or team's id, distinct by their prefixes),
+/// whose it is, and its limits.
+pub type Subject<'a> = (&'a str, Holder<'a>, Limits);
+
+pub(crate) fn refuse(who: &Holder<'_>, what: String, wait: Option<Duration>) -> Error {
     let mut e = Error::new(
         ErrorKind::RateLimited,
         Side::Client,
@@ -165,15 +185,17 @@ pub(crate) fn refuse(who: &str, what: String, wait: Option<Duration>) -> Error {
 impl Limiter {
     /// Admit a request costing up to `tokens` under every subject's limits, all or nothing.
     /// `subjects`: (subject id, what to call it in an error, its limits).
-    pub fn admit(
-        self: &Arc<Self>,
-        subjects: &[(String, &str, Limits)],
-        tokens: u64,
-    ) -> Result<Ticket, Error> {
+    pub fn admit(self: &Arc<Self>, subjects: &[Subject<'_>], tokens: u64) -> Result<Ticket, Error> {
         let now = Instant::now();
         let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
         for (id, who, limits) in subjects {
-            let s = map.entry(id.clone()).or_default();
+            // Look up without allocating; a subject's first request inserts it.
+            if !map.contains_key(*id) {
+                map.insert((*id).to_owned(), Tally::default());
+            }
+            let Some(s) = map.get_mut(*id) else {
+                continue;
+            };
             s.prune(now);
             if let Some(max) = limits.max_concurrent {
                 if s.inflight >= max {
@@ -214,7 +236,9 @@ impl Limiter {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (sid, _, limits) in subjects {
-            let s = map.entry(sid.clone()).or_default();
+            let Some(s) = map.get_mut(*sid) else {
+                continue;
+            };
             if limits.rpm.is_some() || limits.tpm.is_some() {
                 s.admitted.push_back((now, id, tokens));
                 s.tokens += tokens;
@@ -225,7 +249,7 @@ impl Limiter {
             inner: TicketInner::Local {
                 limiter: self.clone(),
                 id,
-                subjects: subjects.iter().map(|(s, _, _)| s.clone()).collect(),
+                subjects: subjects.iter().map(|(s, _, _)| (*s).to_owned()).collect(),
             },
         })
     }
@@ -294,6 +318,11 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    const KEY_A: Holder<'static> = Holder::Key {
+        name: "a",
+        prefix: "rk-0123456",
+    };
+
     fn limits(rpm: Option<u64>, tpm: Option<u64>, max_concurrent: Option<u64>) -> Limits {
         Limits {
             rpm,
@@ -305,7 +334,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_per_minute_over_an_exact_sliding_minute() {
         let l = Arc::new(Limiter::default());
-        let key = vec![("key:a".to_owned(), "key 'a'", limits(Some(3), None, None))];
+        let key = vec![("key_a", KEY_A, limits(Some(3), None, None))];
         for _ in 0..3 {
             drop(l.admit(&key, 1).unwrap());
             tokio::time::advance(Duration::from_secs(10)).await;
@@ -322,7 +351,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tokens_are_reserved_then_settled() {
         let l = Arc::new(Limiter::default());
-        let key = vec![("key:a".to_owned(), "key 'a'", limits(None, Some(100), None))];
+        let key = vec![("key_a", KEY_A, limits(None, Some(100), None))];
         let first = l.admit(&key, 85).unwrap();
         assert!(l.admit(&key, 85).is_err(), "the reservation holds the room");
         first.settle(10);
@@ -340,15 +369,19 @@ mod tests {
     async fn concurrency_and_all_or_nothing_across_key_and_team() {
         let l = Arc::new(Limiter::default());
         let both = vec![
-            ("key:a".to_owned(), "key 'a'", limits(None, None, Some(5))),
-            ("team:t".to_owned(), "team 't'", limits(None, None, Some(1))),
+            ("key_a", KEY_A, limits(None, None, Some(5))),
+            (
+                "team_t",
+                Holder::Team { name: "t" },
+                limits(None, None, Some(1)),
+            ),
         ];
         let held = l.admit(&both, 0).unwrap();
         let e = l.admit(&both, 0).err().unwrap();
         assert!(e.message.contains("team 't'"), "{}", e.message);
         // The refused request took no slot from the key either.
         assert_eq!(
-            l.subjects.lock().unwrap()["key:a"].inflight,
+            l.subjects.lock().unwrap()["key_a"].inflight,
             1,
             "only the held ticket"
         );

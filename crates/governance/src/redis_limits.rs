@@ -13,9 +13,8 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use relais_core::{Error, ErrorKind, Side};
-use relais_state::Limits;
 
-use crate::limits::{Ticket, refuse};
+use crate::limits::{Subject, Ticket, refuse};
 
 /// How long one Redis call may take before the store counts as down.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -147,7 +146,7 @@ impl RedisLimiter {
 
     pub(crate) async fn admit(
         self: &Arc<Self>,
-        subjects: &[(String, &str, Limits)],
+        subjects: &[Subject<'_>],
         tokens: u64,
     ) -> Result<Option<Ticket>, Error> {
         let id = format!(
@@ -201,7 +200,7 @@ impl RedisLimiter {
             r.get(2).copied().unwrap_or(0),
         );
         if index < 0 {
-            let ids = subjects.iter().map(|(s, _, _)| s.clone()).collect();
+            let ids = subjects.iter().map(|(s, _, _)| (*s).to_owned()).collect();
             return Ok(Some(Ticket::redis(self.clone(), id, ids)));
         }
         let (_, who, limits) = usize::try_from(index)

@@ -184,11 +184,21 @@ impl Caller<'_> {
         {
             return Ok(None);
         }
-        let key_name = format!("key '{}' ({}...)", k.name, k.prefix);
-        let team_name = format!("team '{}'", t.name);
+        // Key and team ids are distinct by their prefixes (key_..., team_...).
         let subjects = [
-            (format!("key:{}", k.id), key_name.as_str(), k.limits),
-            (format!("team:{}", t.id), team_name.as_str(), t.limits),
+            (
+                k.id.as_str(),
+                relais_governance::Holder::Key {
+                    name: &k.name,
+                    prefix: &k.prefix,
+                },
+                k.limits,
+            ),
+            (
+                t.id.as_str(),
+                relais_governance::Holder::Team { name: &t.name },
+                t.limits,
+            ),
         ];
         limits.admit(&subjects, tokens).await
     }

@@ -550,10 +550,10 @@ async fn limits_across_instances(kind: &str) {
             .to_owned()
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let total: u64 = redis_cli(&["HGET", &format!("{prefix}:team:{team_id}:tok"), "_total"])
+    let total: u64 = redis_cli(&["HGET", &format!("{prefix}:{team_id}:tok"), "_total"])
         .parse()
         .unwrap();
-    let in_flight = redis_cli(&["ZCARD", &format!("{prefix}:team:{team_id}:cur")]);
+    let in_flight = redis_cli(&["ZCARD", &format!("{prefix}:{team_id}:cur")]);
     eprintln!(
         "figures: {kind}+redis TPM 1000: {admitted} of 30 admitted, {used} tokens reported, {total} counted"
     );
