@@ -62,13 +62,30 @@ impl ChatRequest {
             .map(|t| {
                 (t.name.len()
                     + t.description.as_ref().map_or(0, String::len)
-                    + t.parameters.as_ref().map_or(0, |p| p.to_string().len()))
-                    as u64
+                    + t.parameters.as_ref().map_or(0, json_len)) as u64
             })
             .sum();
         let framing = 4 * self.messages.len() as u64 + 8 * self.tools.len() as u64;
         (text + tools).div_ceil(4) + framing + 3
     }
+}
+
+/// The length of a value's JSON text, counted without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; a value that could not be written counts as empty.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -169,11 +169,11 @@ pub(crate) enum Caller<'a> {
 
 impl Caller<'_> {
     /// Reserve room under the key's and its team's limits for a request that may use up to
-    /// `tokens`; `None` when the caller has no limits to keep.
+    /// `tokens()` (estimated only when there are limits to keep); `None` when there are none.
     async fn admit(
         &self,
         limits: &relais_governance::RateLimits,
-        tokens: u64,
+        tokens: impl FnOnce() -> u64,
     ) -> Result<Option<relais_governance::Ticket>, Error> {
         let Self::Virtual(access) = self else {
             return Ok(None);
@@ -200,7 +200,7 @@ impl Caller<'_> {
                 t.limits,
             ),
         ];
-        limits.admit(&subjects, tokens).await
+        limits.admit(&subjects, tokens()).await
     }
 
     fn allows(&self, route: &str) -> bool {
@@ -548,10 +548,12 @@ async fn chat_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Chat)?;
-        let reserve = req.estimate_input_tokens()
-            + req
-                .max_output_tokens
-                .map_or(live.default_max_tokens(), u64::from);
+        let reserve = || {
+            req.estimate_input_tokens()
+                + req
+                    .max_output_tokens
+                    .map_or(live.default_max_tokens(), u64::from)
+        };
         let ticket = key.admit(&live.runtime.rate_limits, reserve).await?;
         Ok::<_, Error>((req, entry, ticket))
     }
@@ -847,12 +849,13 @@ async fn embeddings_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Embeddings)?;
-        let estimate = req
-            .input
-            .iter()
-            .map(|s| s.len() as u64)
-            .sum::<u64>()
-            .div_ceil(4);
+        let estimate = || {
+            req.input
+                .iter()
+                .map(|s| s.len() as u64)
+                .sum::<u64>()
+                .div_ceil(4)
+        };
         let ticket = key.admit(&live.runtime.rate_limits, estimate).await?;
         Ok::<_, Error>((req, base64, entry, ticket))
     }
