@@ -28,6 +28,8 @@ pub enum ErrorKind {
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    /// A key's or team's USD budget would be passed (402).
+    BudgetExceeded,
     Overloaded,
     Timeout,
     Connect,
@@ -43,13 +45,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         Self::BadRequest,
         Self::Auth,
         Self::PermissionDenied,
         Self::NotFound,
         Self::PayloadTooLarge,
         Self::RateLimited,
+        Self::BudgetExceeded,
         Self::Overloaded,
         Self::Timeout,
         Self::Connect,
@@ -71,6 +74,7 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
             Self::RateLimited => "rate_limited",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
             Self::Connect => "connect",

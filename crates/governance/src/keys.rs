@@ -275,6 +275,13 @@ impl KeyRing {
                 .with_param("routes"));
             }
         }
+        let show = |what: &str, v: u64| {
+            if what.starts_with("budget") {
+                crate::budget::usd(v)
+            } else {
+                v.to_string()
+            }
+        };
         for (what, team_limit, key_limit) in [
             ("rpm", t.limits.rpm, limits.rpm),
             ("tpm", t.limits.tpm, limits.tpm),
@@ -283,13 +290,21 @@ impl KeyRing {
                 t.limits.max_concurrent,
                 limits.max_concurrent,
             ),
+            ("budget_day", t.limits.budget_day, limits.budget_day),
+            ("budget_month", t.limits.budget_month, limits.budget_month),
+            ("budget_total", t.limits.budget_total, limits.budget_total),
         ] {
             if let (Some(tl), Some(kl)) = (team_limit, key_limit) {
                 if kl > tl {
                     return Err(Error::new(
                         ErrorKind::PermissionDenied,
                         Side::Client,
-                        format!("{what} {kl} is above team '{}''s {tl}", t.name),
+                        format!(
+                            "{what} {} is above team '{}''s {}",
+                            show(what, kl),
+                            t.name,
+                            show(what, tl)
+                        ),
                     )
                     .with_param(what));
                 }

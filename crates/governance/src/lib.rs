@@ -1,14 +1,18 @@
-//! Governance (DESIGN.md §6): who may spend what on which vendor. Today: virtual keys and teams,
-//! issued and checked here, stored through `relais-state`. Limits, budgets and the ledger build
-//! on the same [`Access`].
+//! Governance (DESIGN.md §6): who may spend what on which vendor. Virtual keys and teams
+//! ([`KeyRing`]), rate limits and USD budgets counted in process or in Redis ([`RateLimits`]),
+//! and the ledger's write path ([`Ledger`]), all stored through `relais-state`.
 //!
 //! This crate must never depend on the server or on any wire format.
 
+mod budget;
 mod keys;
+mod ledger;
 mod limits;
 mod redis_limits;
 
+pub use budget::{date_of_day, parse_date, parse_usd, period_starts, usd};
 pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
+pub use ledger::{Ledger, LedgerStats};
 pub use limits::{Holder, Limiter, RateLimits, Subject, Ticket};
 pub use redis_limits::RedisLimiter;
-pub use relais_state::Limits;
+pub use relais_state::{LedgerRow, Limits};

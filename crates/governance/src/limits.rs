@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use relais_core::{Error, ErrorKind, Retry, Side};
-use relais_state::Limits;
+use relais_state::{LedgerStore, Limits};
 use tokio::time::Instant;
+
+use crate::budget::{Spent, period_starts, refuse_budget, unix_secs};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -28,6 +30,8 @@ struct Tally {
     /// not walk the minute (at thousands of requests per second it holds hundreds of thousands).
     tokens: u64,
     inflight: u64,
+    /// Spend against budgets; `None` until the subject is first seen with a budget.
+    spent: Option<Spent>,
 }
 
 impl Tally {
@@ -65,6 +69,8 @@ impl Tally {
 pub struct Limiter {
     subjects: Mutex<HashMap<String, Tally>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Where a subject's spend so far is read from the first time it is seen with a budget.
+    ledger: Option<Arc<dyn LedgerStore>>,
 }
 
 /// An admitted request's place under its limits: it holds the concurrency slots until dropped,
@@ -78,6 +84,9 @@ enum TicketInner {
         limiter: Arc<Limiter>,
         id: u64,
         subjects: Vec<String>,
+        /// Worst-case cost reserved against budgets, pico-USD.
+        cost: u64,
+        settled: std::sync::atomic::AtomicBool,
     },
     Redis {
         limiter: Arc<crate::redis_limits::RedisLimiter>,
@@ -86,6 +95,8 @@ enum TicketInner {
         /// Tokens reported at settlement, sent with the release when the ticket drops (one
         /// Redis call per request end instead of two); `u64::MAX` until settled.
         used: std::sync::atomic::AtomicU64,
+        /// Cost at settlement, pico-USD.
+        spent: std::sync::atomic::AtomicU64,
     },
 }
 
@@ -101,6 +112,7 @@ impl Ticket {
                 id,
                 subjects,
                 used: std::sync::atomic::AtomicU64::new(u64::MAX),
+                spent: std::sync::atomic::AtomicU64::new(0),
             },
         }
     }
@@ -120,16 +132,21 @@ impl Default for RateLimits {
 }
 
 impl RateLimits {
-    /// Admit a request costing up to `tokens` under every subject's limits, all or nothing.
-    /// `Ok(None)`: admitted without a ticket (Redis down and configured to fail open).
+    /// Admit a request using up to `tokens` and costing up to `cost` pico-USD under every
+    /// subject's limits and budgets, all or nothing. `Ok(None)`: admitted without a ticket
+    /// (Redis down and configured to fail open).
     pub async fn admit(
         &self,
         subjects: &[Subject<'_>],
         tokens: u64,
+        cost: u64,
     ) -> Result<Option<Ticket>, Error> {
         match self {
-            Self::Local(l) => l.admit(subjects, tokens).map(Some),
-            Self::Redis(r) => r.admit(subjects, tokens).await,
+            Self::Local(l) => {
+                l.seed(subjects).await?;
+                l.admit(subjects, tokens, cost).map(Some)
+            }
+            Self::Redis(r) => r.admit(subjects, tokens, cost).await,
         }
     }
 
@@ -183,10 +200,67 @@ pub(crate) fn refuse(who: &Holder<'_>, what: String, wait: Option<Duration>) -> 
 }
 
 impl Limiter {
-    /// Admit a request costing up to `tokens` under every subject's limits, all or nothing.
-    /// `subjects`: (subject id, what to call it in an error, its limits).
-    pub fn admit(self: &Arc<Self>, subjects: &[Subject<'_>], tokens: u64) -> Result<Ticket, Error> {
+    /// A limiter that reads a subject's spend so far from `ledger` the first time it is seen
+    /// with a budget (a restart keeps counting where the last run stopped).
+    pub fn with_ledger(ledger: Arc<dyn LedgerStore>) -> Self {
+        Self {
+            ledger: Some(ledger),
+            ..Self::default()
+        }
+    }
+
+    /// Read the spend of subjects seen for the first time with a budget. Two requests racing
+    /// here both read; the first to come back seeds, which is the same number (no request of
+    /// an unseeded subject can have been admitted).
+    async fn seed(&self, subjects: &[Subject<'_>]) -> Result<(), Error> {
+        for (id, _, limits) in subjects {
+            if !limits.has_budget() {
+                continue;
+            }
+            let known = self
+                .subjects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(*id)
+                .is_some_and(|t| t.spent.is_some());
+            if known {
+                continue;
+            }
+            let now = unix_secs();
+            let spend = match &self.ledger {
+                None => relais_state::Spend::default(),
+                Some(store) => {
+                    let (day, month) = period_starts(now);
+                    store.spend(id, day, month).await.map_err(|e| {
+                        tracing::warn!(error = %e, "cannot read spend from the ledger; refusing requests with budgets until it answers");
+                        Error::new(
+                            ErrorKind::Unavailable,
+                            Side::Gateway,
+                            "the ledger store is unreachable, so budgets cannot be checked; try again shortly",
+                        )
+                    })?
+                }
+            };
+            let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+            let tally = map.entry((*id).to_owned()).or_default();
+            if tally.spent.is_none() {
+                tally.spent = Some(Spent::seeded(spend, now));
+            }
+        }
+        Ok(())
+    }
+
+    /// Admit a request using up to `tokens` and costing up to `cost` pico-USD under every
+    /// subject's limits and budgets, all or nothing. `subjects`: (subject id, what to call it
+    /// in an error, its limits).
+    pub fn admit(
+        self: &Arc<Self>,
+        subjects: &[Subject<'_>],
+        tokens: u64,
+        cost: u64,
+    ) -> Result<Ticket, Error> {
         let now = Instant::now();
+        let secs = unix_secs();
         let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
         for (id, who, limits) in subjects {
             // Look up without allocating; a subject's first request inserts it.
@@ -231,6 +305,13 @@ impl Limiter {
                     return Err(refuse(who, format!("{tpm} tokens per minute"), Some(wait)));
                 }
             }
+            if limits.has_budget() {
+                let spent = s.spent.get_or_insert_with(Spent::default);
+                if let Some((period, used)) = spent.over(limits, cost, secs) {
+                    let limit = period.limit(limits).unwrap_or(0);
+                    return Err(refuse_budget(who, period, limit, used));
+                }
+            }
         }
         let id = self
             .next_id
@@ -244,27 +325,38 @@ impl Limiter {
                 s.tokens += tokens;
             }
             s.inflight += 1;
+            if let Some(spent) = &mut s.spent {
+                spent.reserved += cost;
+            }
         }
         Ok(Ticket {
             inner: TicketInner::Local {
                 limiter: self.clone(),
                 id,
                 subjects: subjects.iter().map(|(s, _, _)| (*s).to_owned()).collect(),
+                cost,
+                settled: std::sync::atomic::AtomicBool::new(false),
             },
         })
     }
 }
 
 impl Ticket {
-    /// The upstream reported what the request really used: count that instead of the
-    /// reservation.
-    pub fn settle(&self, tokens: u64) {
+    /// The upstream reported what the request really used (`tokens`, costing `cost` pico-USD):
+    /// count that instead of the reservation. Settling twice counts the first.
+    pub fn settle(&self, tokens: u64, cost: u64) {
         match &self.inner {
             TicketInner::Local {
                 limiter,
                 id,
                 subjects,
+                cost: reserved,
+                settled,
             } => {
+                if settled.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let secs = unix_secs();
                 let mut map = limiter
                     .subjects
                     .lock()
@@ -275,11 +367,18 @@ impl Ticket {
                             let old = std::mem::replace(&mut s.admitted[i].2, tokens);
                             s.tokens = s.tokens - old + tokens;
                         }
+                        if let Some(spent) = &mut s.spent {
+                            spent.reserved = spent.reserved.saturating_sub(*reserved);
+                            spent.add(cost, secs);
+                        }
                     }
                 }
             }
-            TicketInner::Redis { used, .. } => {
-                used.store(tokens, std::sync::atomic::Ordering::Relaxed);
+            TicketInner::Redis { used, spent, .. } => {
+                if used.load(std::sync::atomic::Ordering::Relaxed) == u64::MAX {
+                    spent.store(cost, std::sync::atomic::Ordering::Relaxed);
+                    used.store(tokens, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     }
@@ -289,8 +388,13 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         match &self.inner {
             TicketInner::Local {
-                limiter, subjects, ..
+                limiter,
+                subjects,
+                cost,
+                settled,
+                ..
             } => {
+                let unsettled = !settled.load(std::sync::atomic::Ordering::Relaxed);
                 let mut map = limiter
                     .subjects
                     .lock()
@@ -298,6 +402,11 @@ impl Drop for Ticket {
                 for sid in subjects {
                     if let Some(s) = map.get_mut(sid) {
                         s.inflight = s.inflight.saturating_sub(1);
+                        // Never settled (the request failed before any usage): free the
+                        // reservation, charge nothing.
+                        if let (true, Some(spent)) = (unsettled, &mut s.spent) {
+                            spent.reserved = spent.reserved.saturating_sub(*cost);
+                        }
                     }
                 }
             }
@@ -306,9 +415,11 @@ impl Drop for Ticket {
                 id,
                 subjects,
                 used,
+                spent,
             } => {
                 let used = used.load(std::sync::atomic::Ordering::Relaxed);
-                limiter.finish(id, subjects, (used != u64::MAX).then_some(used));
+                let spent = spent.load(std::sync::atomic::Ordering::Relaxed);
+                limiter.finish(id, subjects, (used != u64::MAX).then_some((used, spent)));
             }
         }
     }
@@ -328,6 +439,7 @@ mod tests {
             rpm,
             tpm,
             max_concurrent,
+            ..Limits::default()
         }
     }
 
@@ -336,28 +448,31 @@ mod tests {
         let l = Arc::new(Limiter::default());
         let key = vec![("key_a", KEY_A, limits(Some(3), None, None))];
         for _ in 0..3 {
-            drop(l.admit(&key, 1).unwrap());
+            drop(l.admit(&key, 1, 0).unwrap());
             tokio::time::advance(Duration::from_secs(10)).await;
         }
         // At t=30 s: three in the last minute; the first leaves at t=60 s.
-        let e = l.admit(&key, 1).err().unwrap();
+        let e = l.admit(&key, 1, 0).err().unwrap();
         assert_eq!(e.kind, ErrorKind::RateLimited);
         assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(l.admit(&key, 1).is_ok());
-        assert!(l.admit(&key, 1).is_err());
+        assert!(l.admit(&key, 1, 0).is_ok());
+        assert!(l.admit(&key, 1, 0).is_err());
     }
 
     #[tokio::test(start_paused = true)]
     async fn tokens_are_reserved_then_settled() {
         let l = Arc::new(Limiter::default());
         let key = vec![("key_a", KEY_A, limits(None, Some(100), None))];
-        let first = l.admit(&key, 85).unwrap();
-        assert!(l.admit(&key, 85).is_err(), "the reservation holds the room");
-        first.settle(10);
-        let second = l.admit(&key, 85).unwrap();
+        let first = l.admit(&key, 85, 0).unwrap();
+        assert!(
+            l.admit(&key, 85, 0).is_err(),
+            "the reservation holds the room"
+        );
+        first.settle(10, 0);
+        let second = l.admit(&key, 85, 0).unwrap();
         drop((first, second));
-        let e = l.admit(&key, 101).err().unwrap();
+        let e = l.admit(&key, 101, 0).err().unwrap();
         assert_eq!(
             e.retry_after(),
             None,
@@ -376,8 +491,8 @@ mod tests {
                 limits(None, None, Some(1)),
             ),
         ];
-        let held = l.admit(&both, 0).unwrap();
-        let e = l.admit(&both, 0).err().unwrap();
+        let held = l.admit(&both, 0, 0).unwrap();
+        let e = l.admit(&both, 0, 0).err().unwrap();
         assert!(e.message.contains("team 't'"), "{}", e.message);
         // The refused request took no slot from the key either.
         assert_eq!(
@@ -386,6 +501,6 @@ mod tests {
             "only the held ticket"
         );
         drop(held);
-        assert!(l.admit(&both, 0).is_ok());
+        assert!(l.admit(&both, 0, 0).is_ok());
     }
 }

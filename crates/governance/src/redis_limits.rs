@@ -14,6 +14,9 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use relais_core::{Error, ErrorKind, Side};
 
+use relais_state::LedgerStore;
+
+use crate::budget::{PICO_PER_NANO, Period, day_of, month_of, period_starts, refuse_budget};
 use crate::limits::{Subject, Ticket, refuse};
 
 /// How long one Redis call may take before the store counts as down.
@@ -37,10 +40,23 @@ pub struct RedisLimiter {
     next: AtomicU64,
     admit: Script,
     finish: Script,
+    seed: Script,
+    /// Where a subject's spend is read from when Redis does not have it yet.
+    ledger: Option<Arc<dyn LedgerStore>>,
 }
 
 fn none_or(v: Option<u64>) -> i64 {
     v.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// A budget in nano-USD, rounded down (never more room than configured).
+fn budget_nano(v: Option<u64>) -> i64 {
+    none_or(v.map(|p| p / PICO_PER_NANO))
+}
+
+/// A cost in nano-USD, rounded up (never less spend than incurred).
+fn cost_nano(pico: u64) -> u64 {
+    pico.div_ceil(PICO_PER_NANO)
 }
 
 impl RedisLimiter {
@@ -50,6 +66,7 @@ impl RedisLimiter {
         prefix: &str,
         lease: Duration,
         fail_open: bool,
+        ledger: Option<Arc<dyn LedgerStore>>,
     ) -> Result<Arc<Self>, Error> {
         let unavailable = |e: String| Error::new(ErrorKind::Unavailable, Side::Gateway, e);
         let client =
@@ -70,6 +87,8 @@ impl RedisLimiter {
             next: AtomicU64::new(0),
             admit: Script::new(include_str!("lua/admit.lua")),
             finish: Script::new(include_str!("lua/finish.lua")),
+            seed: Script::new(include_str!("lua/seed.lua")),
+            ledger,
         });
         *limiter
             .last_attempt
@@ -148,6 +167,7 @@ impl RedisLimiter {
         self: &Arc<Self>,
         subjects: &[Subject<'_>],
         tokens: u64,
+        cost: u64,
     ) -> Result<Option<Ticket>, Error> {
         let id = format!(
             "{}-{}",
@@ -158,26 +178,38 @@ impl RedisLimiter {
         for (sid, _, _) in subjects {
             inv.key(self.key(sid, "log"))
                 .key(self.key(sid, "tok"))
-                .key(self.key(sid, "cur"));
+                .key(self.key(sid, "cur"))
+                .key(self.key(sid, "spend"))
+                .key(self.key(sid, "res"));
         }
         inv.arg(&id)
             .arg(tokens)
-            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(cost_nano(cost));
         for (_, _, l) in subjects {
             inv.arg(none_or(l.rpm))
                 .arg(none_or(l.tpm))
-                .arg(none_or(l.max_concurrent));
+                .arg(none_or(l.max_concurrent))
+                .arg(budget_nano(l.budget_day))
+                .arg(budget_nano(l.budget_month))
+                .arg(budget_nano(l.budget_total));
         }
-        let result: Result<Vec<i64>, String> = match self.connection() {
-            None => Err("not connected".to_owned()),
-            Some(mut conn) => {
-                match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
-                    Ok(Ok(v)) => Ok(v),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {} ms", CALL_TIMEOUT.as_millis())),
-                }
+        let mut result = self.call(&inv).await;
+        // A subject with a budget Redis has not seen (a new subject, or Redis lost its data):
+        // read its spend from the ledger, seed it, and ask again, at most once per subject.
+        let mut seeded = 0;
+        while let Ok(r) = &result {
+            if r.get(1) != Some(&6) || seeded >= subjects.len() {
+                break;
             }
-        };
+            let index = r.first().and_then(|i| usize::try_from(*i).ok());
+            let Some((sid, _, _)) = index.and_then(|i| subjects.get(i)) else {
+                break;
+            };
+            self.seed_spend(sid).await?;
+            seeded += 1;
+            result = self.call(&inv).await;
+        }
         self.up.store(result.is_ok(), Ordering::Relaxed);
         let r = match result {
             Ok(r) => r,
@@ -208,6 +240,23 @@ impl RedisLimiter {
             .and_then(|i| subjects.get(i))
             .ok_or_else(|| Error::internal("the limit script named no subject"))?;
         let wait = u64::try_from(wait).ok().map(Duration::from_millis);
+        if reason == 5 {
+            let period = Period::from_code(r.get(2).copied().unwrap_or(3));
+            let used = u64::try_from(r.get(3).copied().unwrap_or(0)).unwrap_or(0);
+            return Err(refuse_budget(
+                who,
+                period,
+                period.limit(limits).unwrap_or(0),
+                used.saturating_mul(PICO_PER_NANO),
+            ));
+        }
+        if reason == 6 {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "budgets could not be read; try again shortly",
+            ));
+        }
         Err(match reason {
             1 => refuse(
                 who,
@@ -238,18 +287,83 @@ impl RedisLimiter {
         })
     }
 
-    /// The request ended: free its place in flight and, when the usage is known, replace the
-    /// reservation with it. One call, off the request's path.
-    pub(crate) fn finish(&self, id: &str, subjects: &[String], tokens: Option<u64>) {
+    async fn call(self: &Arc<Self>, inv: &redis::ScriptInvocation<'_>) -> Result<Vec<i64>, String> {
+        match self.connection() {
+            None => Err("not connected".to_owned()),
+            Some(mut conn) => {
+                match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} ms", CALL_TIMEOUT.as_millis())),
+                }
+            }
+        }
+    }
+
+    /// Seed a subject's spend in Redis from the ledger store.
+    async fn seed_spend(self: &Arc<Self>, subject: &str) -> Result<(), Error> {
+        let unreadable = |what: String| {
+            tracing::warn!(error = %what, "cannot seed a budget's spend; refusing its requests until it can");
+            Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                "the ledger store is unreachable, so budgets cannot be checked; try again shortly",
+            )
+        };
+        let now = crate::budget::unix_secs();
+        let spend = match &self.ledger {
+            None => relais_state::Spend::default(),
+            Some(store) => {
+                let (day, month) = period_starts(now);
+                store
+                    .spend(subject, day, month)
+                    .await
+                    .map_err(|e| unreadable(e.to_string()))?
+            }
+        };
+        let day = day_of(now);
+        let mut inv = self.seed.prepare_invoke();
+        inv.key(self.key(subject, "spend"))
+            .arg(cost_nano(spend.total))
+            .arg(cost_nano(spend.day))
+            .arg(day)
+            .arg(cost_nano(spend.month))
+            .arg(month_of(day));
+        let Some(mut conn) = self.connection() else {
+            return Err(unreadable("Redis is not connected".to_owned()));
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unreadable(e.to_string())),
+            Err(_) => Err(unreadable("Redis did not answer".to_owned())),
+        }
+    }
+
+    /// The request ended: free its place in flight and its budget reservation and, when the
+    /// usage is known (tokens, cost in pico-USD), count it instead of the reservation. One
+    /// call, off the request's path.
+    pub(crate) fn finish(&self, id: &str, subjects: &[String], used: Option<(u64, u64)>) {
         let keys = subjects
             .iter()
-            .flat_map(|s| [self.key(s, "tok"), self.key(s, "cur")])
+            .flat_map(|s| {
+                [
+                    self.key(s, "tok"),
+                    self.key(s, "cur"),
+                    self.key(s, "spend"),
+                    self.key(s, "res"),
+                ]
+            })
             .collect();
-        let used = tokens.map_or(-1, |t| i64::try_from(t).unwrap_or(i64::MAX));
+        let (tokens, cost) = used.map_or((-1, -1), |(t, c)| {
+            (
+                i64::try_from(t).unwrap_or(i64::MAX),
+                i64::try_from(cost_nano(c)).unwrap_or(i64::MAX),
+            )
+        });
         self.spawn(
             &self.finish,
             keys,
-            vec![id.to_owned(), used.to_string()],
+            vec![id.to_owned(), tokens.to_string(), cost.to_string()],
             "finish",
         );
     }

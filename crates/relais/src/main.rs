@@ -89,6 +89,15 @@ struct LimitArgs {
     /// Requests at once.
     #[arg(long)]
     max_concurrent: Option<u64>,
+    /// USD per UTC day ("25", "12.50").
+    #[arg(long, value_parser = relais_governance::parse_usd)]
+    budget_day: Option<u64>,
+    /// USD per UTC month.
+    #[arg(long, value_parser = relais_governance::parse_usd)]
+    budget_month: Option<u64>,
+    /// USD in total.
+    #[arg(long, value_parser = relais_governance::parse_usd)]
+    budget_total: Option<u64>,
 }
 
 impl From<LimitArgs> for relais_governance::Limits {
@@ -97,6 +106,9 @@ impl From<LimitArgs> for relais_governance::Limits {
             rpm: a.rpm,
             tpm: a.tpm,
             max_concurrent: a.max_concurrent,
+            budget_day: a.budget_day,
+            budget_month: a.budget_month,
+            budget_total: a.budget_total,
         }
     }
 }
@@ -241,12 +253,24 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let mut runtime = config::build(&raw, &source, &origin).map_err(|e| anyhow!(e))?;
-        runtime.keyring = config::open_governance(raw.governance.as_ref(), &origin)
+        let governed = config::open_governance(raw.governance.as_ref(), &origin)
             .await
             .map_err(|e| anyhow!(e))?;
-        if let Some(limits) = config::open_rate_limits(raw.governance.as_ref(), &origin)
-            .await
-            .map_err(|e| anyhow!(e))?
+        let ledger_store = governed.as_ref().map(|g| g.ledger_store.clone());
+        if let (Some(g), Some(cfg)) = (&governed, &raw.governance) {
+            let ledger = config::open_ledger(cfg, g.ledger_store.clone(), &origin)
+                .map_err(|e| anyhow!(e))?;
+            // Rows a previous run left on disk reach the store before budgets are read from it.
+            if let Err(e) = ledger.flush().await {
+                tracing::warn!(error = %e.message, "ledger: rows left by the last run could not be stored yet; they stay on disk and are retried");
+            }
+            runtime.ledger = Some(ledger);
+        }
+        runtime.keyring = governed.map(|g| g.keyring);
+        if let Some(limits) =
+            config::open_rate_limits(raw.governance.as_ref(), &origin, ledger_store)
+                .await
+                .map_err(|e| anyhow!(e))?
         {
             runtime.rate_limits = limits;
         }
@@ -374,7 +398,7 @@ fn check(config: Option<PathBuf>) -> Result<()> {
 /// Open the key ring of the config's `[governance]` store, on a small runtime of its own.
 fn with_keyring<T>(
     config: Option<PathBuf>,
-    f: impl AsyncFnOnce(&relais_governance::KeyRing) -> Result<T>,
+    f: impl AsyncFnOnce(&config::Governed) -> Result<T>,
 ) -> Result<T> {
     let path = config_path(config);
     let (raw, _, origin) = load(path.as_deref())?;
@@ -383,11 +407,11 @@ fn with_keyring<T>(
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let ring = config::open_governance(raw.governance.as_ref(), &origin)
+        let governed = config::open_governance(raw.governance.as_ref(), &origin)
             .await
             .map_err(|e| anyhow!(e))?
             .ok_or_else(|| anyhow!("{origin}: no [governance] section: virtual keys are off"))?;
-        f(&ring).await
+        f(&governed).await
     })
 }
 
@@ -398,7 +422,8 @@ fn fmt_routes(routes: &Option<Vec<String>>) -> String {
 }
 
 fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
-    with_keyring(config, async |ring| {
+    with_keyring(config, async |g| {
+        let ring = &g.keyring;
         match action {
             KeysCmd::Create {
                 team,
@@ -455,7 +480,8 @@ fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
 }
 
 fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
-    with_keyring(config, async |ring| {
+    with_keyring(config, async |g| {
+        let ring = &g.keyring;
         match action {
             TeamsCmd::Create {
                 name,

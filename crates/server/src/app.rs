@@ -19,6 +19,7 @@ use relais_dialects::openai;
 use relais_router::{Exhausted, FailedAttempt, Route, RouteKind};
 use tokio::sync::watch;
 
+use crate::bill::Bill;
 use crate::config::{ClientKey, Runtime};
 use crate::dialect::{Dialect, Encoder};
 use crate::metrics::{Global, Series};
@@ -168,12 +169,22 @@ pub(crate) enum Caller<'a> {
 }
 
 impl Caller<'_> {
-    /// Reserve room under the key's and its team's limits for a request that may use up to
-    /// `tokens()` (estimated only when there are limits to keep); `None` when there are none.
+    /// Who pays, for the ledger: (key, team). Static keys are named by their config name.
+    fn payer(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Self::Open => (None, None),
+            Self::Static(k) => (Some(&k.name), None),
+            Self::Virtual(a) => (Some(&a.key.id), Some(&a.team.id)),
+        }
+    }
+
+    /// Reserve room under the key's and its team's limits and budgets for a request that may
+    /// use up to `worst().0` tokens costing up to `worst().1` pico-USD (estimated only when
+    /// there are limits to keep); `None` when there are none.
     async fn admit(
         &self,
         limits: &relais_governance::RateLimits,
-        tokens: impl FnOnce() -> u64,
+        worst: impl FnOnce() -> (u64, u64),
     ) -> Result<Option<relais_governance::Ticket>, Error> {
         let Self::Virtual(access) = self else {
             return Ok(None);
@@ -200,7 +211,8 @@ impl Caller<'_> {
                 t.limits,
             ),
         ];
-        limits.admit(&subjects, tokens()).await
+        let (tokens, cost) = worst();
+        limits.admit(&subjects, tokens, cost).await
     }
 
     fn allows(&self, route: &str) -> bool {
@@ -548,17 +560,29 @@ async fn chat_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Chat)?;
-        let reserve = || {
-            req.estimate_input_tokens()
-                + req
-                    .max_output_tokens
-                    .map_or(live.default_max_tokens(), u64::from)
+        let worst = || {
+            let input = req.estimate_input_tokens();
+            let output = req
+                .max_output_tokens
+                .map_or(live.default_max_tokens(), u64::from);
+            (
+                input + output,
+                crate::bill::worst_cost(&entry.route, input, output),
+            )
         };
-        let ticket = key.admit(&live.runtime.rate_limits, reserve).await?;
-        Ok::<_, Error>((req, entry, ticket))
+        let ticket = key.admit(&live.runtime.rate_limits, worst).await?;
+        let bill = Bill::start(
+            &live,
+            &ctx.id,
+            key.payer(),
+            &req.model,
+            req.stream,
+            ctx.start,
+        );
+        Ok::<_, Error>((req, entry, ticket, bill))
     }
     .await;
-    let (req, entry, ticket) = match admitted {
+    let (req, entry, ticket, mut bill) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -572,6 +596,10 @@ async fn chat_with(
         Err(ex) => {
             record_exhausted(&live, &ex, Some(ctx.start.elapsed()));
             log_error(&req.model, &ctx.id, &ex.error);
+            if let Some(b) = &mut bill {
+                let status = ctx.dialect.error_status(&ex.error);
+                b.record(&live, &ex.failed, None, status, Some(&ex.error));
+            }
             return ctx.error(&ex.error, ex.upstream_wait);
         }
     };
@@ -582,8 +610,10 @@ async fn chat_with(
     else {
         return ctx.error(&Error::internal("deployment vanished"), Duration::ZERO);
     };
-    series.ttft.observe(ctx.start.elapsed());
+    let ttft = ctx.start.elapsed();
+    series.ttft.observe(ttft);
     let deployment = &routed.route.deployments[routed.deployment];
+    let attempts = routed.failed.len() + 1;
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_now();
     let mut resp = if req.stream {
@@ -599,6 +629,9 @@ async fn chat_with(
             usage: None,
             finished: false,
             ticket,
+            bill: bill.map(|b| (b, live.clone(), routed.failed)),
+            served: (routed.route.clone(), routed.deployment),
+            ttft,
             _inflight: inflight,
         };
         let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
@@ -615,10 +648,22 @@ async fn chat_with(
         let collect_start = Instant::now();
         let collected = collect(routed.stream).await;
         let upstream = routed.upstream_wait + collect_start.elapsed();
-        if let (Some(t), Ok(r)) = (&ticket, &collected) {
-            t.settle(r.usage.map_or(0, |u| u.total_tokens()));
+        let usage = collected.as_ref().ok().and_then(|r| r.usage);
+        if let (Some(t), Some(u)) = (&ticket, &usage) {
+            t.settle(u.total_tokens(), crate::bill::cost_at(deployment, u));
         }
         drop((inflight, ticket));
+        if let Some(b) = &mut bill {
+            let served = crate::bill::Served {
+                route: routed.route.clone(),
+                deployment: routed.deployment,
+                usage,
+                ttft: Some(ttft),
+            };
+            let err = collected.as_ref().err();
+            let status = err.map_or(200, |e| ctx.dialect.error_status(e));
+            b.record(&live, &routed.failed, Some(&served), status, err);
+        }
         series.duration.observe(ctx.start.elapsed());
         match collected {
             Ok(r) => {
@@ -646,7 +691,7 @@ async fn chat_with(
     if let Ok(v) = HeaderValue::from_str(&deployment.id) {
         h.insert(HeaderName::from_static("x-relais-deployment"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&(routed.failed.len() + 1).to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
         h.insert(HeaderName::from_static("x-relais-attempts"), v);
     }
     resp
@@ -669,6 +714,11 @@ struct StreamGuard {
     finished: bool,
     /// The request's place under its key's limits, settled with the streamed usage at the end.
     ticket: Option<relais_governance::Ticket>,
+    /// The ledger rows, written before the stream's last bytes leave (or when the client
+    /// goes away), with the config and the failed attempts they describe.
+    bill: Option<(Bill, Arc<Live>, Vec<FailedAttempt>)>,
+    served: (Arc<relais_router::Route>, usize),
+    ttft: Duration,
     _inflight: Inflight,
 }
 
@@ -690,6 +740,28 @@ impl StreamGuard {
             }
             Some(e) => self.series.error(e.kind),
         }
+        self.settle(200, err.map(|e| (e.kind.as_str(), e.upstream_status)));
+    }
+
+    /// Settle the reservation and write the ledger rows, once.
+    fn settle(&mut self, status: u16, err: Option<(&str, Option<u16>)>) {
+        let (route, deployment) = &self.served;
+        if let (Some(t), Some(u), Some(d)) = (
+            &self.ticket,
+            &self.usage,
+            route.deployments.get(*deployment),
+        ) {
+            t.settle(u.total_tokens(), crate::bill::cost_at(d, u));
+        }
+        if let Some((bill, live, failed)) = &mut self.bill {
+            let served = crate::bill::Served {
+                route: route.clone(),
+                deployment: *deployment,
+                usage: self.usage,
+                ttft: Some(self.ttft),
+            };
+            bill.record_class(live, failed, Some(&served), status, err);
+        }
     }
 }
 
@@ -701,8 +773,9 @@ impl Drop for StreamGuard {
         if let Some(u) = &self.usage {
             self.series.tokens(u);
         }
-        if let (Some(t), Some(u)) = (&self.ticket, &self.usage) {
-            t.settle(u.total_tokens());
+        if !self.finished {
+            // The client went away mid-stream (499, nginx's "client closed request").
+            self.settle(499, Some(("canceled", None)));
         }
         self.series.duration.observe(self.start.elapsed());
     }
@@ -849,18 +922,21 @@ async fn embeddings_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Embeddings)?;
-        let estimate = || {
-            req.input
+        let worst = || {
+            let tokens = req
+                .input
                 .iter()
                 .map(|s| s.len() as u64)
                 .sum::<u64>()
-                .div_ceil(4)
+                .div_ceil(4);
+            (tokens, crate::bill::worst_cost(&entry.route, tokens, 0))
         };
-        let ticket = key.admit(&live.runtime.rate_limits, estimate).await?;
-        Ok::<_, Error>((req, base64, entry, ticket))
+        let ticket = key.admit(&live.runtime.rate_limits, worst).await?;
+        let bill = Bill::start(&live, &ctx.id, key.payer(), &req.model, false, ctx.start);
+        Ok::<_, Error>((req, base64, entry, ticket, bill))
     }
     .await;
-    let (req, base64, entry, ticket) = match admitted {
+    let (req, base64, entry, ticket, mut bill) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -870,8 +946,20 @@ async fn embeddings_with(
     let _inflight = Inflight::new(&app);
     match entry.route.embed(&req).await {
         Ok((i, resp, failed, waited)) => {
-            if let Some(t) = &ticket {
-                t.settle(resp.usage.total_tokens());
+            if let (Some(t), Some(d)) = (&ticket, entry.route.deployments.get(i)) {
+                t.settle(
+                    resp.usage.total_tokens(),
+                    crate::bill::cost_at(d, &resp.usage),
+                );
+            }
+            if let Some(b) = &mut bill {
+                let served = crate::bill::Served {
+                    route: entry.route.clone(),
+                    deployment: i,
+                    usage: Some(resp.usage),
+                    ttft: None,
+                };
+                b.record(&live, &failed, Some(&served), 200, None);
             }
             record_failed(&live, &failed);
             if let Some(s) = entry.series.get(i) {
@@ -891,6 +979,10 @@ async fn embeddings_with(
         Err(ex) => {
             record_exhausted(&live, &ex, None);
             log_error(&req.model, &ctx.id, &ex.error);
+            if let Some(b) = &mut bill {
+                let status = ctx.dialect.error_status(&ex.error);
+                b.record(&live, &ex.failed, None, status, Some(&ex.error));
+            }
             ctx.error(&ex.error, ex.upstream_wait)
         }
     }
@@ -1038,7 +1130,11 @@ fn keyring(live: &Live) -> Result<Arc<relais_governance::KeyRing>, Error> {
 }
 
 fn limits_json(l: &relais_governance::Limits) -> serde_json::Value {
-    serde_json::json!({"rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent})
+    let usd =
+        |v: Option<u64>| v.map(|p| relais_governance::usd(p).trim_start_matches('$').to_owned());
+    serde_json::json!({"rpm": l.rpm, "tpm": l.tpm, "max_concurrent": l.max_concurrent,
+        "budget_day": usd(l.budget_day), "budget_month": usd(l.budget_month),
+        "budget_total": usd(l.budget_total)})
 }
 
 fn team_json(t: &relais_state::Team) -> serde_json::Value {
@@ -1046,7 +1142,8 @@ fn team_json(t: &relais_state::Team) -> serde_json::Value {
         "limits": limits_json(&t.limits)})
 }
 
-/// `rpm`, `tpm`, `max_concurrent` from an admin body: positive integers when present.
+/// `rpm`, `tpm`, `max_concurrent` from an admin body: positive integers when present;
+/// `budget_day`, `budget_month`, `budget_total`: USD as a string ("12.50") or a number.
 fn limits_of(
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<relais_governance::Limits, Error> {
@@ -1056,10 +1153,24 @@ fn limits_of(
             Error::bad_request(format!("{field} must be a positive integer")).with_param(field)
         }),
     };
+    let money = |field: &str| {
+        let text = match body.get(field) {
+            None | Some(serde_json::Value::Null) => return Ok(None),
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(_) => String::new(),
+        };
+        relais_governance::parse_usd(&text)
+            .map(Some)
+            .map_err(|e| Error::bad_request(format!("{field}: {e}")).with_param(field))
+    };
     Ok(relais_governance::Limits {
         rpm: one("rpm")?,
         tpm: one("tpm")?,
         max_concurrent: one("max_concurrent")?,
+        budget_day: money("budget_day")?,
+        budget_month: money("budget_month")?,
+        budget_total: money("budget_total")?,
     })
 }
 

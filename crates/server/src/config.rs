@@ -74,6 +74,41 @@ pub struct GovernanceConfig {
     /// without limits). Logged either way.
     #[serde(default = "default_when_down")]
     pub when_redis_down: String,
+    /// The ledger's write-ahead directory, one per instance; default `$RELAIS_HOME/ledger`.
+    pub ledger_dir: Option<String>,
+    /// How often the write-ahead file is shipped to the store (the group commit), ms.
+    #[serde(default = "default_ship_ms")]
+    pub ledger_ship_ms: u64,
+}
+
+fn default_ship_ms() -> u64 {
+    200
+}
+
+/// The governance store, opened: keys and teams, and the same database for the ledger.
+pub struct Governed {
+    pub keyring: Arc<relais_governance::KeyRing>,
+    pub ledger_store: Arc<dyn relais_state::LedgerStore>,
+}
+
+/// Open the ledger's write-ahead directory (locked for this process) on `store`. Segments a
+/// previous run left are shipped in the background; [`relais_governance::Ledger::flush`]
+/// waits for them.
+pub fn open_ledger(
+    cfg: &GovernanceConfig,
+    store: Arc<dyn relais_state::LedgerStore>,
+    origin: &str,
+) -> Result<Arc<relais_governance::Ledger>, ConfigError> {
+    let dir = cfg
+        .ledger_dir
+        .as_ref()
+        .map_or_else(|| relais_home().join("ledger"), std::path::PathBuf::from);
+    relais_governance::Ledger::open(
+        &dir,
+        store,
+        Duration::from_millis(cfg.ledger_ship_ms.clamp(10, 60_000)),
+    )
+    .map_err(|e| ConfigError(format!("{origin}: governance.ledger_dir: {}", e.message)))
 }
 
 fn default_limits() -> String {
@@ -92,10 +127,12 @@ fn default_when_down() -> String {
     "closed".to_owned()
 }
 
-/// Where the config says key and team limits are counted (`None`: in this process).
+/// Where the config says key and team limits are counted (`None`: in this process, with no
+/// ledger to read spend from). Budgets read a subject's spend so far from `ledger_store`.
 pub async fn open_rate_limits(
     cfg: Option<&GovernanceConfig>,
     origin: &str,
+    ledger_store: Option<Arc<dyn relais_state::LedgerStore>>,
 ) -> Result<Option<relais_governance::RateLimits>, ConfigError> {
     let Some(cfg) = cfg else {
         return Ok(None);
@@ -110,7 +147,11 @@ pub async fn open_rate_limits(
         }
     };
     match cfg.limits.as_str() {
-        "local" => Ok(None),
+        "local" => Ok(ledger_store.map(|l| {
+            relais_governance::RateLimits::Local(Arc::new(relais_governance::Limiter::with_ledger(
+                l,
+            )))
+        })),
         "redis" => {
             let url = cfg.redis_url.as_ref().ok_or_else(|| {
                 ConfigError(format!(
@@ -122,6 +163,7 @@ pub async fn open_rate_limits(
                 &cfg.redis_prefix,
                 Duration::from_secs(cfg.lease_secs.max(1)),
                 fail_open,
+                ledger_store,
             )
             .await
             .map_err(|e| ConfigError(format!("{origin}: governance.redis_url: {}", e.message)))?;
@@ -161,21 +203,25 @@ pub fn relais_home() -> std::path::PathBuf {
 pub async fn open_governance(
     cfg: Option<&GovernanceConfig>,
     origin: &str,
-) -> Result<Option<Arc<relais_governance::KeyRing>>, ConfigError> {
+) -> Result<Option<Governed>, ConfigError> {
     let Some(cfg) = cfg else {
         return Ok(None);
     };
-    let store: Arc<dyn relais_state::KeyStore> = match cfg.store.as_str() {
+    let (store, ledger_store): (
+        Arc<dyn relais_state::KeyStore>,
+        Arc<dyn relais_state::LedgerStore>,
+    ) = match cfg.store.as_str() {
         "sqlite" => {
             let path = cfg
                 .sqlite_path
                 .as_ref()
                 .map_or_else(|| relais_home().join("relais.db"), std::path::PathBuf::from);
-            Arc::new(
+            let s = Arc::new(
                 relais_state::SqliteStore::open(&path)
                     .await
                     .map_err(|e| ConfigError(format!("{origin}: governance.sqlite_path: {e}")))?,
-            )
+            );
+            (s.clone(), s)
         }
         "postgres" => {
             let url = cfg.postgres_url.as_ref().ok_or_else(|| {
@@ -183,11 +229,12 @@ pub async fn open_governance(
                     "{origin}: governance.postgres_url: required when store = \"postgres\""
                 ))
             })?;
-            Arc::new(
+            let s = Arc::new(
                 relais_state::PostgresStore::connect(url.expose())
                     .await
                     .map_err(|e| ConfigError(format!("{origin}: governance.postgres_url: {e}")))?,
-            )
+            );
+            (s.clone(), s)
         }
         other => {
             return Err(ConfigError(format!(
@@ -198,7 +245,10 @@ pub async fn open_governance(
     let ring = relais_governance::KeyRing::load(store)
         .await
         .map_err(|e| ConfigError(format!("{origin}: governance: {}", e.message)))?;
-    Ok(Some(Arc::new(ring)))
+    Ok(Some(Governed {
+        keyring: Arc::new(ring),
+        ledger_store,
+    }))
 }
 
 /// The admin API (`/admin/...`). Off unless a key is set.
@@ -428,6 +478,9 @@ pub struct Runtime {
     /// Where key and team limits are counted (in this process unless the caller installs
     /// Redis with [`open_rate_limits`]); kept across reloads.
     pub rate_limits: relais_governance::RateLimits,
+    /// The ledger's write path, opened by the caller with [`open_ledger`]; kept across
+    /// reloads. `None`: no ledger (no `[governance]`).
+    pub ledger: Option<Arc<relais_governance::Ledger>>,
     pub governance: Option<GovernanceConfig>,
     /// Things that are allowed but probably not meant (shown by `relais check`, logged at start).
     pub warnings: Vec<String>,
@@ -990,6 +1043,7 @@ fn build_from(
         admin_key: raw.admin.key.clone(),
         keyring: previous.and_then(|p| p.keyring.clone()),
         rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
+        ledger: previous.and_then(|p| p.ledger.clone()),
         governance: match previous {
             Some(p) => p.governance.clone(),
             None => raw.governance.clone(),

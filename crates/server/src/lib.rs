@@ -3,6 +3,7 @@
 //! It depends on every other crate and is depended on only by the binary.
 
 mod app;
+pub mod bill;
 pub mod config;
 mod dialect;
 mod metrics;

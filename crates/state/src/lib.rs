@@ -4,12 +4,14 @@
 //! Keys are stored only as a SHA-256 hash and a short display prefix; this crate never sees a
 //! plaintext key. It must never depend on the server, the router or any wire format.
 
+mod ledger;
 mod migrations;
 mod postgres;
 mod sqlite;
 
 use relais_core::BoxFuture;
 
+pub use ledger::{GroupBy, LedgerRow, LedgerStore, Spend, UsageLine, UsageQuery};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -22,6 +24,19 @@ pub struct Limits {
     pub tpm: Option<u64>,
     /// Requests at once.
     pub max_concurrent: Option<u64>,
+    /// Spend per UTC calendar day, in pico-USD (10⁻¹² USD).
+    pub budget_day: Option<u64>,
+    /// Spend per UTC calendar month, in pico-USD.
+    pub budget_month: Option<u64>,
+    /// Spend over the subject's whole life, in pico-USD.
+    pub budget_total: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any USD budget is set.
+    pub fn has_budget(&self) -> bool {
+        self.budget_day.is_some() || self.budget_month.is_some() || self.budget_total.is_some()
+    }
 }
 
 /// A team: the unit keys belong to and budgets will be set on.
@@ -89,18 +104,29 @@ pub trait KeyStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
-/// Limits as stored: three nullable BIGINT columns.
-fn limits_to_sql(l: &Limits) -> [Option<i64>; 3] {
+/// Limits as stored: six nullable BIGINT columns (rpm, tpm, max_concurrent, budget_day,
+/// budget_month, budget_total).
+fn limits_to_sql(l: &Limits) -> [Option<i64>; 6] {
     let c = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    [c(l.rpm), c(l.tpm), c(l.max_concurrent)]
+    [
+        c(l.rpm),
+        c(l.tpm),
+        c(l.max_concurrent),
+        c(l.budget_day),
+        c(l.budget_month),
+        c(l.budget_total),
+    ]
 }
 
-fn limits_from_sql(v: [Option<i64>; 3]) -> Limits {
+fn limits_from_sql(v: [Option<i64>; 6]) -> Limits {
     let c = |n: Option<i64>| n.map(|n| u64::try_from(n).unwrap_or(0));
     Limits {
         rpm: c(v[0]),
         tpm: c(v[1]),
         max_concurrent: c(v[2]),
+        budget_day: c(v[3]),
+        budget_month: c(v[4]),
+        budget_total: c(v[5]),
     }
 }
 

@@ -25,22 +25,66 @@ pub(crate) const STEPS: &[&str] = &[
      ALTER TABLE relais_keys ADD COLUMN rpm BIGINT;
      ALTER TABLE relais_keys ADD COLUMN tpm BIGINT;
      ALTER TABLE relais_keys ADD COLUMN max_concurrent BIGINT",
+    // Budgets in pico-USD per UTC day, UTC month and in total.
+    "ALTER TABLE relais_teams ADD COLUMN budget_day BIGINT;
+     ALTER TABLE relais_teams ADD COLUMN budget_month BIGINT;
+     ALTER TABLE relais_teams ADD COLUMN budget_total BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN budget_day BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN budget_month BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN budget_total BIGINT",
+    // The ledger: attempt 0 is the request as the client saw it, 1.. its upstream attempts.
+    // `id` is the gateway's own (unique) id of the request, `request_id` the one the client
+    // saw (it may have chosen it). Replays insert the same (id, attempt) again and are ignored.
+    "CREATE TABLE relais_ledger (
+        id TEXT NOT NULL,
+        attempt BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        category TEXT NOT NULL,
+        key_id TEXT,
+        team_id TEXT,
+        route TEXT NOT NULL,
+        deployment TEXT,
+        provider TEXT,
+        vendor TEXT,
+        model TEXT,
+        input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL,
+        cache_read_tokens BIGINT NOT NULL,
+        cache_write_tokens BIGINT NOT NULL,
+        reasoning_tokens BIGINT NOT NULL,
+        cost_pusd BIGINT NOT NULL,
+        latency_us BIGINT NOT NULL,
+        ttft_us BIGINT,
+        status BIGINT NOT NULL,
+        error_class TEXT,
+        stream BIGINT NOT NULL,
+        PRIMARY KEY (id, attempt)
+    );
+    CREATE INDEX relais_ledger_at ON relais_ledger (at_ms);
+    CREATE INDEX relais_ledger_key ON relais_ledger (key_id, at_ms);
+    CREATE INDEX relais_ledger_team ON relais_ledger (team_id, at_ms)",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS relais_schema (version BIGINT PRIMARY KEY)";
 
 pub(crate) const INSERT_TEAM: &str = "INSERT INTO relais_teams \
-    (id, name, routes, created_at, rpm, tpm, max_concurrent) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    (id, name, routes, created_at, rpm, tpm, max_concurrent, budget_day, budget_month, \
+    budget_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(crate) const SELECT_TEAMS: &str = "SELECT id, name, routes, created_at, rpm, tpm, \
-    max_concurrent FROM relais_teams ORDER BY created_at, id";
+    max_concurrent, budget_day, budget_month, budget_total FROM relais_teams \
+    ORDER BY created_at, id";
 pub(crate) const INSERT_KEY: &str = "INSERT INTO relais_keys \
-    (id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, max_concurrent) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    (id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, max_concurrent, \
+    budget_day, budget_month, budget_total) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 pub(crate) const SELECT_KEYS: &str = "SELECT id, name, team_id, prefix, hash, routes, created_at, \
-    revoked_at, rpm, tpm, max_concurrent FROM relais_keys ORDER BY created_at, id";
+    revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total \
+    FROM relais_keys ORDER BY created_at, id";
 pub(crate) const SELECT_KEY_BY_HASH: &str = "SELECT id, name, team_id, prefix, hash, routes, \
-    created_at, revoked_at, rpm, tpm, max_concurrent FROM relais_keys WHERE hash = $1";
+    created_at, revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total \
+    FROM relais_keys WHERE hash = $1";
 /// Revoking twice keeps the first time.
 pub(crate) const REVOKE_KEY: &str =
     "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";

@@ -6,6 +6,10 @@ use relais_core::BoxFuture;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
+use crate::ledger::{
+    LEDGER_WIDTH, LedgerRow, LedgerStore, SPEND_SQL, Spend, UsageLine, UsageQuery, insert_sql,
+    rows_of_sql, to_i64, to_u64, usage_sql,
+};
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
     SELECT_KEYS, SELECT_TEAMS, STEPS,
@@ -34,11 +38,11 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
 }
 
 fn limits_from_row(r: &Row, first: usize) -> Result<crate::Limits, StoreError> {
-    Ok(limits_from_sql([
-        r.try_get(first).map_err(db_error)?,
-        r.try_get(first + 1).map_err(db_error)?,
-        r.try_get(first + 2).map_err(db_error)?,
-    ]))
+    let mut v = [None; 6];
+    for (i, slot) in v.iter_mut().enumerate() {
+        *slot = r.try_get(first + i).map_err(db_error)?;
+    }
+    Ok(limits_from_sql(v))
 }
 
 fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
@@ -111,7 +115,7 @@ impl KeyStore for PostgresStore {
 
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let [rpm, tpm, concurrent] = limits_to_sql(&team.limits);
+            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&team.limits);
             self.client
                 .execute(
                     INSERT_TEAM,
@@ -123,6 +127,9 @@ impl KeyStore for PostgresStore {
                         &rpm,
                         &tpm,
                         &concurrent,
+                        &day,
+                        &month,
+                        &total,
                     ],
                 )
                 .await
@@ -154,7 +161,7 @@ impl KeyStore for PostgresStore {
 
     fn insert_key<'a>(&'a self, k: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let [rpm, tpm, concurrent] = limits_to_sql(&k.limits);
+            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&k.limits);
             self.client
                 .execute(
                     INSERT_KEY,
@@ -170,6 +177,9 @@ impl KeyStore for PostgresStore {
                         &rpm,
                         &tpm,
                         &concurrent,
+                        &day,
+                        &month,
+                        &total,
                     ],
                 )
                 .await
@@ -233,6 +243,183 @@ impl KeyStore for PostgresStore {
                 return Err(StoreError::NotFound(format!("active key {id}")));
             }
             Ok(())
+        })
+    }
+}
+
+/// Rows per INSERT statement: 23 parameters each, well under PostgreSQL's 65,535.
+const INSERT_CHUNK: usize = 256;
+
+fn ledger_row(r: &Row) -> Result<LedgerRow, StoreError> {
+    let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
+    Ok(LedgerRow {
+        id: r.try_get(0).map_err(db_error)?,
+        attempt: u32::try_from(r.try_get::<_, i64>(1).map_err(db_error)?).unwrap_or(0),
+        request_id: r.try_get(2).map_err(db_error)?,
+        at_ms: r.try_get(3).map_err(db_error)?,
+        category: r.try_get(4).map_err(db_error)?,
+        key_id: r.try_get(5).map_err(db_error)?,
+        team_id: r.try_get(6).map_err(db_error)?,
+        route: r.try_get(7).map_err(db_error)?,
+        deployment: r.try_get(8).map_err(db_error)?,
+        provider: r.try_get(9).map_err(db_error)?,
+        vendor: r.try_get(10).map_err(db_error)?,
+        model: r.try_get(11).map_err(db_error)?,
+        input_tokens: u(12)?,
+        output_tokens: u(13)?,
+        cache_read_tokens: u(14)?,
+        cache_write_tokens: u(15)?,
+        reasoning_tokens: u(16)?,
+        cost_pusd: u(17)?,
+        latency_us: u(18)?,
+        ttft_us: r
+            .try_get::<_, Option<i64>>(19)
+            .map_err(db_error)?
+            .map(to_u64),
+        status: u16::try_from(r.try_get::<_, i64>(20).map_err(db_error)?).unwrap_or(0),
+        error_class: r.try_get(21).map_err(db_error)?,
+        stream: r.try_get::<_, i64>(22).map_err(db_error)? != 0,
+    })
+}
+
+/// A row's numbers as PostgreSQL BIGINTs, in column order from `input_tokens`.
+fn ledger_numbers(r: &LedgerRow) -> [i64; 7] {
+    [
+        to_i64(r.input_tokens),
+        to_i64(r.output_tokens),
+        to_i64(r.cache_read_tokens),
+        to_i64(r.cache_write_tokens),
+        to_i64(r.reasoning_tokens),
+        to_i64(r.cost_pusd),
+        to_i64(r.latency_us),
+    ]
+}
+
+impl LedgerStore for PostgresStore {
+    fn insert_rows<'a>(&'a self, rows: &'a [LedgerRow]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            // Owned numbers first: the parameter list borrows them.
+            let scalars: Vec<([i64; 7], [i64; 4], Option<i64>)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        ledger_numbers(r),
+                        [
+                            i64::from(r.attempt),
+                            i64::from(r.status),
+                            i64::from(r.stream),
+                            r.at_ms,
+                        ],
+                        r.ttft_us.map(to_i64),
+                    )
+                })
+                .collect();
+            let mut added = 0;
+            for (chunk, nums) in rows.chunks(INSERT_CHUNK).zip(scalars.chunks(INSERT_CHUNK)) {
+                let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    Vec::with_capacity(chunk.len() * LEDGER_WIDTH);
+                for (r, (n, s, ttft)) in chunk.iter().zip(nums) {
+                    params.extend_from_slice(&[
+                        &r.id,
+                        &s[0],
+                        &r.request_id,
+                        &s[3],
+                        &r.category,
+                        &r.key_id,
+                        &r.team_id,
+                        &r.route,
+                        &r.deployment,
+                        &r.provider,
+                        &r.vendor,
+                        &r.model,
+                        &n[0],
+                        &n[1],
+                        &n[2],
+                        &n[3],
+                        &n[4],
+                        &n[5],
+                        &n[6],
+                        ttft,
+                        &s[1],
+                        &r.error_class,
+                        &s[2],
+                    ]);
+                }
+                // One statement per chunk is atomic on its own; a replay of a chunk that
+                // landed before a crash inserts nothing.
+                added += self
+                    .client
+                    .execute(&insert_sql(chunk.len(), '$'), &params)
+                    .await
+                    .map_err(db_error)?;
+            }
+            Ok(added)
+        })
+    }
+
+    fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>> {
+        Box::pin(async move {
+            let (key, team, route) = (
+                q.key_id.clone().unwrap_or_default(),
+                q.team_id.clone().unwrap_or_default(),
+                q.route.clone().unwrap_or_default(),
+            );
+            let rows = self
+                .client
+                .query(
+                    &usage_sql(q.group_by),
+                    &[&q.category, &q.from_ms, &q.to_ms, &key, &team, &route],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter()
+                .map(|r| {
+                    let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
+                    Ok(UsageLine {
+                        group: r.try_get(0).map_err(db_error)?,
+                        requests: u(1)?,
+                        errors: u(2)?,
+                        input_tokens: u(3)?,
+                        output_tokens: u(4)?,
+                        cache_read_tokens: u(5)?,
+                        cache_write_tokens: u(6)?,
+                        reasoning_tokens: u(7)?,
+                        cost_pusd: u(8)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn spend<'a>(
+        &'a self,
+        subject: &'a str,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> BoxFuture<'a, Result<Spend, StoreError>> {
+        Box::pin(async move {
+            let r = self
+                .client
+                .query_one(SPEND_SQL, &[&subject, &day_ms, &month_ms])
+                .await
+                .map_err(db_error)?;
+            let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
+            Ok(Spend {
+                day: u(0)?,
+                month: u(1)?,
+                total: u(2)?,
+            })
+        })
+    }
+
+    fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .client
+                .query(&rows_of_sql(), &[&id])
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(ledger_row).collect()
         })
     }
 }

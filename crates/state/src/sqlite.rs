@@ -8,6 +8,10 @@ use std::time::Duration;
 use relais_core::BoxFuture;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use crate::ledger::{
+    LedgerRow, LedgerStore, SPEND_SQL, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql,
+    to_i64, to_u64, usage_sql,
+};
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
     SELECT_KEYS, SELECT_TEAMS, STEPS,
@@ -77,7 +81,14 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<St
             routes: None,
             created_at: r.get(6)?,
             revoked_at: r.get(7)?,
-            limits: limits_from_sql([r.get(8)?, r.get(9)?, r.get(10)?]),
+            limits: limits_from_sql([
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+                r.get(13)?,
+            ]),
         },
         r.get(5)?,
     ))
@@ -136,7 +147,7 @@ impl KeyStore for SqliteStore {
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         let team = team.clone();
         Box::pin(self.run(move |c| {
-            let [rpm, tpm, concurrent] = limits_to_sql(&team.limits);
+            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&team.limits);
             c.execute(
                 &sql(INSERT_TEAM),
                 params![
@@ -146,7 +157,10 @@ impl KeyStore for SqliteStore {
                     team.created_at,
                     rpm,
                     tpm,
-                    concurrent
+                    concurrent,
+                    day,
+                    month,
+                    total
                 ],
             )
             .map_err(db_error)?;
@@ -164,7 +178,14 @@ impl KeyStore for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, i64>(3)?,
-                        limits_from_sql([r.get(4)?, r.get(5)?, r.get(6)?]),
+                        limits_from_sql([
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                            r.get(9)?,
+                        ]),
                     ))
                 })
                 .map_err(db_error)?;
@@ -186,7 +207,7 @@ impl KeyStore for SqliteStore {
     fn insert_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         let k = key.clone();
         Box::pin(self.run(move |c| {
-            let [rpm, tpm, concurrent] = limits_to_sql(&k.limits);
+            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&k.limits);
             c.execute(
                 &sql(INSERT_KEY),
                 params![
@@ -200,7 +221,10 @@ impl KeyStore for SqliteStore {
                     k.revoked_at,
                     rpm,
                     tpm,
-                    concurrent
+                    concurrent,
+                    day,
+                    month,
+                    total
                 ],
             )
             .map_err(db_error)?;
@@ -270,6 +294,141 @@ impl KeyStore for SqliteStore {
                 return Err(StoreError::NotFound(format!("active key {id}")));
             }
             Ok(())
+        }))
+    }
+}
+
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
+    let u = |i: usize| r.get::<_, i64>(i).map(to_u64);
+    Ok(LedgerRow {
+        id: r.get(0)?,
+        attempt: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        request_id: r.get(2)?,
+        at_ms: r.get(3)?,
+        category: r.get(4)?,
+        key_id: r.get(5)?,
+        team_id: r.get(6)?,
+        route: r.get(7)?,
+        deployment: r.get(8)?,
+        provider: r.get(9)?,
+        vendor: r.get(10)?,
+        model: r.get(11)?,
+        input_tokens: u(12)?,
+        output_tokens: u(13)?,
+        cache_read_tokens: u(14)?,
+        cache_write_tokens: u(15)?,
+        reasoning_tokens: u(16)?,
+        cost_pusd: u(17)?,
+        latency_us: u(18)?,
+        ttft_us: r.get::<_, Option<i64>>(19)?.map(to_u64),
+        status: u16::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
+        error_class: r.get(21)?,
+        stream: r.get::<_, i64>(22)? != 0,
+    })
+}
+
+impl LedgerStore for SqliteStore {
+    fn insert_rows<'a>(&'a self, rows: &'a [LedgerRow]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let rows = rows.to_vec();
+        Box::pin(self.run(move |c| {
+            let tx = c.unchecked_transaction().map_err(db_error)?;
+            let mut added = 0;
+            {
+                let mut stmt = tx.prepare_cached(&insert_sql(1, '?')).map_err(db_error)?;
+                for r in &rows {
+                    added += stmt
+                        .execute(params![
+                            r.id,
+                            i64::from(r.attempt),
+                            r.request_id,
+                            r.at_ms,
+                            r.category,
+                            r.key_id,
+                            r.team_id,
+                            r.route,
+                            r.deployment,
+                            r.provider,
+                            r.vendor,
+                            r.model,
+                            to_i64(r.input_tokens),
+                            to_i64(r.output_tokens),
+                            to_i64(r.cache_read_tokens),
+                            to_i64(r.cache_write_tokens),
+                            to_i64(r.reasoning_tokens),
+                            to_i64(r.cost_pusd),
+                            to_i64(r.latency_us),
+                            r.ttft_us.map(to_i64),
+                            i64::from(r.status),
+                            r.error_class,
+                            i64::from(r.stream),
+                        ])
+                        .map_err(db_error)? as u64;
+                }
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(added)
+        }))
+    }
+
+    fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>> {
+        let q = q.clone();
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare(&sql(&usage_sql(q.group_by))).map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        q.category,
+                        q.from_ms,
+                        q.to_ms,
+                        q.key_id.unwrap_or_default(),
+                        q.team_id.unwrap_or_default(),
+                        q.route.unwrap_or_default()
+                    ],
+                    |r| {
+                        let u = |i: usize| r.get::<_, i64>(i).map(to_u64);
+                        Ok(UsageLine {
+                            group: r.get(0)?,
+                            requests: u(1)?,
+                            errors: u(2)?,
+                            input_tokens: u(3)?,
+                            output_tokens: u(4)?,
+                            cache_read_tokens: u(5)?,
+                            cache_write_tokens: u(6)?,
+                            reasoning_tokens: u(7)?,
+                            cost_pusd: u(8)?,
+                        })
+                    },
+                )
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        }))
+    }
+
+    fn spend<'a>(
+        &'a self,
+        subject: &'a str,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> BoxFuture<'a, Result<Spend, StoreError>> {
+        let subject = subject.to_owned();
+        Box::pin(self.run(move |c| {
+            c.query_row(&sql(SPEND_SQL), params![subject, day_ms, month_ms], |r| {
+                Ok(Spend {
+                    day: to_u64(r.get(0)?),
+                    month: to_u64(r.get(1)?),
+                    total: to_u64(r.get(2)?),
+                })
+            })
+            .map_err(db_error)
+        }))
+    }
+
+    fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare(&sql(&rows_of_sql())).map_err(db_error)?;
+            let rows = stmt.query_map(params![id], ledger_row).map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         }))
     }
 }

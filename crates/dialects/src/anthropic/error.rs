@@ -20,6 +20,7 @@ pub fn error_status(err: &Error) -> u16 {
         ErrorKind::Auth | ErrorKind::PermissionDenied | ErrorKind::NotFound => 502,
         ErrorKind::PayloadTooLarge => 413,
         ErrorKind::RateLimited => 429,
+        ErrorKind::BudgetExceeded => 402,
         ErrorKind::Overloaded => 529,
         // Draining for shutdown: 503 is what a load balancer in front understands; the error
         // type (below) still tells the SDK it is a "try again later".
@@ -49,6 +50,7 @@ fn error_type(err: &Error) -> &'static str {
         ErrorKind::Auth | ErrorKind::PermissionDenied | ErrorKind::NotFound => "api_error",
         ErrorKind::PayloadTooLarge => "request_too_large",
         ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::BudgetExceeded => "billing_error",
         ErrorKind::Overloaded | ErrorKind::Unavailable => "overloaded_error",
         ErrorKind::Timeout => "timeout_error",
         ErrorKind::Connect | ErrorKind::Protocol | ErrorKind::Server | ErrorKind::Internal => {
@@ -185,6 +187,7 @@ mod tests {
                         | "not_found_error"
                         | "request_too_large"
                         | "rate_limit_error"
+                        | "billing_error"
                 );
                 assert_eq!(
                     client_type,

@@ -19,6 +19,8 @@ pub fn error_status(err: &Error) -> u16 {
         ErrorKind::Auth | ErrorKind::PermissionDenied | ErrorKind::NotFound => 502,
         ErrorKind::PayloadTooLarge => 413,
         ErrorKind::RateLimited => 429,
+        // Not 429: OpenAI's SDKs retry a 429, and waiting does not refill a budget.
+        ErrorKind::BudgetExceeded => 402,
         ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
         ErrorKind::Timeout => 504,
         ErrorKind::Connect | ErrorKind::Protocol => 502,
@@ -41,6 +43,7 @@ fn error_type(err: &Error) -> &'static str {
         ErrorKind::NotFound if err.side == Side::Client => "invalid_request_error",
         ErrorKind::PermissionDenied if err.side == Side::Client => "permission_error",
         ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::BudgetExceeded => "insufficient_quota",
         ErrorKind::Auth | ErrorKind::PermissionDenied | ErrorKind::NotFound => "upstream_error",
         _ => "server_error",
     }
@@ -54,6 +57,7 @@ fn default_code(err: &Error) -> Option<&'static str> {
         (ErrorKind::PermissionDenied, Side::Upstream) => "upstream_permission_denied",
         (ErrorKind::NotFound, _) => "upstream_not_found",
         (ErrorKind::RateLimited, _) => "rate_limit_exceeded",
+        (ErrorKind::BudgetExceeded, _) => "budget_exceeded",
         (ErrorKind::Overloaded, _) => "overloaded",
         (ErrorKind::Timeout, _) => "upstream_timeout",
         (ErrorKind::Connect, _) => "upstream_unreachable",

@@ -1,0 +1,259 @@
+//! What a request cost and who pays: its worst case for admission, its real cost for settlement,
+//! and its ledger rows (one for the request as the client saw it, one per upstream attempt).
+//! Also the usage summaries shared by `GET /admin/usage` and `relais usage`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use relais_core::{Error, Usage};
+use relais_governance::{Ledger, LedgerRow};
+use relais_router::{Deployment, FailedAttempt, Route};
+use relais_state::{GroupBy, UsageLine, UsageQuery};
+
+use crate::app::Live;
+
+/// Cost of `usage` at a deployment's price, pico-USD; 0 when it has no price.
+pub(crate) fn cost_at(d: &Deployment, usage: &Usage) -> u64 {
+    d.price
+        .map_or(0, |p| u64::try_from(p.cost(usage)).unwrap_or(u64::MAX))
+}
+
+/// The most a request of `input` prompt tokens and up to `output` generated ones can cost on
+/// any deployment of `route` (the router may pick any of them, and fall back).
+pub(crate) fn worst_cost(route: &Route, input: u64, output: u64) -> u64 {
+    let usage = Usage {
+        input_tokens: input,
+        output_tokens: output,
+        ..Usage::default()
+    };
+    route
+        .deployments
+        .iter()
+        .map(|d| cost_at(d, &usage))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where the request went: the route and deployment index that served it.
+pub(crate) struct Served {
+    pub route: Arc<Route>,
+    pub deployment: usize,
+    pub usage: Option<Usage>,
+    pub ttft: Option<Duration>,
+}
+
+/// The ledger rows of one request, started when it is admitted and recorded once when it ends.
+pub(crate) struct Bill {
+    ledger: Arc<Ledger>,
+    base: LedgerRow,
+    start: Instant,
+    recorded: bool,
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn fill(row: &mut LedgerRow, d: &Deployment) {
+    row.deployment = Some(d.id.clone());
+    row.provider = Some(d.provider_name.clone());
+    row.vendor = Some(d.provider.kind().to_owned());
+    row.model = Some(d.model.clone());
+}
+
+fn set_usage(row: &mut LedgerRow, u: &Usage, cost: u64) {
+    row.input_tokens = u.input_tokens;
+    row.output_tokens = u.output_tokens;
+    row.cache_read_tokens = u.cache_read_tokens;
+    row.cache_write_tokens = u.cache_write_tokens;
+    row.reasoning_tokens = u.reasoning_tokens;
+    row.cost_pusd = cost;
+}
+
+impl Bill {
+    /// `None` when there is no ledger (no `[governance]`).
+    pub(crate) fn start(
+        live: &Live,
+        request_id: &str,
+        who: (Option<&str>, Option<&str>),
+        route: &str,
+        stream: bool,
+        start: Instant,
+    ) -> Option<Self> {
+        let ledger = live.runtime.ledger.clone()?;
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Some(Self {
+            ledger,
+            base: LedgerRow {
+                id: format!("{:032x}", fastrand::u128(..)),
+                attempt: 0,
+                request_id: request_id.to_owned(),
+                at_ms,
+                category: "live".to_owned(),
+                key_id: who.0.map(str::to_owned),
+                team_id: who.1.map(str::to_owned),
+                route: route.to_owned(),
+                stream,
+                ..LedgerRow::default()
+            },
+            start,
+            recorded: false,
+        })
+    }
+
+    /// Write the rows: each failed attempt, the attempt that served (if any), and the request
+    /// with its totals, the status the client got and its error class. Only the first call
+    /// writes.
+    pub(crate) fn record(
+        &mut self,
+        live: &Live,
+        failed: &[FailedAttempt],
+        served: Option<&Served>,
+        status: u16,
+        error: Option<&Error>,
+    ) {
+        self.record_class(
+            live,
+            failed,
+            served,
+            status,
+            error.map(|e| (e.kind.as_str(), e.upstream_status)),
+        );
+    }
+
+    /// [`Bill::record`] with the error as (class, upstream status): a stream the client
+    /// closed is `canceled`, which no [`Error`] is.
+    pub(crate) fn record_class(
+        &mut self,
+        live: &Live,
+        failed: &[FailedAttempt],
+        served: Option<&Served>,
+        status: u16,
+        error: Option<(&str, Option<u16>)>,
+    ) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let mut rows = Vec::with_capacity(failed.len() + 2);
+        let mut attempt = 0;
+        for f in failed {
+            attempt += 1;
+            let mut row = self.base.clone();
+            row.attempt = attempt;
+            row.route.clone_from(&f.route);
+            if let Some(d) = live
+                .entries
+                .get(&f.route)
+                .and_then(|e| e.route.deployments.get(f.deployment))
+            {
+                fill(&mut row, d);
+            }
+            row.latency_us = us(f.elapsed);
+            row.status = f.error.upstream_status.unwrap_or(0);
+            row.error_class = Some(f.error.kind.as_str().to_owned());
+            rows.push(row);
+        }
+        let mut total = self.base.clone();
+        total.latency_us = us(self.start.elapsed());
+        total.status = status;
+        total.error_class = error.map(|(class, _)| class.to_owned());
+        if let Some(s) = served {
+            if let Some(d) = s.route.deployments.get(s.deployment) {
+                attempt += 1;
+                let mut row = self.base.clone();
+                row.attempt = attempt;
+                row.route.clone_from(&s.route.name);
+                fill(&mut row, d);
+                fill(&mut total, d);
+                if let Some(u) = &s.usage {
+                    let cost = cost_at(d, u);
+                    set_usage(&mut row, u, cost);
+                    set_usage(&mut total, u, cost);
+                }
+                row.ttft_us = s.ttft.map(us);
+                total.ttft_us = row.ttft_us;
+                row.latency_us = total.latency_us;
+                // The upstream answered 200 and streamed; a later failure may carry its own.
+                row.status = error.and_then(|(_, s)| s).unwrap_or(200);
+                row.error_class.clone_from(&total.error_class);
+                rows.push(row);
+            }
+        }
+        rows.push(total);
+        self.ledger.record(&rows);
+    }
+}
+
+/// A usage query from the admin API's or the CLI's parameters: group by one of
+/// [`GroupBy::NAMES`], dates `YYYY-MM-DD` (from: the first of this month by default; to:
+/// inclusive, today by default).
+pub fn usage_query(
+    by: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    filters: [Option<String>; 3],
+) -> Result<UsageQuery, Error> {
+    let group_by = GroupBy::parse(by).ok_or_else(|| {
+        Error::bad_request(format!("by: '{by}' is not one of: {}", GroupBy::NAMES)).with_param("by")
+    })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let (today, month) = relais_governance::period_starts(now);
+    let date = |v: Option<&str>, field: &str, default: i64| {
+        v.map_or(Ok(default), |t| {
+            relais_governance::parse_date(t)
+                .map_err(|e| Error::bad_request(format!("{field}: {e}")).with_param(field))
+        })
+    };
+    let from_ms = date(from, "from", month)?;
+    let to_ms = date(to, "to", today)? + 86_400_000;
+    let [key_id, team_id, route] = filters;
+    Ok(UsageQuery {
+        group_by,
+        from_ms,
+        to_ms,
+        category: "live".to_owned(),
+        key_id,
+        team_id,
+        route,
+    })
+}
+
+/// A usage line for people: days as dates, money in USD (exact) and pico-USD.
+pub fn usage_json(q: &UsageQuery, lines: &[UsageLine]) -> serde_json::Value {
+    let rows: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            let group = match q.group_by {
+                GroupBy::Day => l
+                    .group
+                    .parse::<i64>()
+                    .map_or_else(|_| l.group.clone(), relais_governance::date_of_day),
+                _ => l.group.clone(),
+            };
+            serde_json::json!({
+                "group": group,
+                "requests": l.requests,
+                "errors": l.errors,
+                "input_tokens": l.input_tokens,
+                "output_tokens": l.output_tokens,
+                "cache_read_tokens": l.cache_read_tokens,
+                "cache_write_tokens": l.cache_write_tokens,
+                "reasoning_tokens": l.reasoning_tokens,
+                "cost_usd": relais_governance::usd(l.cost_pusd).trim_start_matches('$'),
+                "cost_pusd": l.cost_pusd,
+            })
+        })
+        .collect();
+    let total: u64 = lines.iter().map(|l| l.cost_pusd).sum();
+    serde_json::json!({
+        "from": relais_governance::date_of_day(q.from_ms.div_euclid(86_400_000)),
+        "to": relais_governance::date_of_day((q.to_ms - 1).div_euclid(86_400_000)),
+        "usage": rows,
+        "total_cost_usd": relais_governance::usd(total).trim_start_matches('$'),
+        "total_cost_pusd": total,
+    })
+}

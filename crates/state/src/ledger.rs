@@ -1,0 +1,203 @@
+//! The ledger's rows and the queries over them, shared by both stores. A row is written once per
+//! request (attempt 0: what the client got) and once per upstream attempt (1, 2, ...); the pair
+//! (id, attempt) is the primary key, so writing a row twice (a replay after a crash) keeps one.
+
+use relais_core::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// One ledger row. Money is integer pico-USD (10⁻¹² USD); times are microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerRow {
+    /// The gateway's own id of the request, unique even when clients reuse `x-request-id`.
+    pub id: String,
+    /// 0: the request as the client saw it (its totals); 1, 2, ...: its upstream attempts.
+    pub attempt: u32,
+    /// The id the client saw (`x-request-id`).
+    pub request_id: String,
+    /// Unix milliseconds when the request arrived.
+    pub at_ms: i64,
+    /// `live` for client traffic (others, such as shadow copies, are kept apart).
+    pub category: String,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub route: String,
+    pub deployment: Option<String>,
+    pub provider: Option<String>,
+    pub vendor: Option<String>,
+    /// The upstream's name of the model.
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_pusd: u64,
+    pub latency_us: u64,
+    pub ttft_us: Option<u64>,
+    /// The HTTP status the client got (attempt 0), or the upstream's (0 when none answered).
+    pub status: u16,
+    /// The error class when it failed (`rate_limited`, `timeout`, ...).
+    pub error_class: Option<String>,
+    pub stream: bool,
+}
+
+/// What to group a usage summary by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Team,
+    Route,
+    Vendor,
+    Provider,
+    Model,
+    /// UTC day.
+    Day,
+}
+
+impl GroupBy {
+    pub const NAMES: &'static str = "key, team, route, vendor, provider, model, day";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "key" => Self::Key,
+            "team" => Self::Team,
+            "route" => Self::Route,
+            "vendor" => Self::Vendor,
+            "provider" => Self::Provider,
+            "model" => Self::Model,
+            "day" => Self::Day,
+            _ => return None,
+        })
+    }
+
+    /// The SQL expression grouped on; a fixed string per variant, never user input.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            Self::Key => "COALESCE(key_id, '')",
+            Self::Team => "COALESCE(team_id, '')",
+            Self::Route => "route",
+            Self::Vendor => "COALESCE(vendor, '')",
+            Self::Provider => "COALESCE(provider, '')",
+            Self::Model => "COALESCE(model, '')",
+            Self::Day => "CAST(at_ms / 86400000 AS TEXT)",
+        }
+    }
+}
+
+/// Which requests to summarise: attempt-0 rows of one category in `[from_ms, to_ms)`,
+/// optionally of one key, team or route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub group_by: GroupBy,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub category: String,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub route: Option<String>,
+}
+
+/// One group of a usage summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UsageLine {
+    /// The group's value (a key id, a route, ...; for days, the number of days since 1970).
+    pub group: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_pusd: u64,
+}
+
+/// A subject's spend in pico-USD: since the start of the day, of the month, and ever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub day: u64,
+    pub month: u64,
+    pub total: u64,
+}
+
+/// Where ledger rows end up. Implementations: [`crate::SqliteStore`], [`crate::PostgresStore`].
+pub trait LedgerStore: Send + Sync {
+    /// Insert rows in one transaction; rows already present (same id and attempt) are left as
+    /// they are. Returns how many were new.
+    fn insert_rows<'a>(&'a self, rows: &'a [LedgerRow]) -> BoxFuture<'a, Result<u64, StoreError>>;
+    fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>>;
+    /// Live spend of a key or team (by its id) since `day_ms` and `month_ms`, and in total.
+    fn spend<'a>(
+        &'a self,
+        subject: &'a str,
+        day_ms: i64,
+        month_ms: i64,
+    ) -> BoxFuture<'a, Result<Spend, StoreError>>;
+    /// Every row of a request, attempts in order (for tests and audits).
+    fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
+}
+
+pub(crate) const LEDGER_COLUMNS: &str = "id, attempt, request_id, at_ms, category, key_id, \
+    team_id, route, deployment, provider, vendor, model, input_tokens, output_tokens, \
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_pusd, latency_us, ttft_us, \
+    status, error_class, stream";
+pub(crate) const LEDGER_WIDTH: usize = 23;
+
+/// `INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING` for `n` rows, with `$k` parameters
+/// (`?k` for SQLite).
+pub(crate) fn insert_sql(n: usize, mark: char) -> String {
+    let mut s = format!("INSERT INTO relais_ledger ({LEDGER_COLUMNS}) VALUES ");
+    for r in 0..n {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..LEDGER_WIDTH {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push(mark);
+            s.push_str(&(r * LEDGER_WIDTH + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s.push_str(" ON CONFLICT (id, attempt) DO NOTHING");
+    s
+}
+
+pub(crate) fn usage_sql(group_by: GroupBy) -> String {
+    let g = group_by.column();
+    format!(
+        "SELECT {g}, COUNT(*), \
+         CAST(COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(cache_read_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
+         FROM relais_ledger WHERE attempt = 0 AND category = $1 AND at_ms >= $2 AND at_ms < $3 \
+         AND ($4 = '' OR key_id = $4) AND ($5 = '' OR team_id = $5) AND ($6 = '' OR route = $6) \
+         GROUP BY {g} ORDER BY {g}"
+    )
+}
+
+pub(crate) const SPEND_SQL: &str = "SELECT \
+    CAST(COALESCE(SUM(CASE WHEN at_ms >= $2 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
+    CAST(COALESCE(SUM(CASE WHEN at_ms >= $3 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
+    CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
+    FROM relais_ledger WHERE attempt = 0 AND category = 'live' AND (key_id = $1 OR team_id = $1)";
+
+pub(crate) fn rows_of_sql() -> String {
+    format!("SELECT {LEDGER_COLUMNS} FROM relais_ledger WHERE id = $1 ORDER BY attempt")
+}
+
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
