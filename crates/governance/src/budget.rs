@@ -275,8 +275,8 @@ mod tests {
             t0,
         );
         s.reserved = 10;
-        assert_eq!(s.over(&l, 41, t0), None);
-        assert_eq!(s.over(&l, 51, t0), Some((Period::Total, 210)));
+        assert_eq!(s.over(&l, 40, t0), None);
+        assert_eq!(s.over(&l, 41, t0), Some((Period::Total, 210)));
         s.reserved = 0;
         s.add(45, t0);
         assert_eq!(s.over(&l, 16, t0), Some((Period::Day, 85)));

@@ -94,6 +94,8 @@ pub struct KeyRing {
     cache: RwLock<Cache>,
     /// Whether any key is active, kept with the cache so requests need not count.
     active: AtomicBool,
+    /// Whether the last refresh reached the store (for `/readyz` and metrics).
+    store_up: AtomicBool,
 }
 
 fn store_error(e: StoreError) -> Error {
@@ -119,6 +121,7 @@ impl KeyRing {
             store,
             cache: RwLock::new(Cache::default()),
             active: AtomicBool::new(false),
+            store_up: AtomicBool::new(true),
         };
         ring.refresh().await?;
         Ok(ring)
@@ -128,10 +131,22 @@ impl KeyRing {
         self.store.kind()
     }
 
+    /// Whether the last refresh reached the store. While it does not, the keys loaded last
+    /// stay in force.
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed)
+    }
+
     /// Reload everything from the store (revocations made by other instances arrive so).
     pub async fn refresh(&self) -> Result<(), Error> {
-        let teams = self.store.teams().await.map_err(store_error)?;
-        let keys = self.store.keys().await.map_err(store_error)?;
+        let loaded = async {
+            let teams = self.store.teams().await.map_err(store_error)?;
+            let keys = self.store.keys().await.map_err(store_error)?;
+            Ok::<_, Error>((teams, keys))
+        }
+        .await;
+        self.store_up.store(loaded.is_ok(), Ordering::Relaxed);
+        let (teams, keys) = loaded?;
         let cache = Cache {
             by_hash: keys
                 .into_iter()

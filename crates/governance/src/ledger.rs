@@ -308,6 +308,11 @@ impl Ledger {
         }
     }
 
+    /// The store the rows go to (for usage queries).
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
+    }
+
     /// Whether the store took the last shipment.
     pub fn store_up(&self) -> bool {
         self.stats.store_up.load(Ordering::Relaxed)

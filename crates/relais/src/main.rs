@@ -1,4 +1,4 @@
-//! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`.
+//! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`, `keys`, `teams`, `usage`.
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
@@ -53,6 +53,80 @@ enum Command {
         #[command(subcommand)]
         action: TeamsCmd,
     },
+    /// Spend and tokens from the ledger, grouped by key, team, route, vendor, provider, model
+    /// or day.
+    Usage {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// key, team, route, vendor, provider, model or day.
+        #[arg(long, default_value = "key")]
+        by: String,
+        /// First day (YYYY-MM-DD, UTC); default the first of this month.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, included; default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this key (id).
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this team (id).
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Print JSON (the admin API's shape) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+struct UsageArgs {
+    by: String,
+    from: Option<String>,
+    to: Option<String>,
+    filters: [Option<String>; 3],
+    json: bool,
+}
+
+fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<()> {
+    let q = relais_server::bill::usage_query(&a.by, a.from.as_deref(), a.to.as_deref(), a.filters)
+        .map_err(|e| anyhow!(e.message))?;
+    with_keyring(config, async |g| {
+        let lines = g
+            .ledger_store
+            .usage(&q)
+            .await
+            .map_err(|e| anyhow!("ledger store: {e}"))?;
+        let v = relais_server::bill::usage_json(&q, &lines);
+        if a.json {
+            println!("{v}");
+            return Ok(());
+        }
+        println!(
+            "{:<36} {:>9} {:>7} {:>12} {:>12} {:>16}",
+            a.by, "requests", "errors", "input", "output", "cost (USD)"
+        );
+        for row in v["usage"].as_array().into_iter().flatten() {
+            println!(
+                "{:<36} {:>9} {:>7} {:>12} {:>12} {:>16}",
+                row["group"].as_str().unwrap_or(""),
+                row["requests"],
+                row["errors"],
+                row["input_tokens"],
+                row["output_tokens"],
+                row["cost_usd"].as_str().unwrap_or("")
+            );
+        }
+        println!(
+            "{} to {}: total {} USD",
+            v["from"].as_str().unwrap_or(""),
+            v["to"].as_str().unwrap_or(""),
+            v["total_cost_usd"].as_str().unwrap_or("")
+        );
+        Ok(())
+    })
 }
 
 #[derive(Subcommand)]
@@ -134,6 +208,25 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Keys { config, action } => keys(config, action),
         Command::Teams { config, action } => teams(config, action),
+        Command::Usage {
+            config,
+            by,
+            from,
+            to,
+            key,
+            team,
+            route,
+            json,
+        } => usage(
+            config,
+            UsageArgs {
+                by,
+                from,
+                to,
+                filters: [key, team, route],
+                json,
+            },
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -253,27 +346,9 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let mut runtime = config::build(&raw, &source, &origin).map_err(|e| anyhow!(e))?;
-        let governed = config::open_governance(raw.governance.as_ref(), &origin)
+        config::open_state(&raw, &mut runtime, &origin)
             .await
             .map_err(|e| anyhow!(e))?;
-        let ledger_store = governed.as_ref().map(|g| g.ledger_store.clone());
-        if let (Some(g), Some(cfg)) = (&governed, &raw.governance) {
-            let ledger = config::open_ledger(cfg, g.ledger_store.clone(), &origin)
-                .map_err(|e| anyhow!(e))?;
-            // Rows a previous run left on disk reach the store before budgets are read from it.
-            if let Err(e) = ledger.flush().await {
-                tracing::warn!(error = %e.message, "ledger: rows left by the last run could not be stored yet; they stay on disk and are retried");
-            }
-            runtime.ledger = Some(ledger);
-        }
-        runtime.keyring = governed.map(|g| g.keyring);
-        if let Some(limits) =
-            config::open_rate_limits(raw.governance.as_ref(), &origin, ledger_store)
-                .await
-                .map_err(|e| anyhow!(e))?
-        {
-            runtime.rate_limits = limits;
-        }
         if let Some(ring) = &runtime.keyring {
             tracing::info!(store = ring.store_kind(), active_keys = ring.has_active_keys(), "virtual keys loaded");
         }

@@ -342,6 +342,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/teams", get(admin_teams).post(admin_teams))
         .route("/admin/keys", get(admin_keys).post(admin_keys))
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
+        .route("/admin/usage", get(admin_usage))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -1070,17 +1071,30 @@ async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
             .governance
             .as_ref()
             .is_some_and(|g| g.when_redis_down == "open");
+        let mut body = serde_json::json!({"status": "ready"});
+        let mut status = StatusCode::OK;
         match (limits.is_up(), fail_open) {
-            (true, _) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
-            (false, true) => (
-                StatusCode::OK,
-                serde_json::json!({"status": "degraded", "limits": "unreachable: admitting without limits"}),
-            ),
-            (false, false) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": "degraded", "limits": "unreachable: refusing limited keys"}),
-            ),
+            (true, _) => {}
+            (false, true) => {
+                body["limits"] = "unreachable: admitting without limits".into();
+            }
+            (false, false) => {
+                status = StatusCode::SERVICE_UNAVAILABLE;
+                body["limits"] = "unreachable: refusing limited keys".into();
+            }
         }
+        // Neither stops this instance from serving: keys loaded last stay in force, ledger
+        // rows wait on disk. Named so that an operator sees it.
+        if live.runtime.keyring.as_ref().is_some_and(|r| !r.store_up()) {
+            body["keys"] = "store unreachable: the keys loaded last stay in force".into();
+        }
+        if live.runtime.ledger.as_ref().is_some_and(|l| !l.store_up()) {
+            body["ledger"] = "store unreachable: rows wait on disk".into();
+        }
+        if body.as_object().is_some_and(|o| o.len() > 1) {
+            body["status"] = "degraded".into();
+        }
+        (status, body)
     };
     plain(&headers, status, "application/json", body.to_string())
 }
@@ -1094,6 +1108,25 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         limits.kind(),
         u8::from(limits.is_up())
     ));
+    if let Some(ring) = &live.runtime.keyring {
+        body.push_str(&format!(
+            "# HELP relais_key_store_up Whether the last key refresh reached the store.\n# TYPE relais_key_store_up gauge\nrelais_key_store_up{{kind=\"{}\"}} {}\n",
+            ring.store_kind(),
+            u8::from(ring.store_up())
+        ));
+    }
+    if let Some(l) = &live.runtime.ledger {
+        let st = &l.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        body.push_str(&format!(
+            "# HELP relais_ledger_rows_total Ledger rows appended to the write-ahead file (recorded) and accepted by the store (stored).\n# TYPE relais_ledger_rows_total counter\nrelais_ledger_rows_total{{state=\"recorded\"}} {}\nrelais_ledger_rows_total{{state=\"stored\"}} {}\n# HELP relais_ledger_write_errors_total Appends to the write-ahead file that failed (rows kept in memory).\n# TYPE relais_ledger_write_errors_total counter\nrelais_ledger_write_errors_total {}\n# HELP relais_ledger_backlog_segments Closed write-ahead segments waiting for the store.\n# TYPE relais_ledger_backlog_segments gauge\nrelais_ledger_backlog_segments {}\n# HELP relais_ledger_store_up Whether the last shipment reached the ledger store.\n# TYPE relais_ledger_store_up gauge\nrelais_ledger_store_up {}\n",
+            n(&st.recorded),
+            n(&st.stored),
+            n(&st.write_errors),
+            n(&st.backlog),
+            u8::from(l.store_up())
+        ));
+    }
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 
@@ -1352,6 +1385,82 @@ async fn admin_key_action(
 
 /// `GET /admin/routes`: every route's strategy and, per deployment, the router's live view:
 /// breaker state, cool-downs, latency estimate, in-flight and counters. Behind `admin.key`.
+/// `GET /admin/usage?by=key&from=2026-11-01&to=2026-11-23&key=..&team=..&route=..`: spend
+/// and tokens from the ledger, grouped; every row recorded before the call is counted (the
+/// write-ahead file is shipped first).
+async fn admin_usage(State(app): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let ledger = live.runtime.ledger.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                Side::Client,
+                "no ledger: configure [governance]",
+            )
+        })?;
+        let params = query_params(uri.query().unwrap_or(""));
+        let get = |k: &str| params.get(k).map(String::as_str);
+        let q = crate::bill::usage_query(
+            get("by").unwrap_or("key"),
+            get("from"),
+            get("to"),
+            [
+                get("key").map(str::to_owned),
+                get("team").map(str::to_owned),
+                get("route").map(str::to_owned),
+            ],
+        )?;
+        ledger.flush().await?;
+        let lines = ledger.store().usage(&q).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                format!("ledger store: {e}"),
+            )
+        })?;
+        Ok((StatusCode::OK, crate::bill::usage_json(&q, &lines)))
+    })
+    .await
+}
+
+/// `a=1&b=x%20y` as a map (the last value of a repeated name wins).
+fn query_params(query: &str) -> BTreeMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match std::str::from_utf8(&bytes[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 async fn admin_routes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let ctx = Ctx::new(&headers);
     let live = app.live();

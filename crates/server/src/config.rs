@@ -99,10 +99,15 @@ pub fn open_ledger(
     store: Arc<dyn relais_state::LedgerStore>,
     origin: &str,
 ) -> Result<Arc<relais_governance::Ledger>, ConfigError> {
-    let dir = cfg
-        .ledger_dir
-        .as_ref()
-        .map_or_else(|| relais_home().join("ledger"), std::path::PathBuf::from);
+    // By default beside the SQLite file (one data directory), else in $RELAIS_HOME.
+    let dir = match (&cfg.ledger_dir, cfg.store.as_str(), &cfg.sqlite_path) {
+        (Some(d), _, _) => std::path::PathBuf::from(d),
+        (None, "sqlite", Some(db)) => Path::new(db)
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("ledger"),
+        _ => relais_home().join("ledger"),
+    };
     relais_governance::Ledger::open(
         &dir,
         store,
@@ -125,6 +130,30 @@ fn default_lease() -> u64 {
 
 fn default_when_down() -> String {
     "closed".to_owned()
+}
+
+/// Open everything `[governance]` names into `runtime`: the store and its keys, the ledger
+/// (shipping what a previous run left on disk before budgets are read), and where limits and
+/// budgets are counted.
+pub async fn open_state(
+    raw: &RawConfig,
+    runtime: &mut Runtime,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let governed = open_governance(raw.governance.as_ref(), origin).await?;
+    let ledger_store = governed.as_ref().map(|g| g.ledger_store.clone());
+    if let (Some(g), Some(cfg)) = (&governed, &raw.governance) {
+        let ledger = open_ledger(cfg, g.ledger_store.clone(), origin)?;
+        if let Err(e) = ledger.flush().await {
+            tracing::warn!(error = %e.message, "ledger: rows left by the last run could not be stored yet; they stay on disk and are retried");
+        }
+        runtime.ledger = Some(ledger);
+    }
+    runtime.keyring = governed.map(|g| g.keyring);
+    if let Some(limits) = open_rate_limits(raw.governance.as_ref(), origin, ledger_store).await? {
+        runtime.rate_limits = limits;
+    }
+    Ok(())
 }
 
 /// Where the config says key and team limits are counted (`None`: in this process, with no
@@ -249,6 +278,19 @@ pub async fn open_governance(
         keyring: Arc::new(ring),
         ledger_store,
     }))
+}
+
+/// The price table shipped in the binary (`prices.toml`), which the config's `[prices]`
+/// overrides model by model.
+fn shipped_prices() -> BTreeMap<String, PriceConfig> {
+    #[derive(Deserialize)]
+    struct Shipped {
+        prices: BTreeMap<String, PriceConfig>,
+    }
+    // Checked by a unit test; an empty table if it ever failed to parse.
+    toml::from_str::<Shipped>(include_str!("prices.toml"))
+        .map(|s| s.prices)
+        .unwrap_or_default()
 }
 
 /// The admin API (`/admin/...`). Off unless a key is set.
@@ -675,8 +717,10 @@ fn build_from(
         provider_kinds.insert(name.clone(), cfg.kind());
     }
 
+    // Shipped defaults first; the config's own entries replace them model by model.
+    let shipped = shipped_prices();
     let mut prices = BTreeMap::new();
-    for (model, pc) in &raw.prices {
+    for (model, pc) in shipped.iter().chain(&raw.prices) {
         let field = |f: &str| format!("prices.{model}.{f}");
         let one = |v: &PriceValue, f: &str| {
             v.parse()
@@ -881,7 +925,12 @@ fn build_from(
                     tpm: d.tpm,
                     concurrent: d.max_concurrent,
                 },
-                price: prices.get(&d.model).copied(),
+                // The built-in model costs nothing; others cost what the price table says.
+                price: if provider.kind() == "local" {
+                    Some(Price::default())
+                } else {
+                    prices.get(&d.model).copied()
+                },
                 health,
             });
         }
@@ -890,13 +939,18 @@ fn build_from(
                 "{origin}: routes.{name}.deployments: every weight is 0; nothing could be chosen"
             )));
         }
-        if strategy == Strategy::LeastCost {
-            for d in deployments.iter().filter(|d| d.price.is_none()) {
-                warnings.push(format!(
+        for d in deployments.iter().filter(|d| d.price.is_none()) {
+            warnings.push(if strategy == Strategy::LeastCost {
+                format!(
                     "routes.{name}: least_cost, but no [prices.\"{}\"] for {}: it is chosen last",
                     d.model, d.id
-                ));
-            }
+                )
+            } else {
+                format!(
+                    "routes.{name}: no [prices.\"{}\"] for {}: its requests cost $0 in the ledger and in budgets",
+                    d.model, d.id
+                )
+            });
         }
         // A backup that lacks what the primary has fails the requests that use it.
         let primary = deployments[0].capabilities;
@@ -1066,6 +1120,29 @@ mod tests {
     fn check(src: &str) -> Result<Runtime, ConfigError> {
         let raw = parse(src, "t.toml")?;
         build(&raw, src, "t.toml")
+    }
+
+    #[test]
+    fn shipped_prices_parse_and_the_config_overrides_them() {
+        let shipped = shipped_prices();
+        assert!(shipped.len() >= 20, "{}", shipped.len());
+        for (model, pc) in &shipped {
+            assert!(pc.input.parse().is_ok(), "{model}");
+            assert!(pc.output.parse().is_ok(), "{model}");
+        }
+        let rt = check(&format!(
+            "{TWO_PROVIDERS}[routes.r]\ndeployments = [{{ provider = \"a\", model = \"gpt-4o-mini\" }}, {{ provider = \"b\", model = \"gpt-4o\" }}]\n[prices.\"gpt-4o\"]\ninput = \"1\"\noutput = \"2\"\n"
+        ))
+        .unwrap();
+        let d = &rt.routes["r"].deployments;
+        assert_eq!(
+            d[0].price.map(|p| (p.input, p.output)),
+            Some((150_000, 600_000))
+        );
+        assert_eq!(
+            d[1].price.map(|p| (p.input, p.output)),
+            Some((1_000_000, 2_000_000))
+        );
     }
 
     #[test]

@@ -88,16 +88,36 @@ pub async fn serve_with_reload(
         }
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        r = &mut server => return r,
-        () = deadline => {}
-    }
-    tracing::warn!("drain deadline reached: ending open streams");
-    let _ = abort_tx.send(true);
-    // Give the streams a moment to write their closing error event.
-    tokio::select! {
+    let served = tokio::select! {
         r = &mut server => r,
-        () = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
+        () = deadline => {
+            tracing::warn!("drain deadline reached: ending open streams");
+            let _ = abort_tx.send(true);
+            // Give the streams a moment to write their closing error event.
+            tokio::select! {
+                r = &mut server => r,
+                () = tokio::time::sleep(Duration::from_secs(2)) => Ok(()),
+            }
+        }
+    };
+    flush_ledger(&state).await;
+    served
+}
+
+/// Ship the ledger's write-ahead file to the store before exiting; what cannot be shipped in
+/// a few seconds stays on disk for the next start.
+async fn flush_ledger(state: &AppState) {
+    let Some(ledger) = state.live().runtime.ledger.clone() else {
+        return;
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ledger.flush()).await {
+        Ok(Ok(())) => tracing::info!("ledger flushed"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.message, "ledger: not all rows reached the store; they stay on disk for the next start");
+        }
+        Err(_) => tracing::warn!(
+            "ledger: the store is slow; the remaining rows stay on disk for the next start"
+        ),
     }
 }
 

@@ -12,7 +12,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use relais_state::{KeyStore, Limits, PostgresStore, SqliteStore, StoreError, StoredKey, Team};
+use relais_state::{
+    GroupBy, KeyStore, LedgerRow, LedgerStore, Limits, PostgresStore, Spend, SqliteStore,
+    StoreError, StoredKey, Team, UsageQuery,
+};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -81,6 +84,9 @@ fn team(name: &str) -> Team {
             rpm: Some(600),
             tpm: None,
             max_concurrent: Some(20),
+            budget_day: None,
+            budget_month: Some(50_000_000_000_000),
+            budget_total: None,
         },
     }
 }
@@ -99,6 +105,9 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
             rpm: None,
             tpm: Some(100_000),
             max_concurrent: None,
+            budget_day: Some(5_000_000_000_000),
+            budget_month: None,
+            budget_total: Some(u64::try_from(i64::MAX).unwrap()),
         },
     }
 }
@@ -173,6 +182,7 @@ async fn sqlite_store() {
     let store = sqlite_at(&sqlite_path()).await;
     assert_eq!(store.kind(), "sqlite");
     suite(&store).await;
+    ledger_suite(&store).await;
 }
 
 #[tokio::test]
@@ -181,7 +191,130 @@ async fn postgres_store() {
     let store = PostgresStore::connect(&url).await.unwrap();
     assert_eq!(store.kind(), "postgres");
     suite(&store).await;
+    ledger_suite(&store).await;
     drop_schema(&url).await;
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn row(id: &str, attempt: u32, key: &str, team: &str, day: i64, cost: u64) -> LedgerRow {
+    LedgerRow {
+        id: id.to_owned(),
+        attempt,
+        request_id: format!("req-{id}"),
+        at_ms: day * DAY_MS + 1000,
+        category: "live".to_owned(),
+        key_id: Some(key.to_owned()),
+        team_id: Some(team.to_owned()),
+        route: "gpt-4o-mini".to_owned(),
+        deployment: Some("up/gpt-4o-mini".to_owned()),
+        provider: Some("up".to_owned()),
+        vendor: Some("openai_compat".to_owned()),
+        model: Some("gpt-4o-mini".to_owned()),
+        input_tokens: 10,
+        output_tokens: 5,
+        cache_read_tokens: 2,
+        cache_write_tokens: 1,
+        reasoning_tokens: 3,
+        cost_pusd: cost,
+        latency_us: 1234,
+        ttft_us: Some(567),
+        status: 200,
+        error_class: None,
+        stream: attempt % 2 == 1,
+    }
+}
+
+/// Rows in, replays ignored, summaries and spend exact; 600 rows in one call (more than one
+/// PostgreSQL statement's worth).
+async fn ledger_suite(store: &dyn LedgerStore) {
+    let day = 20_780;
+    let mut rows = Vec::new();
+    for i in 0..600u64 {
+        let key = if i % 3 == 0 { "key_a" } else { "key_b" };
+        let d = day - i64::try_from(i % 40).unwrap();
+        rows.push(row(&format!("r{i}"), 0, key, "team_t", d, 1_000_000 + i));
+        rows.push(row(&format!("r{i}"), 1, key, "team_t", d, 1_000_000 + i));
+    }
+    let mut failed = row("r0", 2, "key_a", "team_t", day, 0);
+    failed.status = 503;
+    failed.error_class = Some("overloaded".to_owned());
+    failed.ttft_us = None;
+    rows.push(failed.clone());
+    assert_eq!(store.insert_rows(&rows).await.unwrap(), 1201);
+    // A replay of rows already stored adds nothing and keeps the first copy.
+    let mut changed = rows[0].clone();
+    changed.cost_pusd = 1;
+    assert_eq!(
+        store
+            .insert_rows(&[changed, rows[1].clone()])
+            .await
+            .unwrap(),
+        0
+    );
+    let r0 = store.rows_of("r0").await.unwrap();
+    assert_eq!(r0.len(), 3);
+    assert_eq!(r0[0], rows[0]);
+    assert_eq!(r0[2], failed);
+
+    // Summaries count attempt-0 rows only.
+    let q = |group_by, from_ms, to_ms, key_id: Option<&str>| UsageQuery {
+        group_by,
+        from_ms,
+        to_ms,
+        category: "live".to_owned(),
+        key_id: key_id.map(str::to_owned),
+        team_id: None,
+        route: None,
+    };
+    let all = (day - 100) * DAY_MS;
+    let end = (day + 1) * DAY_MS;
+    let by_key = store.usage(&q(GroupBy::Key, all, end, None)).await.unwrap();
+    assert_eq!(
+        by_key.iter().map(|l| l.group.as_str()).collect::<Vec<_>>(),
+        ["key_a", "key_b"]
+    );
+    assert_eq!(by_key[0].requests, 200);
+    assert_eq!(by_key[1].requests, 400);
+    let expected_a: u64 = (0..600u64)
+        .filter(|i| i % 3 == 0)
+        .map(|i| 1_000_000 + i)
+        .sum();
+    assert_eq!(by_key[0].cost_pusd, expected_a);
+    assert_eq!(by_key[0].input_tokens, 2000);
+    assert_eq!(by_key[0].reasoning_tokens, 600);
+    let today = store
+        .usage(&q(GroupBy::Day, day * DAY_MS, end, Some("key_a")))
+        .await
+        .unwrap();
+    assert_eq!(today.len(), 1);
+    assert_eq!(today[0].group, day.to_string());
+    assert_eq!(
+        today[0].requests, 5,
+        "i in 0..600 with i % 3 == 0 and i % 40 == 0"
+    );
+
+    // Spend of a key and of its team, since a day and a month, and in total.
+    let spend = store
+        .spend("key_a", day * DAY_MS, (day - 22) * DAY_MS)
+        .await
+        .unwrap();
+    let since = |from: i64| -> u64 {
+        (0..600u64)
+            .filter(|i| i % 3 == 0 && day - i64::try_from(i % 40).unwrap() >= from)
+            .map(|i| 1_000_000 + i)
+            .sum()
+    };
+    assert_eq!(
+        spend,
+        Spend {
+            day: since(day),
+            month: since(day - 22),
+            total: expected_a
+        }
+    );
+    let team = store.spend("team_t", 0, 0).await.unwrap();
+    assert_eq!(team.total, (0..600u64).map(|i| 1_000_000 + i).sum::<u64>());
 }
 
 #[tokio::test]

@@ -62,19 +62,20 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
 "#
         )
         .replace("MOCK", &mock.url());
-        let raw = relais_server::config::parse(&text, "test.toml").unwrap();
+        let mut raw = relais_server::config::parse(&text, "test.toml").unwrap();
         let mut runtime = relais_server::config::build(&raw, &text, "test.toml").unwrap();
-        runtime.keyring =
-            relais_server::config::open_governance(raw.governance.as_ref(), "test.toml")
-                .await
-                .unwrap();
-        if let Some(limits) =
-            relais_server::config::open_rate_limits(raw.governance.as_ref(), "test.toml")
-                .await
-                .unwrap()
-        {
-            runtime.rate_limits = limits;
+        // Every gateway its own write-ahead directory (several may share a store).
+        if let Some(g) = raw.governance.as_mut() {
+            g.ledger_dir.get_or_insert_with(|| {
+                std::env::temp_dir()
+                    .join(format!("relais-ledger-{:x}", fastrand::u64(..)))
+                    .display()
+                    .to_string()
+            });
         }
+        relais_server::config::open_state(&raw, &mut runtime, "test.toml")
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
