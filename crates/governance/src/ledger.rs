@@ -247,6 +247,9 @@ impl Ledger {
                 wal.closed.push(old.path.clone());
                 // The closed file is synced below, off the request path.
                 drop(old.file);
+                self.stats
+                    .backlog
+                    .store(wal.closed.len() as u64, Ordering::Relaxed);
             }
             (wal.closed.clone(), std::mem::take(&mut wal.spilled))
         };
@@ -346,5 +349,176 @@ async fn ship_forever(ledger: std::sync::Weak<Ledger>, wake: Arc<Notify>) {
                 delay = Some(next);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use relais_state::SqliteStore;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("relais-wal-{name}-{:x}", fastrand_u64()))
+    }
+
+    fn fastrand_u64() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        h.finish()
+    }
+
+    fn row(id: &str, attempt: u32) -> LedgerRow {
+        LedgerRow {
+            id: id.to_owned(),
+            attempt,
+            request_id: id.to_owned(),
+            category: "live".to_owned(),
+            route: "r".to_owned(),
+            cost_pusd: 7,
+            status: 200,
+            ..LedgerRow::default()
+        }
+    }
+
+    async fn store(dir: &Path) -> Arc<SqliteStore> {
+        Arc::new(SqliteStore::open(&dir.join("relais.db")).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn rows_reach_the_store_and_segments_are_removed() {
+        let dir = temp("ship");
+        let s = store(&dir).await;
+        let ledger = Ledger::open(&dir.join("wal"), s.clone(), Duration::from_secs(3600)).unwrap();
+        ledger.record(&[row("a", 1), row("a", 0)]);
+        ledger.record(&[row("b", 0)]);
+        ledger.flush().await.unwrap();
+        assert_eq!(s.rows_of("a").await.unwrap().len(), 2);
+        assert_eq!(s.rows_of("b").await.unwrap(), vec![row("b", 0)]);
+        assert_eq!(ledger.stats.stored.load(Ordering::Relaxed), 3);
+        // Only the fresh, empty segment is left.
+        let left = existing_segments(&dir.join("wal")).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(std::fs::metadata(&left[0].1).unwrap().len(), 0);
+        // A second process cannot take the same directory.
+        let e = Ledger::open(&dir.join("wal"), s, Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(
+            e.message.contains("in use by another relais"),
+            "{}",
+            e.message
+        );
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_crash_loses_nothing_and_a_replay_adds_nothing() {
+        let dir = temp("replay");
+        let s = store(&dir).await;
+        let wal = dir.join("wal");
+        {
+            // Rows written, never shipped; then a segment that was shipped but not deleted
+            // (the crash fell between the store's commit and the removal), and a torn line.
+            let ledger = Ledger::open(&wal, s.clone(), Duration::from_secs(3600)).unwrap();
+            ledger.record(&[row("c", 0)]);
+            ledger.record(&[row("d", 0)]);
+        }
+        s.insert_rows(&[row("d", 0)]).await.unwrap();
+        std::fs::write(
+            segment_path(&wal, 999),
+            format!(
+                "{}\n{{\"id\":\"torn",
+                serde_json::to_string(&row("e", 0)).unwrap()
+            ),
+        )
+        .unwrap();
+        let ledger = Ledger::open(&wal, s.clone(), Duration::from_secs(3600)).unwrap();
+        ledger.flush().await.unwrap();
+        for id in ["c", "d", "e"] {
+            assert_eq!(s.rows_of(id).await.unwrap().len(), 1, "{id}");
+        }
+        assert_eq!(
+            ledger.stats.stored.load(Ordering::Relaxed),
+            2,
+            "d was there already"
+        );
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store that fails until told otherwise.
+    struct Flaky {
+        inner: Arc<SqliteStore>,
+        down: AtomicBool,
+    }
+
+    impl LedgerStore for Flaky {
+        fn insert_rows<'a>(
+            &'a self,
+            rows: &'a [LedgerRow],
+        ) -> relais_core::BoxFuture<'a, Result<u64, relais_state::StoreError>> {
+            if self.down.load(Ordering::Relaxed) {
+                return Box::pin(async {
+                    Err(relais_state::StoreError::Backend("down".to_owned()))
+                });
+            }
+            self.inner.insert_rows(rows)
+        }
+        fn usage<'a>(
+            &'a self,
+            q: &'a relais_state::UsageQuery,
+        ) -> relais_core::BoxFuture<
+            'a,
+            Result<Vec<relais_state::UsageLine>, relais_state::StoreError>,
+        > {
+            self.inner.usage(q)
+        }
+        fn spend<'a>(
+            &'a self,
+            subject: &'a str,
+            day_ms: i64,
+            month_ms: i64,
+        ) -> relais_core::BoxFuture<'a, Result<relais_state::Spend, relais_state::StoreError>>
+        {
+            self.inner.spend(subject, day_ms, month_ms)
+        }
+        fn rows_of<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> relais_core::BoxFuture<'a, Result<Vec<LedgerRow>, relais_state::StoreError>> {
+            self.inner.rows_of(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_wait_on_disk_while_the_store_is_down() {
+        let dir = temp("down");
+        let inner = store(&dir).await;
+        let flaky = Arc::new(Flaky {
+            inner: inner.clone(),
+            down: AtomicBool::new(true),
+        });
+        let ledger =
+            Ledger::open(&dir.join("wal"), flaky.clone(), Duration::from_secs(3600)).unwrap();
+        ledger.record(&[row("f", 0)]);
+        assert!(ledger.flush().await.is_err());
+        assert!(!ledger.store_up());
+        ledger.record(&[row("g", 0)]);
+        assert!(ledger.flush().await.is_err());
+        // One closed segment waits; the second batch went on growing the current one.
+        assert_eq!(ledger.stats.backlog.load(Ordering::Relaxed), 1);
+        flaky.down.store(false, Ordering::Relaxed);
+        ledger.flush().await.unwrap();
+        ledger.flush().await.unwrap();
+        assert!(ledger.store_up());
+        assert_eq!(inner.rows_of("f").await.unwrap().len(), 1);
+        assert_eq!(inner.rows_of("g").await.unwrap().len(), 1);
+        assert_eq!(ledger.stats.backlog.load(Ordering::Relaxed), 0);
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

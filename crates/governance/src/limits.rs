@@ -481,6 +481,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_budget_admits_only_what_it_can_pay_for_in_the_worst_case() {
+        let l = Arc::new(Limiter::default());
+        let team = vec![(
+            "team_t",
+            Holder::Team { name: "t" },
+            Limits {
+                budget_day: Some(5_000),
+                ..Limits::default()
+            },
+        )];
+        // 64 requests at once, each reserving 1000: five fit.
+        let admitted: Vec<_> = (0..64)
+            .filter_map(|_| l.admit(&team, 10, 1_000).ok())
+            .collect();
+        assert_eq!(admitted.len(), 5);
+        let e = l.admit(&team, 10, 1_000).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::BudgetExceeded);
+        assert!(e.message.contains("daily budget"), "{}", e.message);
+        // Settling for less gives the difference back; dropping unsettled gives all back.
+        admitted[0].settle(10, 400);
+        drop(admitted);
+        let left: Vec<_> = (0..64)
+            .filter_map(|_| l.admit(&team, 10, 1_000).ok())
+            .collect();
+        assert_eq!(left.len(), 4, "400 spent: 4600 left");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn concurrency_and_all_or_nothing_across_key_and_team() {
         let l = Arc::new(Limiter::default());
         let both = vec![
