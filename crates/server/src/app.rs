@@ -343,6 +343,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/keys", get(admin_keys).post(admin_keys))
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .route("/admin/usage", get(admin_usage))
+        .route("/admin/ledger/{id}", get(admin_ledger))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -1392,13 +1393,7 @@ async fn admin_usage(State(app): State<Arc<AppState>>, uri: Uri, headers: Header
     let live = app.live();
     admin_answer(&headers, async {
         admin_auth(&live, &headers)?;
-        let ledger = live.runtime.ledger.clone().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                Side::Client,
-                "no ledger: configure [governance]",
-            )
-        })?;
+        let ledger = ledger_of(&live)?;
         let params = query_params(uri.query().unwrap_or(""));
         let get = |k: &str| params.get(k).map(String::as_str);
         let q = crate::bill::usage_query(
@@ -1422,6 +1417,40 @@ async fn admin_usage(State(app): State<Arc<AppState>>, uri: Uri, headers: Header
         Ok((StatusCode::OK, crate::bill::usage_json(&q, &lines)))
     })
     .await
+}
+
+/// `GET /admin/ledger/{id}`: every ledger row of a request, by the gateway's id or the
+/// `x-request-id` the client saw (attempt 0 is the request, 1.. its upstream attempts).
+async fn admin_ledger(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let ledger = ledger_of(&live)?;
+        ledger.flush().await?;
+        let rows = ledger.store().rows_of(&id).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                Side::Gateway,
+                format!("ledger store: {e}"),
+            )
+        })?;
+        Ok((StatusCode::OK, serde_json::json!({ "rows": rows })))
+    })
+    .await
+}
+
+fn ledger_of(live: &Live) -> Result<Arc<relais_governance::Ledger>, Error> {
+    live.runtime.ledger.clone().ok_or_else(|| {
+        Error::new(
+            ErrorKind::NotFound,
+            Side::Client,
+            "no ledger: configure [governance]",
+        )
+    })
 }
 
 /// `a=1&b=x%20y` as a map (the last value of a repeated name wins).

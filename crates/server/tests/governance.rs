@@ -672,3 +672,348 @@ async fn issue7_redis_down_fails_closed_and_recovers_on_its_own() {
     drop((gw, open));
     dump(true);
 }
+
+/// Prices that make every token count: USD 0.123457 and 1.000003 per million tokens.
+const ODD_PRICES: &str = "[prices.\"gpt-4o-mini\"]\ninput = \"0.123457\"\noutput = \"1.000003\"\n";
+
+/// What the mock reported for every request it answered: (prompt, completion) tokens.
+fn mock_usage(gw: &Gateway, model: &str) -> (u64, u64) {
+    gw.mock
+        .requests()
+        .iter()
+        .filter(|r| r.body["model"] == model)
+        .fold((0, 0), |(i, o), r| {
+            (
+                i + relais_testkit::prompt_tokens(&r.body),
+                o + relais_testkit::completion_tokens(&relais_testkit::reply_for(&r.body)),
+            )
+        })
+}
+
+/// The ledger: one row per request and per attempt; its token and money sums equal what the
+/// mock reported, to the token and the pico-dollar; streams included.
+async fn ledger_adds_up(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{ODD_PRICES}{section}"
+    ))
+    .await;
+    let key = issue(
+        &gw,
+        json!({"name": "ledger"}),
+        json!({"team": "ledger", "name": "k"}),
+    )
+    .await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut streamed = 0;
+    for i in 0..40 {
+        let words: Vec<String> = (0..rng.usize(1..60)).map(|w| format!("w{w}")).collect();
+        let stream = i % 2 == 1;
+        streamed += usize::from(stream);
+        let resp = Gateway::client()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(
+                &json!({"model": "gpt-4o-mini", "max_tokens": rng.u64(1..50), "stream": stream,
+                "messages": [{"role": "user", "content": words.join(" ")}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.text().await.unwrap().is_empty());
+    }
+    let (input, output) = mock_usage(&gw, "gpt-4o-mini");
+    let cost = input * 123_457 + output * 1_000_003;
+    let (status, usage) = admin(&gw, "GET", "/admin/usage?by=key", None).await;
+    assert_eq!(status, 200, "{usage}");
+    let lines = usage["usage"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{usage}");
+    let line = &lines[0];
+    eprintln!(
+        "figures: {kind}: 40 requests ({streamed} streamed): mock reported {input} + {output} tokens, {cost} pico-USD; ledger {} + {}, {}",
+        line["input_tokens"], line["output_tokens"], line["cost_pusd"]
+    );
+    assert_eq!(line["requests"], 40);
+    assert_eq!(line["input_tokens"], input);
+    assert_eq!(line["output_tokens"], output);
+    assert_eq!(line["cost_pusd"], cost);
+    assert_eq!(usage["total_cost_pusd"], cost);
+    let (_, by_day) = admin(&gw, "GET", "/admin/usage?by=day&route=gpt-4o-mini", None).await;
+    assert_eq!(by_day["usage"].as_array().unwrap().len(), 1, "{by_day}");
+    assert_eq!(by_day["usage"][0]["cost_pusd"], cost);
+    let (status, bad) = admin(&gw, "GET", "/admin/usage?by=colour", None).await;
+    assert_eq!(status, 400, "{bad}");
+
+    // A failover: the primary fails once; the ledger holds the request, the failed attempt
+    // and the attempt that served.
+    gw.mock.push_fault(relais_testkit::Fault {
+        model: Some("primary".to_owned()),
+        status: Some(500),
+        ..Default::default()
+    });
+    let resp = chat(&gw, "failover", Some(&key)).await;
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (status, rows) = admin(&gw, "GET", &format!("/admin/ledger/{rid}"), None).await;
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows["rows"].as_array().unwrap();
+    let summary: Vec<(u64, u64, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["attempt"].as_u64().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["model"].as_str().unwrap(),
+                r["error_class"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, 200, "secondary", None),
+            (1, 500, "primary", Some("server")),
+            (2, 200, "secondary", None),
+        ],
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["key_id"] == rows[0]["key_id"] && r["team_id"].is_string())
+    );
+    drop(gw);
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_ledger_adds_up_to_the_unit_with_sqlite() {
+    ledger_adds_up("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_ledger_adds_up_to_the_unit_with_postgres() {
+    ledger_adds_up("postgres").await;
+}
+
+/// Output costs USD 1 per million tokens and input nothing, so a request with `max_tokens = 10`
+/// costs at most 10 µUSD whatever its prompt: a budget of 50 µUSD holds exactly five.
+const BUDGET_PRICES: &str = "[prices.\"gpt-4o-mini\"]\ninput = \"0\"\noutput = \"1\"\n";
+
+/// 64 requests released together (spread over `urls`) on a slow upstream, so all are in flight
+/// at once; returns how many were admitted, checking every refusal is a budget's 402.
+async fn budget_race(urls: &[String], key: &str) -> usize {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let (url, key, start) = (urls[i % urls.len()].clone(), key.to_owned(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let resp = Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "count to ten please"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let e = error_of(resp, 402).await;
+                assert_eq!(e["code"], "budget_exceeded", "{e}");
+            }
+            status == 200
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    admitted
+}
+
+/// Budgets on one instance: a key cannot get more than its team; spend is refused before it
+/// could pass the budget, in each client's dialect; 64 concurrent requests against a budget of
+/// five worst cases admit five.
+async fn budgets_hold(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{BUDGET_PRICES}{section}"
+    ))
+    .await;
+    let (status, _) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "b", "budget_day": "0.00005"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, e) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "b", "name": "greedy", "budget_day": "0.00006"})),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (status, e) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "b", "name": "bad", "budget_day": "lots"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    let (status, k) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "b", "name": "k"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let key = k["key"].as_str().unwrap().to_owned();
+
+    // One at a time until refused: each request reserves 10 µUSD and spends what it used.
+    let mut served = 0;
+    let refused = loop {
+        let resp = Gateway::client()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "count to ten please"}]}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            break resp;
+        }
+        served += 1;
+        assert!(served < 100, "the budget never refused");
+    };
+    let e = error_of(refused, 402).await;
+    assert_eq!(e["code"], "budget_exceeded");
+    assert_eq!(e["type"], "insufficient_quota");
+    assert!(
+        e["message"].as_str().unwrap().contains("daily budget"),
+        "{e}"
+    );
+    let resp = Gateway::client()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 402);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "billing_error", "{v}");
+    let (_, usage) = admin(&gw, "GET", "/admin/usage?by=team", None).await;
+    let spent = usage["total_cost_pusd"].as_u64().unwrap();
+    let (_, output) = mock_usage(&gw, "gpt-4o-mini");
+    eprintln!(
+        "figures: {kind}: daily budget 50 µUSD, 10 µUSD reserved per request: {served} served, spent {spent} pico-USD"
+    );
+    assert_eq!(
+        spent,
+        output * 1_000_000,
+        "the ledger charged what the mock reported"
+    );
+    assert!(spent <= 50_000_000, "spent {spent} past the budget");
+    assert!(
+        spent + 10_000_000 > 50_000_000,
+        "refused while a worst case still fit: spent {spent}"
+    );
+
+    // The race: 64 at once against a fresh budget of five worst cases.
+    let key = issue(
+        &gw,
+        json!({"name": "race", "budget_total": "0.00005"}),
+        json!({"team": "race", "name": "k"}),
+    )
+    .await;
+    gw.mock.push_fault(relais_testkit::Fault {
+        delay_ms: Some(300),
+        times: Some(0),
+        ..Default::default()
+    });
+    let admitted = budget_race(std::slice::from_ref(&gw.url), &key).await;
+    eprintln!("figures: {kind}: 64 requests at once, budget of 5 worst cases: {admitted} admitted");
+    assert_eq!(admitted, 5);
+    drop(gw);
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_budgets_hold_with_sqlite() {
+    budgets_hold("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_budgets_hold_with_postgres() {
+    budgets_hold("postgres").await;
+}
+
+/// The budget race across three instances sharing one Redis and one store: at most five of 64
+/// admitted, and what they spent stays within the budget.
+async fn budget_race_across_instances(kind: &str) {
+    let (section, dump) = store(kind).await;
+    let prefix = unique("relais_budget");
+    let extra = format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{BUDGET_PRICES}{section}limits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\n"
+    );
+    let gws = [
+        Gateway::start(&extra).await,
+        Gateway::start(&extra).await,
+        Gateway::start(&extra).await,
+    ];
+    let key = issue(
+        &gws[0],
+        json!({"name": "race", "budget_total": "0.00005"}),
+        json!({"team": "race", "name": "k"}),
+    )
+    .await;
+    for g in &gws {
+        g.mock.push_fault(relais_testkit::Fault {
+            delay_ms: Some(300),
+            times: Some(0),
+            ..Default::default()
+        });
+    }
+    let urls: Vec<String> = gws.iter().map(|g| g.url.clone()).collect();
+    let admitted = budget_race(&urls, &key).await;
+    let upstream: usize = gws.iter().map(|g| g.mock.requests().len()).sum();
+    let output: u64 = gws.iter().map(|g| mock_usage(g, "gpt-4o-mini").1).sum();
+    // Rows of the other instances reach the shared store within their ship interval.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let (_, usage) = admin(&gws[0], "GET", "/admin/usage?by=team", None).await;
+    let spent: u64 = usage["total_cost_pusd"].as_u64().unwrap();
+    eprintln!(
+        "figures: {kind}+redis: 64 requests over 3 instances, budget of 5 worst cases: {admitted} admitted, {upstream} reached the upstreams; spent {spent} of 50000000 pico-USD"
+    );
+    assert!(admitted <= 5 && admitted >= 1, "{admitted} admitted");
+    assert_eq!(admitted, upstream);
+    assert_eq!(spent, output * 1_000_000);
+    assert!(spent <= 50_000_000, "spent {spent} past the budget");
+    let _ = redis_cli(&[
+        "EVAL",
+        &format!(
+            "for _, k in ipairs(redis.call('KEYS', '{prefix}:*')) do redis.call('DEL', k) end return 0"
+        ),
+        "0",
+    ]);
+    drop(gws);
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_budget_race_across_three_instances_with_sqlite_and_redis() {
+    budget_race_across_instances("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_budget_race_across_three_instances_with_postgres_and_redis() {
+    budget_race_across_instances("postgres").await;
+}

@@ -135,7 +135,8 @@ pub trait LedgerStore: Send + Sync {
         day_ms: i64,
         month_ms: i64,
     ) -> BoxFuture<'a, Result<Spend, StoreError>>;
-    /// Every row of a request, attempts in order (for tests and audits).
+    /// Every row of a request, by the gateway's id or the id the client saw, oldest request
+    /// first, attempts in order (for audits: "what happened to request X").
     fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
 }
 
@@ -191,7 +192,10 @@ pub(crate) const SPEND_SQL: &str = "SELECT \
     FROM relais_ledger WHERE attempt = 0 AND category = 'live' AND (key_id = $1 OR team_id = $1)";
 
 pub(crate) fn rows_of_sql() -> String {
-    format!("SELECT {LEDGER_COLUMNS} FROM relais_ledger WHERE id = $1 ORDER BY attempt")
+    format!(
+        "SELECT {LEDGER_COLUMNS} FROM relais_ledger WHERE id = $1 OR request_id = $1 \
+         ORDER BY at_ms, id, attempt LIMIT 1000"
+    )
 }
 
 pub(crate) fn to_i64(n: u64) -> i64 {

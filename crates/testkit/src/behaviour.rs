@@ -137,7 +137,8 @@ pub fn prompt_tokens(req: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn completion_tokens(reply: &Reply) -> u64 {
+/// The completion tokens the mock reports for `reply`.
+pub fn completion_tokens(reply: &Reply) -> u64 {
     match reply {
         Reply::Text { words, .. } => words.len() as u64,
         Reply::Tools(calls) => calls.iter().map(|(_, _, a)| a.len() as u64 / 4 + 1).sum(),

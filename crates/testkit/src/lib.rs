@@ -44,7 +44,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-pub use behaviour::{Reply, prompt_tokens, reply_for};
+pub use behaviour::{Reply, completion_tokens, prompt_tokens, reply_for};
 pub use fast::{FastOptions, serve_fast};
 pub use gemini::{TOKEN_FAULT_MODEL, vertex_test_key};
 
