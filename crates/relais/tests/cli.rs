@@ -517,3 +517,297 @@ fn keys_issued_by_the_cli_work_on_a_running_gateway() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.1 exchange over a fresh connection: (status, x-request-id, body), or `None` when
+/// the connection failed or broke before the response was complete.
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: &str,
+) -> Option<(u16, String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bearer}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let status = head.get(9..12)?.parse().ok()?;
+    let rid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))?
+        .to_owned();
+    // Chunked bodies end with a zero-length chunk: without it the response was cut.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+        && !rest.ends_with("0\r\n\r\n")
+    {
+        return None;
+    }
+    Some((status, rid, rest.to_owned()))
+}
+
+/// A gateway with a virtual key (RPM-free, at most 12 requests at once, counted in Redis with
+/// a 2 s lease), the ledger in SQLite, and an admin key; returns (config path, client key).
+fn governed_gateway(name: &str, mock: &str, port: u16, extra: &str) -> (PathBuf, String, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let prefix = format!("relais_cli_{}_{name}", std::process::id());
+    let text = format!(
+        "{}{extra}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\nstore = \"sqlite\"\nsqlite_path = \"{}\"\nlimits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nlease_secs = 2\nledger_ship_ms = 250\n",
+        config(mock, port),
+        dir.join("relais.db").display()
+    );
+    let path = temp_config(name, &text);
+    let out = relais(
+        &["teams", "create", "load", "--max-concurrent", "64"],
+        &path,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relais(
+        &[
+            "keys",
+            "create",
+            "--team",
+            "load",
+            "--name",
+            "k",
+            "--max-concurrent",
+            "12",
+        ],
+        &path,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        path,
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        dir,
+    )
+}
+
+fn spawn_serve(path: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(path)
+        .env("RELAIS_TEST_UPSTREAM_KEY", "sk-test-upstream-0001")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Clients that keep asking (half of them streams) until `stop`; returns what each fully
+/// received: (status, request id, body).
+fn load(
+    port: u16,
+    key: &str,
+    clients: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(u16, String, String)>>> {
+    (0..clients)
+        .map(|c| {
+            let (key, stop) = (key.to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let stream = (c + i) % 2 == 0;
+                    let body = format!(
+                        r#"{{"model":"gpt-4o-mini","stream":{stream},"max_tokens":{},"messages":[{{"role":"user","content":"request {i} of client {c} with some words"}}]}}"#,
+                        1 + (c * 7 + i) % 12
+                    );
+                    match exchange(port, "POST", "/v1/chat/completions", &key, &body) {
+                        Some(r) => got.push(r),
+                        None => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+                got
+            })
+        })
+        .collect()
+}
+
+fn ledger_rows(port: u16, rid: &str) -> serde_json::Value {
+    let (status, _, body) = exchange(
+        port,
+        "GET",
+        &format!("/admin/ledger/{rid}"),
+        "admin-0123456789",
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `kill -9` under load, then a restart on the same directory: every response a client fully
+/// received has exactly one ledger row (rows left in the write-ahead file are shipped at start,
+/// none twice), and the dead instance's places in flight come back when their lease ends.
+#[test]
+fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    mock.push_fault(Fault {
+        delay_ms: Some(15),
+        chunk_delay_ms: Some(5),
+        times: Some(0),
+        ..Fault::default()
+    });
+    let port = free_port();
+    let (path, key, dir) = governed_gateway("kill9", &mock.url(), port, "");
+    let mut child = spawn_serve(&path);
+    wait_healthy(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(port, &key, 12, &stop);
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let received: Vec<(u16, String, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let ok: Vec<&(u16, String, String)> = received.iter().filter(|r| r.0 == 200).collect();
+    assert!(ok.len() > 50, "only {} answers before the kill", ok.len());
+    assert!(
+        received.iter().all(|r| r.0 == 200),
+        "refused under load: {:?}",
+        received.iter().find(|r| r.0 != 200)
+    );
+
+    let mut again = spawn_serve(&path);
+    wait_healthy(port);
+    let mut missing = Vec::new();
+    for (_, rid, _) in &ok {
+        let rows = ledger_rows(port, rid);
+        let requests = rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["attempt"] == 0)
+            .count();
+        if requests != 1 {
+            missing.push((rid.clone(), requests));
+        }
+    }
+    let upstream = mock.requests().len();
+    eprintln!(
+        "figures: kill -9 after 1.5 s of load: {} responses received, {upstream} requests reached the upstream, {} without exactly one ledger row",
+        ok.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "{missing:?}");
+
+    // The killed instance held up to 12 places in flight in Redis; after the 2 s lease all 12
+    // are free again.
+    std::thread::sleep(Duration::from_millis(2500));
+    mock.push_fault(Fault {
+        delay_ms: Some(500),
+        times: Some(0),
+        ..Fault::default()
+    });
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"after {i}"}}]}}"#);
+                exchange(port, "POST", "/v1/chat/completions", &key, &body).map_or(0, |r| r.0)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status();
+    assert!(again.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM under a load of streams: every stream a client read to its end finished with
+/// `[DONE]` or with an error event at the drain deadline, and after exit the ledger has one row
+/// for every request that reached the upstream.
+#[test]
+fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    mock.push_fault(Fault {
+        chunk_delay_ms: Some(250),
+        times: Some(0),
+        ..Fault::default()
+    });
+    let port = free_port();
+    let (path, key, dir) = governed_gateway("term", &mock.url(), port, "");
+    // The drain deadline (1 s) is shorter than most streams (4 to 14 frames, 250 ms apart):
+    // short ones finish, long ones are cut with an error event.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("shutdown_grace_secs = 10", "shutdown_grace_secs = 1");
+    std::fs::write(&path, text).unwrap();
+    let mut child = spawn_serve(&path);
+    wait_healthy(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(port, &key, 8, &stop);
+    std::thread::sleep(Duration::from_millis(1200));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(status.success(), "exit status {status:?}");
+    let received: Vec<(u16, String, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let streams: Vec<&String> = received
+        .iter()
+        .filter(|r| r.0 == 200 && r.2.contains("data: "))
+        .map(|r| &r.2)
+        .collect();
+    let cut = streams
+        .iter()
+        .filter(|b| !b.contains("data: [DONE]"))
+        .count();
+    for b in &streams {
+        assert!(
+            b.contains("data: [DONE]") || b.contains("\"error\""),
+            "a stream ended with neither [DONE] nor an error event: {b}"
+        );
+    }
+    // After exit: the ledger (flushed at shutdown) against what the upstream saw.
+    let out = relais(&["usage", "--by", "route", "--json"], &path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = usage["usage"][0]["requests"].as_u64().unwrap_or(0);
+    let upstream = mock.requests().len() as u64;
+    eprintln!(
+        "figures: SIGTERM under load: {} streams read, {cut} ended by an error event at the drain deadline; {rows} ledger rows, {upstream} upstream requests",
+        streams.len()
+    );
+    assert!(!streams.is_empty());
+    assert!(cut >= 1, "no stream reached the drain deadline");
+    assert_eq!(rows, upstream);
+    let _ = std::fs::remove_dir_all(&dir);
+}
