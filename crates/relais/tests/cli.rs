@@ -811,3 +811,138 @@ fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request() {
     assert_eq!(rows, upstream);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Gateway processes killed if the test fails before it stops them.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three gateway processes sharing one PostgreSQL (keys, ledger) and one Redis (limits), under
+/// an open-loop load of 2000 requests/s in total for 3 s (CI-sized) against a key limit of 100
+/// requests per minute: the upstream sees at most 100 and at least 99 of them, and the ledger
+/// has a row for each.
+#[test]
+fn three_processes_at_2000_per_second_keep_a_key_to_its_100_per_minute() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    let base = std::env::var("RELAIS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
+    let schema = format!("relais_cli_{}", std::process::id());
+    let admin_sql = |sql: String| {
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL must be reachable on 127.0.0.1:5432 (.ci/run starts it)");
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await.unwrap();
+        });
+    };
+    admin_sql(format!("CREATE SCHEMA {schema}"));
+    let url = format!("{base} options='-c search_path={schema}'");
+    let prefix = format!("relais_cli3_{}", std::process::id());
+    let ports = [free_port(), free_port(), free_port()];
+    let dir = std::env::temp_dir().join(format!("relais-cli-{}-three", std::process::id()));
+    let paths: Vec<PathBuf> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let text = format!(
+                "{}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nlimits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nledger_dir = \"{}\"\n",
+                config(&mock.url(), *port),
+                dir.join(format!("ledger-{i}")).display()
+            );
+            temp_config(&format!("three-{i}"), &text)
+        })
+        .collect();
+    let out = relais(&["teams", "create", "three"], &paths[0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relais(
+        &[
+            "keys", "create", "--team", "three", "--name", "k", "--rpm", "100",
+        ],
+        &paths[0],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut children = Children(paths.iter().map(|p| spawn_serve(p)).collect());
+    for p in ports {
+        wait_healthy(p);
+    }
+
+    // Open loop: request n leaves at n × 0.5 ms whatever happened to the others.
+    let (sent, admitted, refused) = rt.block_on(async {
+        // The gateway's own pooled keep-alive client (it installs the TLS crypto provider).
+        let client =
+            relais_providers::shared_client(&relais_providers::HttpSettings::default()).unwrap();
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for n in 0..6000u32 {
+            tokio::time::sleep_until(start + Duration::from_micros(500) * n).await;
+            let (client, key) = (client.clone(), key.clone());
+            let port = ports[n as usize % 3];
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .header("content-type", "application/json")
+                    .body(r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#)
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16())
+            }));
+        }
+        let elapsed = start.elapsed();
+        let mut counts = (0usize, 0usize, 0usize);
+        for t in tasks {
+            let s = t.await.unwrap();
+            counts.0 += 1;
+            counts.1 += usize::from(s == 200);
+            counts.2 += usize::from(s == 429);
+        }
+        eprintln!("figures: 6000 requests offered in {elapsed:?}");
+        counts
+    });
+    let upstream = mock.requests().len();
+    for c in &mut children.0.drain(..).collect::<Vec<_>>() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        assert!(c.wait().unwrap().success());
+    }
+    let out = relais(&["usage", "--by", "key", "--json"], &paths[0]);
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ledgered = usage["usage"][0]["requests"].as_u64().unwrap_or(0);
+    eprintln!(
+        "figures: 3 processes, 2000 req/s for 3 s, key limit 100/min: {sent} sent, {admitted} admitted, {refused} refused with 429, {upstream} reached the upstream, {ledgered} ledger rows"
+    );
+    admin_sql(format!("DROP SCHEMA {schema} CASCADE"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        admitted + refused,
+        sent,
+        "every request was answered 200 or 429"
+    );
+    assert_eq!(admitted, upstream);
+    assert!(upstream <= 100, "{upstream} admitted past a limit of 100");
+    assert!(upstream >= 99, "only {upstream} of 100 admitted");
+    assert_eq!(ledgered, upstream as u64);
+}
