@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use relais_core::{Error, ErrorKind, Secret, Side};
-use relais_state::{KeyStore, Limits, StoreError, StoredKey, Team};
+use relais_state::{KeyStore, Limits, Reach, StoreError, StoredKey, Team};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -73,13 +73,51 @@ pub struct Access {
     pub team: Arc<Team>,
 }
 
+fn within(list: &Option<Vec<String>>, item: &str) -> bool {
+    list.as_ref().is_none_or(|l| l.iter().any(|r| r == item))
+}
+
 impl Access {
     /// Whether the key may use `route`: within its own list and its team's.
     pub fn allows_route(&self, route: &str) -> bool {
-        let within =
-            |list: &Option<Vec<String>>| list.as_ref().is_none_or(|l| l.iter().any(|r| r == route));
-        within(&self.key.routes) && within(&self.team.routes)
+        within(&self.key.routes, route) && within(&self.team.routes, route)
     }
+
+    /// Whether the key may send requests to `vendor`: within its own list and its team's.
+    pub fn allows_vendor(&self, vendor: &str) -> bool {
+        within(&self.key.reach.vendors, vendor) && within(&self.team.reach.vendors, vendor)
+    }
+
+    /// The data class of a request that declared `declared` (`x-relais-data-class`), or of one
+    /// that declared none (the first class of the key's list, else of its team's); refused
+    /// when the key may not send that class.
+    pub fn data_class<'a>(&'a self, declared: Option<&'a str>) -> Result<Option<&'a str>, Error> {
+        let first =
+            |l: &'a Option<Vec<String>>| l.as_ref().and_then(|l| l.first()).map(String::as_str);
+        let class = declared
+            .or_else(|| first(&self.key.reach.data_classes))
+            .or_else(|| first(&self.team.reach.data_classes));
+        if let Some(c) = class {
+            if !within(&self.key.reach.data_classes, c) || !within(&self.team.reach.data_classes, c)
+            {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    Side::Client,
+                    format!("this key may not send data of class '{c}'"),
+                )
+                .with_param("x-relais-data-class"));
+            }
+        }
+        Ok(class)
+    }
+}
+
+/// A key's list must be within its team's: the first item that is not, if any.
+fn outside<'a>(team: &Option<Vec<String>>, key: &'a Option<Vec<String>>) -> Option<&'a String> {
+    let (Some(t), Some(k)) = (team, key) else {
+        return None;
+    };
+    k.iter().find(|x| !t.contains(x))
 }
 
 #[derive(Default)]
@@ -234,6 +272,7 @@ impl KeyRing {
         name: &str,
         routes: Option<Vec<String>>,
         limits: Limits,
+        reach: Reach,
     ) -> Result<Team, Error> {
         if name.trim().is_empty() {
             return Err(Error::bad_request("a team needs a name").with_param("name"));
@@ -244,6 +283,7 @@ impl KeyRing {
             routes,
             created_at: unix_now(),
             limits,
+            reach,
         };
         self.store.create_team(&team).await.map_err(store_error)?;
         self.cache
@@ -270,6 +310,7 @@ impl KeyRing {
         name: &str,
         routes: Option<Vec<String>>,
         limits: Limits,
+        reach: Reach,
     ) -> Result<IssuedKey, Error> {
         let teams = self.store.teams().await.map_err(store_error)?;
         let Some(t) = teams.iter().find(|t| t.name == team || t.id == team) else {
@@ -280,14 +321,26 @@ impl KeyRing {
             )
             .with_param("team"));
         };
-        if let (Some(team_routes), Some(wanted)) = (&t.routes, &routes) {
-            if let Some(extra) = wanted.iter().find(|r| !team_routes.contains(r)) {
+        for (what, field, extra) in [
+            ("route", "routes", outside(&t.routes, &routes)),
+            (
+                "vendor",
+                "vendors",
+                outside(&t.reach.vendors, &reach.vendors),
+            ),
+            (
+                "data class",
+                "data_classes",
+                outside(&t.reach.data_classes, &reach.data_classes),
+            ),
+        ] {
+            if let Some(extra) = extra {
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
                     Side::Client,
-                    format!("route '{extra}' is not allowed to team '{}'", t.name),
+                    format!("{what} '{extra}' is not allowed to team '{}'", t.name),
                 )
-                .with_param("routes"));
+                .with_param(field));
             }
         }
         let show = |what: &str, v: u64| {
@@ -341,6 +394,7 @@ impl KeyRing {
             created_at: unix_now(),
             revoked_at: None,
             limits,
+            reach,
         };
         self.store.insert_key(&stored).await.map_err(store_error)?;
         {

@@ -15,4 +15,4 @@ pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
 pub use ledger::{Ledger, LedgerStats};
 pub use limits::{Holder, Limiter, RateLimits, Subject, Ticket};
 pub use redis_limits::RedisLimiter;
-pub use relais_state::{LedgerRow, Limits};
+pub use relais_state::{LedgerRow, Limits, Reach};

@@ -151,8 +151,8 @@ enum KeysCmd {
     Revoke { id: String },
 }
 
-/// Rate limits of a key or team (none by default).
-#[derive(clap::Args)]
+/// Limits, budgets and policy of a key or team (none by default).
+#[derive(clap::Args, Clone)]
 struct LimitArgs {
     /// Requests per minute.
     #[arg(long)]
@@ -172,6 +172,21 @@ struct LimitArgs {
     /// USD in total.
     #[arg(long, value_parser = relais_governance::parse_usd)]
     budget_total: Option<u64>,
+    /// Vendors the requests may go to (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    vendors: Option<Vec<String>>,
+    /// Data classes the requests may carry (comma-separated); the first is the default.
+    #[arg(long, value_delimiter = ',')]
+    data_classes: Option<Vec<String>>,
+}
+
+impl LimitArgs {
+    fn reach(&self) -> relais_governance::Reach {
+        relais_governance::Reach {
+            vendors: self.vendors.clone(),
+            data_classes: self.data_classes.clone(),
+        }
+    }
 }
 
 impl From<LimitArgs> for relais_governance::Limits {
@@ -507,7 +522,7 @@ fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
                 limits,
             } => {
                 let issued = ring
-                    .create_key(&team, &name, routes, limits.into())
+                    .create_key(&team, &name, routes, limits.clone().into(), limits.reach())
                     .await
                     .map_err(|e| anyhow!(e.message))?;
                 println!("{}", issued.key.expose());
@@ -564,7 +579,7 @@ fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
                 limits,
             } => {
                 let t = ring
-                    .create_team(&name, routes, limits.into())
+                    .create_team(&name, routes, limits.clone().into(), limits.reach())
                     .await
                     .map_err(|e| anyhow!(e.message))?;
                 println!("{}", t.id);

@@ -106,7 +106,26 @@ pub struct Deployment {
     /// For [`Strategy::LeastCost`]; a deployment without one sorts last.
     pub price: Option<Price>,
     pub health: Arc<Health>,
+    /// Who stands behind it (`openai`, `anthropic`, `local`, ...), for key and team policies
+    /// and the ledger.
+    pub vendor: String,
+    /// Classes of data it may receive; any when `None`.
+    pub data_classes: Option<Vec<String>>,
 }
+
+impl Deployment {
+    /// Whether a request of data class `class` (none: unclassified) may be sent here.
+    pub fn accepts_class(&self, class: Option<&str>) -> bool {
+        match (class, &self.data_classes) {
+            (Some(c), Some(allowed)) => allowed.iter().any(|a| a == c),
+            _ => true,
+        }
+    }
+}
+
+/// Which deployments a request may go to, beside what it needs: the caller's policy (allowed
+/// vendors, the data class it carries). Checked before anything else, fallback routes included.
+pub type Allow<'a> = &'a (dyn Fn(&Deployment) -> bool + Sync);
 
 /// Time limits. Connecting is bounded by the shared upstream client's connect timeout.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,6 +251,7 @@ pub fn should_fail_over(err: &Error) -> bool {
 /// needs it (it walks the whole conversation).
 pub struct Needs<'a> {
     req: Option<&'a ChatRequest>,
+    allow: Option<Allow<'a>>,
     tools: bool,
     images: bool,
     json_schema: bool,
@@ -243,6 +263,7 @@ impl<'a> Needs<'a> {
     pub fn of(req: &'a ChatRequest) -> Self {
         Self {
             req: Some(req),
+            allow: None,
             tools: !req.tools.is_empty(),
             images: req.has_images(),
             json_schema: matches!(req.response_format, Some(ResponseFormat::JsonSchema { .. })),
@@ -254,12 +275,23 @@ impl<'a> Needs<'a> {
     fn none() -> Self {
         Self {
             req: None,
+            allow: None,
             tools: false,
             images: false,
             json_schema: false,
             max_output: None,
             prompt: OnceLock::from(0),
         }
+    }
+
+    /// Only deployments `allow` accepts.
+    pub fn with_allow(mut self, allow: Option<Allow<'a>>) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    fn allows(&self, d: &Deployment) -> bool {
+        self.allow.is_none_or(|a| a(d))
     }
 
     /// Estimated prompt tokens.
@@ -334,13 +366,22 @@ impl Route {
     /// Run a chat request: pick, attempt, fail over until a deployment produces a first event,
     /// then follow a fallback route if the error calls for one.
     pub async fn chat(self: &Arc<Self>, req: &ChatRequest) -> Result<Routed, Exhausted> {
+        self.chat_within(req, None).await
+    }
+
+    /// [`Route::chat`] over the deployments `allow` accepts (a key's policy).
+    pub async fn chat_within(
+        self: &Arc<Self>,
+        req: &ChatRequest,
+        allow: Option<Allow<'_>>,
+    ) -> Result<Routed, Exhausted> {
         let start = Instant::now();
         let deadline = self.timeouts.request.map(|d| start + d);
         let mut failed = Vec::new();
         let mut route = self.clone();
         let mut hops = 0;
         loop {
-            match route.chat_here(req, deadline, &mut failed).await {
+            match route.chat_here(req, allow, deadline, &mut failed).await {
                 Ok((deployment, stream)) => {
                     return Ok(Routed {
                         route,
@@ -384,10 +425,11 @@ impl Route {
     async fn chat_here(
         self: &Arc<Self>,
         req: &ChatRequest,
+        allow: Option<Allow<'_>>,
         deadline: Option<Instant>,
         failed: &mut Vec<FailedAttempt>,
     ) -> Result<(usize, EventStream), Error> {
-        let needs = Needs::of(req);
+        let needs = Needs::of(req).with_allow(allow);
         let limits = self.attempt_limits(deadline);
         self.attempts(&needs, deadline, failed, |i, guard| {
             let d = &self.deployments[i];
@@ -423,12 +465,13 @@ impl Route {
     pub async fn embed(
         self: &Arc<Self>,
         req: &EmbedRequest,
+        allow: Option<Allow<'_>>,
     ) -> Result<(usize, EmbedResponse, Vec<FailedAttempt>, Duration), Exhausted> {
         let start = Instant::now();
         let deadline = self.timeouts.request.map(|d| start + d);
         let limits = self.attempt_limits(deadline);
         let mut failed = Vec::new();
-        let needs = Needs::none();
+        let needs = Needs::none().with_allow(allow);
         let outcome = self
             .attempts(&needs, deadline, &mut failed, |i, guard| {
                 let d = &self.deployments[i];
@@ -578,12 +621,17 @@ impl Route {
     fn pick(&self, needs: &Needs<'_>, tried: u64, now: Instant) -> Result<Pick, Error> {
         let n = self.deployments.len().min(64);
         let mut capable = false;
+        let mut permitted = false;
         let mut lack = None;
         let mut fresh: u64 = 0;
         let mut again: u64 = 0;
         let mut soonest_ejected: Option<(Instant, usize)> = None;
         let mut soonest_free: Option<Instant> = None;
         for (i, d) in self.deployments.iter().enumerate().take(n) {
+            if !needs.allows(d) {
+                continue;
+            }
+            permitted = true;
             if let Some(l) = needs.lack(&d.capabilities) {
                 lack.get_or_insert(l);
                 continue;
@@ -616,6 +664,16 @@ impl Route {
                     soonest_free = Some(soonest_free.map_or(until, |u| u.min(until)));
                 }
             }
+        }
+        if !permitted {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                Side::Client,
+                format!(
+                    "this key's policy (allowed vendors, data class) leaves no deployment of model '{}' to use",
+                    self.name
+                ),
+            ));
         }
         if !capable {
             // The message names the route, never its deployments: which vendors stand behind
@@ -890,6 +948,8 @@ mod tests {
                     capabilities: Capabilities::default(),
                     limits: DeploymentLimits::default(),
                     price: None,
+                    vendor: format!("v{i}"),
+                    data_classes: (i == 0).then(|| vec!["public".to_owned()]),
                     health: Arc::new(Health::new(now, &breaker)),
                 })
                 .collect(),
@@ -1087,6 +1147,39 @@ mod tests {
         let counts = served_by(&r, &ChatRequest::default(), 10).await;
         assert_eq!(counts[busy], 0, "{counts:?}");
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_skips_vendors_and_data_classes_it_does_not_allow() {
+        let providers = always_ok(2);
+        let r = route(providers.clone());
+        // Only vendor v1: the primary (v0) is never tried.
+        let only_v1 = |d: &Deployment| d.vendor == "v1";
+        let routed = r
+            .chat_within(&ChatRequest::default(), Some(&only_v1))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(routed.deployment, 1);
+        assert_eq!(providers[0].calls.load(Ordering::SeqCst), 0);
+        // Confidential data: the primary takes public data only.
+        let confidential = |d: &Deployment| d.accepts_class(Some("confidential"));
+        let routed = r
+            .chat_within(&ChatRequest::default(), Some(&confidential))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(routed.deployment, 1);
+        // Nothing allowed: refused without an attempt.
+        let none = |d: &Deployment| d.vendor == "elsewhere";
+        let err = r
+            .chat_within(&ChatRequest::default(), Some(&none))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.error.kind, ErrorKind::PermissionDenied);
+        assert!(err.failed.is_empty());
+        assert_eq!(providers[0].calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -215,6 +215,31 @@ impl Caller<'_> {
         limits.admit(&subjects, tokens, cost).await
     }
 
+    /// The data class of the request (`x-relais-data-class`, else the key's default), checked
+    /// against what the key may send.
+    fn data_class<'h>(&'h self, headers: &'h HeaderMap) -> Result<Option<&'h str>, Error> {
+        let declared = header_str(headers, "x-relais-data-class");
+        match self {
+            Self::Virtual(a) => a.data_class(declared),
+            _ => Ok(declared),
+        }
+    }
+
+    /// Whether this caller's request of data class `class` may go to deployment `d`.
+    fn may_use(&self, d: &relais_router::Deployment, class: Option<&str>) -> bool {
+        d.accepts_class(class)
+            && match self {
+                Self::Virtual(a) => a.allows_vendor(&d.vendor),
+                _ => true,
+            }
+    }
+
+    /// Whether a policy applies at all (so the router need not call a filter that passes all).
+    fn restricts(&self, class: Option<&str>) -> bool {
+        class.is_some()
+            || matches!(self, Self::Virtual(a) if a.key.reach.vendors.is_some() || a.team.reach.vendors.is_some())
+    }
+
     fn allows(&self, route: &str) -> bool {
         match self {
             Self::Open => true,
@@ -562,6 +587,7 @@ async fn chat_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Chat)?;
+        let class = key.data_class(&headers)?.map(str::to_owned);
         let worst = || {
             let input = req.estimate_input_tokens();
             let output = req
@@ -581,10 +607,10 @@ async fn chat_with(
             req.stream,
             ctx.start,
         );
-        Ok::<_, Error>((req, entry, ticket, bill))
+        Ok::<_, Error>((key, req, entry, ticket, bill, class))
     }
     .await;
-    let (req, entry, ticket, mut bill) = match admitted {
+    let (key, req, entry, ticket, mut bill, class) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -593,7 +619,12 @@ async fn chat_with(
         }
     };
     let inflight = Inflight::new(&app);
-    let routed = match entry.route.chat(&req).await {
+    let class = class.as_deref();
+    let allow = |d: &relais_router::Deployment| key.may_use(d, class);
+    let policy = key
+        .restricts(class)
+        .then_some(&allow as relais_router::Allow<'_>);
+    let routed = match entry.route.chat_within(&req, policy).await {
         Ok(r) => r,
         Err(ex) => {
             record_exhausted(&live, &ex, Some(ctx.start.elapsed()));
@@ -924,6 +955,7 @@ async fn embeddings_with(
             req.model.clone_from(m);
         }
         let entry = live.entry(&key, &req.model, RouteKind::Embeddings)?;
+        let class = key.data_class(&headers)?.map(str::to_owned);
         let worst = || {
             let tokens = req
                 .input
@@ -935,10 +967,10 @@ async fn embeddings_with(
         };
         let ticket = key.admit(&live.runtime.rate_limits, worst).await?;
         let bill = Bill::start(&live, &ctx.id, key.payer(), &req.model, false, ctx.start);
-        Ok::<_, Error>((req, base64, entry, ticket, bill))
+        Ok::<_, Error>((key, req, base64, entry, ticket, bill, class))
     }
     .await;
-    let (req, base64, entry, ticket, mut bill) = match admitted {
+    let (key, req, base64, entry, ticket, mut bill, class) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -946,7 +978,12 @@ async fn embeddings_with(
         }
     };
     let _inflight = Inflight::new(&app);
-    match entry.route.embed(&req).await {
+    let class = class.as_deref();
+    let allow = |d: &relais_router::Deployment| key.may_use(d, class);
+    let policy = key
+        .restricts(class)
+        .then_some(&allow as relais_router::Allow<'_>);
+    match entry.route.embed(&req, policy).await {
         Ok((i, resp, failed, waited)) => {
             if let (Some(t), Some(d)) = (&ticket, entry.route.deployments.get(i)) {
                 t.settle(
@@ -1173,7 +1210,8 @@ fn limits_json(l: &relais_governance::Limits) -> serde_json::Value {
 
 fn team_json(t: &relais_state::Team) -> serde_json::Value {
     serde_json::json!({"id": t.id, "name": t.name, "routes": t.routes, "created_at": t.created_at,
-        "limits": limits_json(&t.limits)})
+        "limits": limits_json(&t.limits), "vendors": t.reach.vendors,
+        "data_classes": t.reach.data_classes})
 }
 
 /// `rpm`, `tpm`, `max_concurrent` from an admin body: positive integers when present;
@@ -1208,12 +1246,23 @@ fn limits_of(
     })
 }
 
+/// `vendors` and `data_classes` from an admin body: lists of strings when present.
+fn reach_of(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<relais_governance::Reach, Error> {
+    Ok(relais_governance::Reach {
+        vendors: string_list(body, "vendors")?,
+        data_classes: string_list(body, "data_classes")?,
+    })
+}
+
 /// A key as listed: never its secret or hash, only the prefix that recognises it.
 fn key_json(k: &relais_state::StoredKey) -> serde_json::Value {
     serde_json::json!({
         "id": k.id, "name": k.name, "team_id": k.team_id, "prefix": k.prefix,
         "routes": k.routes, "created_at": k.created_at, "revoked_at": k.revoked_at,
-        "limits": limits_json(&k.limits),
+        "limits": limits_json(&k.limits), "vendors": k.reach.vendors,
+        "data_classes": k.reach.data_classes,
     })
 }
 
@@ -1312,7 +1361,12 @@ async fn admin_teams(
             );
         }
         let team = ring
-            .create_team(string_field(&body, "name")?, routes, limits_of(&body)?)
+            .create_team(
+                string_field(&body, "name")?,
+                routes,
+                limits_of(&body)?,
+                reach_of(&body)?,
+            )
             .await?;
         Ok((StatusCode::CREATED, team_json(&team)))
     })
@@ -1340,6 +1394,7 @@ async fn admin_keys(
                 string_field(&body, "name")?,
                 string_list(&body, "routes")?,
                 limits_of(&body)?,
+                reach_of(&body)?,
             )
             .await?;
         let mut value = key_json(&issued.stored);

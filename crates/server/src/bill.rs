@@ -57,7 +57,7 @@ fn us(d: Duration) -> u64 {
 fn fill(row: &mut LedgerRow, d: &Deployment) {
     row.deployment = Some(d.id.clone());
     row.provider = Some(d.provider_name.clone());
-    row.vendor = Some(d.provider.kind().to_owned());
+    row.vendor = Some(d.vendor.clone());
     row.model = Some(d.model.clone());
 }
 

@@ -489,6 +489,12 @@ pub struct DeploymentConfig {
     pub json_schema: Option<bool>,
     pub context_window: Option<u32>,
     pub max_output_tokens: Option<u32>,
+    /// Who stands behind it, for key and team vendor policies, the ledger and the dependency
+    /// index. Default: the provider's type (`anthropic`, `gemini`, `local`, ...), or for
+    /// `openai_compat`, which fronts many vendors, the provider's name.
+    pub vendor: Option<String>,
+    /// Classes of data (`x-relais-data-class`) it may receive; any by default.
+    pub data_classes: Option<Vec<String>>,
 }
 
 /// A config error: where and what.
@@ -932,6 +938,11 @@ fn build_from(
                     prices.get(&d.model).copied()
                 },
                 health,
+                vendor: d.vendor.clone().unwrap_or_else(|| match provider.kind() {
+                    "openai_compat" => pname.clone(),
+                    kind => kind.to_owned(),
+                }),
+                data_classes: d.data_classes.clone(),
             });
         }
         if strategy == Strategy::Weighted && deployments.iter().all(|d| d.weight == 0) {

@@ -1017,3 +1017,95 @@ async fn issue7_budget_race_across_three_instances_with_sqlite_and_redis() {
 async fn issue7_budget_race_across_three_instances_with_postgres_and_redis() {
     budget_race_across_instances("postgres").await;
 }
+
+/// Allowed vendors and data classes: a key's requests go only to deployments of its vendors
+/// that accept its data class; a class it may not send, or a policy that leaves nothing, is a
+/// 403 before any upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_vendor_and_data_class_policies_choose_deployments() {
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{section}\n[routes.classy]\ndeployments = [{{ provider = \"up\", model = \"public-only\", data_classes = [\"public\"] }}, {{ provider = \"backup\", model = \"anything\", vendor = \"onprem\" }}]\n"
+    ))
+    .await;
+    let (status, e) = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        Some(json!({"name": "p", "vendors": ["up", "onprem"], "data_classes": ["confidential", "public"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    let (status, e) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "p", "name": "wide", "vendors": ["elsewhere"]})),
+    )
+    .await;
+    assert_eq!(status, 403, "{e}");
+    let (_, k) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "p", "name": "k"})),
+    )
+    .await;
+    let key = k["key"].as_str().unwrap().to_owned();
+    let (_, k) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "p", "name": "up-only", "vendors": ["up"]})),
+    )
+    .await;
+    let up_only = k["key"].as_str().unwrap().to_owned();
+    assert_eq!(k["vendors"], json!(["up"]));
+
+    let ask = |key: String, class: Option<&'static str>| {
+        let url = gw.url.clone();
+        async move {
+            let mut rb = Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&json!({"model": "classy", "messages": [{"role": "user", "content": "hi"}]}));
+            if let Some(c) = class {
+                rb = rb.header("x-relais-data-class", c);
+            }
+            rb.send().await.unwrap()
+        }
+    };
+    let deployment = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-relais-deployment")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // Unmarked: the key's first class, confidential: not to the public-only deployment.
+    let r = ask(key.clone(), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(deployment(&r).as_deref(), Some("backup/anything"));
+    // Marked public: the primary takes it.
+    let r = ask(key.clone(), Some("public")).await;
+    assert_eq!(deployment(&r).as_deref(), Some("up/public-only"));
+    // A class the key may not send.
+    let e = error_of(ask(key.clone(), Some("secret")).await, 403).await;
+    assert_eq!(e["param"], "x-relais-data-class", "{e}");
+    // Vendor "up" only, confidential data: nothing is left.
+    gw.mock.clear_requests();
+    let e = error_of(ask(up_only.clone(), None).await, 403).await;
+    assert!(e["message"].as_str().unwrap().contains("policy"), "{e}");
+    assert!(gw.mock.requests().is_empty(), "no upstream call");
+    let r = ask(up_only, Some("public")).await;
+    assert_eq!(deployment(&r).as_deref(), Some("up/public-only"));
+    // The ledger names the vendor (none for the request the policy refused in the router).
+    let (_, by_vendor) = admin(&gw, "GET", "/admin/usage?by=vendor", None).await;
+    let vendors: Vec<&str> = by_vendor["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(vendors, ["", "onprem", "up"], "{by_vendor}");
+    drop(gw);
+    dump(true);
+}

@@ -39,7 +39,19 @@ impl Limits {
     }
 }
 
-/// A team: the unit keys belong to and budgets will be set on.
+/// Where a key's or team's requests may go: to which vendors, carrying which classes of data.
+/// `None` is no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reach {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendors: Option<Vec<String>>,
+    /// Classes of data the requests may be marked with (`x-relais-data-class`); the first is
+    /// the class of an unmarked request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_classes: Option<Vec<String>>,
+}
+
+/// A team: the unit keys belong to and budgets are set on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Team {
     pub id: String,
@@ -50,6 +62,7 @@ pub struct Team {
     pub created_at: i64,
     /// For all the team's keys together.
     pub limits: Limits,
+    pub reach: Reach,
 }
 
 /// A virtual key as stored: never the key itself.
@@ -67,6 +80,8 @@ pub struct StoredKey {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub limits: Limits,
+    /// Within its team's.
+    pub reach: Reach,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +143,19 @@ fn limits_from_sql(v: [Option<i64>; 6]) -> Limits {
         budget_month: c(v[4]),
         budget_total: c(v[5]),
     }
+}
+
+/// A reach as stored: a JSON object, NULL when unrestricted.
+fn reach_to_text(reach: &Reach) -> Option<String> {
+    (*reach != Reach::default()).then(|| serde_json::to_string(reach).unwrap_or_default())
+}
+
+fn reach_from_text(text: Option<String>) -> Result<Reach, StoreError> {
+    text.map_or(Ok(Reach::default()), |t| {
+        serde_json::from_str(&t).map_err(|e| {
+            StoreError::Backend(format!("stored vendor/data-class policy is not valid: {e}"))
+        })
+    })
 }
 
 fn routes_to_text(routes: &Option<Vec<String>>) -> Option<String> {

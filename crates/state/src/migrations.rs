@@ -64,6 +64,9 @@ pub(crate) const STEPS: &[&str] = &[
     CREATE INDEX relais_ledger_at ON relais_ledger (at_ms);
     CREATE INDEX relais_ledger_key ON relais_ledger (key_id, at_ms);
     CREATE INDEX relais_ledger_team ON relais_ledger (team_id, at_ms)",
+    // Allowed vendors and data classes, as a JSON object (NULL: unrestricted).
+    "ALTER TABLE relais_teams ADD COLUMN reach TEXT;
+     ALTER TABLE relais_keys ADD COLUMN reach TEXT",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =
@@ -71,20 +74,20 @@ pub(crate) const CREATE_SCHEMA_TABLE: &str =
 
 pub(crate) const INSERT_TEAM: &str = "INSERT INTO relais_teams \
     (id, name, routes, created_at, rpm, tpm, max_concurrent, budget_day, budget_month, \
-    budget_total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    budget_total, reach) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 pub(crate) const SELECT_TEAMS: &str = "SELECT id, name, routes, created_at, rpm, tpm, \
-    max_concurrent, budget_day, budget_month, budget_total FROM relais_teams \
+    max_concurrent, budget_day, budget_month, budget_total, reach FROM relais_teams \
     ORDER BY created_at, id";
 pub(crate) const INSERT_KEY: &str = "INSERT INTO relais_keys \
     (id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, max_concurrent, \
-    budget_day, budget_month, budget_total) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+    budget_day, budget_month, budget_total, reach) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 pub(crate) const SELECT_KEYS: &str = "SELECT id, name, team_id, prefix, hash, routes, created_at, \
-    revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total \
+    revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total, reach \
     FROM relais_keys ORDER BY created_at, id";
 pub(crate) const SELECT_KEY_BY_HASH: &str = "SELECT id, name, team_id, prefix, hash, routes, \
-    created_at, revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total \
-    FROM relais_keys WHERE hash = $1";
+    created_at, revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total, \
+    reach FROM relais_keys WHERE hash = $1";
 /// Revoking twice keeps the first time.
 pub(crate) const REVOKE_KEY: &str =
     "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";

@@ -15,8 +15,8 @@ use crate::migrations::{
     SELECT_KEYS, SELECT_TEAMS, STEPS,
 };
 use crate::{
-    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, routes_from_text,
-    routes_to_text,
+    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
+    reach_to_text, routes_from_text, routes_to_text,
 };
 
 /// Keys and teams in PostgreSQL.
@@ -56,6 +56,7 @@ fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
         created_at: r.try_get(6).map_err(db_error)?,
         revoked_at: r.try_get(7).map_err(db_error)?,
         limits: limits_from_row(r, 8)?,
+        reach: reach_from_text(r.try_get(14).map_err(db_error)?)?,
     })
 }
 
@@ -130,6 +131,7 @@ impl KeyStore for PostgresStore {
                         &day,
                         &month,
                         &total,
+                        &reach_to_text(&team.reach),
                     ],
                 )
                 .await
@@ -153,6 +155,7 @@ impl KeyStore for PostgresStore {
                         routes: routes_from_text(r.try_get(2).map_err(db_error)?)?,
                         created_at: r.try_get(3).map_err(db_error)?,
                         limits: limits_from_row(r, 4)?,
+                        reach: reach_from_text(r.try_get(10).map_err(db_error)?)?,
                     })
                 })
                 .collect()
@@ -180,6 +183,7 @@ impl KeyStore for PostgresStore {
                         &day,
                         &month,
                         &total,
+                        &reach_to_text(&k.reach),
                     ],
                 )
                 .await

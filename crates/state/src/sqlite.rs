@@ -17,8 +17,8 @@ use crate::migrations::{
     SELECT_KEYS, SELECT_TEAMS, STEPS,
 };
 use crate::{
-    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, routes_from_text,
-    routes_to_text,
+    KeyStore, Reach, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
+    reach_to_text, routes_from_text, routes_to_text,
 };
 
 /// Keys and teams in a SQLite file.
@@ -70,7 +70,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<String>)> {
+/// A key row, with its route list and reach still as text (parsed by [`parsed_key`]).
+type KeyRow = (StoredKey, Option<String>, Option<String>);
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     Ok((
         StoredKey {
             id: r.get(0)?,
@@ -89,9 +92,17 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredKey, Option<St
                 r.get(12)?,
                 r.get(13)?,
             ]),
+            reach: Reach::default(),
         },
         r.get(5)?,
+        r.get(14)?,
     ))
+}
+
+fn parsed_key((mut k, routes, reach): KeyRow) -> Result<StoredKey, StoreError> {
+    k.routes = routes_from_text(routes)?;
+    k.reach = reach_from_text(reach)?;
+    Ok(k)
 }
 
 impl SqliteStore {
@@ -160,7 +171,8 @@ impl KeyStore for SqliteStore {
                     concurrent,
                     day,
                     month,
-                    total
+                    total,
+                    reach_to_text(&team.reach)
                 ],
             )
             .map_err(db_error)?;
@@ -186,18 +198,20 @@ impl KeyStore for SqliteStore {
                             r.get(8)?,
                             r.get(9)?,
                         ]),
+                        r.get::<_, Option<String>>(10)?,
                     ))
                 })
                 .map_err(db_error)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, name, routes, created_at, limits) = row.map_err(db_error)?;
+                let (id, name, routes, created_at, limits, reach) = row.map_err(db_error)?;
                 out.push(Team {
                     id,
                     name,
                     routes: routes_from_text(routes)?,
                     created_at,
                     limits,
+                    reach: reach_from_text(reach)?,
                 });
             }
             Ok(out)
@@ -224,7 +238,8 @@ impl KeyStore for SqliteStore {
                     concurrent,
                     day,
                     month,
-                    total
+                    total,
+                    reach_to_text(&k.reach)
                 ],
             )
             .map_err(db_error)?;
@@ -238,9 +253,7 @@ impl KeyStore for SqliteStore {
             let rows = stmt.query_map([], key_from_row).map_err(db_error)?;
             let mut out = Vec::new();
             for row in rows {
-                let (mut k, routes) = row.map_err(db_error)?;
-                k.routes = routes_from_text(routes)?;
-                out.push(k);
+                out.push(parsed_key(row.map_err(db_error)?)?);
             }
             Ok(out)
         }))
@@ -256,13 +269,7 @@ impl KeyStore for SqliteStore {
                 .query_row(&sql(SELECT_KEY_BY_HASH), params![hash], key_from_row)
                 .optional()
                 .map_err(db_error)?;
-            match found {
-                None => Ok(None),
-                Some((mut k, routes)) => {
-                    k.routes = routes_from_text(routes)?;
-                    Ok(Some(k))
-                }
-            }
+            found.map(parsed_key).transpose()
         }))
     }
 

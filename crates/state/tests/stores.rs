@@ -88,6 +88,10 @@ fn team(name: &str) -> Team {
             budget_month: Some(50_000_000_000_000),
             budget_total: None,
         },
+        reach: relais_state::Reach {
+            vendors: Some(vec!["openai".to_owned(), "local".to_owned()]),
+            data_classes: None,
+        },
     }
 }
 
@@ -108,6 +112,10 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
             budget_day: Some(5_000_000_000_000),
             budget_month: None,
             budget_total: Some(u64::try_from(i64::MAX).unwrap()),
+        },
+        reach: relais_state::Reach {
+            vendors: None,
+            data_classes: Some(vec!["internal".to_owned()]),
         },
     }
 }
