@@ -81,8 +81,58 @@ pub struct Ledger {
     shipping: tokio::sync::Mutex<()>,
     interval: Duration,
     pub stats: LedgerStats,
-    /// Held (with its lock) for as long as the ledger lives.
-    _lock: File,
+    /// Held for as long as the ledger lives.
+    _lock: DirLock,
+}
+
+/// Directories held by ledgers of this process.
+static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// One ledger per directory: a `LOCK` file holding the owner's pid, taken over when that
+/// process is gone (a `kill -9` leaves it behind), plus a list for ledgers of this process.
+/// (The MSRV predates `File::try_lock`.)
+struct DirLock {
+    dir: PathBuf,
+}
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<Self, Error> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| io_error("resolve", dir, e))?;
+        let in_use = || {
+            Error::internal(format!(
+                "ledger: {} is in use by another relais process; give each instance its own governance.ledger_dir",
+                dir.display()
+            ))
+        };
+        let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.contains(&dir) {
+            return Err(in_use());
+        }
+        let path = dir.join("LOCK");
+        let me = std::process::id();
+        if let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            if pid != me && Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(in_use());
+            }
+        }
+        std::fs::write(&path, me.to_string()).map_err(|e| io_error("write", &path, e))?;
+        held.push(dir.clone());
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|d| *d != self.dir);
+        let _ = std::fs::remove_file(self.dir.join("LOCK"));
+    }
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -157,19 +207,7 @@ impl Ledger {
         interval: Duration,
     ) -> Result<Arc<Self>, Error> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_error("open", &lock_path, e))?;
-        lock.try_lock().map_err(|_| {
-            Error::internal(format!(
-                "ledger: {} is in use by another relais process; give each instance its own governance.ledger_dir",
-                dir.display()
-            ))
-        })?;
+        let lock = DirLock::take(dir)?;
         let old = existing_segments(dir)?;
         let next = old.last().map_or(1, |(seq, _)| seq + 1);
         let current = open_segment(dir, next)?;
