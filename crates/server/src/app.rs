@@ -369,6 +369,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .route("/admin/usage", get(admin_usage))
         .route("/admin/ledger/{id}", get(admin_ledger))
+        .route("/admin/openapi.json", get(admin_openapi))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
@@ -1496,6 +1497,20 @@ async fn admin_ledger(
         Ok((StatusCode::OK, serde_json::json!({ "rows": rows })))
     })
     .await
+}
+
+/// `GET /admin/openapi.json`: the admin API described (docs/admin-openapi.json, built in).
+async fn admin_openapi(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let live = app.live();
+    match admin_auth(&live, &headers) {
+        Ok(()) => plain(
+            &headers,
+            StatusCode::OK,
+            "application/json",
+            include_str!("../../../docs/admin-openapi.json").to_owned(),
+        ),
+        Err(e) => Ctx::new(&headers).error(&e, Duration::ZERO),
+    }
 }
 
 fn ledger_of(live: &Live) -> Result<Arc<relais_governance::Ledger>, Error> {

@@ -1109,3 +1109,55 @@ async fn issue7_vendor_and_data_class_policies_choose_deployments() {
     drop(gw);
     dump(true);
 }
+
+/// The OpenAPI document describes every admin path, and every path it describes is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_the_admin_api_is_described_by_its_openapi_document() {
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!("[admin]\nkey = \"{ADMIN}\"\n{section}")).await;
+    let (status, doc) = admin(&gw, "GET", "/admin/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/admin/routes",
+        "/admin/teams",
+        "/admin/keys",
+        "/admin/keys/{id}/rotate",
+        "/admin/keys/{id}/revoke",
+        "/admin/usage",
+        "/admin/ledger/{id}",
+        "/admin/openapi.json",
+    ] {
+        assert!(paths.contains(&p), "{p} is not described");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let url = path.replace("{id}", "req-none");
+            let (status, body) = match method.as_str() {
+                "get" => admin(&gw, "GET", &url, None).await,
+                _ => admin(&gw, "POST", &url, Some(json!({}))).await,
+            };
+            // Served: any answer but the router's "no such path".
+            let unknown = body["error"]["code"] == "unknown_url";
+            assert!(
+                !(status == 404 && unknown),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    // Without the admin key: refused.
+    let resp = Gateway::client()
+        .get(format!("{}/admin/openapi.json", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    drop(gw);
+    dump(true);
+}
