@@ -496,47 +496,38 @@ async fn limits_across_instances(kind: &str) {
     assert!(upstream <= 100, "{upstream} admitted past a limit of 100");
     assert!(upstream >= 99, "only {upstream} of 100 admitted");
 
-    // TPM across instances: concurrent requests reserving ~95 tokens each under a 1000 TPM.
+    // Redis holds key and team ids, never a key or its hash.
+    let everything = redis_cli(&[
+        "EVAL",
+        "local out = {} for _, k in ipairs(redis.call('KEYS', ARGV[1])) do table.insert(out, k) \
+         local t = redis.call('TYPE', k).ok \
+         if t == 'hash' then for _, v in ipairs(redis.call('HGETALL', k)) do table.insert(out, v) end \
+         elseif t == 'zset' then for _, v in ipairs(redis.call('ZRANGE', k, 0, -1)) do table.insert(out, v) end end end \
+         return table.concat(out, ' ')",
+        "0",
+        &format!("{prefix}:*"),
+    ]);
+    assert!(
+        everything.contains("key_"),
+        "nothing read from Redis: {everything}"
+    );
+    assert!(!everything.contains(&key[3..]), "a key's secret in Redis");
+    assert!(
+        !everything.contains(&relais_governance::hash_key(&key)),
+        "a key's hash in Redis"
+    );
+
+    // TPM across instances: streaming and whole requests of random real lengths (prompts of 5 to
+    // 80 words, output caps of 10 to 150 tokens, answers the length of the prompt plus four
+    // words, cut at the cap), released together over the three instances under 3000 TPM while
+    // a sampler reads the committed total from Redis every few milliseconds.
+    const TPM: u64 = 3000;
     let key = issue(
         &gws[0],
         json!({"name": "tpm"}),
-        json!({"team": "tpm", "name": "k", "tpm": 1000}),
+        json!({"team": "tpm", "name": "k", "tpm": TPM}),
     )
     .await;
-    for g in &gws {
-        g.mock.push_fault(relais_testkit::Fault {
-            delay_ms: Some(200),
-            times: Some(0),
-            ..Default::default()
-        });
-        g.mock.clear_requests();
-    }
-    let mut tasks = Vec::new();
-    for w in 0..30 {
-        let (url, key) = (urls[w % 3].clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            let resp = Gateway::client()
-                .post(format!("{url}/v1/chat/completions"))
-                .bearer_auth(&key)
-                .json(&json!({"model": "gpt-4o-mini", "max_tokens": 90, "messages": [{"role": "user", "content": "hi"}]}))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap();
-            (status, body["usage"]["total_tokens"].as_u64().unwrap_or(0))
-        }));
-    }
-    let mut admitted = 0;
-    let mut used = 0;
-    for t in tasks {
-        let (status, tokens) = t.await.unwrap();
-        if status == 200 {
-            admitted += 1;
-            used += tokens;
-        }
-    }
-    // Reserved tokens never passed 1000: with ~95 reserved per request, at most 10 at once.
     let team_id = {
         let (_, teams) = admin(&gws[0], "GET", "/admin/teams", None).await;
         teams["teams"]
@@ -549,17 +540,102 @@ async fn limits_across_instances(kind: &str) {
             .unwrap()
             .to_owned()
     };
+    for g in &gws {
+        g.mock.push_fault(relais_testkit::Fault {
+            delay_ms: Some(150),
+            times: Some(0),
+            ..Default::default()
+        });
+        g.mock.clear_requests();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, tok) = (stop.clone(), format!("{prefix}:{team_id}:tok"));
+        tokio::task::spawn_blocking(move || {
+            let (mut max, mut samples) = (0u64, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = redis_cli(&["HGET", &tok, "_total"]);
+                max = max.max(v.parse().unwrap_or(0));
+                samples += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            (max, samples)
+        })
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut tasks = Vec::new();
+    for w in 0..60 {
+        let words = rng.usize(5..=80);
+        let prompt: Vec<String> = (0..words)
+            .map(|i| format!("w{}", (i * 7 + w) % 97))
+            .collect();
+        let max_tokens = rng.u64(10..=150);
+        let stream = rng.bool();
+        let (url, key) = (urls[w % 3].clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut body = json!({
+                "model": "gpt-4o-mini", "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": prompt.join(" ")}],
+            });
+            if stream {
+                body["stream"] = json!(true);
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let resp = Gateway::client()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            if status != 200 {
+                assert_eq!(status, 429, "{text}");
+                return (stream, None);
+            }
+            let usage = if stream {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find_map(|c| c["usage"]["total_tokens"].as_u64())
+            } else {
+                serde_json::from_str::<Value>(&text).unwrap()["usage"]["total_tokens"].as_u64()
+            };
+            (stream, Some(usage.expect("a usage figure in every answer")))
+        }));
+    }
+    let (mut admitted, mut streams, mut used) = (0, 0, 0);
+    for t in tasks {
+        if let (stream, Some(tokens)) = t.await.unwrap() {
+            admitted += 1;
+            streams += usize::from(stream);
+            used += tokens;
+        }
+    }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, samples) = sampler.await.unwrap();
     let total: u64 = redis_cli(&["HGET", &format!("{prefix}:{team_id}:tok"), "_total"])
         .parse()
         .unwrap();
     let in_flight = redis_cli(&["ZCARD", &format!("{prefix}:{team_id}:cur")]);
+    // What the upstreams saw and reported: every admitted request, nothing else.
+    let upstream: usize = gws.iter().map(|g| g.mock.requests().len()).sum();
     eprintln!(
-        "figures: {kind}+redis TPM 1000: {admitted} of 30 admitted, {used} tokens reported, {total} counted"
+        "figures: {kind}+redis TPM {TPM}: {admitted} of 60 admitted ({streams} streams), {used} tokens \
+         reported, {total} counted after settlement, committed peak {peak} over {samples} samples"
     );
-    assert!((1..=10).contains(&admitted), "{admitted} admitted");
+    assert_eq!(
+        upstream, admitted,
+        "the upstreams saw exactly the admitted requests"
+    );
+    assert!(admitted >= 10 && admitted < 60, "{admitted} admitted");
+    assert!(streams >= 1 && streams < admitted, "both kinds admitted");
     assert_eq!(total, used, "reservations settled to the reported usage");
-    assert!(total <= 1000);
+    assert!(used <= TPM, "{used} tokens used in one window past {TPM}");
+    assert!(peak <= TPM, "committed {peak} tokens past {TPM}");
+    assert!(samples >= 5, "the sampler ran {samples} times");
     assert_eq!(
         in_flight, "0",
         "no reservation left in flight after the last response"
