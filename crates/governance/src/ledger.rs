@@ -55,6 +55,9 @@ pub struct LedgerStats {
     pub store_up: AtomicBool,
     /// Closed segments waiting for the store.
     pub backlog: AtomicU64,
+    /// Bytes of rows on disk not yet in the store: closed segments plus the current one. Grows
+    /// steadily while the store is down (segments rotate only at [`SEGMENT_MAX`] then).
+    pub backlog_bytes: AtomicU64,
 }
 
 struct Segment {
@@ -212,6 +215,11 @@ impl Ledger {
         let next = old.last().map_or(1, |(seq, _)| seq + 1);
         let current = open_segment(dir, next)?;
         let backlog = old.len() as u64;
+        let old_bytes: u64 = old
+            .iter()
+            .filter_map(|(_, p)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         let ledger = Arc::new(Self {
             dir: dir.to_owned(),
             wal: Mutex::new(Wal {
@@ -227,6 +235,10 @@ impl Ledger {
             _lock: lock,
         });
         ledger.stats.backlog.store(backlog, Ordering::Relaxed);
+        ledger
+            .stats
+            .backlog_bytes
+            .store(old_bytes, Ordering::Relaxed);
         ledger.stats.store_up.store(true, Ordering::Relaxed);
         let weak = Arc::downgrade(&ledger);
         let wake = ledger.wake.clone();
@@ -247,6 +259,9 @@ impl Ledger {
         match wal.current.file.write_all(&buf) {
             Ok(()) => {
                 wal.current.bytes += buf.len() as u64;
+                self.stats
+                    .backlog_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 self.stats
                     .recorded
                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -280,14 +295,22 @@ impl Ledger {
             let rotate = wal.current.bytes > 0
                 && (wal.closed.is_empty() || wal.current.bytes >= SEGMENT_MAX);
             if rotate {
-                let next = open_segment(&self.dir, wal.current.seq + 1)?;
-                let old = std::mem::replace(&mut wal.current, next);
-                wal.closed.push(old.path.clone());
-                // The closed file is synced below, off the request path.
-                drop(old.file);
-                self.stats
-                    .backlog
-                    .store(wal.closed.len() as u64, Ordering::Relaxed);
+                // When no new segment can be made (a full disk), the current one stays open
+                // and the rows kept in memory are still shipped below.
+                match open_segment(&self.dir, wal.current.seq + 1) {
+                    Ok(next) => {
+                        let old = std::mem::replace(&mut wal.current, next);
+                        wal.closed.push(old.path.clone());
+                        // The closed file is synced below, off the request path.
+                        drop(old.file);
+                        self.stats
+                            .backlog
+                            .store(wal.closed.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(message = %e.message, "ledger: cannot rotate the write-ahead file")
+                    }
+                }
             }
             (wal.closed.clone(), std::mem::take(&mut wal.spilled))
         };
@@ -322,7 +345,14 @@ impl Ledger {
             for batch in rows.chunks(SHIP_BATCH) {
                 self.insert(batch).await?;
             }
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
+            let _ =
+                self.stats
+                    .backlog_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(size))
+                    });
             let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
             wal.closed.retain(|p| *p != path);
             self.stats

@@ -21,16 +21,15 @@ use crate::limits::{Subject, Ticket, refuse};
 
 /// How long one Redis call may take before the store counts as down.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the watcher checks Redis (connects, or pings), with or without traffic.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct RedisLimiter {
     client: redis::Client,
     /// `None` until a first connection succeeds: an instance starts while Redis is down and
-    /// connects when it comes back (the manager itself reconnects after that).
+    /// the watcher connects when it comes back (the manager itself reconnects after that).
     conn: std::sync::Mutex<Option<ConnectionManager>>,
-    /// When the last connection attempt started, so a down Redis is retried once a second,
-    /// not once per request.
-    last_attempt: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// Whether the last call reached Redis (for `/readyz` and metrics).
+    /// Whether the last call or health check reached Redis (for `/readyz` and metrics).
     up: std::sync::atomic::AtomicBool,
     prefix: String,
     lease: Duration,
@@ -78,7 +77,6 @@ impl RedisLimiter {
         let limiter = Arc::new(Self {
             client,
             conn: std::sync::Mutex::new(None),
-            last_attempt: std::sync::Mutex::new(None),
             up: std::sync::atomic::AtomicBool::new(false),
             prefix: prefix.to_owned(),
             lease,
@@ -90,15 +88,12 @@ impl RedisLimiter {
             seed: Script::new(include_str!("lua/seed.lua")),
             ledger,
         });
-        *limiter
-            .last_attempt
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
         if !limiter.try_connect().await {
             tracing::warn!(
                 "Redis is unreachable at start; limited keys follow governance.when_redis_down until it answers"
             );
         }
+        tokio::spawn(watch(Arc::downgrade(&limiter)));
         Ok(limiter)
     }
 
@@ -107,31 +102,13 @@ impl RedisLimiter {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// The connection, or `None` while there is none; then a connection attempt is started in
-    /// the background (at most one at a time, one a second), never on the request's path.
-    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
-        if let Some(c) = self
-            .conn
+    /// The connection, or `None` while there is none (the watcher is trying to make one; a
+    /// request never waits for that).
+    fn connection(&self) -> Option<ConnectionManager> {
+        self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-        {
-            return Some(c);
-        }
-        let now = tokio::time::Instant::now();
-        {
-            let mut last = self
-                .last_attempt
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
-                return None;
-            }
-            *last = Some(now);
-        }
-        let this = self.clone();
-        tokio::spawn(async move { this.try_connect().await });
-        None
     }
 
     /// One connection attempt; on success the connection is kept (and the manager reconnects
@@ -398,5 +375,36 @@ impl RedisLimiter {
                 );
             }
         });
+    }
+}
+
+/// Every [`WATCH_EVERY`]: connect while there is no connection, else ping, so `is_up` (and so
+/// `/readyz` and `relais_limit_store_up`) follows Redis even when no limited request arrives,
+/// and an instance a balancer took out of rotation comes back on its own. Ends when the
+/// limiter is dropped.
+async fn watch(limiter: std::sync::Weak<RedisLimiter>) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(l) = limiter.upgrade() else {
+            return;
+        };
+        let Some(mut conn) = l.connection() else {
+            l.try_connect().await;
+            continue;
+        };
+        let ping = redis::cmd("PING");
+        let ok = matches!(
+            tokio::time::timeout(CALL_TIMEOUT, ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        if l.up.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("Redis answers again");
+            } else {
+                tracing::warn!(
+                    "Redis does not answer; limited keys follow governance.when_redis_down"
+                );
+            }
+        }
     }
 }

@@ -1158,11 +1158,12 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         let st = &l.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         body.push_str(&format!(
-            "# HELP relais_ledger_rows_total Ledger rows appended to the write-ahead file (recorded) and accepted by the store (stored).\n# TYPE relais_ledger_rows_total counter\nrelais_ledger_rows_total{{state=\"recorded\"}} {}\nrelais_ledger_rows_total{{state=\"stored\"}} {}\n# HELP relais_ledger_write_errors_total Appends to the write-ahead file that failed (rows kept in memory).\n# TYPE relais_ledger_write_errors_total counter\nrelais_ledger_write_errors_total {}\n# HELP relais_ledger_backlog_segments Closed write-ahead segments waiting for the store.\n# TYPE relais_ledger_backlog_segments gauge\nrelais_ledger_backlog_segments {}\n# HELP relais_ledger_store_up Whether the last shipment reached the ledger store.\n# TYPE relais_ledger_store_up gauge\nrelais_ledger_store_up {}\n",
+            "# HELP relais_ledger_rows_total Ledger rows appended to the write-ahead file (recorded) and accepted by the store (stored).\n# TYPE relais_ledger_rows_total counter\nrelais_ledger_rows_total{{state=\"recorded\"}} {}\nrelais_ledger_rows_total{{state=\"stored\"}} {}\n# HELP relais_ledger_write_errors_total Appends to the write-ahead file that failed (rows kept in memory).\n# TYPE relais_ledger_write_errors_total counter\nrelais_ledger_write_errors_total {}\n# HELP relais_ledger_backlog_segments Closed write-ahead segments waiting for the store.\n# TYPE relais_ledger_backlog_segments gauge\nrelais_ledger_backlog_segments {}\n# HELP relais_ledger_backlog_bytes Bytes of ledger rows on local disk not yet in the store.\n# TYPE relais_ledger_backlog_bytes gauge\nrelais_ledger_backlog_bytes {}\n# HELP relais_ledger_store_up Whether the last shipment reached the ledger store.\n# TYPE relais_ledger_store_up gauge\nrelais_ledger_store_up {}\n",
             n(&st.recorded),
             n(&st.stored),
             n(&st.write_errors),
             n(&st.backlog),
+            n(&st.backlog_bytes),
             u8::from(l.store_up())
         ));
     }

@@ -26,6 +26,30 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// Run SQL as the superuser on the test database; its output, one row a line.
+fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-At",
+            "-c",
+        ])
+        .arg(sql)
+        .output()
+        .expect("psql must be installed (.ci/run checks PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `[governance]` section for a fresh store of `kind`, and a way to read everything the
 /// store holds as text (to prove no secret is in it).
 async fn store(kind: &str) -> (String, Box<dyn Fn(bool) -> String + Send + Sync>) {
@@ -76,26 +100,7 @@ async fn store(kind: &str) -> (String, Box<dyn Fn(bool) -> String + Send + Sync>
                         "SELECT t::text FROM {schema}.relais_keys t UNION ALL SELECT t::text FROM {schema}.relais_teams t"
                     )
                 };
-                let out = std::process::Command::new("psql")
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-U",
-                        "postgres",
-                        "-d",
-                        "test",
-                        "-At",
-                        "-c",
-                    ])
-                    .arg(sql)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8_lossy(&out.stdout).into_owned()
+                psql(&sql)
             };
             (section, Box::new(dump))
         }
@@ -630,7 +635,7 @@ async fn limits_across_instances(kind: &str) {
         upstream, admitted,
         "the upstreams saw exactly the admitted requests"
     );
-    assert!(admitted >= 10 && admitted < 60, "{admitted} admitted");
+    assert!((10..60).contains(&admitted), "{admitted} admitted");
     assert!(streams >= 1 && streams < admitted, "both kinds admitted");
     assert_eq!(total, used, "reservations settled to the reported usage");
     assert!(used <= TPM, "{used} tokens used in one window past {TPM}");
@@ -722,31 +727,162 @@ async fn issue7_redis_down_fails_closed_and_recovers_on_its_own() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server must be installed (.ci/run checks Redis)");
+    // With no traffic at all (a balancer that follows /readyz sends none), the instance finds
+    // Redis by itself and says it is ready again.
     let t0 = std::time::Instant::now();
-    let mut status = 0;
+    let mut ready = 0;
     while t0.elapsed() < std::time::Duration::from_secs(10) {
-        status = chat(&gw, "gpt-4o-mini", Some(&key)).await.status().as_u16();
-        if status == 200 {
+        ready = Gateway::client()
+            .get(format!("{}/readyz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 200 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     eprintln!(
-        "figures: Redis back; limited keys served again after {:?}",
+        "figures: Redis back; /readyz 200 again after {:?} with no traffic",
         t0.elapsed()
     );
-    let ready = Gateway::client()
-        .get(format!("{}/readyz", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = chat(&gw, "gpt-4o-mini", Some(&key)).await.status().as_u16();
+    let metrics = gw.get_text("/metrics").await;
     let _ = redis.kill();
     let _ = redis.wait();
+    assert_eq!(ready, 200, "the instance did not become ready again");
     assert_eq!(status, 200, "the instance did not recover");
-    assert_eq!(ready, 200);
+    assert!(metrics.contains("relais_limit_store_up{kind=\"redis\"} 1"));
     drop((gw, open));
     dump(true);
+}
+
+/// PostgreSQL goes away under a running instance and comes back (as in a restart or a
+/// failover): its sessions are cut and new ones refused for a while (the instance's role is
+/// made NOLOGIN, so nothing else sharing the server is touched). Requests on keys already
+/// known go on, their ledger rows wait on disk, `/readyz` says degraded, issuing a key fails
+/// fast; then the instance reconnects by itself, ships every row and issues keys again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue7_postgres_outage_heals_on_its_own() {
+    let role = unique("relais_heal");
+    psql(&format!(
+        "CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role}"
+    ));
+    let url =
+        format!("host=127.0.0.1 port=5432 user={role} dbname=test options='-c search_path={role}'");
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nrefresh_secs = 1\nledger_ship_ms = 100\n"
+    ))
+    .await;
+    let key = issue(
+        &gw,
+        json!({"name": "heal"}),
+        json!({"team": "heal", "name": "k"}),
+    )
+    .await;
+    assert_eq!(chat(&gw, "gpt-4o-mini", Some(&key)).await.status(), 200);
+    let readyz = || async {
+        let r = Gateway::client()
+            .get(format!("{}/readyz", gw.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+
+    psql(&format!(
+        "ALTER ROLE {role} NOLOGIN; SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
+    ));
+    for _ in 0..20 {
+        assert_eq!(chat(&gw, "gpt-4o-mini", Some(&key)).await.status(), 200);
+    }
+    let t0 = std::time::Instant::now();
+    let mut seen = Value::Null;
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        let (status, body) = readyz().await;
+        assert_eq!(status, 200, "a store outage does not stop serving: {body}");
+        if body.get("keys").is_some() && body.get("ledger").is_some() {
+            seen = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["status"], "degraded", "{seen}");
+    let metrics = gw.get_text("/metrics").await;
+    assert!(metrics.contains("relais_ledger_store_up 0"), "{metrics}");
+    assert!(metrics.contains("relais_key_store_up{kind=\"postgres\"} 0"));
+    let waiting: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("relais_ledger_backlog_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waiting > 0, "rows written during the outage wait on disk");
+    let t1 = std::time::Instant::now();
+    let (status, body) = admin(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(json!({"team": "heal", "name": "k2"})),
+    )
+    .await;
+    assert!(status >= 500, "{status} {body}");
+    assert!(
+        t1.elapsed() < std::time::Duration::from_secs(7),
+        "issuing a key hung"
+    );
+    assert!(
+        !body.to_string().contains(&role),
+        "the store's address in an error: {body}"
+    );
+
+    psql(&format!("ALTER ROLE {role} LOGIN"));
+    let t0 = std::time::Instant::now();
+    let mut back = Value::Null;
+    while t0.elapsed() < std::time::Duration::from_secs(40) {
+        let (_, body) = readyz().await;
+        if body["status"] == "ready" {
+            back = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "figures: PostgreSQL back; /readyz {} after {:?}, no restart",
+        back["status"],
+        t0.elapsed()
+    );
+    assert_eq!(back["status"], "ready", "the instance did not heal");
+    let new_key = issue(
+        &gw,
+        json!({"name": "heal2"}),
+        json!({"team": "heal2", "name": "k"}),
+    )
+    .await;
+    assert_eq!(chat(&gw, "gpt-4o-mini", Some(&new_key)).await.status(), 200);
+    let (status, usage) = admin(&gw, "GET", "/admin/usage?by=key", None).await;
+    assert_eq!(status, 200, "{usage}");
+    let requests: u64 = usage["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        requests, 22,
+        "every request has its row in the store: {usage}"
+    );
+    assert_eq!(
+        gw.get_text("/metrics")
+            .await
+            .lines()
+            .find(|l| l.starts_with("relais_ledger_backlog_bytes ")),
+        Some("relais_ledger_backlog_bytes 0")
+    );
+    drop(gw);
+    psql(&format!("DROP SCHEMA {role} CASCADE; DROP ROLE {role}"));
 }
 
 /// Prices that make every token count: USD 0.123457 and 1.000003 per million tokens.

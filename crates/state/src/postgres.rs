@@ -1,10 +1,19 @@
 //! PostgreSQL, for many gateway instances sharing one set of keys. One pipelined connection
 //! per process (tokio-postgres multiplexes queries on it); the schema is migrated under an
 //! advisory lock, so replicas starting together do not race.
+//!
+//! The connection heals itself: a query that finds it closed (a PostgreSQL restart, a
+//! failover, an idle connection cut by a proxy) opens a new one, at most one attempt a second
+//! for the whole process, so a store that is down costs callers one fast error, not a wait.
+//! Every query has a deadline, so a network that drops packets without a reset cannot hold a
+//! caller (or the ledger's shipper) forever; a connection that missed a deadline is replaced.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use relais_core::BoxFuture;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
     LEDGER_WIDTH, LedgerRow, LedgerStore, SPEND_SQL, Spend, UsageLine, UsageQuery, insert_sql,
@@ -21,8 +30,19 @@ use crate::{
 
 /// Keys and teams in PostgreSQL.
 pub struct PostgresStore {
-    client: Client,
+    config: Config,
+    /// The live connection; `None` after one was found dead and before a new one opened.
+    current: Mutex<Option<Arc<Client>>>,
+    /// Serialises reconnection and remembers when it was last tried.
+    reconnecting: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How long one query may take. Generous: the ledger ships up to 1,000 rows in one call.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a connection may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnection attempts are at least this far apart, whoever asks.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Arbitrary, fixed: the advisory lock that serialises migrations across replicas.
 const MIGRATION_LOCK: i64 = 0x7265_6c61_6973;
@@ -60,53 +80,134 @@ fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
     })
 }
 
+/// Open one connection, its I/O driven by a task of its own.
+async fn open(config: &Config) -> Result<Client, StoreError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed; the next query opens a new one");
+        }
+    });
+    Ok(client)
+}
+
 impl PostgresStore {
     /// Connect (`postgres://user@host:port/db`, or key=value form) and migrate the schema.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        let tx = client.transaction().await.map_err(db_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db_error)?;
-        tx.batch_execute(CREATE_SCHEMA_TABLE)
-            .await
-            .map_err(db_error)?;
-        let applied: i64 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM relais_schema",
-                &[],
-            )
-            .await
-            .map_err(db_error)?
-            .try_get(0)
-            .map_err(db_error)?;
-        let applied = usize::try_from(applied).unwrap_or(0);
-        if applied > STEPS.len() {
-            return Err(StoreError::Backend(format!(
-                "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
-                STEPS.len()
-            )));
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("not a PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
         }
-        for (i, step) in STEPS.iter().enumerate().skip(applied) {
-            tx.batch_execute(step).await.map_err(db_error)?;
-            let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
-            tx.execute(
-                "INSERT INTO relais_schema (version) VALUES ($1)",
-                &[&version],
-            )
-            .await
-            .map_err(db_error)?;
+        // Operators find relais's sessions in pg_stat_activity by this name.
+        if config.get_application_name().is_none() {
+            config.application_name("relais");
         }
-        tx.commit().await.map_err(db_error)?;
-        Ok(Self { client })
+        let mut client = open(&config).await?;
+        migrate(&mut client).await?;
+        Ok(Self {
+            config,
+            current: Mutex::new(Some(Arc::new(client))),
+            reconnecting: tokio::sync::Mutex::new(None),
+        })
     }
+
+    fn live(&self) -> Option<Arc<Client>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    /// The live connection, or a new one when it died (one attempt a second at most).
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let mut last = self.reconnecting.lock().await;
+        // Another caller may have reconnected while this one waited.
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now.saturating_duration_since(t) < RECONNECT_EVERY) {
+            return Err(StoreError::Backend(
+                "PostgreSQL is unreachable (reconnecting)".to_owned(),
+            ));
+        }
+        *last = Some(now);
+        let client = Arc::new(open(&self.config).await?);
+        tracing::info!("reconnected to PostgreSQL");
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Await one query on `client` with the deadline; a connection that missed it is dropped,
+    /// so the next caller opens a fresh one instead of queueing behind a dead socket.
+    async fn timed<T>(
+        &self,
+        client: &Arc<Client>,
+        query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+            Ok(r) => r.map_err(db_error),
+            Err(_) => {
+                let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+                    *current = None;
+                }
+                Err(StoreError::Backend(format!(
+                    "PostgreSQL did not answer within {} s",
+                    QUERY_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// Bring the schema up to date in one transaction under the migration lock.
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db_error)?;
+    tx.batch_execute(CREATE_SCHEMA_TABLE)
+        .await
+        .map_err(db_error)?;
+    let applied: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM relais_schema",
+            &[],
+        )
+        .await
+        .map_err(db_error)?
+        .try_get(0)
+        .map_err(db_error)?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > STEPS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
+            STEPS.len()
+        )));
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(applied) {
+        tx.batch_execute(step).await.map_err(db_error)?;
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO relais_schema (version) VALUES ($1)",
+            &[&version],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(())
 }
 
 impl KeyStore for PostgresStore {
@@ -116,9 +217,11 @@ impl KeyStore for PostgresStore {
 
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&team.limits);
-            self.client
-                .execute(
+            self.timed(
+                &c,
+                c.execute(
                     INSERT_TEAM,
                     &[
                         &team.id,
@@ -133,20 +236,17 @@ impl KeyStore for PostgresStore {
                         &total,
                         &reach_to_text(&team.reach),
                     ],
-                )
-                .await
-                .map_err(db_error)?;
+                ),
+            )
+            .await?;
             Ok(())
         })
     }
 
     fn teams(&self) -> BoxFuture<'_, Result<Vec<Team>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .client
-                .query(SELECT_TEAMS, &[])
-                .await
-                .map_err(db_error)?;
+            let c = self.client().await?;
+            let rows = self.timed(&c, c.query(SELECT_TEAMS, &[])).await?;
             rows.iter()
                 .map(|r| {
                     Ok(Team {
@@ -164,9 +264,11 @@ impl KeyStore for PostgresStore {
 
     fn insert_key<'a>(&'a self, k: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&k.limits);
-            self.client
-                .execute(
+            self.timed(
+                &c,
+                c.execute(
                     INSERT_KEY,
                     &[
                         &k.id,
@@ -185,20 +287,17 @@ impl KeyStore for PostgresStore {
                         &total,
                         &reach_to_text(&k.reach),
                     ],
-                )
-                .await
-                .map_err(db_error)?;
+                ),
+            )
+            .await?;
             Ok(())
         })
     }
 
     fn keys(&self) -> BoxFuture<'_, Result<Vec<StoredKey>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .client
-                .query(SELECT_KEYS, &[])
-                .await
-                .map_err(db_error)?;
+            let c = self.client().await?;
+            let rows = self.timed(&c, c.query(SELECT_KEYS, &[])).await?;
             rows.iter().map(key_from_row).collect()
         })
     }
@@ -208,22 +307,18 @@ impl KeyStore for PostgresStore {
         hash: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredKey>, StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let row = self
-                .client
-                .query_opt(SELECT_KEY_BY_HASH, &[&hash])
-                .await
-                .map_err(db_error)?;
+                .timed(&c, c.query_opt(SELECT_KEY_BY_HASH, &[&hash]))
+                .await?;
             row.as_ref().map(key_from_row).transpose()
         })
     }
 
     fn revoke_key<'a>(&'a self, id: &'a str, at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let n = self
-                .client
-                .execute(REVOKE_KEY, &[&id, &at])
-                .await
-                .map_err(db_error)?;
+            let c = self.client().await?;
+            let n = self.timed(&c, c.execute(REVOKE_KEY, &[&id, &at])).await?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("key {id}")));
             }
@@ -238,11 +333,10 @@ impl KeyStore for PostgresStore {
         hash: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let n = self
-                .client
-                .execute(ROTATE_KEY, &[&id, &prefix, &hash])
-                .await
-                .map_err(db_error)?;
+                .timed(&c, c.execute(ROTATE_KEY, &[&id, &prefix, &hash]))
+                .await?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("active key {id}")));
             }
@@ -302,6 +396,7 @@ fn ledger_numbers(r: &LedgerRow) -> [i64; 7] {
 impl LedgerStore for PostgresStore {
     fn insert_rows<'a>(&'a self, rows: &'a [LedgerRow]) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             // Owned numbers first: the parameter list borrows them.
             let scalars: Vec<([i64; 7], [i64; 4], Option<i64>)> = rows
                 .iter()
@@ -352,10 +447,8 @@ impl LedgerStore for PostgresStore {
                 // One statement per chunk is atomic on its own; a replay of a chunk that
                 // landed before a crash inserts nothing.
                 added += self
-                    .client
-                    .execute(&insert_sql(chunk.len(), '$'), &params)
-                    .await
-                    .map_err(db_error)?;
+                    .timed(&c, c.execute(&insert_sql(chunk.len(), '$'), &params))
+                    .await?;
             }
             Ok(added)
         })
@@ -363,19 +456,21 @@ impl LedgerStore for PostgresStore {
 
     fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let (key, team, route) = (
                 q.key_id.clone().unwrap_or_default(),
                 q.team_id.clone().unwrap_or_default(),
                 q.route.clone().unwrap_or_default(),
             );
             let rows = self
-                .client
-                .query(
-                    &usage_sql(q.group_by),
-                    &[&q.category, &q.from_ms, &q.to_ms, &key, &team, &route],
+                .timed(
+                    &c,
+                    c.query(
+                        &usage_sql(q.group_by),
+                        &[&q.category, &q.from_ms, &q.to_ms, &key, &team, &route],
+                    ),
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             rows.iter()
                 .map(|r| {
                     let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
@@ -402,11 +497,10 @@ impl LedgerStore for PostgresStore {
         month_ms: i64,
     ) -> BoxFuture<'a, Result<Spend, StoreError>> {
         Box::pin(async move {
+            let c = self.client().await?;
             let r = self
-                .client
-                .query_one(SPEND_SQL, &[&subject, &day_ms, &month_ms])
-                .await
-                .map_err(db_error)?;
+                .timed(&c, c.query_one(SPEND_SQL, &[&subject, &day_ms, &month_ms]))
+                .await?;
             let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
             Ok(Spend {
                 day: u(0)?,
@@ -418,11 +512,8 @@ impl LedgerStore for PostgresStore {
 
     fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .client
-                .query(&rows_of_sql(), &[&id])
-                .await
-                .map_err(db_error)?;
+            let c = self.client().await?;
+            let rows = self.timed(&c, c.query(&rows_of_sql(), &[&id])).await?;
             rows.iter().map(ledger_row).collect()
         })
     }
