@@ -7,10 +7,15 @@
 //!   cache takes a few microseconds, so it is done on the request's task rather than through a
 //!   channel and another wake-up (measured in bench/: cheaper than a hop to a writer task).
 //! - **Group commit** (the shipper, every `ship_interval`): the current segment is closed and a
-//!   new one opened, the closed one is synced to disk (one `fdatasync` for every row written
-//!   since the last), read back, inserted into the store in batches, and deleted once the store
-//!   committed. Reading back what was written keeps one path for normal shipping and for the
-//!   replay after a crash.
+//!   new one opened; the closed one's rows are inserted into the store in batches from the copy
+//!   kept in memory beside the file, and the file is deleted once the store committed. The
+//!   file is read back only when there is no copy: segments left by an earlier run, or one that
+//!   grew past [`MEMORY_ROWS_MAX`] while the store was down. (Reading every segment back, as
+//!   the first version did, parsed each row a second time: ~3% of a core at 12,000 requests/s.)
+//! - **Sync**: when the store took the rows, they are durable there and the file is deleted
+//!   unsynced; when it did not, the segment and the current file are synced to disk (one
+//!   `fdatasync` each) before the next try, so rows that wait for the store survive a power
+//!   loss.
 //! - **Replay**: at start, segments left by a previous run are shipped first. Rows are keyed by
 //!   (request id, attempt) and inserted with `ON CONFLICT DO NOTHING`, so a segment shipped
 //!   twice (a crash between the store's commit and the file's deletion) adds nothing.
@@ -19,8 +24,8 @@
 //!   big files, not thousands of small ones. A failed append (disk full) keeps the rows in
 //!   memory for the shipper to insert directly, and is logged and counted.
 //!
-//! A power loss (not a process crash) can lose the rows of the current segment that the OS had
-//! not written back yet: at most one `ship_interval` of traffic.
+//! A power loss (not a process crash) can lose the rows that neither the store nor the disk had
+//! yet: at most one `ship_interval` of traffic (plus one shipment) while the store answers.
 //!
 //! One gateway process per directory: the directory is locked while a ledger has it open.
 
@@ -39,6 +44,9 @@ use tokio::sync::Notify;
 const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 /// Rows per store insert when shipping.
 const SHIP_BATCH: usize = 1000;
+/// Rows of one segment kept in memory for shipping; past this (a long store outage) the
+/// segment is read back from its file instead.
+const MEMORY_ROWS_MAX: usize = 100_000;
 
 /// Counters for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -67,10 +75,18 @@ struct Segment {
     bytes: u64,
 }
 
+/// A closed segment waiting for the store, with its rows when they are still in memory.
+struct Closed {
+    path: PathBuf,
+    rows: Option<Vec<LedgerRow>>,
+}
+
 struct Wal {
     current: Segment,
+    /// The current segment's rows, or `None` once they passed [`MEMORY_ROWS_MAX`].
+    current_rows: Option<Vec<LedgerRow>>,
     /// Closed segments not yet in the store, oldest first.
-    closed: Vec<PathBuf>,
+    closed: Vec<Closed>,
     /// Rows whose append failed; inserted directly by the shipper.
     spilled: Vec<LedgerRow>,
 }
@@ -224,7 +240,11 @@ impl Ledger {
             dir: dir.to_owned(),
             wal: Mutex::new(Wal {
                 current,
-                closed: old.into_iter().map(|(_, p)| p).collect(),
+                current_rows: Some(Vec::new()),
+                closed: old
+                    .into_iter()
+                    .map(|(_, path)| Closed { path, rows: None })
+                    .collect(),
                 spilled: Vec::new(),
             }),
             store,
@@ -248,9 +268,9 @@ impl Ledger {
 
     /// Append the rows of one request. Never fails the request: when the file cannot be
     /// written the rows are kept in memory for the store, and the failure is logged.
-    pub fn record(&self, rows: &[LedgerRow]) {
+    pub fn record(&self, rows: Vec<LedgerRow>) {
         let mut buf = Vec::with_capacity(512 * rows.len());
-        for r in rows {
+        for r in &rows {
             if serde_json::to_writer(&mut buf, r).is_ok() {
                 buf.push(b'\n');
             }
@@ -265,9 +285,18 @@ impl Ledger {
                 self.stats
                     .recorded
                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                let full = wal
+                    .current_rows
+                    .as_ref()
+                    .is_some_and(|v| v.len() + rows.len() > MEMORY_ROWS_MAX);
+                if full {
+                    wal.current_rows = None;
+                } else if let Some(v) = &mut wal.current_rows {
+                    v.extend(rows);
+                }
             }
             Err(e) => {
-                wal.spilled.extend_from_slice(rows);
+                wal.spilled.extend(rows);
                 drop(wal);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, dir = %self.dir.display(), "ledger: cannot append to the write-ahead file; rows kept in memory until the store takes them");
@@ -290,7 +319,7 @@ impl Ledger {
     /// store error; what is left is tried next time.
     async fn ship(&self) -> Result<(), Error> {
         let _one = self.shipping.lock().await;
-        let (closed, spilled) = {
+        let spilled = {
             let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
             let rotate = wal.current.bytes > 0
                 && (wal.closed.is_empty() || wal.current.bytes >= SEGMENT_MAX);
@@ -300,19 +329,21 @@ impl Ledger {
                 match open_segment(&self.dir, wal.current.seq + 1) {
                     Ok(next) => {
                         let old = std::mem::replace(&mut wal.current, next);
-                        wal.closed.push(old.path.clone());
-                        // The closed file is synced below, off the request path.
-                        drop(old.file);
+                        let rows = wal.current_rows.replace(Vec::new());
+                        wal.closed.push(Closed {
+                            path: old.path.clone(),
+                            rows,
+                        });
                         self.stats
                             .backlog
                             .store(wal.closed.len() as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        tracing::error!(message = %e.message, "ledger: cannot rotate the write-ahead file")
+                        tracing::error!(message = %e.message, "ledger: cannot rotate the write-ahead file");
                     }
                 }
             }
-            (wal.closed.clone(), std::mem::take(&mut wal.spilled))
+            std::mem::take(&mut wal.spilled)
         };
         if !spilled.is_empty() {
             if let Err(e) = self.insert(&spilled).await {
@@ -323,27 +354,39 @@ impl Ledger {
                 return Err(e);
             }
         }
-        for path in closed {
-            let p = path.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                // One sync for every row of the segment: the group commit.
-                if let Ok(f) = File::open(&p) {
-                    let _ = f.sync_data();
+        loop {
+            let (path, rows) = {
+                let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+                match wal.closed.first_mut() {
+                    None => return Ok(()),
+                    Some(c) => (c.path.clone(), c.rows.take()),
                 }
-                read_segment(&p)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("ledger: read task failed: {e}")))??;
-            let (rows, torn) = read;
-            if torn > 0 {
-                tracing::warn!(
-                    segment = %path.display(),
-                    lines = torn,
-                    "ledger: skipped lines that were cut short (a write the machine did not finish)"
-                );
-            }
+            };
+            let rows = match rows {
+                Some(rows) => rows,
+                None => self.read_back(&path).await?,
+            };
             for batch in rows.chunks(SHIP_BATCH) {
-                self.insert(batch).await?;
+                if let Err(e) = self.insert(batch).await {
+                    // The rows now wait on disk alone (the copy is dropped; the retry reads
+                    // the file): make them durable, and the current file's too.
+                    let current = self
+                        .wal
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .current
+                        .path
+                        .clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for p in [path, current] {
+                            if let Ok(f) = File::open(&p) {
+                                let _ = f.sync_data();
+                            }
+                        }
+                    })
+                    .await;
+                    return Err(e);
+                }
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
@@ -354,12 +397,27 @@ impl Ledger {
                         Some(b.saturating_sub(size))
                     });
             let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
-            wal.closed.retain(|p| *p != path);
+            wal.closed.retain(|c| c.path != path);
             self.stats
                 .backlog
                 .store(wal.closed.len() as u64, Ordering::Relaxed);
         }
-        Ok(())
+    }
+
+    /// A segment's rows from its file, off the runtime's threads.
+    async fn read_back(&self, path: &Path) -> Result<Vec<LedgerRow>, Error> {
+        let p = path.to_owned();
+        let (rows, torn) = tokio::task::spawn_blocking(move || read_segment(&p))
+            .await
+            .map_err(|e| Error::internal(format!("ledger: read task failed: {e}")))??;
+        if torn > 0 {
+            tracing::warn!(
+                segment = %path.display(),
+                lines = torn,
+                "ledger: skipped lines that were cut short (a write the machine did not finish)"
+            );
+        }
+        Ok(rows)
     }
 
     async fn insert(&self, rows: &[LedgerRow]) -> Result<(), Error> {
@@ -460,8 +518,8 @@ mod tests {
         let dir = temp("ship");
         let s = store(&dir).await;
         let ledger = Ledger::open(&dir.join("wal"), s.clone(), Duration::from_secs(3600)).unwrap();
-        ledger.record(&[row("a", 1), row("a", 0)]);
-        ledger.record(&[row("b", 0)]);
+        ledger.record(vec![row("a", 1), row("a", 0)]);
+        ledger.record(vec![row("b", 0)]);
         ledger.flush().await.unwrap();
         assert_eq!(s.rows_of("a").await.unwrap().len(), 2);
         assert_eq!(s.rows_of("b").await.unwrap(), vec![row("b", 0)]);
@@ -492,8 +550,8 @@ mod tests {
             // Rows written, never shipped; then a segment that was shipped but not deleted
             // (the crash fell between the store's commit and the removal), and a torn line.
             let ledger = Ledger::open(&wal, s.clone(), Duration::from_secs(3600)).unwrap();
-            ledger.record(&[row("c", 0)]);
-            ledger.record(&[row("d", 0)]);
+            ledger.record(vec![row("c", 0)]);
+            ledger.record(vec![row("d", 0)]);
         }
         s.insert_rows(&[row("d", 0)]).await.unwrap();
         std::fs::write(
@@ -572,10 +630,10 @@ mod tests {
         });
         let ledger =
             Ledger::open(&dir.join("wal"), flaky.clone(), Duration::from_secs(3600)).unwrap();
-        ledger.record(&[row("f", 0)]);
+        ledger.record(vec![row("f", 0)]);
         assert!(ledger.flush().await.is_err());
         assert!(!ledger.store_up());
-        ledger.record(&[row("g", 0)]);
+        ledger.record(vec![row("g", 0)]);
         assert!(ledger.flush().await.is_err());
         // One closed segment waits; the second batch went on growing the current one.
         assert_eq!(ledger.stats.backlog.load(Ordering::Relaxed), 1);
