@@ -7,11 +7,12 @@
 //!   cache takes a few microseconds, so it is done on the request's task rather than through a
 //!   channel and another wake-up (measured in bench/: cheaper than a hop to a writer task).
 //! - **Group commit** (the shipper, every `ship_interval`): the current segment is closed and a
-//!   new one opened; the closed one's rows are inserted into the store in batches from the copy
-//!   kept in memory beside the file, and the file is deleted once the store committed. The
-//!   file is read back only when there is no copy: segments left by an earlier run, or one that
-//!   grew past [`MEMORY_ROWS_MAX`] while the store was down. (Reading every segment back, as
-//!   the first version did, parsed each row a second time: ~3% of a core at 12,000 requests/s.)
+//!   new one opened; the closed one is read back [`SHIP_BATCH`] rows at a time, each batch
+//!   inserted into the store, and the file is deleted once the store committed. Reading back
+//!   what was written keeps one path for normal shipping and for the replay after a crash, and
+//!   reading it in batches keeps memory flat however large a segment grew while the store was
+//!   down or slow. (Keeping a copy of the rows in memory instead was tried: no measurable gain,
+//!   and a gateway at saturation, whose shipper falls behind, held tens of MB of rows.)
 //! - **Sync**: when the store took the rows, they are durable there and the file is deleted
 //!   unsynced; when it did not, the segment and the current file are synced to disk (one
 //!   `fdatasync` each) before the next try, so rows that wait for the store survive a power
@@ -44,9 +45,6 @@ use tokio::sync::Notify;
 const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
 /// Rows per store insert when shipping.
 const SHIP_BATCH: usize = 1000;
-/// Rows of one segment kept in memory for shipping; past this (a long store outage) the
-/// segment is read back from its file instead.
-const MEMORY_ROWS_MAX: usize = 100_000;
 
 /// Counters for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -75,18 +73,10 @@ struct Segment {
     bytes: u64,
 }
 
-/// A closed segment waiting for the store, with its rows when they are still in memory.
-struct Closed {
-    path: PathBuf,
-    rows: Option<Vec<LedgerRow>>,
-}
-
 struct Wal {
     current: Segment,
-    /// The current segment's rows, or `None` once they passed [`MEMORY_ROWS_MAX`].
-    current_rows: Option<Vec<LedgerRow>>,
     /// Closed segments not yet in the store, oldest first.
-    closed: Vec<Closed>,
+    closed: Vec<PathBuf>,
     /// Rows whose append failed; inserted directly by the shipper.
     spilled: Vec<LedgerRow>,
 }
@@ -197,23 +187,45 @@ fn existing_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
     Ok(found)
 }
 
-/// Parse a segment. A line that does not parse is the torn tail of a write the machine did not
-/// finish (a power loss): it is skipped and counted, never fatal.
-fn read_segment(path: &Path) -> Result<(Vec<LedgerRow>, usize), Error> {
-    let file = File::open(path).map_err(|e| io_error("open", path, e))?;
-    let mut rows = Vec::new();
-    let mut torn = 0;
-    for line in std::io::BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| io_error("read", path, e))?;
-        if line.is_empty() {
-            continue;
-        }
-        match serde_json::from_slice::<LedgerRow>(&line) {
-            Ok(r) => rows.push(r),
-            Err(_) => torn += 1,
-        }
+/// Reads a segment's rows a batch at a time. A line that does not parse is the torn tail of a
+/// write the machine did not finish (a power loss): it is skipped and counted, never fatal.
+struct SegmentReader {
+    lines: std::io::Split<std::io::BufReader<File>>,
+    path: PathBuf,
+    torn: usize,
+}
+
+impl SegmentReader {
+    fn open(path: &Path) -> Result<Self, Error> {
+        let file = File::open(path).map_err(|e| io_error("open", path, e))?;
+        Ok(Self {
+            lines: std::io::BufReader::new(file).split(b'\n'),
+            path: path.to_owned(),
+            torn: 0,
+        })
     }
-    Ok((rows, torn))
+
+    /// Up to `n` rows; empty at the end of the file.
+    fn next_batch(&mut self, n: usize) -> Result<Vec<LedgerRow>, Error> {
+        let mut rows = Vec::with_capacity(n.min(1024));
+        while rows.len() < n {
+            // Step aside now and then, as the store's inserts do: on a busy core the
+            // requests' threads run between short runs of parsing.
+            if (rows.len() + self.torn) % 16 == 15 {
+                std::thread::yield_now();
+            }
+            let Some(line) = self.lines.next() else { break };
+            let line = line.map_err(|e| io_error("read", &self.path, e))?;
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<LedgerRow>(&line) {
+                Ok(r) => rows.push(r),
+                Err(_) => self.torn += 1,
+            }
+        }
+        Ok(rows)
+    }
 }
 
 impl Ledger {
@@ -240,11 +252,7 @@ impl Ledger {
             dir: dir.to_owned(),
             wal: Mutex::new(Wal {
                 current,
-                current_rows: Some(Vec::new()),
-                closed: old
-                    .into_iter()
-                    .map(|(_, path)| Closed { path, rows: None })
-                    .collect(),
+                closed: old.into_iter().map(|(_, p)| p).collect(),
                 spilled: Vec::new(),
             }),
             store,
@@ -268,9 +276,9 @@ impl Ledger {
 
     /// Append the rows of one request. Never fails the request: when the file cannot be
     /// written the rows are kept in memory for the store, and the failure is logged.
-    pub fn record(&self, rows: Vec<LedgerRow>) {
+    pub fn record(&self, rows: &[LedgerRow]) {
         let mut buf = Vec::with_capacity(512 * rows.len());
-        for r in &rows {
+        for r in rows {
             if serde_json::to_writer(&mut buf, r).is_ok() {
                 buf.push(b'\n');
             }
@@ -285,18 +293,9 @@ impl Ledger {
                 self.stats
                     .recorded
                     .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                let full = wal
-                    .current_rows
-                    .as_ref()
-                    .is_some_and(|v| v.len() + rows.len() > MEMORY_ROWS_MAX);
-                if full {
-                    wal.current_rows = None;
-                } else if let Some(v) = &mut wal.current_rows {
-                    v.extend(rows);
-                }
             }
             Err(e) => {
-                wal.spilled.extend(rows);
+                wal.spilled.extend_from_slice(rows);
                 drop(wal);
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, dir = %self.dir.display(), "ledger: cannot append to the write-ahead file; rows kept in memory until the store takes them");
@@ -329,11 +328,7 @@ impl Ledger {
                 match open_segment(&self.dir, wal.current.seq + 1) {
                     Ok(next) => {
                         let old = std::mem::replace(&mut wal.current, next);
-                        let rows = wal.current_rows.replace(Vec::new());
-                        wal.closed.push(Closed {
-                            path: old.path.clone(),
-                            rows,
-                        });
+                        wal.closed.push(old.path.clone());
                         self.stats
                             .backlog
                             .store(wal.closed.len() as u64, Ordering::Relaxed);
@@ -355,21 +350,39 @@ impl Ledger {
             }
         }
         loop {
-            let (path, rows) = {
-                let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
-                match wal.closed.first_mut() {
-                    None => return Ok(()),
-                    Some(c) => (c.path.clone(), c.rows.take()),
+            let Some(path) = self
+                .wal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .closed
+                .first()
+                .cloned()
+            else {
+                return Ok(());
+            };
+            let mut reader = Some(SegmentReader::open(&path)?);
+            loop {
+                let Some(mut r) = reader.take() else { break };
+                let (r, batch) = tokio::task::spawn_blocking(move || {
+                    let batch = r.next_batch(SHIP_BATCH);
+                    (r, batch)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("ledger: read task failed: {e}")))?;
+                let batch = batch?;
+                if batch.is_empty() {
+                    if r.torn > 0 {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            lines = r.torn,
+                            "ledger: skipped lines that were cut short (a write the machine did not finish)"
+                        );
+                    }
+                    break;
                 }
-            };
-            let rows = match rows {
-                Some(rows) => rows,
-                None => self.read_back(&path).await?,
-            };
-            for batch in rows.chunks(SHIP_BATCH) {
-                if let Err(e) = self.insert(batch).await {
-                    // The rows now wait on disk alone (the copy is dropped; the retry reads
-                    // the file): make them durable, and the current file's too.
+                if let Err(e) = self.insert(&batch).await {
+                    // The rows wait on disk for the next try: make them durable, and the
+                    // current file's too.
                     let current = self
                         .wal
                         .lock()
@@ -387,6 +400,7 @@ impl Ledger {
                     .await;
                     return Err(e);
                 }
+                reader = Some(r);
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
             std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
@@ -397,27 +411,11 @@ impl Ledger {
                         Some(b.saturating_sub(size))
                     });
             let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
-            wal.closed.retain(|c| c.path != path);
+            wal.closed.retain(|p| *p != path);
             self.stats
                 .backlog
                 .store(wal.closed.len() as u64, Ordering::Relaxed);
         }
-    }
-
-    /// A segment's rows from its file, off the runtime's threads.
-    async fn read_back(&self, path: &Path) -> Result<Vec<LedgerRow>, Error> {
-        let p = path.to_owned();
-        let (rows, torn) = tokio::task::spawn_blocking(move || read_segment(&p))
-            .await
-            .map_err(|e| Error::internal(format!("ledger: read task failed: {e}")))??;
-        if torn > 0 {
-            tracing::warn!(
-                segment = %path.display(),
-                lines = torn,
-                "ledger: skipped lines that were cut short (a write the machine did not finish)"
-            );
-        }
-        Ok(rows)
     }
 
     async fn insert(&self, rows: &[LedgerRow]) -> Result<(), Error> {
@@ -518,8 +516,8 @@ mod tests {
         let dir = temp("ship");
         let s = store(&dir).await;
         let ledger = Ledger::open(&dir.join("wal"), s.clone(), Duration::from_secs(3600)).unwrap();
-        ledger.record(vec![row("a", 1), row("a", 0)]);
-        ledger.record(vec![row("b", 0)]);
+        ledger.record(&[row("a", 1), row("a", 0)]);
+        ledger.record(&[row("b", 0)]);
         ledger.flush().await.unwrap();
         assert_eq!(s.rows_of("a").await.unwrap().len(), 2);
         assert_eq!(s.rows_of("b").await.unwrap(), vec![row("b", 0)]);
@@ -550,8 +548,8 @@ mod tests {
             // Rows written, never shipped; then a segment that was shipped but not deleted
             // (the crash fell between the store's commit and the removal), and a torn line.
             let ledger = Ledger::open(&wal, s.clone(), Duration::from_secs(3600)).unwrap();
-            ledger.record(vec![row("c", 0)]);
-            ledger.record(vec![row("d", 0)]);
+            ledger.record(&[row("c", 0)]);
+            ledger.record(&[row("d", 0)]);
         }
         s.insert_rows(&[row("d", 0)]).await.unwrap();
         std::fs::write(
@@ -630,10 +628,10 @@ mod tests {
         });
         let ledger =
             Ledger::open(&dir.join("wal"), flaky.clone(), Duration::from_secs(3600)).unwrap();
-        ledger.record(vec![row("f", 0)]);
+        ledger.record(&[row("f", 0)]);
         assert!(ledger.flush().await.is_err());
         assert!(!ledger.store_up());
-        ledger.record(vec![row("g", 0)]);
+        ledger.record(&[row("g", 0)]);
         assert!(ledger.flush().await.is_err());
         // One closed segment waits; the second batch went on growing the current one.
         assert_eq!(ledger.stats.backlog.load(Ordering::Relaxed), 1);

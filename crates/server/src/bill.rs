@@ -192,7 +192,7 @@ impl Bill {
             }
         }
         rows.push(total);
-        self.ledger.record(rows);
+        self.ledger.record(&rows);
     }
 }
 

@@ -125,9 +125,9 @@ impl SqliteStore {
                 .map_err(db_error)?;
             conn.pragma_update(None, "foreign_keys", "ON")
                 .map_err(db_error)?;
-            // 32 MiB of page cache instead of SQLite's 2 MiB: the ledger's indexes stay in
+            // 8 MiB of page cache instead of SQLite's 2 MiB: the ledger's indexes stay in
             // memory instead of being read back from the OS on every shipment.
-            conn.pragma_update(None, "cache_size", -32_768)
+            conn.pragma_update(None, "cache_size", -8_192)
                 .map_err(db_error)?;
             conn.busy_timeout(Duration::from_secs(5))
                 .map_err(db_error)?;
