@@ -189,9 +189,10 @@ deployments = [{{ provider = "mock", model = "bench" }}]
 
 
 def start_relais_governed(mock_port, cluster):
-    """relais with a virtual key whose team has limits (set high enough never to refuse, so every
-    request pays for the checks): keys in SQLite and limits in the process, or keys in PostgreSQL
-    and limits in Redis shared by instances. The ledger is not built yet (issue 7)."""
+    """relais with a virtual key whose team has limits and a USD budget (set high enough never to
+    refuse, so every request pays for the checks) and the ledger on: keys and ledger in SQLite,
+    limits and budget in the process; or keys and ledger in PostgreSQL, limits and budget in
+    Redis shared by instances. The bench route has a price, so every request is costed."""
     port = free_port()
     d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-gov-"))
     cfg = d / "relais.toml"
@@ -201,7 +202,8 @@ def start_relais_governed(mock_port, cluster):
                        check=True)
         url = f"host=127.0.0.1 port=5432 user=postgres dbname=test options='-c search_path={schema}'"
         gov = (f'[governance]\nstore = "postgres"\npostgres_url = "{url}"\nlimits = "redis"\n'
-               f'redis_url = "redis://127.0.0.1:6379"\nredis_prefix = "{schema}"\n')
+               f'redis_url = "redis://127.0.0.1:6379"\nredis_prefix = "{schema}"\n'
+               f'ledger_dir = "{d / "ledger"}"\n')
 
         def cleanup():
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
@@ -220,17 +222,22 @@ base_url = "http://127.0.0.1:{mock_port}/v1"
 api_key = "upstream-key"
 [routes.bench]
 deployments = [{{ provider = "mock", model = "bench" }}]
+[prices.bench]
+input = "0.15"
+output = "0.6"
 {gov}""")
     relais = str(TARGET / "release/relais")
     subprocess.run([relais, "teams", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000",
-                    "--max-concurrent", "1000000", "--config", str(cfg)], check=True, capture_output=True)
+                    "--max-concurrent", "1000000", "--budget-day", "1000000", "--config", str(cfg)],
+                   check=True, capture_output=True)
     key = subprocess.run([relais, "keys", "create", "--team", "bench", "--name", "bench", "--config", str(cfg)],
                          check=True, capture_output=True, text=True).stdout.strip()
     t0 = time.time()
     proc = subprocess.Popen(pinned([relais, "serve", "--config", str(cfg)], GATEWAY_CPUS),
                             stderr=subprocess.DEVNULL, env=dict(os.environ, RELAIS_LOG="warn"))
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    name = "relais + keys/limits (PG + Redis)" if cluster else "relais + keys/limits (SQLite)"
+    name = ("relais + keys/limits/budget/ledger (PG + Redis)" if cluster
+            else "relais + keys/limits/budget/ledger (SQLite)")
     return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
                  {"authorization": f"Bearer {key}"}, time.time() - t0, cleanup)
 
