@@ -557,14 +557,58 @@ fn exchange(
 
 /// A gateway with a virtual key (RPM-free, at most 12 requests at once, counted in Redis with
 /// a 2 s lease), the ledger in SQLite, and an admin key; returns (config path, client key).
-fn governed_gateway(name: &str, mock: &str, port: u16, extra: &str) -> (PathBuf, String, PathBuf) {
+/// Run SQL as the superuser on the test database.
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qc",
+            sql,
+        ])
+        .output()
+        .expect("psql must be installed (.ci/run checks PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A gateway config with keys, limits in Redis and the ledger, its store `sqlite` (a file in
+/// the returned directory) or `postgres` (a schema named after the test, dropped by
+/// [`drop_store`]); a team and a key issued by the CLI.
+fn governed_gateway(
+    name: &str,
+    store: &str,
+    mock: &str,
+    port: u16,
+    extra: &str,
+) -> (PathBuf, String, PathBuf) {
     let dir = std::env::temp_dir().join(format!("relais-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let prefix = format!("relais_cli_{}_{name}", std::process::id());
+    let store_section = if store == "postgres" {
+        psql(&format!(
+            "DROP SCHEMA IF EXISTS {prefix} CASCADE; CREATE SCHEMA {prefix}"
+        ));
+        format!(
+            "store = \"postgres\"\npostgres_url = \"host=127.0.0.1 port=5432 user=postgres dbname=test options='-c search_path={prefix}'\"\nledger_dir = \"{}\"\n",
+            dir.join("ledger").display()
+        )
+    } else {
+        format!(
+            "store = \"sqlite\"\nsqlite_path = \"{}\"\n",
+            dir.join("relais.db").display()
+        )
+    };
     let text = format!(
-        "{}{extra}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\nstore = \"sqlite\"\nsqlite_path = \"{}\"\nlimits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nlease_secs = 2\nledger_ship_ms = 250\n",
+        "{}{extra}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\n{store_section}limits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nlease_secs = 2\nledger_ship_ms = 250\n",
         config(mock, port),
-        dir.join("relais.db").display()
     );
     let path = temp_config(name, &text);
     let out = relais(
@@ -599,6 +643,15 @@ fn governed_gateway(name: &str, mock: &str, port: u16, extra: &str) -> (PathBuf,
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         dir,
     )
+}
+
+/// Remove what [`governed_gateway`] made: its directory and, for PostgreSQL, its schema.
+fn drop_store(name: &str, dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    psql(&format!(
+        "DROP SCHEMA IF EXISTS relais_cli_{}_{name} CASCADE",
+        std::process::id()
+    ));
 }
 
 fn spawn_serve(path: &std::path::Path) -> std::process::Child {
@@ -660,7 +713,16 @@ fn ledger_rows(port: u16, rid: &str) -> serde_json::Value {
 /// received has exactly one ledger row (rows left in the write-ahead file are shipped at start,
 /// none twice), and the dead instance's places in flight come back when their lease ends.
 #[test]
-fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases() {
+fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases_with_sqlite() {
+    kill_9_under_load("kill9_sqlite", "sqlite");
+}
+
+#[test]
+fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases_with_postgres() {
+    kill_9_under_load("kill9_pg", "postgres");
+}
+
+fn kill_9_under_load(name: &str, store: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
     mock.push_fault(Fault {
@@ -670,7 +732,7 @@ fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases() {
         ..Fault::default()
     });
     let port = free_port();
-    let (path, key, dir) = governed_gateway("kill9", &mock.url(), port, "");
+    let (path, key, dir) = governed_gateway(name, store, &mock.url(), port, "");
     let mut child = spawn_serve(&path);
     wait_healthy(port);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -710,7 +772,7 @@ fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases() {
     }
     let upstream = mock.requests().len();
     eprintln!(
-        "figures: kill -9 after 1.5 s of load: {} responses received, {upstream} requests reached the upstream, {} without exactly one ledger row",
+        "figures: {store}: kill -9 after 1.5 s of load: {} responses received, {upstream} requests reached the upstream, {} without exactly one ledger row",
         ok.len(),
         missing.len()
     );
@@ -741,14 +803,23 @@ fn kill_9_under_load_loses_no_ledger_row_and_frees_its_leases() {
         .args(["-TERM", &again.id().to_string()])
         .status();
     assert!(again.wait().unwrap().success());
-    let _ = std::fs::remove_dir_all(&dir);
+    drop_store(name, &dir);
 }
 
 /// SIGTERM under a load of streams: every stream a client read to its end finished with
 /// `[DONE]` or with an error event at the drain deadline, and after exit the ledger has one row
 /// for every request that reached the upstream.
 #[test]
-fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request() {
+fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request_with_sqlite() {
+    sigterm_under_load("term_sqlite", "sqlite");
+}
+
+#[test]
+fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request_with_postgres() {
+    sigterm_under_load("term_pg", "postgres");
+}
+
+fn sigterm_under_load(name: &str, store: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
     mock.push_fault(Fault {
@@ -757,7 +828,7 @@ fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request() {
         ..Fault::default()
     });
     let port = free_port();
-    let (path, key, dir) = governed_gateway("term", &mock.url(), port, "");
+    let (path, key, dir) = governed_gateway(name, store, &mock.url(), port, "");
     // The drain deadline (1 s) is shorter than most streams (4 to 14 frames, 250 ms apart):
     // short ones finish, long ones are cut with an error event.
     let text = std::fs::read_to_string(&path)
@@ -805,13 +876,13 @@ fn sigterm_under_load_finishes_streams_and_ledgers_every_upstream_request() {
     let rows = usage["usage"][0]["requests"].as_u64().unwrap_or(0);
     let upstream = mock.requests().len() as u64;
     eprintln!(
-        "figures: SIGTERM under load: {} streams read, {cut} ended by an error event at the drain deadline; {rows} ledger rows, {upstream} upstream requests",
+        "figures: {store}: SIGTERM under load: {} streams read, {cut} ended by an error event at the drain deadline; {rows} ledger rows, {upstream} upstream requests",
         streams.len()
     );
     assert!(!streams.is_empty());
     assert!(cut >= 1, "no stream reached the drain deadline");
     assert_eq!(rows, upstream);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop_store(name, &dir);
 }
 
 /// Gateway processes killed if the test fails before it stops them.
