@@ -93,3 +93,16 @@ pub(crate) const REVOKE_KEY: &str =
     "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
 pub(crate) const ROTATE_KEY: &str =
     "UPDATE relais_keys SET prefix = $2, hash = $3 WHERE id = $1 AND revoked_at IS NULL";
+
+/// How many of [`STEPS`] a database at schema version `applied` already has; an error when it
+/// is newer than this build (an older relais must not run on a newer schema).
+pub(crate) fn steps_to_apply(applied: i64) -> Result<usize, crate::StoreError> {
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > STEPS.len() {
+        return Err(crate::StoreError::Backend(format!(
+            "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
+            STEPS.len()
+        )));
+    }
+    Ok(applied)
+}

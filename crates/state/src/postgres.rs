@@ -21,7 +21,7 @@ use crate::ledger::{
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
-    SELECT_KEYS, SELECT_TEAMS, STEPS,
+    SELECT_KEYS, SELECT_TEAMS, STEPS, steps_to_apply,
 };
 use crate::{
     KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
@@ -189,13 +189,7 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(db_error)?
         .try_get(0)
         .map_err(db_error)?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > STEPS.len() {
-        return Err(StoreError::Backend(format!(
-            "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
-            STEPS.len()
-        )));
-    }
+    let applied = steps_to_apply(applied)?;
     for (i, step) in STEPS.iter().enumerate().skip(applied) {
         tx.batch_execute(step).await.map_err(db_error)?;
         let version = i64::try_from(i + 1).unwrap_or(i64::MAX);

@@ -14,7 +14,7 @@ use crate::ledger::{
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
-    SELECT_KEYS, SELECT_TEAMS, STEPS,
+    SELECT_KEYS, SELECT_TEAMS, STEPS, steps_to_apply,
 };
 use crate::{
     KeyStore, Reach, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
@@ -50,13 +50,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .map_err(db_error)?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > STEPS.len() {
-        return Err(StoreError::Backend(format!(
-            "the database schema is at version {applied}, newer than this relais knows ({}): upgrade relais",
-            STEPS.len()
-        )));
-    }
+    let applied = steps_to_apply(applied)?;
     for (i, step) in STEPS.iter().enumerate().skip(applied) {
         let tx = conn.unchecked_transaction().map_err(db_error)?;
         tx.execute_batch(step).map_err(db_error)?;
