@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use relais_testkit::{Fault, MockServer};
+use relais_testkit::{Fault, MockServer, psql};
 
 const BIN: &str = env!("CARGO_BIN_EXE_relais");
 
@@ -555,33 +555,10 @@ fn exchange(
     Some((status, rid, rest.to_owned()))
 }
 
-/// A gateway with a virtual key (RPM-free, at most 12 requests at once, counted in Redis with
-/// a 2 s lease), the ledger in SQLite, and an admin key; returns (config path, client key).
-/// Run SQL as the superuser on the test database.
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-qc",
-            sql,
-        ])
-        .output()
-        .expect("psql must be installed (.ci/run checks PostgreSQL)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A gateway config with keys, limits in Redis and the ledger, its store `sqlite` (a file in
+/// A gateway config with a virtual key (at most 12 requests at once, counted in Redis with a
+/// 2 s lease), an admin key and the ledger, its store `sqlite` (a file in
 /// the returned directory) or `postgres` (a schema named after the test, dropped by
-/// [`drop_store`]); a team and a key issued by the CLI.
+/// [`drop_store`]); a team and a key issued by the CLI. Returns (config path, client key, dir).
 fn governed_gateway(
     name: &str,
     store: &str,

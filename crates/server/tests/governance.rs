@@ -12,6 +12,7 @@
 mod common;
 
 use common::{Gateway, error_of};
+use relais_testkit::psql;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-key-0123456789abcdef";
@@ -24,30 +25,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Run SQL as the superuser on the test database; its output, one row a line.
-fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-At",
-            "-c",
-        ])
-        .arg(sql)
-        .output()
-        .expect("psql must be installed (.ci/run checks PostgreSQL)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `[governance]` section for a fresh store of `kind`, and a way to read everything the

@@ -789,3 +789,29 @@ async fn embed(s: &MockState, killer: &Killer, call: Call) -> Response {
     }
     drip(behaviour::embeddings_json(&req).to_string(), &fault)
 }
+
+/// Run SQL as the superuser on the test database (PostgreSQL on 127.0.0.1:5432, trust auth,
+/// database `test`, as `.ci/run` provides); its output, one row a line. Panics with psql's
+/// message when the statement fails.
+pub fn psql(sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-At",
+            "-c",
+        ])
+        .arg(sql)
+        .output()
+        .expect("psql must be installed (.ci/run checks PostgreSQL)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
