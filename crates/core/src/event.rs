@@ -70,6 +70,25 @@ pub enum StreamEvent {
     },
     Usage(Usage),
     Finish(FinishReason),
+    /// An upstream chunk forwarded in the client's own wire format instead of being decoded
+    /// and encoded again: the same-dialect fast path (see [`crate::ChatRequest::passthrough`]).
+    /// It only ever holds content the decoder could have turned into the events above; usage,
+    /// finish reasons, tool calls and errors always arrive decoded.
+    Raw(RawChunk),
+}
+
+/// One OpenAI `chat.completion.chunk` as the upstream sent it (its JSON text), with the byte
+/// ranges of its `id` value, `created` value and `model` value, which the client-side encoder
+/// replaces with the gateway's own so the client sees one response id and the model it asked
+/// for, whichever upstream answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChunk {
+    pub json: String,
+    /// Ranges into `json` of the `id` string's contents, the `created` number and the `model`
+    /// string's contents, in that order of fields (not necessarily of position).
+    pub id: std::ops::Range<usize>,
+    pub created: std::ops::Range<usize>,
+    pub model: std::ops::Range<usize>,
 }
 
 /// A whole response, folded from events.
@@ -147,6 +166,12 @@ impl Collector {
                 None => r.usage = Some(*u),
             },
             StreamEvent::Finish(f) => r.finish = Some(*f),
+            StreamEvent::Raw(_) => {
+                // Only streams to an OpenAI client carry these, and those are never folded.
+                return Err(Error::internal(
+                    "a forwarded chunk reached a response being folded",
+                ));
+            }
         }
         Ok(())
     }

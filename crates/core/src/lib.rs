@@ -14,7 +14,7 @@ mod usage;
 
 pub use env::{EnvString, expand_env};
 pub use error::{Error, ErrorKind, Retry, Side};
-pub use event::{ChatResponse, Collector, FinishReason, StreamEvent, ToolCall};
+pub use event::{ChatResponse, Collector, FinishReason, RawChunk, StreamEvent, ToolCall};
 pub use provider::{
     BoxFuture, Capabilities, EmbedRequest, EmbedResponse, EventStream, ModelInfo, Provider,
 };

@@ -21,6 +21,11 @@ pub struct ChatRequest {
     pub stream: bool,
     /// The client asked for a usage report at the end of its stream.
     pub stream_include_usage: bool,
+    /// The client streams OpenAI Chat Completions chunks, so an upstream of the OpenAI family
+    /// may forward its content chunks as they came ([`crate::StreamEvent::Raw`]) instead of
+    /// decoding them into events that are encoded again. Whoever needs the answer's text
+    /// (a fold, a comparison) leaves it false.
+    pub passthrough: bool,
     pub reasoning: Option<Reasoning>,
     pub user: Option<String>,
     pub metadata: Option<Map<String, Value>>,

@@ -120,9 +120,11 @@ impl SseParser {
 pub(crate) trait SseDecode: Send + 'static {
     /// Decode one event into canonical events; `true` once the response is complete (the
     /// vendor's end marker), after which nothing more is read.
+    /// The event is the decoder's to take from (a decoder that forwards `data` as it came
+    /// moves it out instead of copying it).
     fn event(
         &mut self,
-        ev: &SseEvent,
+        ev: &mut SseEvent,
         out: &mut Vec<relais_core::StreamEvent>,
     ) -> Result<bool, relais_core::Error>;
 
@@ -146,11 +148,11 @@ impl<D: SseDecode> SseBody<D> {
     /// Decode the buffered frames; the events of a batch that fails are not delivered.
     fn drain(&mut self) -> Result<(), relais_core::Error> {
         let mut out = Vec::new();
-        for frame in self.frames.drain(..) {
+        for mut frame in self.frames.drain(..) {
             if self.ended {
                 break;
             }
-            self.ended = self.decoder.event(&frame, &mut out)?;
+            self.ended = self.decoder.event(&mut frame, &mut out)?;
         }
         self.pending.extend(out);
         if self.ended {

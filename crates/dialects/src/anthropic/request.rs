@@ -387,6 +387,7 @@ fn parse(body: &[u8], require_max_tokens: bool) -> Result<ChatRequest, Error> {
         // Anthropic streams always end with usage (`message_delta`), so ask every upstream
         // for it whenever the client streams.
         stream_include_usage: stream,
+        passthrough: false,
         reasoning,
         user: raw.metadata.and_then(|m| m.user_id),
         metadata: None,

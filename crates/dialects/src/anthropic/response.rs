@@ -347,6 +347,9 @@ impl MessagesStreamEncoder {
                 None => self.usage = Some(*u),
             },
             StreamEvent::Finish(f) => self.finish = Some(*f),
+            // Forwarded chunks are OpenAI's wire format and only requests from OpenAI clients
+            // ask for them (`ChatRequest::passthrough`); an Anthropic client never gets one.
+            StreamEvent::Raw(_) => {}
             // A refusal is text in Anthropic's format; next to other text it joins its block.
             StreamEvent::TextDelta(text) | StreamEvent::RefusalDelta(text) => {
                 if text.is_empty() {

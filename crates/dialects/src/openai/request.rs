@@ -327,6 +327,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        // The client reads OpenAI chunks: an OpenAI-family upstream's may go through as they are.
+        passthrough: raw.stream.unwrap_or(false),
         reasoning: raw.reasoning_effort.map(|effort| Reasoning {
             effort: Some(effort),
             budget_tokens: None,

@@ -1,4 +1,6 @@
-use relais_core::{ChatResponse, EmbedResponse, Error, FinishReason, StreamEvent, Usage};
+use std::io::Write as _;
+
+use relais_core::{ChatResponse, EmbedResponse, Error, FinishReason, RawChunk, StreamEvent, Usage};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -325,7 +327,41 @@ impl ChatStreamEncoder {
                     self.chunk(out, OpenAiDelta::default(), Some(finish_str(*f)));
                 }
             }
+            StreamEvent::Raw(raw) => {
+                self.ensure_started(out);
+                self.raw(raw, out);
+            }
         }
+    }
+
+    /// A chunk in this very format, forwarded with relais's id, time and model in place of the
+    /// upstream's: three splices, no JSON parsed or written.
+    fn raw(&self, raw: &RawChunk, out: &mut Vec<u8>) {
+        let json = raw.json.as_bytes();
+        let mut spans = [
+            (raw.id.clone(), Field::Id),
+            (raw.created.clone(), Field::Created),
+            (raw.model.clone(), Field::Model),
+        ];
+        spans.sort_unstable_by_key(|(r, _)| r.start);
+        out.extend_from_slice(b"data: ");
+        let mut at = 0;
+        for (range, field) in spans {
+            let Some(before) = json.get(at..range.start) else {
+                continue;
+            };
+            out.extend_from_slice(before);
+            match field {
+                Field::Id => json_str_contents(&self.id, out),
+                Field::Model => json_str_contents(&self.model, out),
+                Field::Created => {
+                    let _ = write!(out, "{}", self.created);
+                }
+            }
+            at = range.end;
+        }
+        out.extend_from_slice(json.get(at..).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
     }
 
     /// The closing frames of a stream that ended well: the usage chunk if asked, then `[DONE]`.
@@ -352,6 +388,22 @@ impl ChatStreamEncoder {
     /// An error after the stream started: OpenAI's SDKs raise on a chunk holding `error`.
     pub fn error(&mut self, err: &Error, out: &mut Vec<u8>) {
         super::error::write_stream_error(err, out);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Id,
+    Created,
+    Model,
+}
+
+/// The contents of `s` as a JSON string, without the quotes.
+fn json_str_contents(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.extend_from_slice(s.as_bytes());
+    } else if let Ok(quoted) = serde_json::to_string(s) {
+        out.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
     }
 }
 
@@ -480,6 +532,50 @@ mod tests {
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert_eq!(base64_encode(b"foo"), "Zm9v");
         assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    /// A forwarded chunk leaves byte for byte as it came except for the id, time and model,
+    /// which become the gateway's (escaped where they need it), wherever they sit in the chunk.
+    #[test]
+    fn forwarded_chunks_carry_the_gateway_id_and_model() {
+        let json = r#"{"model":"gpt-x","id":"up-1","choices":[{"index":0,"delta":{"content":"a\"b"},"finish_reason":null}],"created":99,"obfuscation":"Zq"}"#;
+        let span = |value: &str| {
+            let at = json.find(value).unwrap();
+            at..at + value.len()
+        };
+        let raw = RawChunk {
+            json: json.to_owned(),
+            id: span("up-1"),
+            created: span("99"),
+            model: span("gpt-x"),
+        };
+        let mut enc =
+            ChatStreamEncoder::new("chatcmpl-r1".into(), "my \"route\"".into(), 1234, false);
+        let mut out = Vec::new();
+        enc.event(
+            &StreamEvent::Start {
+                id: None,
+                model: None,
+            },
+            &mut out,
+        );
+        let role_frame = out.len();
+        enc.event(&StreamEvent::Raw(raw), &mut out);
+        let text = std::str::from_utf8(&out[role_frame..]).unwrap();
+        assert_eq!(
+            text,
+            r#"data: {"model":"my \"route\"","id":"chatcmpl-r1","choices":[{"index":0,"delta":{"content":"a\"b"},"finish_reason":null}],"created":1234,"obfuscation":"Zq"}"#.to_owned() + "\n\n"
+        );
+        let v: Value =
+            serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap();
+        assert_eq!(v["model"], "my \"route\"");
+        assert_eq!(v["choices"][0]["delta"]["content"], "a\"b");
+        // Forwarding does not start the stream a second time.
+        let mut rest = Vec::new();
+        enc.end(&mut rest);
+        let rest = String::from_utf8(rest).unwrap();
+        assert!(!rest.contains("\"role\""));
+        assert!(rest.contains("\"finish_reason\":\"stop\""));
     }
 
     #[test]

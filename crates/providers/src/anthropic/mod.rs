@@ -203,7 +203,7 @@ pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
 
 /// Decode one SSE data payload.
 impl SseDecode for EventDecoder {
-    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+    fn event(&mut self, ev: &mut SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
         decode_frame(self, &ev.data, out)?;
         // Nothing after `message_stop` belongs to the response; stop reading.
         Ok(self.stopped())

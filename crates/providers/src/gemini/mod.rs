@@ -385,7 +385,7 @@ pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
 
 /// Decode one SSE data payload.
 impl SseDecode for ChunkDecoder {
-    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+    fn event(&mut self, ev: &mut SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
         decode_frame(self, &ev.data, out)?;
         // Gemini has no end-of-stream event: the finish reason is the end.
         Ok(false)

@@ -212,7 +212,8 @@ impl<E: Endpoint> Family<E> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if req.stream && is_sse {
-            return Ok(crate::sse::sse_stream(resp, ChunkDecoder::new()));
+            let decoder = ChunkDecoder::forwarding(req.passthrough);
+            return Ok(crate::sse::sse_stream(resp, decoder));
         }
         // A non-streaming answer (or a server that ignored `stream`): decode it whole.
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
@@ -278,12 +279,26 @@ fn protocol(what: &str, e: &serde_json::Error) -> Error {
 }
 
 impl SseDecode for ChunkDecoder {
-    fn event(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
+    fn event(&mut self, ev: &mut SseEvent, out: &mut Vec<StreamEvent>) -> Result<bool, Error> {
         if ev.data == "[DONE]" {
             return Ok(true);
         }
         if ev.data.trim().is_empty() {
             return Ok(false);
+        }
+        // The same-dialect fast path: once the response has started (its first chunk, which
+        // the router's commit point waits past, is always decoded), a chunk of plain content
+        // leaves as it came. Usage, finish, errors and tool calls are still decoded here.
+        if self.passthrough && self.started && !self.finished {
+            if let Some(spans) = stream::forwardable(&ev.data) {
+                out.push(StreamEvent::Raw(relais_core::RawChunk {
+                    json: std::mem::take(&mut ev.data),
+                    id: spans.id,
+                    created: spans.created,
+                    model: spans.model,
+                }));
+                return Ok(false);
+            }
         }
         let chunk: OpenAiResponse =
             serde_json::from_str(&ev.data).map_err(|e| protocol("stream chunk", &e))?;

@@ -51,7 +51,9 @@ pub(crate) fn usage(u: &OpenAiUsage) -> Usage {
 /// State carried across chunks: which upstream tool-call slots map to which canonical index.
 #[derive(Default)]
 pub(crate) struct ChunkDecoder {
-    started: bool,
+    /// Content chunks may be forwarded as they came (see [`forwardable`]).
+    pub(crate) passthrough: bool,
+    pub(crate) started: bool,
     /// (upstream index if it sent one, call id) per canonical index.
     tools: Vec<(Option<u32>, Option<String>)>,
     pub(crate) finished: bool,
@@ -60,6 +62,13 @@ pub(crate) struct ChunkDecoder {
 impl ChunkDecoder {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    pub(crate) fn forwarding(passthrough: bool) -> Self {
+        Self {
+            passthrough,
+            ..Self::default()
+        }
     }
 
     pub(crate) fn decode(
@@ -213,4 +222,91 @@ fn content_parts(parts: &[Value], out: &mut Vec<StreamEvent>) {
             _ => {}
         }
     }
+}
+
+/// Where a chunk's `id`, `created` and `model` values lie, when the chunk may be forwarded to an
+/// OpenAI client as it came.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Spans {
+    pub id: std::ops::Range<usize>,
+    pub created: std::ops::Range<usize>,
+    pub model: std::ops::Range<usize>,
+}
+
+/// Whether the chunk `data` holds only what an OpenAI client can take as it is, and where its
+/// id, time and model are. It must be compact JSON of one choice at index 0 with no usage, no
+/// finish reason, no error, no tool calls (their ids and indices are mapped), no reasoning (its
+/// field name varies by server) and no content parts (Mistral's typed content is flattened).
+///
+/// A plain text search decides this, not a parse: a key cannot appear unescaped inside a JSON
+/// string, so finding `"usage":` means a usage key. Every test is of the form "this key is
+/// absent, or present in exactly this harmless spelling"; any other spelling (spaces after the
+/// colon, a non-null value) sends the chunk down the decoding path, which handles everything.
+/// Wrong answers can therefore only cost speed, never correctness.
+pub(crate) fn forwardable(data: &str) -> Option<Spans> {
+    if !data.starts_with('{') || !data.ends_with('}') {
+        return None;
+    }
+    for key in [
+        "\"tool_calls\"",
+        "\"error\"",
+        "\"reasoning",
+        "\"function_call\"",
+        "\"content\":[",
+        "\"audio\"",
+    ] {
+        if data.contains(key) {
+            return None;
+        }
+    }
+    // At least one choice, and every index (only choices have one, tool calls being excluded)
+    // is 0: a server answering with n > 1 goes through the decoder, which keeps choice 0.
+    if !data.contains("\"choices\":[{")
+        || !each_followed_by(data, "\"index\":", |rest| {
+            rest.starts_with('0')
+                && !rest[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        })
+        || !each_followed_by(data, "\"usage\":", |rest| rest.starts_with("null"))
+        || !each_followed_by(data, "\"finish_reason\":", |rest| rest.starts_with("null"))
+    {
+        return None;
+    }
+    Some(Spans {
+        id: string_value(data, "\"id\":\"")?,
+        created: number_value(data, "\"created\":")?,
+        model: string_value(data, "\"model\":\"")?,
+    })
+}
+
+/// Whether every occurrence of `key` in `data` is followed by text `ok` accepts.
+fn each_followed_by(data: &str, key: &str, ok: impl Fn(&str) -> bool) -> bool {
+    data.match_indices(key)
+        .all(|(at, _)| ok(&data[at + key.len()..]))
+}
+
+/// The contents of the one string value after `key` (which ends with the opening quote), if
+/// the key occurs once and the value has no escapes.
+fn string_value(data: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut found = data.match_indices(key);
+    let (at, _) = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let start = at + key.len();
+    let len = data[start..].find(['"', '\\'])?;
+    (data.as_bytes().get(start + len) == Some(&b'"')).then_some(start..start + len)
+}
+
+/// The digits of the one number value after `key`.
+fn number_value(data: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut found = data.match_indices(key);
+    let (at, _) = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let start = at + key.len();
+    let len = data[start..]
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(data.len() - start);
+    (len > 0).then_some(start..start + len)
 }

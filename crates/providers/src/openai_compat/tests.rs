@@ -362,3 +362,167 @@ fn mistral_tool_call_ids_are_nine_alphanumerics() {
         "toolu_01A09q90qw90lq917835lq9"
     );
 }
+
+/// The data of every event of a stream recording: one JSON chunk a line, or an SSE body.
+fn stream_data(rel: &str) -> Vec<String> {
+    let text = read(rel);
+    if rel.ends_with(".sse") {
+        let mut p = SseParser::new();
+        let mut frames = Vec::new();
+        p.feed(text.as_bytes(), &mut frames).unwrap();
+        p.finish(&mut frames);
+        frames.into_iter().map(|f| f.data).collect()
+    } else {
+        text.lines().map(str::to_owned).collect()
+    }
+}
+
+/// What an OpenAI client reads from a forwarded chunk, computed from its JSON independently of
+/// the decoder; it also checks that the spans the encoder will overwrite are the chunk's id,
+/// created and model values and that the chunk carries nothing but text or a refusal.
+fn client_reads(raw: &relais_core::RawChunk) -> Vec<StreamEvent> {
+    let v: Value = serde_json::from_str(&raw.json).unwrap();
+    assert_eq!(v["id"].as_str(), Some(&raw.json[raw.id.clone()]));
+    assert_eq!(v["model"].as_str(), Some(&raw.json[raw.model.clone()]));
+    assert_eq!(
+        v["created"].as_u64().map(|n| n.to_string()).as_deref(),
+        Some(&raw.json[raw.created.clone()])
+    );
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 1, "{}", raw.json);
+    assert!(choices[0]["finish_reason"].is_null());
+    assert!(v["usage"].is_null());
+    let delta = choices[0]["delta"].as_object().unwrap();
+    for key in delta.keys() {
+        assert!(
+            ["role", "content", "refusal"].contains(&key.as_str()),
+            "forwarded a delta with '{key}': {}",
+            raw.json
+        );
+    }
+    let mut out = Vec::new();
+    if let Some(t) = delta.get("content").and_then(Value::as_str) {
+        if !t.is_empty() {
+            out.push(StreamEvent::TextDelta(t.to_owned()));
+        }
+    }
+    if let Some(t) = delta.get("refusal").and_then(Value::as_str) {
+        if !t.is_empty() {
+            out.push(StreamEvent::RefusalDelta(t.to_owned()));
+        }
+    }
+    out
+}
+
+/// The same-dialect fast path loses nothing: each stream recording of the family, decoded with
+/// forwarding on, gives an OpenAI client the same text, refusal, tool calls, finish reason,
+/// usage, id and model as decoding it does; and on OpenAI's and Azure's own recordings the
+/// chunks really are forwarded (the fast path is not dead code on real traffic).
+#[test]
+fn forwarded_chunks_give_the_client_what_decoding_gives() {
+    use crate::sse::{SseDecode, SseEvent};
+    let recordings = [
+        ("openai/openai-text.chunks.txt", true),
+        ("openai/azure-model-router.1.chunks.txt", true),
+        ("openai-compatible/anthropic-fallback-tool-call.sse", true),
+        ("mistral/mistral-incremental-tool-call.chunks.txt", false),
+        ("mistral/mistral-reasoning.chunks.txt", false),
+        ("mistral/mistral-text.chunks.txt", true),
+        ("mistral/mistral-tool-call.chunks.txt", false),
+    ];
+    for (rel, expect_forwarding) in recordings {
+        let data = stream_data(rel);
+        let decoded = fold(
+            &decode_chunks(data.iter().map(String::as_str))
+                .unwrap_or_else(|e| panic!("{rel}: {e}")),
+        );
+        let mut decoder = super::ChunkDecoder::forwarding(true);
+        let mut events = Vec::new();
+        for d in data {
+            let mut ev = SseEvent {
+                event: None,
+                data: d,
+            };
+            if decoder.event(&mut ev, &mut events).unwrap() {
+                break;
+            }
+        }
+        let mut forwarded = 0;
+        let client: Vec<StreamEvent> = events
+            .into_iter()
+            .flat_map(|e| match e {
+                StreamEvent::Raw(raw) => {
+                    forwarded += 1;
+                    client_reads(&raw)
+                }
+                e => vec![e],
+            })
+            .collect();
+        assert_eq!(fold(&client), decoded, "{rel}");
+        assert_eq!(
+            forwarded > 0,
+            expect_forwarding,
+            "{rel}: {forwarded} forwarded"
+        );
+    }
+}
+
+#[test]
+fn only_plain_compact_content_chunks_are_forwarded() {
+    use super::stream::forwardable;
+    let plain = r#"{"id":"c1","object":"chat.completion.chunk","created":17,"model":"m","choices":[{"index":0,"delta":{"content":"hi \"there\""},"finish_reason":null}],"usage":null}"#;
+    let spans = forwardable(plain).unwrap();
+    assert_eq!(&plain[spans.id], "c1");
+    assert_eq!(&plain[spans.created], "17");
+    assert_eq!(&plain[spans.model], "m");
+    for (what, chunk) in [
+        (
+            "usage",
+            plain.replace(r#""usage":null"#, r#""usage":{"prompt_tokens":1}"#),
+        ),
+        (
+            "finish",
+            plain.replace(r#""finish_reason":null"#, r#""finish_reason":"stop""#),
+        ),
+        ("spaced", plain.replace(r#""usage":null"#, r#""usage": {}"#)),
+        (
+            "second choice",
+            plain.replace(r#""index":0"#, r#""index":1"#),
+        ),
+        ("choice 10", plain.replace(r#""index":0"#, r#""index":10"#)),
+        (
+            "escaped id",
+            plain.replace(r#""id":"c1""#, r#""id":"c\"1""#),
+        ),
+        ("no model", plain.replace(r#""model":"m","#, "")),
+        (
+            "error",
+            plain.replace(r#""usage":null"#, r#""error":{"message":"x"}"#),
+        ),
+        (
+            "tool call",
+            plain.replace(
+                r#"{"content":"hi \"there\""}"#,
+                r#"{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}"#,
+            ),
+        ),
+        (
+            "reasoning",
+            plain.replace(r#""content":"#, r#""reasoning_content":"#),
+        ),
+        (
+            "content parts",
+            plain.replace(r#""hi \"there\"""#, r#"[{"type":"text","text":"x"}]"#),
+        ),
+        (
+            "no choices",
+            plain.replace(
+                r#"[{"index":0,"delta":{"content":"hi \"there\""},"finish_reason":null}]"#,
+                "[]",
+            ),
+        ),
+    ] {
+        assert_ne!(chunk, plain, "{what}: the case did not change the chunk");
+        assert_eq!(forwardable(&chunk), None, "{what}");
+    }
+}
