@@ -403,7 +403,7 @@ fn json_str_contents(s: &str, out: &mut Vec<u8>) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.extend_from_slice(s.as_bytes());
     } else if let Ok(quoted) = serde_json::to_string(s) {
-        out.extend_from_slice(quoted[1..quoted.len() - 1].as_bytes());
+        out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
     }
 }
 
