@@ -616,6 +616,24 @@ mod tests {
         ) -> relais_core::BoxFuture<'a, Result<Vec<LedgerRow>, relais_state::StoreError>> {
             self.inner.rows_of(id)
         }
+        fn insert_samples<'a>(
+            &'a self,
+            samples: &'a [relais_state::ShadowSample],
+        ) -> relais_core::BoxFuture<'a, Result<u64, relais_state::StoreError>> {
+            self.inner.insert_samples(samples)
+        }
+        fn samples<'a>(
+            &'a self,
+            route: &'a str,
+            backup: Option<&'a str>,
+            since_ms: i64,
+            limit: u32,
+        ) -> relais_core::BoxFuture<
+            'a,
+            Result<Vec<relais_state::ShadowSample>, relais_state::StoreError>,
+        > {
+            self.inner.samples(route, backup, since_ms, limit)
+        }
     }
 
     #[tokio::test]

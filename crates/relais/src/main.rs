@@ -1,8 +1,10 @@
-//! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`, `keys`, `teams`, `usage`.
+//! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`, `keys`, `teams`, `usage`,
+//! `readiness`.
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
 mod chat;
+mod planb;
 
 use std::path::{Path, PathBuf};
 
@@ -58,7 +60,8 @@ enum Command {
     Usage {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// key, team, route, vendor, provider, model or day.
+        /// key, team, route, vendor, provider, model or day (by vendor: with each vendor's
+        /// share and the concentration index).
         #[arg(long, default_value = "key")]
         by: String,
         /// First day (YYYY-MM-DD, UTC); default the first of this month.
@@ -80,6 +83,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether each shadowed backup could take over (Plan B), from a running gateway.
+    Readiness(planb::ReadinessArgs),
 }
 
 struct UsageArgs {
@@ -125,6 +130,12 @@ fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<()> {
             v["to"].as_str().unwrap_or(""),
             v["total_cost_usd"].as_str().unwrap_or("")
         );
+        if let Some(c) = v.get("concentration") {
+            println!(
+                "vendor concentration (HHI, 0-10000): {} by requests, {} by spend",
+                c["hhi_requests"], c["hhi_spend"]
+            );
+        }
         Ok(())
     })
 }
@@ -242,6 +253,7 @@ fn main() -> std::process::ExitCode {
                 json,
             },
         ),
+        Command::Readiness(args) => planb::readiness(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

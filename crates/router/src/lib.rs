@@ -92,7 +92,9 @@ impl Strategy {
     }
 }
 
-/// One place a route can send a request: a provider and its name for the model.
+/// One place a route can send a request: a provider and its name for the model. A clone shares
+/// the provider and the health record.
+#[derive(Clone)]
 pub struct Deployment {
     /// `provider/model`, unique within a route; used in headers, logs and metrics.
     pub id: String,

@@ -260,11 +260,19 @@ pub struct AppState {
     /// Flipped to true at the drain deadline: open streams end with an error event.
     pub abort_streams: watch::Receiver<bool>,
     pub started_at: u64,
+    /// Shadow copies' queue and workers, sized at start (a reload keeps them).
+    pub shadower: crate::planb::Shadower,
+    /// The latest dependency check per route (see [`crate::planb::check_dependency`]).
+    pub dependency_alerts: crate::planb::Alerts,
 }
 
 impl AppState {
     pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
+        let shadower =
+            crate::planb::Shadower::start(runtime.plan_b.max_concurrent, runtime.plan_b.queue);
         Self {
+            shadower,
+            dependency_alerts: crate::planb::Alerts::default(),
             live: RwLock::new(Arc::new(Live::new(runtime, None))),
             global: Global::default(),
             draining: AtomicBool::new(false),
@@ -368,6 +376,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/keys", get(admin_keys).post(admin_keys))
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .route("/admin/usage", get(admin_usage))
+        .route("/admin/readiness", get(admin_readiness))
+        .route("/admin/dependency", get(admin_dependency))
         .route("/admin/ledger/{id}", get(admin_ledger))
         .route("/admin/openapi.json", get(admin_openapi))
         .fallback(unknown_path)
@@ -611,7 +621,7 @@ async fn chat_with(
         Ok::<_, Error>((key, req, entry, ticket, bill, class))
     }
     .await;
-    let (key, req, entry, ticket, mut bill, class) = match admitted {
+    let (key, mut req, entry, ticket, mut bill, class) = match admitted {
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
@@ -622,6 +632,24 @@ async fn chat_with(
     let inflight = Inflight::new(&app);
     let class = class.as_deref();
     let allow = |d: &relais_router::Deployment| key.may_use(d, class);
+    // Plan B: a sampled request's answer is folded while it is served, for the comparison.
+    let mut tap = match (live.runtime.shadows.get(&entry.route.name), &bill) {
+        (Some(shadow), Some(b)) => app.shadower.sample(shadow, allow).map(|sampled| {
+            req.passthrough = false;
+            ShadowTap {
+                sampled,
+                req: req.clone(),
+                request_id: ctx.id.clone(),
+                at_ms: b.at_ms(),
+                who: {
+                    let (k, t) = key.payer();
+                    (k.map(str::to_owned), t.map(str::to_owned))
+                },
+                collector: Collector::new(),
+            }
+        }),
+        _ => None,
+    };
     let policy = key
         .restricts(class)
         .then_some(&allow as relais_router::Allow<'_>);
@@ -633,6 +661,15 @@ async fn chat_with(
             if let Some(b) = &mut bill {
                 let status = ctx.dialect.error_status(&ex.error);
                 b.record(&live, &ex.failed, None, status, Some(&ex.error));
+            }
+            if let Some(t) = tap.take() {
+                let failed = LiveEnd {
+                    result: Err(ex.error.kind.as_str().to_owned()),
+                    latency: ctx.start.elapsed(),
+                    ttft: None,
+                    cost_pusd: 0,
+                };
+                t.submit(&app, &live, failed);
             }
             return ctx.error(&ex.error, ex.upstream_wait);
         }
@@ -666,6 +703,7 @@ async fn chat_with(
             bill: bill.map(|b| (b, live.clone(), routed.failed)),
             served: (routed.route.clone(), routed.deployment),
             ttft,
+            tap: tap.map(|t| (t, app.clone())),
             _inflight: inflight,
         };
         let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
@@ -683,8 +721,20 @@ async fn chat_with(
         let collected = collect(routed.stream).await;
         let upstream = routed.upstream_wait + collect_start.elapsed();
         let usage = collected.as_ref().ok().and_then(|r| r.usage);
+        let cost = usage
+            .as_ref()
+            .map_or(0, |u| crate::bill::cost_at(deployment, u));
         if let (Some(t), Some(u)) = (&ticket, &usage) {
-            t.settle(u.total_tokens(), crate::bill::cost_at(deployment, u));
+            t.settle(u.total_tokens(), cost);
+        }
+        if let Some(t) = tap.take() {
+            let end = LiveEnd {
+                result: collected.clone().map_err(|e| e.kind.as_str().to_owned()),
+                latency: ctx.start.elapsed(),
+                ttft: Some(ttft),
+                cost_pusd: cost,
+            };
+            t.submit(&app, &live, end);
         }
         drop((inflight, ticket));
         if let Some(b) = &mut bill {
@@ -731,6 +781,48 @@ async fn chat_with(
     resp
 }
 
+/// A live request sampled for shadowing: what its copies need, and its answer as it is folded.
+struct ShadowTap {
+    sampled: crate::planb::Sampled,
+    req: relais_core::ChatRequest,
+    request_id: String,
+    at_ms: i64,
+    who: (Option<String>, Option<String>),
+    collector: Collector,
+}
+
+/// How the live request ended, for the comparison.
+struct LiveEnd {
+    result: Result<relais_core::ChatResponse, String>,
+    latency: Duration,
+    ttft: Option<Duration>,
+    cost_pusd: u64,
+}
+
+impl ShadowTap {
+    fn submit(self, app: &AppState, live: &Arc<Live>, end: LiveEnd) {
+        let Some(ledger) = live.runtime.ledger.clone() else {
+            return;
+        };
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        app.shadower.submit(crate::planb::Job {
+            sampled: self.sampled,
+            req: self.req,
+            live: relais_planb::Outcome {
+                result: end.result,
+                latency_us: us(end.latency),
+                ttft_us: end.ttft.map(us),
+                cost_pusd: end.cost_pusd,
+            },
+            request_id: self.request_id,
+            at_ms: self.at_ms,
+            who: self.who,
+            ledger,
+            config: live.clone(),
+        });
+    }
+}
+
 async fn collect(mut stream: EventStream) -> Result<relais_core::ChatResponse, Error> {
     let mut c = Collector::new();
     while let Some(ev) = stream.next().await {
@@ -753,6 +845,8 @@ struct StreamGuard {
     bill: Option<(Bill, Arc<Live>, Vec<FailedAttempt>)>,
     served: (Arc<relais_router::Route>, usize),
     ttft: Duration,
+    /// Plan B: the answer folded for a shadow comparison, when the request was sampled.
+    tap: Option<(ShadowTap, Arc<AppState>)>,
     _inflight: Inflight,
 }
 
@@ -763,6 +857,11 @@ impl StreamGuard {
                 Some(x) => x.merge(u),
                 None => self.usage = Some(*u),
             }
+        }
+        if let Some((t, _)) = &mut self.tap {
+            // A fold that fails (events out of order) leaves the stream as it is; the
+            // comparison then sees what was folded.
+            let _ = t.collector.push(ev);
         }
     }
 
@@ -775,6 +874,25 @@ impl StreamGuard {
             Some(e) => self.series.error(e.kind),
         }
         self.settle(200, err.map(|e| (e.kind.as_str(), e.upstream_status)));
+        if let Some((mut t, app)) = self.tap.take() {
+            let (route, deployment) = &self.served;
+            let cost = match (&self.usage, route.deployments.get(*deployment)) {
+                (Some(u), Some(d)) => crate::bill::cost_at(d, u),
+                _ => 0,
+            };
+            let collected = std::mem::take(&mut t.collector).finish();
+            let end = LiveEnd {
+                result: match err {
+                    None => Ok(collected),
+                    Some(e) => Err(e.kind.as_str().to_owned()),
+                },
+                latency: self.start.elapsed(),
+                ttft: Some(self.ttft),
+                cost_pusd: cost,
+            };
+            let live = app.live();
+            t.submit(&app, &live, end);
+        }
     }
 
     /// Settle the reservation and write the ledger rows, once.
@@ -1167,6 +1285,8 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respon
             u8::from(l.store_up())
         ));
     }
+    app.shadower.stats.render(&mut body);
+    app.dependency_alerts.render(&mut body);
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }
 
@@ -1472,6 +1592,57 @@ async fn admin_usage(State(app): State<Arc<AppState>>, uri: Uri, headers: Header
             )
         })?;
         Ok((StatusCode::OK, crate::bill::usage_json(&q, &lines)))
+    })
+    .await
+}
+
+/// `GET /admin/readiness[?route=R]`: every shadowed backup's readiness (DESIGN.md §8).
+async fn admin_readiness(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let params = query_params(uri.query().unwrap_or(""));
+        let backups =
+            crate::planb::readiness(&live, params.get("route").map(String::as_str)).await?;
+        Ok((
+            StatusCode::OK,
+            serde_json::json!({
+                "window_days": live.runtime.plan_b.window_days,
+                "window_samples": live.runtime.plan_b.window_samples,
+                "backups": backups,
+            }),
+        ))
+    })
+    .await
+}
+
+/// `GET /admin/dependency[?from&to&route&team&key]`: each vendor's share of requests and
+/// spend, and the concentration (HHI), overall, per route, per team and per day.
+async fn admin_dependency(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let params = query_params(uri.query().unwrap_or(""));
+        let get = |k: &str| params.get(k).map(String::as_str);
+        let q = crate::bill::usage_query(
+            "vendor",
+            get("from"),
+            get("to"),
+            [
+                get("key").map(str::to_owned),
+                get("team").map(str::to_owned),
+                get("route").map(str::to_owned),
+            ],
+        )?;
+        Ok((StatusCode::OK, crate::planb::dependency(&live, q).await?))
     })
     .await
 }

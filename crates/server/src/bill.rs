@@ -55,9 +55,58 @@ pub(crate) struct Bill {
 /// instead of taking each insert at a random place: measured at ~24,000 rows/s into SQLite,
 /// random ids dirtied pages all over the index, and the commit and checkpoint of those pages
 /// were the largest cost of the ledger.
-fn row_id(at_ms: i64) -> String {
+pub(crate) fn row_id(at_ms: i64) -> String {
     let ms = u64::try_from(at_ms).unwrap_or(0) & 0xffff_ffff_ffff;
     format!("{ms:012x}{:020x}", fastrand::u128(..) >> 48)
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Who and what a shadow copy bills.
+pub(crate) struct ShadowBill<'a> {
+    pub request_id: &'a str,
+    pub at_ms: i64,
+    pub who: (Option<&'a str>, Option<&'a str>),
+    pub route: &'a str,
+    pub stream: bool,
+}
+
+/// The ledger row of one shadow copy: category `shadow`, so it never counts against a key's
+/// or team's budget and usage reports keep it apart from live traffic.
+pub(crate) fn shadow_row(
+    b: &ShadowBill<'_>,
+    d: &Deployment,
+    usage: Option<&Usage>,
+    latency: Duration,
+    ttft: Option<Duration>,
+    error: Option<&Error>,
+) -> LedgerRow {
+    let mut row = LedgerRow {
+        id: row_id(b.at_ms),
+        attempt: 0,
+        request_id: b.request_id.to_owned(),
+        at_ms: b.at_ms,
+        category: "shadow".to_owned(),
+        key_id: b.who.0.map(str::to_owned),
+        team_id: b.who.1.map(str::to_owned),
+        route: b.route.to_owned(),
+        stream: b.stream,
+        latency_us: us(latency),
+        ttft_us: ttft.map(us),
+        status: error.map_or(200, |e| e.upstream_status.unwrap_or(0)),
+        error_class: error.map(|e| e.kind.as_str().to_owned()),
+        ..LedgerRow::default()
+    };
+    fill(&mut row, d);
+    if let Some(u) = usage {
+        set_usage(&mut row, u, cost_at(d, u));
+    }
+    row
 }
 
 fn us(d: Duration) -> u64 {
@@ -91,9 +140,7 @@ impl Bill {
         start: Instant,
     ) -> Option<Self> {
         let ledger = live.runtime.ledger.clone()?;
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let at_ms = now_ms();
         Some(Self {
             ledger,
             base: LedgerRow {
@@ -111,6 +158,11 @@ impl Bill {
             start,
             recorded: false,
         })
+    }
+
+    /// When the request arrived, Unix milliseconds.
+    pub(crate) fn at_ms(&self) -> i64 {
+        self.base.at_ms
     }
 
     /// Write the rows: each failed attempt, the attempt that served (if any), and the request
@@ -259,13 +311,22 @@ pub fn usage_json(q: &UsageQuery, lines: &[UsageLine]) -> serde_json::Value {
         })
         .collect();
     let total: u64 = lines.iter().map(|l| l.cost_pusd).sum();
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "from": relais_governance::date_of_day(q.from_ms.div_euclid(86_400_000)),
         "to": relais_governance::date_of_day((q.to_ms - 1).div_euclid(86_400_000)),
         "usage": rows,
         "total_cost_usd": relais_governance::usd(total).trim_start_matches('$'),
         "total_cost_pusd": total,
-    })
+    });
+    if q.group_by == GroupBy::Vendor {
+        // The dependency index: each vendor's share and how concentrated they are.
+        let totals: Vec<(String, u64, u64)> = lines
+            .iter()
+            .map(|l| (l.group.clone(), l.requests, l.cost_pusd))
+            .collect();
+        v["concentration"] = crate::planb::concentration_json(&totals);
+    }
+    v
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct RawConfig {
     pub admin: AdminConfig,
     /// Virtual keys and teams (and, later, limits, budgets and the ledger) in a store.
     pub governance: Option<GovernanceConfig>,
+    #[serde(default)]
+    pub plan_b: PlanBConfig,
 }
 
 /// Where keys and teams live.
@@ -425,6 +427,46 @@ pub struct RouteConfig {
     pub latency: LatencyConfig,
     #[serde(default)]
     pub fallbacks: FallbackConfig,
+    /// Plan B: copies of sampled requests sent to backups and scored (see `[plan_b]`).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Shadow traffic for one route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The backups that get copies. Default: the route's deployments after the first.
+    pub deployments: Option<Vec<DeploymentConfig>>,
+    /// Share of live requests copied, in [0, 1].
+    pub sample_rate: f64,
+    /// Most the copies may cost per UTC day (all backups of the route together), in USD.
+    pub budget_per_day_usd: Option<PriceValue>,
+    /// Longest a copy may take (default 120 s).
+    pub timeout_secs: Option<f64>,
+}
+
+/// Plan B settings shared by every route (DESIGN.md §8).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBConfig {
+    /// Copies in flight at once, all routes together (default 4).
+    pub max_concurrent: Option<usize>,
+    /// Copies waiting for a slot; more are dropped and counted (default 64).
+    pub queue: Option<usize>,
+    /// Readiness reads the newest `window_samples` samples of the last `window_days` days
+    /// (defaults 500 and 7).
+    pub window_samples: Option<u32>,
+    pub window_days: Option<u32>,
+    /// An embeddings route: when set, text similarity is the cosine of the two answers'
+    /// embeddings instead of the lexical measure.
+    pub similarity_route: Option<String>,
+    /// Alert (log line and metric) when one vendor serves more than this percent of a route's
+    /// requests and the route has no ready backup (default 90).
+    pub dependency_alert_percent: Option<f64>,
+    /// How often the dependency alert is checked (default 60 s).
+    pub check_secs: Option<u64>,
+    #[serde(default)]
+    pub thresholds: relais_planb::Thresholds,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -541,6 +583,9 @@ pub struct Runtime {
     pub providers: BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
     /// Provider kinds by name, for `relais check`.
     pub provider_kinds: BTreeMap<String, &'static str>,
+    /// Shadow traffic by route name.
+    pub shadows: BTreeMap<String, Arc<crate::planb::ShadowRoute>>,
+    pub plan_b: crate::planb::Settings,
 }
 
 fn line_of(source: &str, offset: usize) -> usize {
@@ -664,6 +709,213 @@ fn share(value: Option<f64>, default: f64, field: &str, origin: &str) -> Result<
             "{origin}: {field}: must be within [0, 1]"
         )))
     }
+}
+
+/// Shadow traffic per route and the shared Plan B settings.
+fn build_plan_b(
+    raw: &RawConfig,
+    origin: &str,
+    routes: &BTreeMap<String, Arc<Route>>,
+    providers: &BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
+    prices: &BTreeMap<String, Price>,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<
+    (
+        BTreeMap<String, Arc<crate::planb::ShadowRoute>>,
+        crate::planb::Settings,
+    ),
+    ConfigError,
+> {
+    let err = |field: String, msg: &str| ConfigError(format!("{origin}: {field}: {msg}"));
+    let pb = &raw.plan_b;
+    let defaults = crate::planb::Settings::default();
+    let similarity_route = match &pb.similarity_route {
+        Some(r) => match routes.get(r) {
+            Some(route) if route.kind == RouteKind::Embeddings => Some(r.clone()),
+            Some(_) => {
+                return Err(err(
+                    "plan_b.similarity_route".into(),
+                    "must name an embeddings route",
+                ));
+            }
+            None => {
+                return Err(err(
+                    "plan_b.similarity_route".into(),
+                    &format!("no route named '{r}'"),
+                ));
+            }
+        },
+        None => None,
+    };
+    let alert = pb
+        .dependency_alert_percent
+        .unwrap_or(defaults.alert_percent);
+    if !(0.0..=100.0).contains(&alert) {
+        return Err(err(
+            "plan_b.dependency_alert_percent".into(),
+            "must be within [0, 100]",
+        ));
+    }
+    let settings = crate::planb::Settings {
+        max_concurrent: pb
+            .max_concurrent
+            .unwrap_or(defaults.max_concurrent)
+            .clamp(1, 1024),
+        queue: pb.queue.unwrap_or(defaults.queue).clamp(1, 1 << 20),
+        window_samples: pb
+            .window_samples
+            .unwrap_or(defaults.window_samples)
+            .clamp(1, 100_000),
+        window_days: pb.window_days.unwrap_or(defaults.window_days).clamp(1, 366),
+        similarity_route,
+        alert_percent: alert,
+        check_every: Duration::from_secs(pb.check_secs.unwrap_or(60).clamp(1, 86_400)),
+        thresholds: pb.thresholds.clone(),
+    };
+    let mut shadows = BTreeMap::new();
+    for (name, rc) in &raw.routes {
+        let Some(sc) = &rc.shadow else {
+            continue;
+        };
+        let f = |x: &str| format!("routes.{name}.shadow.{x}");
+        let Some(route) = routes.get(name) else {
+            continue;
+        };
+        if route.kind != RouteKind::Chat {
+            return Err(err(f("deployments"), "shadow traffic is for chat routes"));
+        }
+        if raw.governance.is_none() {
+            return Err(err(
+                format!("routes.{name}.shadow"),
+                "needs [governance]: samples and the shadow ledger are kept in its store",
+            ));
+        }
+        if !(0.0..=1.0).contains(&sc.sample_rate) {
+            return Err(err(f("sample_rate"), "must be within [0, 1]"));
+        }
+        let backups = match &sc.deployments {
+            Some(list) => {
+                let mut out: Vec<Deployment> = Vec::with_capacity(list.len());
+                for (i, d) in list.iter().enumerate() {
+                    let field = f(&format!("deployments[{i}]"));
+                    // A backup that is also in the route shares its health record; one that
+                    // is only shadowed gets its own.
+                    let health = |id: &str| {
+                        route.deployments.iter().find(|x| x.id == id).map_or_else(
+                            || Arc::new(Health::new(tokio::time::Instant::now(), &route.breaker)),
+                            |x| x.health.clone(),
+                        )
+                    };
+                    let dep = build_deployment(d, &field, providers, prices, health, at)?;
+                    if out.iter().any(|x| x.id == dep.id) {
+                        return Err(err(field, &format!("'{}' is listed twice", dep.id)));
+                    }
+                    out.push(dep);
+                }
+                out
+            }
+            None => route.deployments[1..].to_vec(),
+        };
+        if backups.is_empty() {
+            return Err(err(
+                f("deployments"),
+                "no backup to shadow: list shadow.deployments or give the route a second deployment",
+            ));
+        }
+        if let Some(b) = backups.iter().find(|b| b.id == route.deployments[0].id) {
+            return Err(err(
+                f("deployments"),
+                &format!(
+                    "'{}' is the route's primary; shadow it to its backups",
+                    b.id
+                ),
+            ));
+        }
+        let budget_per_day = match &sc.budget_per_day_usd {
+            None => None,
+            Some(v) => {
+                let text = match v {
+                    PriceValue::Number(n) => format!("{n}"),
+                    PriceValue::Text(t) => t.clone(),
+                };
+                Some(
+                    relais_governance::parse_usd(&text)
+                        .map_err(|e| err(f("budget_per_day_usd"), &e))?,
+                )
+            }
+        };
+        let timeout = secs(sc.timeout_secs, Some(120.0), &f("timeout_secs"), origin)?
+            .unwrap_or(Duration::from_secs(120));
+        shadows.insert(
+            name.clone(),
+            Arc::new(crate::planb::ShadowRoute {
+                route: name.clone(),
+                backups,
+                sample_rate: sc.sample_rate,
+                budget_per_day,
+                timeout,
+            }),
+        );
+    }
+    Ok((shadows, settings))
+}
+
+/// One deployment from its config; `field` names it in errors and `health` gives the health
+/// record of its id (kept across reloads).
+fn build_deployment(
+    d: &DeploymentConfig,
+    field: &str,
+    providers: &BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
+    prices: &BTreeMap<String, Price>,
+    health: impl FnOnce(&str) -> Arc<Health>,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<Deployment, ConfigError> {
+    let pname = d.provider.get_ref();
+    let (_, provider) = providers.get(pname).ok_or_else(|| {
+        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+        at(
+            d.provider.span(),
+            &format!("{field}.provider"),
+            format!(
+                "no provider named '{pname}' (defined: {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let id = format!("{pname}/{}", d.model);
+    let base = provider.capabilities(&d.model);
+    let capabilities = Capabilities {
+        tools: d.tools.unwrap_or(base.tools),
+        images: d.images.unwrap_or(base.images),
+        json_schema: d.json_schema.unwrap_or(base.json_schema),
+        context_window: d.context_window.or(base.context_window),
+        max_output_tokens: d.max_output_tokens.or(base.max_output_tokens),
+    };
+    Ok(Deployment {
+        health: health(&id),
+        id,
+        provider_name: pname.clone(),
+        provider: provider.clone(),
+        model: d.model.clone(),
+        weight: d.weight.unwrap_or(1),
+        capabilities,
+        limits: DeploymentLimits {
+            rpm: d.rpm,
+            tpm: d.tpm,
+            concurrent: d.max_concurrent,
+        },
+        // The built-in model costs nothing; others cost what the price table says.
+        price: if provider.kind() == "local" {
+            Some(Price::default())
+        } else {
+            prices.get(&d.model).copied()
+        },
+        vendor: d.vendor.clone().unwrap_or_else(|| match provider.kind() {
+            "openai_compat" => pname.clone(),
+            kind => kind.to_owned(),
+        }),
+        data_classes: d.data_classes.clone(),
+    })
 }
 
 fn build_from(
@@ -885,65 +1137,24 @@ fn build_from(
         let prev_route = previous.and_then(|p| p.routes.get(&name));
         let mut deployments = Vec::with_capacity(rc.deployments.len());
         for (i, d) in rc.deployments.iter().enumerate() {
-            let pname = d.provider.get_ref();
-            let (_, provider) = providers.get(pname).ok_or_else(|| {
-                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
-                at(
-                    d.provider.span(),
-                    &format!("routes.{name}.deployments[{i}].provider"),
-                    format!(
-                        "no provider named '{pname}' (defined: {})",
-                        known.join(", ")
-                    ),
-                )
-            })?;
-            let id = format!("{pname}/{}", d.model);
-            if deployments.iter().any(|x: &Deployment| x.id == id) {
+            let field = format!("routes.{name}.deployments[{i}]");
+            let health = |id: &str| {
+                prev_route
+                    .and_then(|r| r.deployments.iter().find(|x| x.id == id))
+                    .map_or_else(
+                        || Arc::new(Health::new(now, &breaker)),
+                        |x| x.health.clone(),
+                    )
+            };
+            let dep = build_deployment(d, &field, &providers, &prices, health, &at)?;
+            if deployments.iter().any(|x: &Deployment| x.id == dep.id) {
                 return Err(at(
                     d.provider.span(),
-                    &format!("routes.{name}.deployments[{i}]"),
-                    format!("'{id}' is listed twice"),
+                    &field,
+                    format!("'{}' is listed twice", dep.id),
                 ));
             }
-            let base = provider.capabilities(&d.model);
-            let capabilities = Capabilities {
-                tools: d.tools.unwrap_or(base.tools),
-                images: d.images.unwrap_or(base.images),
-                json_schema: d.json_schema.unwrap_or(base.json_schema),
-                context_window: d.context_window.or(base.context_window),
-                max_output_tokens: d.max_output_tokens.or(base.max_output_tokens),
-            };
-            let health = prev_route
-                .and_then(|r| r.deployments.iter().find(|x| x.id == id))
-                .map_or_else(
-                    || Arc::new(Health::new(now, &breaker)),
-                    |x| x.health.clone(),
-                );
-            deployments.push(Deployment {
-                id,
-                provider_name: pname.clone(),
-                provider: provider.clone(),
-                model: d.model.clone(),
-                weight: d.weight.unwrap_or(1),
-                capabilities,
-                limits: DeploymentLimits {
-                    rpm: d.rpm,
-                    tpm: d.tpm,
-                    concurrent: d.max_concurrent,
-                },
-                // The built-in model costs nothing; others cost what the price table says.
-                price: if provider.kind() == "local" {
-                    Some(Price::default())
-                } else {
-                    prices.get(&d.model).copied()
-                },
-                health,
-                vendor: d.vendor.clone().unwrap_or_else(|| match provider.kind() {
-                    "openai_compat" => pname.clone(),
-                    kind => kind.to_owned(),
-                }),
-                data_classes: d.data_classes.clone(),
-            });
+            deployments.push(dep);
         }
         if strategy == Strategy::Weighted && deployments.iter().all(|d| d.weight == 0) {
             return Err(ConfigError(format!(
@@ -1057,6 +1268,8 @@ fn build_from(
         );
     }
 
+    let (shadows, plan_b) = build_plan_b(raw, origin, &routes, &providers, &prices, &at)?;
+
     let mut keys = Vec::with_capacity(raw.auth.keys.len());
     for (i, k) in raw.auth.keys.iter().enumerate() {
         if k.key.expose().len() < 8 {
@@ -1121,6 +1334,8 @@ fn build_from(
         keys,
         routes,
         provider_kinds,
+        shadows,
+        plan_b,
     })
 }
 

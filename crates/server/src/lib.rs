@@ -7,6 +7,7 @@ pub mod bill;
 pub mod config;
 mod dialect;
 mod metrics;
+pub mod planb;
 
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub async fn serve_with_reload(
         tokio::spawn(refresh_keys(ring, Duration::from_secs(every)))
     });
     let _stop_refresher = AbortOnDrop(refresher);
+    let every = state.live().runtime.plan_b.check_every;
+    let checker = tokio::spawn(check_dependency_every(state.clone(), every));
+    let _stop_checker = AbortOnDrop(Some(checker));
     let app = router(state.clone());
     let drain_state = state.clone();
     // Nagle plus delayed ACK holds a response's last small write for ~40 ms under keep-alive.
@@ -102,6 +106,18 @@ pub async fn serve_with_reload(
     };
     flush_ledger(&state).await;
     served
+}
+
+/// Plan B's dependency check, every `every` (the first one right away).
+async fn check_dependency_every(state: Arc<AppState>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let live = state.live();
+        if let Err(e) = crate::planb::check_dependency(&live, &state.dependency_alerts).await {
+            tracing::debug!(error = %e.message, "dependency check skipped");
+        }
+    }
 }
 
 /// Ship the ledger's write-ahead file to the store before exiting; what cannot be shipped in

@@ -54,10 +54,15 @@ pub enum GroupBy {
     Model,
     /// UTC day.
     Day,
+    /// UTC minute (for peaks: the busiest minute of a window).
+    Minute,
+    /// UTC day and vendor, as `day:vendor` (the dependency index over time).
+    DayVendor,
 }
 
 impl GroupBy {
-    pub const NAMES: &'static str = "key, team, route, vendor, provider, model, day";
+    pub const NAMES: &'static str =
+        "key, team, route, vendor, provider, model, day, minute, day_vendor";
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -68,6 +73,8 @@ impl GroupBy {
             "provider" => Self::Provider,
             "model" => Self::Model,
             "day" => Self::Day,
+            "minute" => Self::Minute,
+            "day_vendor" => Self::DayVendor,
             _ => return None,
         })
     }
@@ -82,6 +89,8 @@ impl GroupBy {
             Self::Provider => "COALESCE(provider, '')",
             Self::Model => "COALESCE(model, '')",
             Self::Day => "CAST(at_ms / 86400000 AS TEXT)",
+            Self::Minute => "CAST(at_ms / 60000 AS TEXT)",
+            Self::DayVendor => "CAST(at_ms / 86400000 AS TEXT) || ':' || COALESCE(vendor, '')",
         }
     }
 }
@@ -138,7 +147,45 @@ pub trait LedgerStore: Send + Sync {
     /// Every row of a request, by the gateway's id or the id the client saw, oldest request
     /// first, attempts in order (for audits: "what happened to request X").
     fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
+    /// Store shadow samples; ones already present (same id) are left as they are.
+    fn insert_samples<'a>(
+        &'a self,
+        samples: &'a [ShadowSample],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// The newest `limit` samples of `route` (of one backup when given) since `since_ms`,
+    /// newest first.
+    fn samples<'a>(
+        &'a self,
+        route: &'a str,
+        backup: Option<&'a str>,
+        since_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ShadowSample>, StoreError>>;
 }
+
+/// One shadow sample: a backup's answer to a copy of a live request, scored against the
+/// primary's. The scores are a JSON object the gateway writes and reads (this crate keeps no
+/// opinion on the axes); the columns beside them are what queries select on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowSample {
+    pub id: String,
+    /// Unix milliseconds when the live request arrived.
+    pub at_ms: i64,
+    pub route: String,
+    /// The backup's deployment id (`provider/model`).
+    pub backup: String,
+    pub vendor: String,
+    /// The backup answered without error.
+    pub ok: bool,
+    pub scores: String,
+}
+
+pub(crate) const INSERT_SAMPLE: &str = "INSERT INTO relais_shadow \
+    (id, at_ms, route, backup, vendor, ok, scores) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (id) DO NOTHING";
+pub(crate) const SELECT_SAMPLES: &str = "SELECT id, at_ms, route, backup, vendor, ok, scores \
+    FROM relais_shadow WHERE route = $1 AND ($2 = '' OR backup = $2) AND at_ms >= $3 \
+    ORDER BY at_ms DESC, id DESC LIMIT $4";
 
 pub(crate) const LEDGER_COLUMNS: &str = "id, attempt, request_id, at_ms, category, key_id, \
     team_id, route, deployment, provider, vendor, model, input_tokens, output_tokens, \

@@ -11,7 +11,7 @@ mod sqlite;
 
 use relais_core::BoxFuture;
 
-pub use ledger::{GroupBy, LedgerRow, LedgerStore, Spend, UsageLine, UsageQuery};
+pub use ledger::{GroupBy, LedgerRow, LedgerStore, ShadowSample, Spend, UsageLine, UsageQuery};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

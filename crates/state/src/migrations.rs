@@ -67,6 +67,17 @@ pub(crate) const STEPS: &[&str] = &[
     // Allowed vendors and data classes, as a JSON object (NULL: unrestricted).
     "ALTER TABLE relais_teams ADD COLUMN reach TEXT;
      ALTER TABLE relais_keys ADD COLUMN reach TEXT",
+    // Plan B: shadow samples, scored against the live answer (`scores` is a JSON object).
+    "CREATE TABLE relais_shadow (
+        id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        backup TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        ok BIGINT NOT NULL,
+        scores TEXT NOT NULL
+    );
+    CREATE INDEX relais_shadow_route ON relais_shadow (route, backup, at_ms)",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =

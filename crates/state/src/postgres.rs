@@ -16,8 +16,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
-    LEDGER_WIDTH, LedgerRow, LedgerStore, SPEND_SQL, Spend, UsageLine, UsageQuery, insert_sql,
-    rows_of_sql, to_i64, to_u64, usage_sql,
+    INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
+    Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
@@ -509,6 +509,64 @@ impl LedgerStore for PostgresStore {
             let c = self.client().await?;
             let rows = self.timed(&c, c.query(&rows_of_sql(), &[&id])).await?;
             rows.iter().map(ledger_row).collect()
+        })
+    }
+
+    fn insert_samples<'a>(
+        &'a self,
+        samples: &'a [ShadowSample],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let mut added = 0;
+            for s in samples {
+                let ok = i64::from(s.ok);
+                added += self
+                    .timed(
+                        &c,
+                        c.execute(
+                            INSERT_SAMPLE,
+                            &[
+                                &s.id, &s.at_ms, &s.route, &s.backup, &s.vendor, &ok, &s.scores,
+                            ],
+                        ),
+                    )
+                    .await?;
+            }
+            Ok(added)
+        })
+    }
+
+    fn samples<'a>(
+        &'a self,
+        route: &'a str,
+        backup: Option<&'a str>,
+        since_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ShadowSample>, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let backup = backup.unwrap_or_default();
+            let limit = i64::from(limit);
+            let rows = self
+                .timed(
+                    &c,
+                    c.query(SELECT_SAMPLES, &[&route, &backup, &since_ms, &limit]),
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ShadowSample {
+                        id: r.try_get(0).map_err(db_error)?,
+                        at_ms: r.try_get(1).map_err(db_error)?,
+                        route: r.try_get(2).map_err(db_error)?,
+                        backup: r.try_get(3).map_err(db_error)?,
+                        vendor: r.try_get(4).map_err(db_error)?,
+                        ok: r.try_get::<_, i64>(5).map_err(db_error)? != 0,
+                        scores: r.try_get(6).map_err(db_error)?,
+                    })
+                })
+                .collect()
         })
     }
 }

@@ -9,8 +9,8 @@ use relais_core::BoxFuture;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::ledger::{
-    LedgerRow, LedgerStore, SPEND_SQL, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql,
-    to_i64, to_u64, usage_sql,
+    INSERT_SAMPLE, LedgerRow, LedgerStore, SELECT_SAMPLES, SPEND_SQL, ShadowSample, Spend,
+    UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
@@ -444,6 +444,62 @@ impl LedgerStore for SqliteStore {
         Box::pin(self.run(move |c| {
             let mut stmt = c.prepare(&sql(&rows_of_sql())).map_err(db_error)?;
             let rows = stmt.query_map(params![id], ledger_row).map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        }))
+    }
+
+    fn insert_samples<'a>(
+        &'a self,
+        samples: &'a [ShadowSample],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let samples = samples.to_vec();
+        Box::pin(self.run(move |c| {
+            let tx = c.unchecked_transaction().map_err(db_error)?;
+            let mut added = 0;
+            {
+                let mut stmt = tx.prepare_cached(&sql(INSERT_SAMPLE)).map_err(db_error)?;
+                for s in &samples {
+                    added += stmt
+                        .execute(params![
+                            s.id,
+                            s.at_ms,
+                            s.route,
+                            s.backup,
+                            s.vendor,
+                            i64::from(s.ok),
+                            s.scores
+                        ])
+                        .map_err(db_error)?;
+                }
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(u64::try_from(added).unwrap_or(0))
+        }))
+    }
+
+    fn samples<'a>(
+        &'a self,
+        route: &'a str,
+        backup: Option<&'a str>,
+        since_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<ShadowSample>, StoreError>> {
+        let (route, backup) = (route.to_owned(), backup.unwrap_or_default().to_owned());
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql(SELECT_SAMPLES)).map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![route, backup, since_ms, i64::from(limit)], |r| {
+                    Ok(ShadowSample {
+                        id: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        route: r.get(2)?,
+                        backup: r.get(3)?,
+                        vendor: r.get(4)?,
+                        ok: r.get::<_, i64>(5)? != 0,
+                        scores: r.get(6)?,
+                    })
+                })
+                .map_err(db_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         }))
     }

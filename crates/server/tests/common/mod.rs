@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use relais_testkit::MockServer;
+use relais_testkit::{MockServer, psql};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -168,4 +168,90 @@ pub async fn error_of(resp: reqwest::Response, status: u16) -> Value {
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
     assert!(e.get("type").is_some() && e.get("code").is_some() && e.get("param").is_some());
     e
+}
+
+pub const ADMIN: &str = "admin-key-0123456789abcdef";
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `[governance]` section for a fresh store of `kind`, and a way to read everything the
+/// store holds as text (to prove no secret is in it).
+pub async fn store(kind: &str) -> (String, Box<dyn Fn(bool) -> String + Send + Sync>) {
+    match kind {
+        "sqlite" => {
+            let dir = std::env::temp_dir().join(unique("relais-gov"));
+            let path = dir.join("relais.db");
+            let section = format!(
+                "[governance]\nstore = \"sqlite\"\nsqlite_path = \"{}\"\nrefresh_secs = 1\n",
+                path.display()
+            );
+            let dump = move |cleanup: bool| {
+                if cleanup {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return String::new();
+                }
+                // The database and its write-ahead log, as raw bytes.
+                let mut all = Vec::new();
+                for f in ["relais.db", "relais.db-wal"] {
+                    all.extend(std::fs::read(dir.join(f)).unwrap_or_default());
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            };
+            (section, Box::new(dump))
+        }
+        _ => {
+            let base = std::env::var("RELAIS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+                "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned()
+            });
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL must be reachable on 127.0.0.1:5432 (.ci/run starts it)");
+            tokio::spawn(conn);
+            let schema = unique("relais_gov");
+            client
+                .batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap();
+            let url = format!("{base} options='-c search_path={schema}'");
+            let section = format!(
+                "[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nrefresh_secs = 1\n"
+            );
+            let dump = move |cleanup: bool| {
+                let sql = if cleanup {
+                    format!("DROP SCHEMA {schema} CASCADE")
+                } else {
+                    format!(
+                        "SELECT t::text FROM {schema}.relais_keys t UNION ALL SELECT t::text FROM {schema}.relais_teams t"
+                    )
+                };
+                psql(&sql)
+            };
+            (section, Box::new(dump))
+        }
+    }
+}
+
+pub async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let c = Gateway::client();
+    let url = format!("{}{path}", gw.url);
+    let rb = if method == "GET" {
+        c.get(url)
+    } else {
+        c.post(url)
+    };
+    let rb = match body {
+        Some(b) => rb.json(&b),
+        None => rb,
+    };
+    let resp = rb.bearer_auth(ADMIN).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
 }
