@@ -634,6 +634,23 @@ mod tests {
         > {
             self.inner.samples(route, backup, since_ms, limit)
         }
+        fn put_event<'a>(
+            &'a self,
+            e: &'a relais_state::PlanEvent,
+        ) -> relais_core::BoxFuture<'a, Result<(), relais_state::StoreError>> {
+            self.inner.put_event(e)
+        }
+        fn events<'a>(
+            &'a self,
+            kind: &'a str,
+            route: Option<&'a str>,
+            limit: u32,
+        ) -> relais_core::BoxFuture<
+            'a,
+            Result<Vec<relais_state::PlanEvent>, relais_state::StoreError>,
+        > {
+            self.inner.events(kind, route, limit)
+        }
     }
 
     #[tokio::test]

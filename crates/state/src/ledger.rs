@@ -41,6 +41,10 @@ pub struct LedgerRow {
     /// The error class when it failed (`rate_limited`, `timeout`, ...).
     pub error_class: Option<String>,
     pub stream: bool,
+    /// The failover drill this request was part of (its share of traffic treated a
+    /// deployment as down), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<String>,
 }
 
 /// What to group a usage summary by.
@@ -152,6 +156,15 @@ pub trait LedgerStore: Send + Sync {
         &'a self,
         samples: &'a [ShadowSample],
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Insert or replace a Plan B event (a drill, a promotion) by its id.
+    fn put_event<'a>(&'a self, event: &'a PlanEvent) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The newest `limit` events of `kind`, of one route when given, newest first.
+    fn events<'a>(
+        &'a self,
+        kind: &'a str,
+        route: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<PlanEvent>, StoreError>>;
     /// The newest `limit` samples of `route` (of one backup when given) since `since_ms`,
     /// newest first.
     fn samples<'a>(
@@ -180,6 +193,23 @@ pub struct ShadowSample {
     pub scores: String,
 }
 
+/// Something done to a route that must be remembered with who did it: a drill (its settings
+/// and report) or a promotion. The body is a JSON object the gateway writes and reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanEvent {
+    pub id: String,
+    pub at_ms: i64,
+    /// `drill` or `promotion`.
+    pub kind: String,
+    pub route: String,
+    pub body: String,
+}
+
+pub(crate) const PUT_EVENT: &str = "INSERT INTO relais_events (id, at_ms, kind, route, body) \
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET body = excluded.body";
+pub(crate) const SELECT_EVENTS: &str = "SELECT id, at_ms, kind, route, body FROM relais_events \
+    WHERE kind = $1 AND ($2 = '' OR route = $2) ORDER BY at_ms DESC, id DESC LIMIT $3";
+
 pub(crate) const INSERT_SAMPLE: &str = "INSERT INTO relais_shadow \
     (id, at_ms, route, backup, vendor, ok, scores) VALUES ($1, $2, $3, $4, $5, $6, $7) \
     ON CONFLICT (id) DO NOTHING";
@@ -190,8 +220,8 @@ pub(crate) const SELECT_SAMPLES: &str = "SELECT id, at_ms, route, backup, vendor
 pub(crate) const LEDGER_COLUMNS: &str = "id, attempt, request_id, at_ms, category, key_id, \
     team_id, route, deployment, provider, vendor, model, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_pusd, latency_us, ttft_us, \
-    status, error_class, stream";
-pub(crate) const LEDGER_WIDTH: usize = 23;
+    status, error_class, stream, drill";
+pub(crate) const LEDGER_WIDTH: usize = 24;
 
 /// `INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING` for `n` rows, with `$k` parameters
 /// (`?k` for SQLite).

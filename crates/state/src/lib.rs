@@ -11,7 +11,9 @@ mod sqlite;
 
 use relais_core::BoxFuture;
 
-pub use ledger::{GroupBy, LedgerRow, LedgerStore, ShadowSample, Spend, UsageLine, UsageQuery};
+pub use ledger::{
+    GroupBy, LedgerRow, LedgerStore, PlanEvent, ShadowSample, Spend, UsageLine, UsageQuery,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

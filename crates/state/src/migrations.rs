@@ -78,6 +78,16 @@ pub(crate) const STEPS: &[&str] = &[
         scores TEXT NOT NULL
     );
     CREATE INDEX relais_shadow_route ON relais_shadow (route, backup, at_ms)",
+    // Plan B: drills and promotions, and which drill a ledger row belongs to.
+    "CREATE TABLE relais_events (
+        id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        route TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX relais_events_kind ON relais_events (kind, route, at_ms);
+    ALTER TABLE relais_ledger ADD COLUMN drill TEXT",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =

@@ -16,8 +16,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
-    INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
-    Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64, usage_sql,
+    INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore, PUT_EVENT, PlanEvent, SELECT_EVENTS,
+    SELECT_SAMPLES, SPEND_SQL, ShadowSample, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql,
+    to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
@@ -371,6 +372,7 @@ fn ledger_row(r: &Row) -> Result<LedgerRow, StoreError> {
         status: u16::try_from(r.try_get::<_, i64>(20).map_err(db_error)?).unwrap_or(0),
         error_class: r.try_get(21).map_err(db_error)?,
         stream: r.try_get::<_, i64>(22).map_err(db_error)? != 0,
+        drill: r.try_get(23).map_err(db_error)?,
     })
 }
 
@@ -436,6 +438,7 @@ impl LedgerStore for PostgresStore {
                         &s[1],
                         &r.error_class,
                         &s[2],
+                        &r.drill,
                     ]);
                 }
                 // One statement per chunk is atomic on its own; a replay of a chunk that
@@ -534,6 +537,45 @@ impl LedgerStore for PostgresStore {
                     .await?;
             }
             Ok(added)
+        })
+    }
+
+    fn put_event<'a>(&'a self, e: &'a PlanEvent) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            self.timed(
+                &c,
+                c.execute(PUT_EVENT, &[&e.id, &e.at_ms, &e.kind, &e.route, &e.body]),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn events<'a>(
+        &'a self,
+        kind: &'a str,
+        route: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<PlanEvent>, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let route = route.unwrap_or_default();
+            let limit = i64::from(limit);
+            let rows = self
+                .timed(&c, c.query(SELECT_EVENTS, &[&kind, &route, &limit]))
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(PlanEvent {
+                        id: r.try_get(0).map_err(db_error)?,
+                        at_ms: r.try_get(1).map_err(db_error)?,
+                        kind: r.try_get(2).map_err(db_error)?,
+                        route: r.try_get(3).map_err(db_error)?,
+                        body: r.try_get(4).map_err(db_error)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -9,8 +9,9 @@ use relais_core::BoxFuture;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::ledger::{
-    INSERT_SAMPLE, LedgerRow, LedgerStore, SELECT_SAMPLES, SPEND_SQL, ShadowSample, Spend,
-    UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64, usage_sql,
+    INSERT_SAMPLE, LedgerRow, LedgerStore, PUT_EVENT, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES,
+    SPEND_SQL, ShadowSample, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64,
+    usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
@@ -332,6 +333,7 @@ fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
         status: u16::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
         error_class: r.get(21)?,
         stream: r.get::<_, i64>(22)? != 0,
+        drill: r.get(23)?,
     })
 }
 
@@ -377,6 +379,7 @@ impl LedgerStore for SqliteStore {
                             i64::from(r.status),
                             r.error_class,
                             i64::from(r.stream),
+                            r.drill,
                         ])
                         .map_err(db_error)? as u64;
                 }
@@ -474,6 +477,42 @@ impl LedgerStore for SqliteStore {
             }
             tx.commit().map_err(db_error)?;
             Ok(u64::try_from(added).unwrap_or(0))
+        }))
+    }
+
+    fn put_event<'a>(&'a self, e: &'a PlanEvent) -> BoxFuture<'a, Result<(), StoreError>> {
+        let e = e.clone();
+        Box::pin(self.run(move |c| {
+            c.execute(
+                &sql(PUT_EVENT),
+                params![e.id, e.at_ms, e.kind, e.route, e.body],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        }))
+    }
+
+    fn events<'a>(
+        &'a self,
+        kind: &'a str,
+        route: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<PlanEvent>, StoreError>> {
+        let (kind, route) = (kind.to_owned(), route.unwrap_or_default().to_owned());
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare_cached(&sql(SELECT_EVENTS)).map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![kind, route, i64::from(limit)], |r| {
+                    Ok(PlanEvent {
+                        id: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        kind: r.get(2)?,
+                        route: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                })
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         }))
     }
 

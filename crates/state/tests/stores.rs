@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use relais_state::{
-    GroupBy, KeyStore, LedgerRow, LedgerStore, Limits, PostgresStore, Spend, SqliteStore,
-    StoreError, StoredKey, Team, UsageQuery,
+    GroupBy, KeyStore, LedgerRow, LedgerStore, Limits, PlanEvent, PostgresStore, ShadowSample,
+    Spend, SqliteStore, StoreError, StoredKey, Team, UsageQuery,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -191,6 +191,7 @@ async fn sqlite_store() {
     assert_eq!(store.kind(), "sqlite");
     suite(&store).await;
     ledger_suite(&store).await;
+    planb_suite(&store).await;
 }
 
 #[tokio::test]
@@ -200,6 +201,7 @@ async fn postgres_store() {
     assert_eq!(store.kind(), "postgres");
     suite(&store).await;
     ledger_suite(&store).await;
+    planb_suite(&store).await;
     drop_schema(&url).await;
 }
 
@@ -230,7 +232,80 @@ fn row(id: &str, attempt: u32, key: &str, team: &str, day: i64, cost: u64) -> Le
         status: 200,
         error_class: None,
         stream: attempt % 2 == 1,
+        drill: (attempt == 1).then(|| "drill-1".to_owned()),
     }
+}
+
+/// Plan B's rows: shadow samples (replays ignored, newest first, by backup, bounded) and
+/// events (replaced by id, by kind and route, newest first).
+async fn planb_suite(store: &dyn LedgerStore) {
+    let sample = |id: &str, at_ms: i64, backup: &str, ok: bool| ShadowSample {
+        id: id.to_owned(),
+        at_ms,
+        route: "r".to_owned(),
+        backup: backup.to_owned(),
+        vendor: "v".to_owned(),
+        ok,
+        scores: format!("{{\"n\":\"{id}\"}}"),
+    };
+    let batch = [
+        sample("s1", 1_000, "b/one", true),
+        sample("s2", 2_000, "b/one", false),
+        sample("s3", 3_000, "b/two", true),
+        sample("s4", 4_000, "b/one", true),
+    ];
+    assert_eq!(store.insert_samples(&batch).await.unwrap(), 4);
+    assert_eq!(store.insert_samples(&batch[..1]).await.unwrap(), 0);
+    let one = store.samples("r", Some("b/one"), 0, 10).await.unwrap();
+    let ids: Vec<&str> = one.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["s4", "s2", "s1"]);
+    assert_eq!(one[1], batch[1]);
+    let recent = store.samples("r", None, 1_500, 2).await.unwrap();
+    let ids: Vec<&str> = recent.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["s4", "s3"]);
+    assert!(
+        store
+            .samples("other", None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let event = |id: &str, at_ms: i64, kind: &str, body: &str| PlanEvent {
+        id: id.to_owned(),
+        at_ms,
+        kind: kind.to_owned(),
+        route: "r".to_owned(),
+        body: body.to_owned(),
+    };
+    store
+        .put_event(&event("d1", 10, "drill", "{\"state\":\"running\"}"))
+        .await
+        .unwrap();
+    store
+        .put_event(&event("p1", 20, "promotion", "{}"))
+        .await
+        .unwrap();
+    store
+        .put_event(&event("d2", 30, "drill", "{}"))
+        .await
+        .unwrap();
+    store
+        .put_event(&event("d1", 10, "drill", "{\"state\":\"done\"}"))
+        .await
+        .unwrap();
+    let drills = store.events("drill", Some("r"), 10).await.unwrap();
+    assert_eq!(drills.len(), 2);
+    assert_eq!(drills[0].id, "d2");
+    assert_eq!(drills[1].body, "{\"state\":\"done\"}");
+    assert_eq!(store.events("promotion", None, 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .events("drill", Some("x"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Rows in, replays ignored, summaries and spend exact; 600 rows in one call (more than one
