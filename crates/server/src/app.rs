@@ -264,6 +264,10 @@ pub struct AppState {
     pub shadower: crate::planb::Shadower,
     /// The latest dependency check per route (see [`crate::planb::check_dependency`]).
     pub dependency_alerts: crate::planb::Alerts,
+    /// Failover drills, running and recent.
+    pub drills: crate::planb::Drills,
+    /// Promotions in force: route name to the deployment id made its primary.
+    pub promoted: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -273,12 +277,22 @@ impl AppState {
         Self {
             shadower,
             dependency_alerts: crate::planb::Alerts::default(),
+            drills: crate::planb::Drills::default(),
+            promoted: std::sync::Mutex::default(),
             live: RwLock::new(Arc::new(Live::new(runtime, None))),
             global: Global::default(),
             draining: AtomicBool::new(false),
             abort_streams,
             started_at: unix_now(),
         }
+    }
+
+    /// Promotions in force (route name to deployment id).
+    pub fn promotions(&self) -> BTreeMap<String, String> {
+        self.promoted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The config in force now. Cheap: a read lock held for one reference-count increment.
@@ -377,6 +391,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .route("/admin/usage", get(admin_usage))
         .route("/admin/readiness", get(admin_readiness))
+        .route("/admin/promote", post(admin_promote))
+        .route("/admin/drills", get(admin_drills).post(admin_drills))
+        .route("/admin/drills/{id}", get(admin_drill))
+        .route("/admin/drills/{id}/stop", post(admin_drill_stop))
         .route("/admin/dependency", get(admin_dependency))
         .route("/admin/ledger/{id}", get(admin_ledger))
         .route("/admin/openapi.json", get(admin_openapi))
@@ -650,9 +668,19 @@ async fn chat_with(
         }),
         _ => None,
     };
-    let policy = key
-        .restricts(class)
-        .then_some(&allow as relais_router::Allow<'_>);
+    // Plan B: a drill on this route treats its deployment as down for the drilled share.
+    let drill = app.drills.join(&entry.route.name);
+    let down = drill
+        .as_ref()
+        .filter(|x| x.drilled)
+        .map(|x| x.drill.deployment.clone());
+    if let (Some(x), Some(b)) = (drill.as_ref().filter(|x| x.drilled), &mut bill) {
+        b.set_drill(&x.drill.id);
+    }
+    let allow_drilled =
+        |d: &relais_router::Deployment| allow(d) && down.as_deref() != Some(d.id.as_str());
+    let policy = (key.restricts(class) || down.is_some())
+        .then_some(&allow_drilled as relais_router::Allow<'_>);
     let routed = match entry.route.chat_within(&req, policy).await {
         Ok(r) => r,
         Err(ex) => {
@@ -661,6 +689,9 @@ async fn chat_with(
             if let Some(b) = &mut bill {
                 let status = ctx.dialect.error_status(&ex.error);
                 b.record(&live, &ex.failed, None, status, Some(&ex.error));
+            }
+            if let Some(x) = &drill {
+                x.outcome(None, ctx.start.elapsed());
             }
             if let Some(t) = tap.take() {
                 let failed = LiveEnd {
@@ -704,6 +735,7 @@ async fn chat_with(
             served: (routed.route.clone(), routed.deployment),
             ttft,
             tap: tap.map(|t| (t, app.clone())),
+            drill,
             _inflight: inflight,
         };
         let body = stream_body(routed.stream, encoder, guard, app.abort_streams.clone());
@@ -726,6 +758,10 @@ async fn chat_with(
             .map_or(0, |u| crate::bill::cost_at(deployment, u));
         if let (Some(t), Some(u)) = (&ticket, &usage) {
             t.settle(u.total_tokens(), cost);
+        }
+        if let Some(x) = &drill {
+            let served = collected.is_ok().then_some(deployment.id.as_str());
+            x.outcome(served, ctx.start.elapsed());
         }
         if let Some(t) = tap.take() {
             let end = LiveEnd {
@@ -847,6 +883,8 @@ struct StreamGuard {
     ttft: Duration,
     /// Plan B: the answer folded for a shadow comparison, when the request was sampled.
     tap: Option<(ShadowTap, Arc<AppState>)>,
+    /// Plan B: the drill this request is counted in.
+    drill: Option<crate::planb::InDrill>,
     _inflight: Inflight,
 }
 
@@ -874,6 +912,11 @@ impl StreamGuard {
             Some(e) => self.series.error(e.kind),
         }
         self.settle(200, err.map(|e| (e.kind.as_str(), e.upstream_status)));
+        if let Some(x) = self.drill.take() {
+            let (route, deployment) = &self.served;
+            let served = route.deployments.get(*deployment).map(|d| d.id.as_str());
+            x.outcome(served.filter(|_| err.is_none()), self.start.elapsed());
+        }
         if let Some((mut t, app)) = self.tap.take() {
             let (route, deployment) = &self.served;
             let cost = match (&self.usage, route.deployments.get(*deployment)) {
@@ -928,6 +971,10 @@ impl Drop for StreamGuard {
         if !self.finished {
             // The client went away mid-stream (499, nginx's "client closed request").
             self.settle(499, Some(("canceled", None)));
+            // A drill counts it as the ledger does: an error (status 499).
+            if let Some(x) = self.drill.take() {
+                x.outcome(None, self.start.elapsed());
+            }
         }
         self.series.duration.observe(self.start.elapsed());
     }
@@ -1616,6 +1663,131 @@ async fn admin_readiness(
                 "backups": backups,
             }),
         ))
+    })
+    .await
+}
+
+/// `POST /admin/promote` with `{"route", "to", "by", "dry_run"}` makes `to` the route's
+/// primary (a dry run only forecasts), or with `{"route", "undo": true, "by"}` undoes it.
+async fn admin_promote(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let body = admin_body(&bytes)?;
+        let route = string_field(&body, "route")?;
+        let flag = |k: &str| {
+            body.get(k)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        if flag("undo") {
+            let by = string_field(&body, "by")?;
+            return Ok((
+                StatusCode::OK,
+                crate::planb::promote(&app, route, None, by).await?,
+            ));
+        }
+        let to = string_field(&body, "to")?;
+        let forecast = crate::planb::forecast(&live, route, to).await?;
+        if flag("dry_run") {
+            return Ok((
+                StatusCode::OK,
+                serde_json::json!({"dry_run": true, "forecast": forecast}),
+            ));
+        }
+        let by = string_field(&body, "by")?;
+        let mut done = crate::planb::promote(&app, route, Some(to), by).await?;
+        done["forecast"] = forecast;
+        Ok((StatusCode::OK, done))
+    })
+    .await
+}
+
+/// `POST /admin/drills` starts a drill; `GET` lists this instance's drills.
+async fn admin_drills(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        if method == Method::GET {
+            let list: Vec<_> = app.drills.list().iter().map(|d| d.json()).collect();
+            return Ok((StatusCode::OK, serde_json::json!({ "drills": list })));
+        }
+        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let req: crate::planb::DrillRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_request(format!("invalid drill: {e}")))?;
+        let drill = app.drills.start(&live, req)?;
+        crate::planb::record_drill(&live, &drill).await;
+        // Ends it at its time (unless it was aborted or stopped first) and records the end.
+        let (app2, d) = (app.clone(), drill.clone());
+        tokio::spawn(async move {
+            while d.state() == crate::planb::DrillState::Running
+                && crate::bill::now_ms() < d.ends_at_ms
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if d.end(crate::planb::DrillState::Completed) {
+                tracing::info!(drill = %d.id, "drill completed");
+            }
+            crate::planb::record_drill(&app2.live(), &d).await;
+        });
+        Ok((StatusCode::CREATED, drill.json()))
+    })
+    .await
+}
+
+fn no_drill(id: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        Side::Client,
+        format!("no drill '{id}' on this instance"),
+    )
+}
+
+/// `GET /admin/drills/{id}`: the drill's report, its counters beside the ledger's rows.
+async fn admin_drill(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let d = app.drills.get(&id).ok_or_else(|| no_drill(&id))?;
+        Ok((StatusCode::OK, crate::planb::drill_report(&live, &d).await?))
+    })
+    .await
+}
+
+/// `POST /admin/drills/{id}/stop` (body `{"by": "..."}`): end a drill early.
+async fn admin_drill_stop(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        admin_auth(&live, &headers)?;
+        let d = app.drills.get(&id).ok_or_else(|| no_drill(&id))?;
+        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let by = if bytes.is_empty() {
+            "admin".to_owned()
+        } else {
+            string_field(&admin_body(&bytes)?, "by")?.to_owned()
+        };
+        d.end(crate::planb::DrillState::Stopped { by });
+        crate::planb::record_drill(&live, &d).await;
+        Ok((StatusCode::OK, d.json()))
     })
     .await
 }

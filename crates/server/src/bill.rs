@@ -160,6 +160,11 @@ impl Bill {
         })
     }
 
+    /// Mark the request's rows as part of a failover drill.
+    pub(crate) fn set_drill(&mut self, id: &str) {
+        self.base.drill = Some(id.to_owned());
+    }
+
     /// When the request arrived, Unix milliseconds.
     pub(crate) fn at_ms(&self) -> i64 {
         self.base.at_ms
@@ -281,6 +286,7 @@ pub fn usage_query(
         key_id,
         team_id,
         route,
+        drill: None,
     })
 }
 

@@ -66,6 +66,7 @@ pub async fn serve_with_reload(
         tokio::spawn(refresh_keys(ring, Duration::from_secs(every)))
     });
     let _stop_refresher = AbortOnDrop(refresher);
+    crate::planb::restore_promotions(&state).await;
     let every = state.live().runtime.plan_b.check_every;
     let checker = tokio::spawn(check_dependency_every(state.clone(), every));
     let _stop_checker = AbortOnDrop(Some(checker));
@@ -205,6 +206,8 @@ async fn watch_config(state: Arc<AppState>, reload: Reload) {
             if let Some(l) = &reload.listen_override {
                 raw.server.listen.clone_from(l);
             }
+            // Promotions made through the admin API stay in force across reloads.
+            config::apply_promotions(&mut raw, &state.promotions(), &origin)?;
             config::rebuild(&raw, &text, &origin, &state.live().runtime)
         });
         match built {

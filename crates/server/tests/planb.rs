@@ -324,3 +324,279 @@ async fn issue8_capability_gap_makes_a_backup_not_ready() {
     drop(gw);
     dump(true);
 }
+
+async fn post(gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
+    admin(gw, "POST", path, Some(body)).await
+}
+
+async fn wait_drill(gw: &Gateway, id: &str, state: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (status, r) = admin(gw, "GET", &format!("/admin/drills/{id}"), None).await;
+        assert_eq!(status, 200, "{r}");
+        if r["status"]["state"] == state {
+            return r;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "drill not {state}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A drill at 50% for a bounded time sends that share of the route's traffic to its backup;
+/// its counters, the ledger and the upstream all agree. A drill whose backup fails aborts
+/// itself at the threshold, and traffic goes back to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_drill_reports_what_the_ledger_holds_and_aborts_on_errors() {
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!("{section}[admin]\nkey = \"{ADMIN}\"\n")).await;
+    let (status, d) = post(
+        &gw,
+        "/admin/drills",
+        json!({"route": "failover", "deployment": "up/primary", "share": 0.5,
+               "duration_secs": 3, "started_by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_str().unwrap().to_owned();
+    // A second drill on the same route is refused while the first runs.
+    let (status, _) = post(
+        &gw,
+        "/admin/drills",
+        json!({"route": "failover", "deployment": "up/primary", "share": 0.5,
+               "duration_secs": 3, "started_by": "bob"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    for i in 0..60 {
+        ask(&gw, "failover", &format!("drill {i}"), i % 3 == 0, None).await;
+    }
+    let r = wait_drill(&gw, &id, "completed").await;
+    let to = |m: &str| {
+        gw.mock
+            .requests()
+            .iter()
+            .filter(|q| q.body["model"] == m)
+            .count() as u64
+    };
+    let drilled = r["observed"]["drilled_requests"].as_u64().unwrap();
+    assert_eq!(r["observed"]["route_requests"], 60, "{r}");
+    assert!(
+        (15..=45).contains(&drilled),
+        "{drilled} of 60 drilled at 50%"
+    );
+    assert_eq!(r["observed"]["failovers"], drilled);
+    assert_eq!(r["observed"]["drilled_errors"], 0);
+    assert_eq!(r["ledger"]["drilled_requests"], drilled, "{r}");
+    assert_eq!(r["ledger"]["drilled_errors"], 0);
+    assert_eq!(r["ledger"]["served_by"]["backup/secondary"], drilled);
+    assert_eq!(to("secondary"), drilled);
+    assert_eq!(to("primary"), 60 - drilled);
+    assert_eq!(r["started_by"], "alice");
+
+    // The backup fails: every drilled request fails, and the drill stops itself after 5.
+    gw.mock.push_fault(Fault {
+        model: Some("secondary".into()),
+        status: Some(500),
+        times: Some(0),
+        ..Fault::default()
+    });
+    let (_, d) = post(
+        &gw,
+        "/admin/drills",
+        json!({"route": "failover", "deployment": "up/primary", "share": 1.0,
+               "duration_secs": 60, "abort_error_rate": 0.5, "min_requests": 5,
+               "started_by": "alice"}),
+    )
+    .await;
+    let id = d["id"].as_str().unwrap().to_owned();
+    let mut failed = 0;
+    for i in 0..12 {
+        let resp = Gateway::client()
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&json!({"model": "failover", "messages": [{"role": "user", "content": format!("abort {i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        failed += usize::from(resp.status() != 200);
+    }
+    assert_eq!(failed, 5, "the drill ran until its threshold, then stopped");
+    let r = wait_drill(&gw, &id, "aborted").await;
+    assert!(
+        r["status"]["reason"].as_str().unwrap().contains("5 of 5"),
+        "{r}"
+    );
+    assert_eq!(r["ledger"]["drilled_errors"], 5);
+    assert!(r["ended_at"].as_i64().unwrap() < r["ends_at"].as_i64().unwrap());
+    // Both drills are recorded in the store with who started them.
+    let (_, list) = admin(&gw, "GET", "/admin/drills", None).await;
+    assert_eq!(list["drills"].as_array().unwrap().len(), 2);
+    drop(gw);
+    dump(true);
+}
+
+/// The promotion dry run matches a hand computation on a seeded ledger; promote and undo swap
+/// the primary under load without a failed request, and both are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_promotion_forecast_swap_and_undo() {
+    let (section, dump) = store("sqlite").await;
+    let extra = format!(
+        r#"{section}[admin]
+key = "{ADMIN}"
+
+[prices.live-model]
+input = 2.50
+output = 10.00
+
+[prices.backup-model]
+input = 0.15
+output = 0.60
+
+[routes.promo]
+deployments = [{{ provider = "up", model = "live-model" }}]
+
+[routes.promo.shadow]
+sample_rate = 0.0
+deployments = [{{ provider = "backup", model = "backup-model", rpm = 600 }}]
+"#
+    );
+    // Seed the ledger: 3 requests two days ago and 5 yesterday on `promo`, each of 1,000
+    // prompt and 200 output tokens, at the live model's price.
+    let path = section
+        .lines()
+        .find_map(|l| l.strip_prefix("sqlite_path = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    {
+        let st = relais_state::SqliteStore::open(std::path::Path::new(&path))
+            .await
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let day = 86_400_000;
+        let rows: Vec<_> = (0..8)
+            .map(|i| relais_state::LedgerRow {
+                id: format!("seed{i}"),
+                request_id: format!("seed{i}"),
+                at_ms: if i < 3 { now - 2 * day } else { now - day },
+                category: "live".into(),
+                route: "promo".into(),
+                deployment: Some("up/live-model".into()),
+                vendor: Some("up".into()),
+                input_tokens: 1000,
+                output_tokens: 200,
+                // 1000 × $2.50/M + 200 × $10/M = $0.0045
+                cost_pusd: 4_500_000_000,
+                status: 200,
+                ..Default::default()
+            })
+            .collect();
+        relais_state::LedgerStore::insert_rows(&st, &rows)
+            .await
+            .unwrap();
+    }
+    let gw = Gateway::start(&extra).await;
+
+    let (status, dry) = post(
+        &gw,
+        "/admin/promote",
+        json!({"route": "promo", "to": "backup/backup-model", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    let f = &dry["forecast"];
+    // By hand: 8 requests over 2 days with traffic = 4 a day; now 8 × $0.0045 / 2 = $0.018 a
+    // day; at the backup's prices 8 × (1000 × 0.15 + 200 × 0.60) / 1e6 / 2 = $0.00108 a day.
+    assert_eq!(f["days_with_traffic"], 2, "{f}");
+    assert_eq!(f["requests_per_day"], 4);
+    assert_eq!(f["cost_per_day_pusd"], 18_000_000_000u64);
+    assert_eq!(f["forecast_cost_per_day_pusd"], 1_080_000_000u64);
+    assert_eq!(f["cost_per_day_usd"], "0.018000");
+    assert_eq!(f["limits"]["rpm"], 600);
+    assert_eq!(f["from"], "up/live-model");
+    // A dry run changes nothing.
+    ask(&gw, "promo", "still live", false, None).await;
+    assert_eq!(
+        gw.mock.requests().last().unwrap().body["model"],
+        "live-model"
+    );
+
+    // Promote and undo while four clients keep asking: nothing fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (url, stop) = (gw.url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut bad) = (0, 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let resp = Gateway::client()
+                    .post(format!("{url}/v1/chat/completions"))
+                    .json(&json!({"model": "promo", "stream": i % 2 == 0,
+                        "messages": [{"role": "user", "content": format!("load {w} {i}")}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let _ = resp.text().await.unwrap();
+                if status == 200 { ok += 1 } else { bad += 1 }
+            }
+            (ok, bad)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, done) = post(
+        &gw,
+        "/admin/promote",
+        json!({"route": "promo", "to": "backup/backup-model", "by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["to"], "backup/backup-model");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.mock.clear_requests();
+    ask(&gw, "promo", "after promotion", false, None).await;
+    assert_eq!(
+        gw.mock.requests().last().unwrap().body["model"],
+        "backup-model"
+    );
+    let (status, undone) = post(
+        &gw,
+        "/admin/promote",
+        json!({"route": "promo", "undo": true, "by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{undone}");
+    assert_eq!(undone["to"], "up/live-model");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, 0);
+    for t in load {
+        let (o, b) = t.await.unwrap();
+        ok += o;
+        bad += b;
+    }
+    assert_eq!(bad, 0, "{bad} requests failed during the swaps ({ok} ok)");
+    assert!(ok > 20, "only {ok} requests under load");
+    ask(&gw, "promo", "after undo", false, None).await;
+    assert_eq!(
+        gw.mock.requests().last().unwrap().body["model"],
+        "live-model"
+    );
+    // Undo twice is refused.
+    let (status, _) = post(
+        &gw,
+        "/admin/promote",
+        json!({"route": "promo", "undo": true, "by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    drop(gw);
+    dump(true);
+}

@@ -55,6 +55,8 @@ pub enum GroupBy {
     Route,
     Vendor,
     Provider,
+    /// Deployment id (`provider/model`).
+    Deployment,
     Model,
     /// UTC day.
     Day,
@@ -66,7 +68,7 @@ pub enum GroupBy {
 
 impl GroupBy {
     pub const NAMES: &'static str =
-        "key, team, route, vendor, provider, model, day, minute, day_vendor";
+        "key, team, route, vendor, provider, deployment, model, day, minute, day_vendor";
 
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -75,6 +77,7 @@ impl GroupBy {
             "route" => Self::Route,
             "vendor" => Self::Vendor,
             "provider" => Self::Provider,
+            "deployment" => Self::Deployment,
             "model" => Self::Model,
             "day" => Self::Day,
             "minute" => Self::Minute,
@@ -91,6 +94,7 @@ impl GroupBy {
             Self::Route => "route",
             Self::Vendor => "COALESCE(vendor, '')",
             Self::Provider => "COALESCE(provider, '')",
+            Self::Deployment => "COALESCE(deployment, '')",
             Self::Model => "COALESCE(model, '')",
             Self::Day => "CAST(at_ms / 86400000 AS TEXT)",
             Self::Minute => "CAST(at_ms / 60000 AS TEXT)",
@@ -110,6 +114,8 @@ pub struct UsageQuery {
     pub key_id: Option<String>,
     pub team_id: Option<String>,
     pub route: Option<String>,
+    /// Only the requests of this failover drill.
+    pub drill: Option<String>,
 }
 
 /// One group of a usage summary.
@@ -258,6 +264,7 @@ pub(crate) fn usage_sql(group_by: GroupBy) -> String {
          CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
          FROM relais_ledger WHERE attempt = 0 AND category = $1 AND at_ms >= $2 AND at_ms < $3 \
          AND ($4 = '' OR key_id = $4) AND ($5 = '' OR team_id = $5) AND ($6 = '' OR route = $6) \
+         AND ($7 = '' OR drill = $7) \
          GROUP BY {g} ORDER BY {g}"
     )
 }

@@ -454,17 +454,26 @@ impl LedgerStore for PostgresStore {
     fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let (key, team, route) = (
+            let (key, team, route, drill) = (
                 q.key_id.clone().unwrap_or_default(),
                 q.team_id.clone().unwrap_or_default(),
                 q.route.clone().unwrap_or_default(),
+                q.drill.clone().unwrap_or_default(),
             );
             let rows = self
                 .timed(
                     &c,
                     c.query(
                         &usage_sql(q.group_by),
-                        &[&q.category, &q.from_ms, &q.to_ms, &key, &team, &route],
+                        &[
+                            &q.category,
+                            &q.from_ms,
+                            &q.to_ms,
+                            &key,
+                            &team,
+                            &route,
+                            &drill,
+                        ],
                     ),
                 )
                 .await?;

@@ -401,7 +401,8 @@ impl LedgerStore for SqliteStore {
                         q.to_ms,
                         q.key_id.unwrap_or_default(),
                         q.team_id.unwrap_or_default(),
-                        q.route.unwrap_or_default()
+                        q.route.unwrap_or_default(),
+                        q.drill.unwrap_or_default()
                     ],
                     |r| {
                         let u = |i: usize| r.get::<_, i64>(i).map(to_u64);

@@ -349,6 +349,7 @@ async fn ledger_suite(store: &dyn LedgerStore) {
         key_id: key_id.map(str::to_owned),
         team_id: None,
         route: None,
+        drill: None,
     };
     let all = (day - 100) * DAY_MS;
     let end = (day + 1) * DAY_MS;
