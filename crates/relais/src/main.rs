@@ -1,5 +1,5 @@
 //! `relais`: the gateway binary. Subcommands: `serve`, `check`, `chat`, `keys`, `teams`, `usage`,
-//! `readiness`.
+//! `readiness`, `drill`, `promote`.
 
 #![allow(clippy::print_stdout, reason = "a CLI writes its results to stdout")]
 
@@ -85,6 +85,10 @@ enum Command {
     },
     /// Whether each shadowed backup could take over (Plan B), from a running gateway.
     Readiness(planb::ReadinessArgs),
+    /// Treat a deployment as down for a share of a route's traffic, for a bounded time.
+    Drill(planb::DrillArgs),
+    /// Make a deployment a route's primary (--dry-run: forecast only; --undo: put it back).
+    Promote(planb::PromoteArgs),
 }
 
 struct UsageArgs {
@@ -254,6 +258,8 @@ fn main() -> std::process::ExitCode {
             },
         ),
         Command::Readiness(args) => planb::readiness(args),
+        Command::Drill(args) => planb::drill(args),
+        Command::Promote(args) => planb::promote(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

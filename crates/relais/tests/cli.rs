@@ -996,3 +996,128 @@ fn three_processes_at_2000_per_second_keep_a_key_to_its_100_per_minute() {
     assert!(upstream >= 99, "only {upstream} of 100 admitted");
     assert_eq!(ledgered, upstream as u64);
 }
+
+/// `relais readiness`, `relais drill` and `relais promote` drive a running gateway's Plan B
+/// through its admin API.
+#[test]
+fn plan_b_commands_drive_a_running_gateway() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("relais-cli-planb-{}", std::process::id()));
+    let text = format!(
+        "{}\n[admin]\nkey = \"admin-key-0123456789abcdef\"\n\n[governance]\nsqlite_path = \"{}\"\nledger_dir = \"{}\"\n\n[providers.backup]\ntype = \"openai_compat\"\nbase_url = \"{}/v1\"\napi_key = \"${{RELAIS_TEST_UPSTREAM_KEY}}\"\n\n[routes.gpt-4o-mini.shadow]\nsample_rate = 1.0\ndeployments = [{{ provider = \"backup\", model = \"backup-model\" }}]\n",
+        config(&mock.url(), port),
+        dir.join("relais.db").display(),
+        dir.join("ledger").display(),
+        mock.url()
+    );
+    let path = temp_config("planb", &text);
+    let mut child = spawn_serve(&path);
+    wait_healthy(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--url", &url])
+            .env("RELAIS_ADMIN_KEY", "admin-key-0123456789abcdef")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for i in 0..3 {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("hi {i}")}]});
+        let (status, _, _) = exchange(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            "none",
+            &body.to_string(),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    let t0 = std::time::Instant::now();
+    let report = loop {
+        let (ok, out, err) = cli(&["readiness", "--route", "gpt-4o-mini"]);
+        assert!(ok, "{err}");
+        if out.contains("on 3 samples") || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        report.contains(
+            "gpt-4o-mini -> backup/backup-model (primary up/gpt-4o-mini): NOT READY on 3 samples"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("only 3 samples"), "{report}");
+
+    let (ok, out, err) = cli(&[
+        "promote",
+        "--route",
+        "gpt-4o-mini",
+        "--to",
+        "backup/backup-model",
+        "--dry-run",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["forecast"]["requests"], 3, "{v}");
+    assert_eq!(v["forecast"]["to"], "backup/backup-model");
+
+    // A drill needs a second deployment in the route: the CLI shows the gateway's refusal.
+    let (ok, _, err) = cli(&[
+        "drill",
+        "--route",
+        "gpt-4o-mini",
+        "--deployment",
+        "up/gpt-4o-mini",
+        "--share",
+        "10%",
+        "--for",
+        "1m",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("nothing to fail over to"), "{err}");
+
+    let (ok, out, err) = cli(&[
+        "promote",
+        "--route",
+        "gpt-4o-mini",
+        "--to",
+        "backup/backup-model",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"to\": \"backup/backup-model\""), "{out}");
+    // Now the old primary is the backup, and a drill of the new primary can run.
+    let (ok, out, err) = cli(&[
+        "drill",
+        "--route",
+        "gpt-4o-mini",
+        "--deployment",
+        "backup/backup-model",
+        "--share",
+        "50%",
+        "--for",
+        "1m",
+    ]);
+    assert!(ok, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = d["id"].as_str().unwrap();
+    let (ok, out, err) = cli(&["drill", "--stop", id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"stopped\""), "{out}");
+    let (ok, out, err) = cli(&["promote", "--route", "gpt-4o-mini", "--undo"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"to\": \"up/gpt-4o-mini\""), "{out}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(mock);
+}
