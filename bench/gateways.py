@@ -188,7 +188,19 @@ deployments = [{{ provider = "mock", model = "bench" }}]
                  {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
 
 
-def start_relais_governed(mock_port, cluster):
+# Plan B at its most expensive: every request sampled and copied to a backup (the same mock under
+# another model name). The copies run off the live path, four at a time, 256 queued; what does not
+# fit is dropped and counted, so this shows what sampling, folding and queueing cost the client.
+SHADOW = """[routes.bench.shadow]
+sample_rate = 1.0
+deployments = [{ provider = "mock", model = "bench-shadow" }]
+[plan_b]
+max_concurrent = 4
+queue = 256
+"""
+
+
+def start_relais_governed(mock_port, cluster, shadow=False):
     """relais with a virtual key whose team has limits and a USD budget (set high enough never to
     refuse, so every request pays for the checks) and the ledger on: keys and ledger in SQLite,
     limits and budget in the process; or keys and ledger in PostgreSQL, limits and budget in
@@ -225,6 +237,7 @@ deployments = [{{ provider = "mock", model = "bench" }}]
 [prices.bench]
 input = "0.15"
 output = "0.6"
+{SHADOW if shadow else ""}
 {gov}""")
     relais = str(TARGET / "release/relais")
     subprocess.run([relais, "teams", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000",
@@ -238,6 +251,8 @@ output = "0.6"
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     name = ("relais + keys/limits/budget/ledger (PG + Redis)" if cluster
             else "relais + keys/limits/budget/ledger (SQLite)")
+    if shadow:
+        name = "relais + keys/limits/budget/ledger (SQLite) + shadow 100%"
     return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
                  {"authorization": f"Bearer {key}"}, time.time() - t0, cleanup)
 
@@ -308,6 +323,8 @@ def main():
                     help="relais vs direct only, at --rates and the closed-loop max; prints, writes nothing")
     ap.add_argument("--governed", action="store_true",
                     help="with --probe: add the relais setups with virtual keys and limits (SQLite; PG + Redis)")
+    ap.add_argument("--shadow", action="store_true",
+                    help="with --probe: add the governed SQLite setup with and without shadow traffic at 100%%")
     args = ap.parse_args()
     if args.in_flight:
         print(in_flight_table(in_flight(args.duration)))
@@ -325,6 +342,10 @@ def main():
         if args.governed or not (args.quick or args.probe):
             starters += [lambda: start_relais_governed(mock_port, False),
                          lambda: start_relais_governed(mock_port, True)]
+        elif args.shadow:
+            starters += [lambda: start_relais_governed(mock_port, False)]
+        if args.shadow or not (args.quick or args.probe):
+            starters += [lambda: start_relais_governed(mock_port, False, shadow=True)]
         if not (args.quick or args.probe):
             starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
                          lambda: start_litellm(mock_port)]
