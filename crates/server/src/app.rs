@@ -1618,18 +1618,7 @@ async fn admin_usage(State(app): State<Arc<AppState>>, uri: Uri, headers: Header
     admin_answer(&headers, async {
         admin_auth(&live, &headers)?;
         let ledger = ledger_of(&live)?;
-        let params = query_params(uri.query().unwrap_or(""));
-        let get = |k: &str| params.get(k).map(String::as_str);
-        let q = crate::bill::usage_query(
-            get("by").unwrap_or("key"),
-            get("from"),
-            get("to"),
-            [
-                get("key").map(str::to_owned),
-                get("team").map(str::to_owned),
-                get("route").map(str::to_owned),
-            ],
-        )?;
+        let q = usage_query_of(&uri, None)?;
         ledger.flush().await?;
         let lines = ledger.store().usage(&q).await.map_err(|e| {
             Error::new(
@@ -1802,18 +1791,7 @@ async fn admin_dependency(
     let live = app.live();
     admin_answer(&headers, async {
         admin_auth(&live, &headers)?;
-        let params = query_params(uri.query().unwrap_or(""));
-        let get = |k: &str| params.get(k).map(String::as_str);
-        let q = crate::bill::usage_query(
-            "vendor",
-            get("from"),
-            get("to"),
-            [
-                get("key").map(str::to_owned),
-                get("team").map(str::to_owned),
-                get("route").map(str::to_owned),
-            ],
-        )?;
+        let q = usage_query_of(&uri, Some("vendor"))?;
         Ok((StatusCode::OK, crate::planb::dependency(&live, q).await?))
     })
     .await
@@ -1857,7 +1835,24 @@ async fn admin_openapi(State(app): State<Arc<AppState>>, headers: HeaderMap) -> 
     }
 }
 
-fn ledger_of(live: &Live) -> Result<Arc<relais_governance::Ledger>, Error> {
+/// A usage query from the URL's `by` (unless `by` is fixed), `from`, `to`, `key`, `team` and
+/// `route` parameters.
+fn usage_query_of(uri: &Uri, by: Option<&str>) -> Result<relais_state::UsageQuery, Error> {
+    let params = query_params(uri.query().unwrap_or(""));
+    let get = |k: &str| params.get(k).map(String::as_str);
+    crate::bill::usage_query(
+        by.or(get("by")).unwrap_or("key"),
+        get("from"),
+        get("to"),
+        [
+            get("key").map(str::to_owned),
+            get("team").map(str::to_owned),
+            get("route").map(str::to_owned),
+        ],
+    )
+}
+
+pub(crate) fn ledger_of(live: &Live) -> Result<Arc<relais_governance::Ledger>, Error> {
     live.runtime.ledger.clone().ok_or_else(|| {
         Error::new(
             ErrorKind::NotFound,
