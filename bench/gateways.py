@@ -188,12 +188,13 @@ deployments = [{{ provider = "mock", model = "bench" }}]
                  {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
 
 
-# Plan B at its most expensive: every request sampled and copied to a backup (the same mock under
-# another model name). The copies run off the live path, four at a time, 256 queued; what does not
+# Plan B: every request (RELAIS_BENCH_SHADOW_RATE, default 1.0: the most expensive case) sampled
+# and copied to a backup (the same mock under another model name). The copies run off the live path, four at a time, 256 queued; what does not
 # fit is dropped and counted, so this shows what sampling, folding and queueing cost the client.
-SHADOW = """[routes.bench.shadow]
-sample_rate = 1.0
-deployments = [{ provider = "mock", model = "bench-shadow" }]
+SHADOW_RATE = float(os.environ.get("RELAIS_BENCH_SHADOW_RATE", "1.0"))
+SHADOW = f"""[routes.bench.shadow]
+sample_rate = {SHADOW_RATE}
+deployments = [{{ provider = "mock", model = "bench-shadow" }}]
 [plan_b]
 max_concurrent = 4
 queue = 256
@@ -252,7 +253,7 @@ output = "0.6"
     name = ("relais + keys/limits/budget/ledger (PG + Redis)" if cluster
             else "relais + keys/limits/budget/ledger (SQLite)")
     if shadow:
-        name = "relais + keys/limits/budget/ledger (SQLite) + shadow 100%"
+        name = f"relais + keys/limits/budget/ledger (SQLite) + shadow {SHADOW_RATE:.0%}"
     return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
                  {"authorization": f"Bearer {key}"}, time.time() - t0, cleanup)
 

@@ -81,7 +81,7 @@ pub struct ShadowStats {
     /// Copies answered by a backup, and copies that failed.
     pub answered: AtomicU64,
     pub failed: AtomicU64,
-    /// Samples the store did not take.
+    /// Samples not stored: the store refused them, or too many were waiting for it.
     pub store_errors: AtomicU64,
     /// (UTC day, spend per route in pico-USD that day).
     spend: Mutex<(i64, HashMap<String, u64>)>,
@@ -157,15 +157,16 @@ impl Shadower {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let stats = Arc::new(ShadowStats::default());
         let slots = Arc::new(Semaphore::new(max_concurrent.max(1)));
+        let samples = spawn_sample_writer(stats.clone());
         let st = stats.clone();
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let st = st.clone();
+                let (st, samples) = (st.clone(), samples.clone());
                 tokio::spawn(async move {
-                    run(job, &st).await;
+                    run(job, &st, &samples).await;
                     drop(permit);
                 });
             }
@@ -209,6 +210,39 @@ impl Shadower {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+type SampleSender = mpsc::Sender<(ShadowSample, Arc<Ledger>)>;
+
+/// Most samples written in one transaction, and the pause between transactions: at a high
+/// sample rate one transaction per sample cost the live path's core more than the copies did.
+const SAMPLE_BATCH: usize = 256;
+const SAMPLE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The task that stores samples in batches; a full buffer drops a sample and counts it.
+fn spawn_sample_writer(stats: Arc<ShadowStats>) -> SampleSender {
+    let (tx, mut rx) = mpsc::channel::<(ShadowSample, Arc<Ledger>)>(SAMPLE_BATCH * 16);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(SAMPLE_BATCH);
+        while let Some((first, ledger)) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < SAMPLE_BATCH {
+                match rx.try_recv() {
+                    Ok((s, _)) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = ledger.store().insert_samples(&batch).await {
+                stats
+                    .store_errors
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::warn!(error = %e, samples = batch.len(), "shadow samples could not be stored");
+            }
+            batch.clear();
+            tokio::time::sleep(SAMPLE_PAUSE).await;
+        }
+    });
+    tx
 }
 
 /// Whether an event is content (for time to first token).
@@ -272,7 +306,7 @@ async fn embedding_similarity(config: &Live, route: &str, a: &str, b: &str) -> O
     }
 }
 
-async fn run(job: Job, stats: &ShadowStats) {
+async fn run(job: Job, stats: &ShadowStats, samples: &SampleSender) {
     let Job {
         sampled,
         mut req,
@@ -338,9 +372,8 @@ async fn run(job: Job, stats: &ShadowStats) {
             ok: scores.ok,
             scores: serde_json::to_string(&scores).unwrap_or_default(),
         };
-        if let Err(e) = ledger.store().insert_samples(&[sample]).await {
+        if samples.try_send((sample, ledger.clone())).is_err() {
             stats.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, route = %shadow.route, "a shadow sample could not be stored");
         }
     }
 }

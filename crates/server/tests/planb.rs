@@ -191,6 +191,13 @@ async fn shadow_end_to_end(kind: &str) {
     let metrics = gw.get_text("/metrics").await;
     assert_eq!(counter(&metrics, "failed"), 10);
 
+    // `relais usage --by vendor` (and the admin API) carry the same concentration.
+    let (_, by_vendor) = admin(&gw, "GET", "/admin/usage?by=vendor", None).await;
+    assert_eq!(
+        by_vendor["concentration"]["hhi_requests"], 10_000,
+        "{by_vendor}"
+    );
+
     // The dependency index: every live request went to vendor `up`.
     let (status, dep) = admin(&gw, "GET", "/admin/dependency", None).await;
     assert_eq!(status, 200, "{dep}");
@@ -597,6 +604,34 @@ deployments = [{{ provider = "backup", model = "backup-model", rpm = 600 }}]
     )
     .await;
     assert_eq!(status, 400);
+    drop(gw);
+    dump(true);
+}
+
+/// With `similarity_route` set, similarity is the cosine of the two answers' embeddings,
+/// fetched through that embeddings route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_similarity_through_an_embeddings_route() {
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "{section}{}",
+        routes("similarity_route = \"emb\"", "")
+    ))
+    .await;
+    for i in 0..3 {
+        ask(&gw, "shadowed", &format!("embed me {i}"), false, None).await;
+    }
+    let r = samples(&gw, 3).await;
+    let embeds: Vec<_> = gw
+        .mock
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.ends_with("/embeddings"))
+        .collect();
+    assert_eq!(embeds.len(), 3, "one embeddings call per sample");
+    // Both answers are the same text, so their embeddings are the same vector.
+    assert_eq!(embeds[0].body["input"][0], embeds[0].body["input"][1]);
+    assert_eq!(r["similarity"]["value"], 1.0, "{r}");
     drop(gw);
     dump(true);
 }
