@@ -66,7 +66,7 @@ pub async fn serve_with_reload(
         tokio::spawn(refresh_keys(ring, Duration::from_secs(every)))
     });
     let _stop_refresher = AbortOnDrop(refresher);
-    crate::planb::restore_promotions(&state).await;
+    crate::planb::sync_promotions(&state).await;
     let every = state.live().runtime.plan_b.check_every;
     let checker = tokio::spawn(check_dependency_every(state.clone(), every));
     let _stop_checker = AbortOnDrop(Some(checker));
@@ -109,11 +109,13 @@ pub async fn serve_with_reload(
     served
 }
 
-/// Plan B's dependency check, every `every` (the first one right away).
+/// Plan B's periodic work, every `every`: promotions made on other instances, then the
+/// dependency check.
 async fn check_dependency_every(state: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        crate::planb::sync_promotions(&state).await;
         let live = state.live();
         if let Err(e) = crate::planb::check_dependency(&live, &state.dependency_alerts).await {
             tracing::debug!(error = %e.message, "dependency check skipped");

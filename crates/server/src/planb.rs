@@ -1130,20 +1130,27 @@ pub async fn forecast(live: &Live, route: &str, to: &str) -> Result<serde_json::
     }))
 }
 
-/// Rebuild the running config with `promoted` in force, the way a reload does, and swap it in.
+/// Build the running config again with `promoted` in force, the way a reload does.
+fn build_with(
+    app: &crate::app::AppState,
+    promoted: &std::collections::BTreeMap<String, String>,
+) -> Result<crate::config::Runtime, Error> {
+    let live = app.live();
+    let rt = &live.runtime;
+    crate::config::parse(&rt.source, &rt.origin)
+        .and_then(|mut raw| {
+            crate::config::apply_promotions(&mut raw, promoted, &rt.origin)?;
+            crate::config::rebuild(&raw, &rt.source, &rt.origin, rt)
+        })
+        .map_err(|e| Error::bad_request(format!("the promoted config does not build: {e}")))
+}
+
+/// [`build_with`], then swap it in.
 fn rebuild_with(
     app: &crate::app::AppState,
     promoted: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let live = app.live();
-    let rt = &live.runtime;
-    let built = crate::config::parse(&rt.source, &rt.origin).and_then(|mut raw| {
-        crate::config::apply_promotions(&mut raw, promoted, &rt.origin)?;
-        crate::config::rebuild(&raw, &rt.source, &rt.origin, rt)
-    });
-    let runtime = built
-        .map_err(|e| Error::bad_request(format!("the promoted config does not build: {e}")))?;
-    app.install(runtime);
+    app.install(build_with(app, promoted)?);
     Ok(())
 }
 
@@ -1183,9 +1190,14 @@ pub async fn promote(
             }
         }
     }
-    rebuild_with(app, &promoted)?;
-    *app.promoted.lock().unwrap_or_else(PoisonError::into_inner) = promoted;
-    let after = app.live().entries[route].route.deployments[0].id.clone();
+    // Built first (a promotion that does not build changes nothing), recorded next (other
+    // instances, and this one's own sync, read the store), swapped in last.
+    let runtime = build_with(app, &promoted)?;
+    let after = runtime
+        .routes
+        .get(route)
+        .map(|r| r.deployments[0].id.clone())
+        .unwrap_or_default();
     let now = crate::bill::now_ms();
     let body = serde_json::json!({
         "route": route,
@@ -1209,22 +1221,21 @@ pub async fn promote(
             .await
             .map_err(store_error)?;
     }
+    app.install(runtime);
+    *app.promoted.lock().unwrap_or_else(PoisonError::into_inner) = promoted;
     tracing::warn!(%route, from = %before, to = %after, %by, undo = to.is_none(), "route primary changed by promotion");
     Ok(body)
 }
 
-/// At start: put back the promotions recorded in the store (the newest event of each route
-/// decides; an undo clears it). One that no longer fits the config is logged and skipped.
-pub async fn restore_promotions(app: &crate::app::AppState) {
-    let live = app.live();
-    let Some(ledger) = &live.runtime.ledger else {
-        return;
-    };
+/// The promotions in force according to the store: the newest event of each route decides
+/// (an undo clears it); one that no longer fits the config is logged and skipped.
+async fn recorded_promotions(live: &Live) -> Option<std::collections::BTreeMap<String, String>> {
+    let ledger = live.runtime.ledger.as_ref()?;
     let events = match ledger.store().events("promotion", None, 10_000).await {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, "promotions could not be read from the store; routes start as configured");
-            return;
+            tracing::warn!(error = %e, "promotions could not be read from the store");
+            return None;
         }
     };
     let mut promoted = std::collections::BTreeMap::new();
@@ -1240,21 +1251,33 @@ pub async fn restore_promotions(app: &crate::app::AppState) {
             continue;
         }
         if let Some(to) = v["to"].as_str() {
-            if target(&live, &e.route, to).is_ok() {
+            if target(live, &e.route, to).is_ok() {
                 promoted.insert(e.route.clone(), to.to_owned());
             } else {
                 tracing::warn!(route = %e.route, %to, "a recorded promotion no longer fits the config; skipped");
             }
         }
     }
-    if promoted.is_empty() {
+    Some(promoted)
+}
+
+/// Bring this instance's promotions in line with the store: at start, and then every
+/// `check_secs`, so a promotion (or undo) made on one instance of a cluster reaches the others.
+pub async fn sync_promotions(app: &crate::app::AppState) {
+    let live = app.live();
+    let Some(promoted) = recorded_promotions(&live).await else {
+        return;
+    };
+    if promoted == app.promotions() {
         return;
     }
     match rebuild_with(app, &promoted) {
         Ok(()) => {
-            tracing::info!(routes = promoted.len(), "recorded promotions restored");
+            tracing::info!(routes = promoted.len(), "promotions from the store applied");
             *app.promoted.lock().unwrap_or_else(PoisonError::into_inner) = promoted;
         }
-        Err(e) => tracing::warn!(error = %e.message, "recorded promotions could not be restored"),
+        Err(e) => {
+            tracing::warn!(error = %e.message, "promotions from the store could not be applied")
+        }
     }
 }

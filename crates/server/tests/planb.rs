@@ -363,7 +363,7 @@ async fn issue8_drill_reports_what_the_ledger_holds_and_aborts_on_errors() {
         &gw,
         "/admin/drills",
         json!({"route": "failover", "deployment": "up/primary", "share": 0.5,
-               "duration_secs": 3, "started_by": "alice"}),
+               "duration_secs": 60, "started_by": "alice"}),
     )
     .await;
     assert_eq!(status, 201, "{d}");
@@ -380,7 +380,16 @@ async fn issue8_drill_reports_what_the_ledger_holds_and_aborts_on_errors() {
     for i in 0..60 {
         ask(&gw, "failover", &format!("drill {i}"), i % 3 == 0, None).await;
     }
-    let r = wait_drill(&gw, &id, "completed").await;
+    // Ended by hand once the 60 requests are in (a drill that ends by its time is below).
+    let (status, _) = post(
+        &gw,
+        &format!("/admin/drills/{id}/stop"),
+        json!({"by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let r = wait_drill(&gw, &id, "stopped").await;
+    assert_eq!(r["status"]["by"], "alice");
     let to = |m: &str| {
         gw.mock
             .requests()
@@ -437,9 +446,18 @@ async fn issue8_drill_reports_what_the_ledger_holds_and_aborts_on_errors() {
     );
     assert_eq!(r["ledger"]["drilled_errors"], 5);
     assert!(r["ended_at"].as_i64().unwrap() < r["ends_at"].as_i64().unwrap());
-    // Both drills are recorded in the store with who started them.
+    // A drill ends by itself at its time.
+    gw.mock.clear_faults();
+    let (_, d) = post(
+        &gw,
+        "/admin/drills",
+        json!({"route": "failover", "deployment": "up/primary", "share": 0.1,
+               "duration_secs": 1, "started_by": "carol"}),
+    )
+    .await;
+    wait_drill(&gw, d["id"].as_str().unwrap(), "completed").await;
     let (_, list) = admin(&gw, "GET", "/admin/drills", None).await;
-    assert_eq!(list["drills"].as_array().unwrap().len(), 2);
+    assert_eq!(list["drills"].as_array().unwrap().len(), 3);
     drop(gw);
     dump(true);
 }
@@ -633,5 +651,64 @@ async fn issue8_similarity_through_an_embeddings_route() {
     assert_eq!(embeds[0].body["input"][0], embeds[0].body["input"][1]);
     assert_eq!(r["similarity"]["value"], 1.0, "{r}");
     drop(gw);
+    dump(true);
+}
+
+/// The first deployment of route `shadowed` on a gateway, from `/admin/routes`.
+async fn primary(gw: &Gateway) -> String {
+    let (status, v) = admin(gw, "GET", "/admin/routes", None).await;
+    assert_eq!(status, 200, "{v}");
+    v["routes"]["shadowed"]["deployments"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no deployments for route shadowed: {v}"))
+        .to_owned()
+}
+
+async fn wait_primary(gw: &Gateway, want: &str) {
+    let t0 = Instant::now();
+    loop {
+        let now = primary(gw).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}: primary {now}, waiting for {want}",
+            gw.url
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// On a cluster, a promotion made through one instance reaches the others through the store
+/// (they sync every `check_secs`), and so does its undo; a new instance starts promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_a_promotion_reaches_the_other_instances() {
+    let (section, dump) = store("postgres").await;
+    let extra = format!("{section}{}", routes("", ""));
+    let a = Gateway::start(&extra).await;
+    let b = Gateway::start(&extra).await;
+    assert_eq!(primary(&b).await, "up/live-model");
+    let (status, done) = post(
+        &a,
+        "/admin/promote",
+        json!({"route": "shadowed", "to": "backup/backup-model", "by": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(primary(&a).await, "backup/backup-model");
+    wait_primary(&b, "backup/backup-model").await;
+    let c = Gateway::start(&extra).await;
+    assert_eq!(primary(&c).await, "backup/backup-model");
+    let (status, _) = post(
+        &b,
+        "/admin/promote",
+        json!({"route": "shadowed", "undo": true, "by": "bob"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_primary(&a, "up/live-model").await;
+    wait_primary(&c, "up/live-model").await;
+    drop((a, b, c));
     dump(true);
 }
