@@ -282,6 +282,12 @@ impl Health {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A request sent here outside the router (a shadow copy): counted against the RPM and
+    /// TPM window, so the deployment's limits hold for routed and copied traffic together.
+    pub fn count_external(&self, now: Instant, tokens: u64) {
+        self.lock().usage.add(now, 1, tokens);
+    }
+
     /// Output tokens reported at the end of a response, for the TPM window.
     pub fn add_tokens(&self, now: Instant, tokens: u64) {
         if tokens > 0 {

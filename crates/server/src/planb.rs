@@ -78,6 +78,10 @@ pub struct ShadowStats {
     pub over_budget: AtomicU64,
     /// Not copied: the request's vendor or data-class policy allows none of the backups.
     pub policy: AtomicU64,
+    /// Copies not sent to a backup at its configured rpm, tpm or concurrency limit (copies
+    /// count against those limits with the routed traffic, so they never eat a backup's
+    /// quota that failover may need).
+    pub at_limit: AtomicU64,
     /// Copies answered by a backup, and copies that failed.
     pub answered: AtomicU64,
     pub failed: AtomicU64,
@@ -114,6 +118,7 @@ impl ShadowStats {
             ("dropped_queue_full", n(&self.dropped)),
             ("skipped_budget", n(&self.over_budget)),
             ("skipped_policy", n(&self.policy)),
+            ("skipped_backup_limits", n(&self.at_limit)),
             ("answered", n(&self.answered)),
             ("failed", n(&self.failed)),
         ] {
@@ -324,8 +329,23 @@ async fn run(job: Job, stats: &ShadowStats, samples: &SampleSender) {
         let Some(d) = shadow.backups.get(i) else {
             continue;
         };
+        let now = tokio::time::Instant::now();
+        let prompt = req.estimate_input_tokens();
+        let worst = prompt + req.max_output_tokens.map_or(0, u64::from);
+        if matches!(
+            d.health.availability(now, &d.limits, || worst),
+            relais_router::Availability::AtLimit { .. }
+        ) {
+            stats.at_limit.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        d.health.count_external(now, prompt);
         let (result, latency, ttft) = copy_to(d, &req, shadow.timeout).await;
         let usage = result.as_ref().ok().and_then(|r| r.usage);
+        if let Some(u) = &usage {
+            d.health
+                .add_tokens(tokio::time::Instant::now(), u.output_tokens);
+        }
         let cost = usage.as_ref().map_or(0, |u| crate::bill::cost_at(d, u));
         stats.spend(&shadow.route, cost);
         match &result {

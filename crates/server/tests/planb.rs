@@ -712,3 +712,45 @@ async fn issue8_a_promotion_reaches_the_other_instances() {
     drop((a, b, c));
     dump(true);
 }
+
+/// Copies count against a backup's configured limits with routed traffic, and are not sent
+/// past them: a backup limited to 3 requests a minute gets 3 copies of 6 requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue8_copies_respect_the_backups_limits() {
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        r#"{section}[admin]
+key = "{ADMIN}"
+
+[routes.limited]
+deployments = [{{ provider = "up", model = "live-model" }}, {{ provider = "backup", model = "backup-model", rpm = 3 }}]
+
+[routes.limited.shadow]
+sample_rate = 1.0
+"#
+    ))
+    .await;
+    for i in 0..6 {
+        ask(&gw, "limited", &format!("limited {i}"), false, None).await;
+    }
+    let t0 = Instant::now();
+    loop {
+        let m = gw.get_text("/metrics").await;
+        if counter(&m, "answered") + counter(&m, "skipped_backup_limits") == 6 {
+            assert_eq!(counter(&m, "answered"), 3, "{m}");
+            assert_eq!(counter(&m, "skipped_backup_limits"), 3);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let copies = gw
+        .mock
+        .requests()
+        .iter()
+        .filter(|q| q.body["model"] == "backup-model")
+        .count();
+    assert_eq!(copies, 3);
+    drop(gw);
+    dump(true);
+}
