@@ -886,12 +886,19 @@ impl Drills {
         }
         let now = crate::bill::now_ms();
         let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
-        let drill = all
-            .iter()
-            .find(|d| d.route == route && d.running(now))?
-            .clone();
+        let Some(drill) = all.iter().find(|d| d.route == route && d.running(now)) else {
+            // Once every drill has ended, requests stop taking this lock (`start` sets the
+            // flag again under the same lock).
+            if !all.iter().any(|d| d.running(now)) {
+                self.any.store(false, Ordering::Relaxed);
+            }
+            return None;
+        };
         let drilled = fastrand::f64() < drill.share;
-        Some(InDrill { drill, drilled })
+        Some(InDrill {
+            drill: drill.clone(),
+            drilled,
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Drill>> {
@@ -914,6 +921,13 @@ impl Drills {
             .entries
             .get(&r.route)
             .ok_or_else(|| bad(format!("no route named '{}'", r.route)).with_param("route"))?;
+        if entry.route.kind != relais_router::RouteKind::Chat {
+            return Err(bad(format!(
+                "route '{}' is not a chat route; drills exercise chat failover",
+                r.route
+            ))
+            .with_param("route"));
+        }
         if !entry.route.deployments.iter().any(|d| d.id == r.deployment) {
             let ids: Vec<&str> = entry
                 .route

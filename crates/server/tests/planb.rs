@@ -377,6 +377,22 @@ async fn issue8_drill_reports_what_the_ledger_holds_and_aborts_on_errors() {
     )
     .await;
     assert_eq!(status, 400);
+    // Only chat routes can be drilled.
+    let (status, e) = post(
+        &gw,
+        "/admin/drills",
+        json!({"route": "emb", "deployment": "up/text-embedding-3-small", "share": 0.5,
+               "duration_secs": 3, "started_by": "bob"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a chat route"),
+        "{e}"
+    );
     for i in 0..60 {
         ask(&gw, "failover", &format!("drill {i}"), i % 3 == 0, None).await;
     }
