@@ -31,6 +31,9 @@ pub struct ChatRequest {
     pub metadata: Option<Map<String, Value>>,
     /// Fields relais does not interpret, passed through to same-family upstreams.
     pub extra: Map<String, Value>,
+    /// The wire family (`openai`, `anthropic`) whose fields `extra` holds: a provider forwards
+    /// them whole only to an upstream of that family, never another vendor's fields to it.
+    pub extra_family: Option<&'static str>,
 }
 
 impl ChatRequest {

@@ -80,14 +80,25 @@ pub fn redact(message: &str, secrets: &[&Secret]) -> String {
     result
 }
 
+/// [`redact`] applied to every string of an error that came from a vendor: message, code and
+/// parameter. Providers pass every error through this on its way out, whatever field a vendor
+/// chose to echo a key in.
+pub fn redact_error(mut err: crate::Error, secrets: &[&Secret]) -> crate::Error {
+    err.message = redact(&err.message, secrets);
+    err.code = err.code.map(|c| redact(&c, secrets));
+    err.param = err.param.map(|p| redact(&p, secrets));
+    err
+}
+
 fn looks_like_key(word: &str) -> bool {
     let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_');
     let prefixed = ["sk-", "sk_", "key-", "AKIA", "AIza", "Bearer"]
         .iter()
         .any(|p| w.starts_with(p) && w.len() > p.len() + 6);
+    // Dots too: OAuth access tokens and JWTs are dot-separated runs.
     let opaque = w.len() >= 32
         && w.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && w.chars().any(|c| c.is_ascii_digit())
         && w.chars().any(|c| c.is_ascii_alphabetic());
     prefixed || opaque
@@ -116,6 +127,18 @@ mod tests {
             r.starts_with("Incorrect API key provided: [REDACTED]"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn redact_error_cleans_every_vendor_field() {
+        let s = Secret::new("relais-upstream-plain-secret");
+        let mut e = crate::Error::upstream(crate::ErrorKind::Server, "bad relais-upstream-plain-secret");
+        e.code = Some("relais-upstream-plain-secret".into());
+        e.param = Some("x ya29.a0AfH6SMBx3kK9q2Lm7nOpQrStUvWxYz0123456789".into());
+        let e = redact_error(e, &[&s]);
+        assert_eq!(e.message, "bad [REDACTED]");
+        assert_eq!(e.code.as_deref(), Some("[REDACTED]"));
+        assert_eq!(e.param.as_deref(), Some("x [REDACTED]"));
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub fn shared_client(settings: &HttpSettings) -> Result<reqwest::Client, String>
         .user_agent(concat!("relais/", env!("CARGO_PKG_VERSION")))
         // Nagle plus delayed ACK adds ~40 ms to small writes under keep-alive.
         .tcp_nodelay(true)
+        // Never follow a vendor's redirect: reqwest would re-send the body (with every header
+        // but `Authorization`, so `api-key` and `x-api-key` too) to wherever `Location` points,
+        // and a GET to an internal address would show its answer to the client. A 3xx is an
+        // upstream error of its own (see `send`).
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(settings.connect_timeout)
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
@@ -63,6 +68,9 @@ pub(crate) async fn send(
     if (200..300).contains(&status) {
         return Ok(Ok(resp));
     }
+    if (300..400).contains(&status) {
+        return Err(redirected(status));
+    }
     let headers = resp.headers().clone();
     let body = read_limited(resp, MAX_ERROR_BODY).await.unwrap_or_default();
     Ok(Err(Rejected {
@@ -70,6 +78,18 @@ pub(crate) async fn send(
         headers,
         body,
     }))
+}
+
+/// A vendor answered with a redirect. Its `Location` is never requested nor shown (it may name
+/// an internal host); another deployment may still serve, since this one produced nothing.
+pub(crate) fn redirected(status: u16) -> relais_core::Error {
+    relais_core::Error::upstream(
+        relais_core::ErrorKind::Protocol,
+        format!("upstream answered with a redirect (HTTP {status}); relais never follows redirects"),
+    )
+    .with_status(status)
+    .with_code("upstream_redirect")
+    .with_retry(relais_core::Retry::Yes)
 }
 
 /// Read a whole upstream body, refusing one larger than `limit`.

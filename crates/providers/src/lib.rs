@@ -9,6 +9,7 @@ mod claude;
 pub mod gemini;
 mod http;
 pub mod openai_compat;
+mod redacting;
 mod registry;
 mod sse;
 

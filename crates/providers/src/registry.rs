@@ -44,7 +44,7 @@ pub fn build_provider(
     cfg: &ProviderConfig,
     http: reqwest::Client,
 ) -> Result<Arc<dyn Provider>, String> {
-    match cfg {
+    let built = match cfg {
         ProviderConfig::OpenaiCompat(c) => openai_compat::build(c, http),
         ProviderConfig::Azure(c) => azure::build(c, http),
         ProviderConfig::Anthropic(c) => anthropic::build(c, http),
@@ -53,12 +53,95 @@ pub fn build_provider(
         ProviderConfig::Vertex(c) => gemini::build_vertex(c, http),
         #[cfg(feature = "local")]
         ProviderConfig::Local(c) => relais_local::build(c),
-    }
+    }?;
+    Ok(crate::redacting::Redacting::wrap(built, cfg.secrets()))
 }
 
 impl ProviderConfig {
-    /// One line describing the provider for `relais check`, secrets masked.
+    /// Every credential this provider is configured with, for redaction: a vendor that echoes
+    /// one back in an error never gets it past this crate.
+    pub fn secrets(&self) -> Vec<relais_core::Secret> {
+        let headers = |h: &std::collections::BTreeMap<String, relais_core::Secret>| {
+            h.values().cloned().collect::<Vec<_>>()
+        };
+        let mut out = match self {
+            Self::OpenaiCompat(c) => {
+                let mut v = headers(&c.headers);
+                v.extend(c.api_key.clone());
+                v
+            }
+            Self::Azure(c) => {
+                let mut v = headers(&c.headers);
+                v.push(c.api_key.clone());
+                v
+            }
+            Self::Anthropic(c) => {
+                let mut v = headers(&c.headers);
+                v.push(c.api_key.clone());
+                v
+            }
+            Self::Bedrock(c) => {
+                let mut v = vec![c.access_key_id.clone(), c.secret_access_key.clone()];
+                v.extend(c.session_token.clone());
+                v
+            }
+            Self::Gemini(c) => {
+                let mut v = headers(&c.headers);
+                v.push(c.api_key.clone());
+                v
+            }
+            Self::Vertex(c) => {
+                let mut v = headers(&c.headers);
+                v.extend(c.credentials.clone());
+                v
+            }
+            #[cfg(feature = "local")]
+            Self::Local(_) => Vec::new(),
+        };
+        out.extend(self.base_url_password());
+        out
+    }
+
+    /// The password of a `base_url` written `scheme://user:password@host/`, if any.
+    fn base_url_password(&self) -> Option<relais_core::Secret> {
+        let url = match self {
+            Self::OpenaiCompat(c) => c.base_url.as_ref().map(|b| b.0.as_str()),
+            Self::Azure(c) => Some(c.endpoint.0.as_str()),
+            Self::Anthropic(c) => c.base_url.as_ref().map(|b| b.0.as_str()),
+            Self::Bedrock(c) => c.base_url.as_ref().map(|b| b.0.as_str()),
+            Self::Gemini(c) => c.base_url.as_ref().map(|b| b.0.as_str()),
+            Self::Vertex(c) => c.base_url.as_ref().map(|b| b.0.as_str()),
+            #[cfg(feature = "local")]
+            Self::Local(_) => None,
+        }?;
+        let (_, password) = url_userinfo(url)?;
+        password.map(relais_core::Secret::new)
+    }
+}
+
+/// The `user` and optional `password` of a URL's authority, when it has userinfo.
+fn url_userinfo(url: &str) -> Option<(&str, Option<&str>)> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    Some(match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    })
+}
+
+impl ProviderConfig {
+    /// One line describing the provider for `relais check`, secrets masked (a password in a
+    /// URL's userinfo included).
     pub fn summary(&self) -> String {
+        let line = self.summary_unmasked_urls();
+        match self.base_url_password() {
+            Some(p) if !p.is_empty() => line.replace(p.expose(), "****"),
+            _ => line,
+        }
+    }
+
+    fn summary_unmasked_urls(&self) -> String {
         match self {
             Self::OpenaiCompat(c) => {
                 let base = c

@@ -480,7 +480,20 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| Error::bad_request("could not read the request body"))?;
+        let chunk = chunk.map_err(|e| {
+            let timed_out = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<crate::listen::BodyTimedOut>())
+                || e.into_inner().is::<crate::listen::BodyTimedOut>();
+            if timed_out {
+                Error::new(
+                    ErrorKind::Timeout,
+                    Side::Client,
+                    "the request body was not received in time",
+                )
+            } else {
+                Error::bad_request("could not read the request body")
+            }
+        })?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }

@@ -345,6 +345,18 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// A request head must arrive whole within this many seconds of its first byte (and a new
+    /// connection's first head within this many seconds of the connect).
+    pub header_read_timeout_secs: u64,
+    /// A request body must arrive whole within this many seconds of its head (408 otherwise).
+    pub body_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this many seconds
+    /// without a byte.
+    pub idle_timeout_secs: u64,
+    /// Client connections open at once; past it the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) beside HTTP/1.1. Off: HTTP/1.1 only.
+    pub http2_cleartext: bool,
 }
 
 impl Default for ServerConfig {
@@ -354,6 +366,11 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_secs: 30,
             log_format: LogFormat::Text,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            idle_timeout_secs: 75,
+            max_connections: 10_000,
+            http2_cleartext: false,
         }
     }
 }
@@ -577,6 +594,10 @@ pub struct Runtime {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// How the listener bounds its clients in time (read for each new connection).
+    pub client_limits: crate::listen::ClientLimits,
+    /// Client connections open at once (fixed at start: the listener outlives reloads).
+    pub max_connections: usize,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).
@@ -947,6 +968,22 @@ fn build_from(
     if raw.server.max_body_bytes < 1024 {
         return Err(ConfigError(format!(
             "{origin}: server.max_body_bytes: must be at least 1024"
+        )));
+    }
+    for (field, secs) in [
+        ("header_read_timeout_secs", raw.server.header_read_timeout_secs),
+        ("body_read_timeout_secs", raw.server.body_read_timeout_secs),
+        ("idle_timeout_secs", raw.server.idle_timeout_secs),
+    ] {
+        if secs == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: server.{field}: must be at least 1"
+            )));
+        }
+    }
+    if raw.server.max_connections == 0 {
+        return Err(ConfigError(format!(
+            "{origin}: server.max_connections: must be at least 1"
         )));
     }
     let http = shared_client(&HttpSettings {
@@ -1335,6 +1372,13 @@ fn build_from(
         max_body_bytes: raw.server.max_body_bytes,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
         log_format: raw.server.log_format,
+        client_limits: crate::listen::ClientLimits {
+            header_read_timeout: Duration::from_secs(raw.server.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(raw.server.body_read_timeout_secs),
+            idle_timeout: Duration::from_secs(raw.server.idle_timeout_secs),
+            http2_cleartext: raw.server.http2_cleartext,
+        },
+        max_connections: raw.server.max_connections,
         keys,
         routes,
         provider_kinds,

@@ -6,16 +6,16 @@ mod app;
 pub mod bill;
 pub mod config;
 mod dialect;
+mod listen;
 mod metrics;
 pub mod planb;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -72,18 +72,20 @@ pub async fn serve_with_reload(
     let _stop_checker = AbortOnDrop(Some(checker));
     let app = router(state.clone());
     let drain_state = state.clone();
-    // Nagle plus delayed ACK holds a response's last small write for ~40 ms under keep-alive.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let max_connections = state.live().runtime.max_connections;
+    let limits_state = state.clone();
+    let server = listen::serve(
+        listener,
+        app,
+        max_connections,
+        move || limits_state.live().runtime.client_limits,
+        async move {
             shutdown.await;
             drain_state.draining.store(true, Ordering::Relaxed);
             tracing::info!("shutting down: draining in-flight requests");
             let _ = started_tx.send(true);
-        })
-        .into_future();
+        },
+    );
     tokio::pin!(server);
     let deadline = async {
         while !*started_rx.borrow_and_update() {

@@ -25,6 +25,8 @@ pub fn error_status(err: &Error) -> u16 {
         // Draining for shutdown: 503 is what a load balancer in front understands; the error
         // type (below) still tells the SDK it is a "try again later".
         ErrorKind::Unavailable => 503,
+        // A client too slow to send its request: 408, not the 504 of a slow vendor.
+        ErrorKind::Timeout if err.side == Side::Client => 408,
         ErrorKind::Timeout => 504,
         ErrorKind::Connect | ErrorKind::Protocol => 502,
         ErrorKind::Server => err
@@ -52,6 +54,7 @@ fn error_type(err: &Error) -> &'static str {
         ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::BudgetExceeded => "billing_error",
         ErrorKind::Overloaded | ErrorKind::Unavailable => "overloaded_error",
+        ErrorKind::Timeout if err.side == Side::Client => "invalid_request_error",
         ErrorKind::Timeout => "timeout_error",
         ErrorKind::Connect | ErrorKind::Protocol | ErrorKind::Server | ErrorKind::Internal => {
             "api_error"

@@ -392,6 +392,7 @@ fn parse(body: &[u8], require_max_tokens: bool) -> Result<ChatRequest, Error> {
         user: raw.metadata.and_then(|m| m.user_id),
         metadata: None,
         extra: raw.extra,
+        extra_family: Some(FAMILY),
     })
 }
 

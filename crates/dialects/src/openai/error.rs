@@ -22,6 +22,8 @@ pub fn error_status(err: &Error) -> u16 {
         // Not 429: OpenAI's SDKs retry a 429, and waiting does not refill a budget.
         ErrorKind::BudgetExceeded => 402,
         ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
+        // A client too slow to send its request: 408, not the 504 of a slow vendor.
+        ErrorKind::Timeout if err.side == Side::Client => 408,
         ErrorKind::Timeout => 504,
         ErrorKind::Connect | ErrorKind::Protocol => 502,
         ErrorKind::Server => match err.upstream_status {
@@ -42,6 +44,7 @@ fn error_type(err: &Error) -> &'static str {
         ErrorKind::Auth if err.side == Side::Client => "invalid_request_error",
         ErrorKind::NotFound if err.side == Side::Client => "invalid_request_error",
         ErrorKind::PermissionDenied if err.side == Side::Client => "permission_error",
+        ErrorKind::Timeout if err.side == Side::Client => "invalid_request_error",
         ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::BudgetExceeded => "insufficient_quota",
         ErrorKind::Auth | ErrorKind::PermissionDenied | ErrorKind::NotFound => "upstream_error",
@@ -59,6 +62,7 @@ fn default_code(err: &Error) -> Option<&'static str> {
         (ErrorKind::RateLimited, _) => "rate_limit_exceeded",
         (ErrorKind::BudgetExceeded, _) => "budget_exceeded",
         (ErrorKind::Overloaded, _) => "overloaded",
+        (ErrorKind::Timeout, Side::Client) => "request_timeout",
         (ErrorKind::Timeout, _) => "upstream_timeout",
         (ErrorKind::Connect, _) => "upstream_unreachable",
         (ErrorKind::ContextWindowExceeded, _) => "context_length_exceeded",

@@ -336,6 +336,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
         user: raw.user,
         metadata: raw.metadata,
         extra: raw.extra,
+        extra_family: Some("openai"),
     })
 }
 

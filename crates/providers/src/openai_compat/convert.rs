@@ -3,7 +3,7 @@
 use relais_core::{
     ChatRequest, ContentPart, Error, ImageSource, Message, ResponseFormat, Role, ToolChoice,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use std::borrow::Cow;
 
@@ -94,8 +94,70 @@ pub(crate) fn encode_request<'a>(
         reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort.as_deref()),
         user: req.user.as_deref(),
         metadata: req.metadata.as_ref(),
-        extra: &req.extra,
+        extra: passed_through(req),
     })
+}
+
+/// Every top-level field relais writes or decides itself, whatever the client's dialect: a
+/// client's extra field of the same name would be a second copy in the body (an upstream that
+/// keeps the last one would obey the client: `stream_options` switching usage reports, hence
+/// metering, off; a second token cap; `n` answers billed once).
+const CONTROLLED: [&str; 24] = [
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "reasoning_effort",
+    "user",
+    "metadata",
+    "n",
+    "functions",
+    "function_call",
+    "best_of",
+    "echo",
+    "suffix",
+];
+
+/// The client's extra fields that may reach an OpenAI-family upstream: only fields of the
+/// OpenAI family (an Anthropic client's `context_management` or `container` means nothing
+/// here), and never one relais controls. Borrowed as they are in the common case.
+fn passed_through(req: &ChatRequest) -> Cow<'_, Map<String, Value>> {
+    if req.extra_family != Some("openai") {
+        if !req.extra.is_empty() {
+            tracing::debug!(
+                fields = req.extra.len(),
+                "request fields dropped: another API's fields are not sent to an OpenAI-family upstream"
+            );
+        }
+        return Cow::Owned(Map::new());
+    }
+    if !req.extra.keys().any(|k| CONTROLLED.contains(&k.as_str())) {
+        return Cow::Borrowed(&req.extra);
+    }
+    let kept = req
+        .extra
+        .iter()
+        .filter(|(k, _)| {
+            let controlled = CONTROLLED.contains(&k.as_str());
+            if controlled {
+                tracing::debug!(field = %k, "request field dropped: relais sets it");
+            }
+            !controlled
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Cow::Owned(kept)
 }
 
 /// A tool-call id in the form the upstream accepts (see [`ToolCallIds`]).

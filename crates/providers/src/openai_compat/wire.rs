@@ -41,8 +41,9 @@ pub(crate) struct OpenAiRequest<'a> {
     pub user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a Map<String, Value>>,
+    /// The client's own OpenAI fields, never one of the above (see `convert::passed_through`).
     #[serde(flatten)]
-    pub extra: &'a Map<String, Value>,
+    pub extra: Cow<'a, Map<String, Value>>,
 }
 
 #[derive(Serialize)]
