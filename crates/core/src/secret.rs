@@ -94,7 +94,9 @@ fn looks_like_key(word: &str) -> bool {
     let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_');
     let prefixed = ["sk-", "sk_", "key-", "AKIA", "AIza", "Bearer"]
         .iter()
-        .any(|p| w.starts_with(p) && w.len() > p.len() + 6);
+        .any(|p| w.starts_with(p) && w.len() > p.len() + 6)
+        // Google's OAuth access tokens (Vertex AI), however short a test makes them.
+        || (w.starts_with("ya29.") && w.len() > 8);
     // Dots too: OAuth access tokens and JWTs are dot-separated runs.
     let opaque = w.len() >= 32
         && w.chars()
@@ -132,7 +134,8 @@ mod tests {
     #[test]
     fn redact_error_cleans_every_vendor_field() {
         let s = Secret::new("relais-upstream-plain-secret");
-        let mut e = crate::Error::upstream(crate::ErrorKind::Server, "bad relais-upstream-plain-secret");
+        let mut e =
+            crate::Error::upstream(crate::ErrorKind::Server, "bad relais-upstream-plain-secret");
         e.code = Some("relais-upstream-plain-secret".into());
         e.param = Some("x ya29.a0AfH6SMBx3kK9q2Lm7nOpQrStUvWxYz0123456789".into());
         let e = redact_error(e, &[&s]);

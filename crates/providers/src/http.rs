@@ -81,15 +81,18 @@ pub(crate) async fn send(
 }
 
 /// A vendor answered with a redirect. Its `Location` is never requested nor shown (it may name
-/// an internal host); another deployment may still serve, since this one produced nothing.
+/// an internal host), and the same request is not sent again: a vendor that redirects is
+/// misconfigured or hostile, and the operator must see it.
 pub(crate) fn redirected(status: u16) -> relais_core::Error {
     relais_core::Error::upstream(
         relais_core::ErrorKind::Protocol,
-        format!("upstream answered with a redirect (HTTP {status}); relais never follows redirects"),
+        format!(
+            "upstream answered with a redirect (HTTP {status}); relais never follows redirects"
+        ),
     )
     .with_status(status)
     .with_code("upstream_redirect")
-    .with_retry(relais_core::Retry::Yes)
+    .with_retry(relais_core::Retry::No)
 }
 
 /// Read a whole upstream body, refusing one larger than `limit`.

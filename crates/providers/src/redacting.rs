@@ -49,9 +49,8 @@ impl Provider for Redacting {
                 Ok(events) => {
                     let secrets = self.secrets.clone();
                     // Events pass untouched; only an error item is rewritten.
-                    let events: EventStream = Box::pin(
-                        events.map(move |item| item.map_err(|e| clean(&secrets, e))),
-                    );
+                    let events: EventStream =
+                        Box::pin(events.map(move |item| item.map_err(|e| clean(&secrets, e))));
                     Ok(events)
                 }
                 Err(e) => Err(clean(&self.secrets, e)),

@@ -971,7 +971,10 @@ fn build_from(
         )));
     }
     for (field, secs) in [
-        ("header_read_timeout_secs", raw.server.header_read_timeout_secs),
+        (
+            "header_read_timeout_secs",
+            raw.server.header_read_timeout_secs,
+        ),
         ("body_read_timeout_secs", raw.server.body_read_timeout_secs),
         ("idle_timeout_secs", raw.server.idle_timeout_secs),
     ] {

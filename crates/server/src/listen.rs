@@ -19,14 +19,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -169,6 +170,9 @@ struct Activity {
     /// When the last response ended (tokio's clock, as nanoseconds since `origin`).
     idle_since: AtomicU64,
     origin: Instant,
+    /// The socket's reader, parked while a request was in flight: woken when the last response
+    /// ends, so that the idle deadline is armed even if no byte ever comes.
+    reader: AtomicWaker,
 }
 
 impl Activity {
@@ -177,6 +181,7 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             origin: Instant::now(),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -202,8 +207,12 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.idle_since.store(self.0.now_nanos(), Ordering::Release);
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0
+            .idle_since
+            .store(self.0.now_nanos(), Ordering::Release);
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -257,7 +266,10 @@ impl AsyncRead for WatchedIo {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before && this.watch.busy.load(Ordering::Acquire) == 0 {
                     let idle_since = this.watch.idle_since.load(Ordering::Acquire);
-                    if this.head_started.is_none_or(|(after, _)| after != idle_since) {
+                    if this
+                        .head_started
+                        .is_none_or(|(after, _)| after != idle_since)
+                    {
                         this.head_started = Some((idle_since, Instant::now()));
                     }
                 }
@@ -265,6 +277,7 @@ impl AsyncRead for WatchedIo {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                this.watch.reader.register(cx.waker());
                 let Some(deadline) = this.deadline() else {
                     return Poll::Pending;
                 };

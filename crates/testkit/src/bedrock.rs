@@ -103,6 +103,9 @@ async fn respond(s: &MockState, killer: &Killer, call: Call, stream: bool) -> Re
             }
             frames.insert(frames.len().min(2), bad);
         }
+        if let Some(err) = &fault.stream_error {
+            frames.insert(frames.len() / 2, exception("internalServerException", err));
+        }
         return stream_response(frames, &fault);
     }
     let body = if fault.malformed {
@@ -661,19 +664,35 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// One `event` message: `:event-type`, `:content-type`, `:message-type` string headers, the
 /// JSON payload, and both CRC32s.
 pub(crate) fn event(event_type: &str, payload: &Value) -> Vec<u8> {
-    let mut headers = Vec::new();
-    for (name, value) in [
+    let headers = string_headers(&[
         (":event-type", event_type),
         (":content-type", "application/json"),
         (":message-type", "event"),
-    ] {
+    ]);
+    frame(&headers, payload.to_string().as_bytes())
+}
+
+/// Event-stream headers, each of the string type (7).
+fn string_headers(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut headers = Vec::new();
+    for (name, value) in pairs {
         headers.push(name.len() as u8);
         headers.extend_from_slice(name.as_bytes());
-        headers.push(7); // string
+        headers.push(7);
         headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
         headers.extend_from_slice(value.as_bytes());
     }
-    frame(&headers, payload.to_string().as_bytes())
+    headers
+}
+
+/// One `exception` message, as Bedrock sends a failure inside a stream.
+pub(crate) fn exception(exception_type: &str, payload: &str) -> Vec<u8> {
+    let headers = string_headers(&[
+        (":exception-type", exception_type),
+        (":content-type", "application/json"),
+        (":message-type", "exception"),
+    ]);
+    frame(&headers, payload.as_bytes())
 }
 
 fn frame(headers: &[u8], payload: &[u8]) -> Vec<u8> {

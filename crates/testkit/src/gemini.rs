@@ -442,6 +442,9 @@ fn stream(req: &Value, model: &str, sse: bool, fault: &Fault) -> Response {
             "data: {\"candidates\": [{\"content\": \r\n\r\n".to_owned(),
         );
     }
+    if let Some(err) = &fault.stream_error {
+        frames.insert(frames.len() / 2, format!("data: {err}\r\n\r\n"));
+    }
     sse_response(frames, fault)
 }
 

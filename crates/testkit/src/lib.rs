@@ -74,6 +74,12 @@ pub struct Fault {
     pub malformed: bool,
     /// Send the body in pieces of this many bytes.
     pub drip_bytes: Option<usize>,
+    /// Extra response headers on a `status` answer (a redirect's `location`, say).
+    pub headers: BTreeMap<String, String>,
+    /// Streams: halfway through (after the first text), send this JSON as the vendor's in-stream error (an
+    /// OpenAI `data:` error chunk, Anthropic's `event: error`, Gemini's `data:` error object,
+    /// Bedrock's exception message), then the rest of the answer.
+    pub stream_error: Option<String>,
 }
 
 /// A request the mock received.
@@ -470,7 +476,9 @@ async fn admit(
         }
         if let Some(status) = f.status {
             if auth == Auth::SigV4 {
-                return Err(bedrock::fault_response(status, f));
+                let mut resp = bedrock::fault_response(status, f);
+                add_headers(&mut resp, f);
+                return Err(resp);
             }
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = f.body.clone().unwrap_or_else(|| {
@@ -493,10 +501,23 @@ async fn admit(
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
+            add_headers(&mut resp, f);
             return Err(resp);
         }
     }
     Ok((body_json, fault))
+}
+
+/// A fault's extra headers, on a response it made.
+fn add_headers(resp: &mut Response, f: &Fault) {
+    for (name, value) in &f.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
 }
 
 /// One vendor call as the mock sees it.
@@ -636,6 +657,14 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
                 frames.len().min(2),
                 "data: {\"choices\": [{\"delta\": {\"content\": \"x\"\n\n".to_owned(),
             );
+        }
+        if let Some(err) = &fault.stream_error {
+            let frame = if flavor == Flavor::Anthropic {
+                format!("event: error\ndata: {err}\n\n")
+            } else {
+                format!("data: {err}\n\n")
+            };
+            frames.insert(frames.len() / 2, frame);
         }
         let cut = fault.cut_after_chunks;
         let stall = fault.stall_after_chunks;

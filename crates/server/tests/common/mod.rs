@@ -62,6 +62,12 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
 "#
         )
         .replace("MOCK", &mock.url());
+        Self::start_text(mock, &text).await
+    }
+
+    /// A gateway on exactly this config text (`MOCK` already replaced) in front of `mock`.
+    pub async fn start_text(mock: MockServer, text: &str) -> Self {
+        let text = text.to_owned();
         let mut raw = relais_server::config::parse(&text, "test.toml").unwrap();
         let mut runtime = relais_server::config::build(&raw, &text, "test.toml").unwrap();
         // Every gateway its own write-ahead directory (several may share a store).
