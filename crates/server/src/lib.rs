@@ -172,6 +172,7 @@ impl Drop for AbortOnDrop {
 async fn watch_config(state: Arc<AppState>, reload: Reload) {
     let origin = reload.path.display().to_string();
     let mut seen = std::fs::read_to_string(&reload.path).ok();
+    let mut unreadable = false;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(reload.poll);
@@ -192,13 +193,21 @@ async fn watch_config(state: Arc<AppState>, reload: Reload) {
             tick.tick().await;
             false
         };
+        // A failed read (the file being replaced, `Too many open files`) says nothing about the
+        // file's content: the running config stays, what was last read stays the reference (so
+        // the next good read reloads only if the text changed), and the failure is logged once.
         let text = match std::fs::read_to_string(&reload.path) {
-            Ok(t) => t,
+            Ok(t) => {
+                if std::mem::take(&mut unreadable) {
+                    tracing::info!(config = %origin, "the config is readable again");
+                }
+                t
+            }
             Err(e) => {
-                if forced || seen.is_some() {
+                if forced || !unreadable {
                     tracing::error!(config = %origin, error = %e, "cannot read the config; the running config stays");
                 }
-                seen = None;
+                unreadable = true;
                 continue;
             }
         };
