@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use relais_core::{Error, ErrorKind, Secret, Side};
 use relais_state::{KeyStore, Limits, Reach, StoreError, StoredKey, Team};
@@ -134,6 +134,52 @@ pub struct KeyRing {
     active: AtomicBool,
     /// Whether the last refresh reached the store (for `/readyz` and metrics).
     store_up: AtomicBool,
+    /// Well-formed keys the store did not know, and how many store lookups unknown keys may
+    /// still make this second: a flood of random `rk-` keys costs the store at most
+    /// [`MISS_LOOKUPS_PER_SEC`] queries a second, and a repeated bad key none.
+    misses: Mutex<Misses>,
+}
+
+/// Store lookups a second for keys not in the cache. A key made on another instance is found
+/// by the first of them, or by the next refresh (every `refresh_secs`) when a flood spent them.
+pub const MISS_LOOKUPS_PER_SEC: u32 = 20;
+/// Unknown key hashes remembered (until the next refresh); past it the set starts over.
+const MAX_MISSES: usize = 65_536;
+
+#[derive(Default)]
+struct Misses {
+    hashes: std::collections::HashSet<String>,
+    window: Option<std::time::Instant>,
+    lookups: u32,
+}
+
+impl Misses {
+    /// Whether an uncached key may be looked up in the store now.
+    fn may_look_up(&mut self, hash: &str) -> bool {
+        if self.hashes.contains(hash) {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        match self.window {
+            Some(start) if now.duration_since(start) < std::time::Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.lookups = 0;
+            }
+        }
+        if self.lookups >= MISS_LOOKUPS_PER_SEC {
+            return false;
+        }
+        self.lookups += 1;
+        true
+    }
+
+    fn missed(&mut self, hash: String) {
+        if self.hashes.len() >= MAX_MISSES {
+            self.hashes.clear();
+        }
+        self.hashes.insert(hash);
+    }
 }
 
 fn store_error(e: StoreError) -> Error {
@@ -160,6 +206,7 @@ impl KeyRing {
             cache: RwLock::new(Cache::default()),
             active: AtomicBool::new(false),
             store_up: AtomicBool::new(true),
+            misses: Mutex::default(),
         };
         ring.refresh().await?;
         Ok(ring)
@@ -198,6 +245,12 @@ impl KeyRing {
         let active = cache.by_hash.values().any(|k| k.revoked_at.is_none());
         *self.cache.write().unwrap_or_else(PoisonError::into_inner) = cache;
         self.active.store(active, Ordering::Relaxed);
+        // Everything the store holds is now cached: a key missed before may exist since.
+        self.misses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .hashes
+            .clear();
         Ok(())
     }
 
@@ -228,9 +281,23 @@ impl KeyRing {
         let found = match self.cached(&hash) {
             Some(hit) => Some(hit),
             None => {
+                let may = self
+                    .misses
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .may_look_up(&hash);
+                if !may {
+                    return Err(invalid());
+                }
                 // Created by another instance since the last refresh?
                 match self.store.key_by_hash(&hash).await.map_err(store_error)? {
-                    None => None,
+                    None => {
+                        self.misses
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .missed(hash.clone());
+                        None
+                    }
                     Some(k) => {
                         if !self
                             .cache
@@ -450,5 +517,90 @@ mod tests {
         assert_ne!(key.expose(), other.expose());
         assert!(!looks_like_key("rk-short"));
         assert!(!looks_like_key(&format!("rk-{}", "g".repeat(64))));
+    }
+
+    /// A store that counts lookups by hash.
+    struct Counting {
+        inner: relais_state::SqliteStore,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    type Fut<'a, T> = relais_core::BoxFuture<'a, Result<T, StoreError>>;
+
+    impl KeyStore for Counting {
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+        fn create_team<'a>(&'a self, team: &'a Team) -> Fut<'a, ()> {
+            self.inner.create_team(team)
+        }
+        fn teams(&self) -> Fut<'_, Vec<Team>> {
+            self.inner.teams()
+        }
+        fn insert_key<'a>(&'a self, key: &'a StoredKey) -> Fut<'a, ()> {
+            self.inner.insert_key(key)
+        }
+        fn keys(&self) -> Fut<'_, Vec<StoredKey>> {
+            self.inner.keys()
+        }
+        fn key_by_hash<'a>(&'a self, hash: &'a str) -> Fut<'a, Option<StoredKey>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            self.inner.key_by_hash(hash)
+        }
+        fn revoke_key<'a>(&'a self, id: &'a str, at: i64) -> Fut<'a, ()> {
+            self.inner.revoke_key(id, at)
+        }
+        fn rotate_key<'a>(&'a self, id: &'a str, prefix: &'a str, hash: &'a str) -> Fut<'a, ()> {
+            self.inner.rotate_key(id, prefix, hash)
+        }
+    }
+
+    #[tokio::test]
+    async fn issue17_unknown_keys_cannot_flood_the_store() {
+        let dir = std::env::temp_dir().join(format!("relais-keys-{}", random_hex(8).unwrap()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.db");
+        let counting = Arc::new(Counting {
+            inner: relais_state::SqliteStore::open(&path).await.unwrap(),
+            lookups: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let ring = KeyRing::load(counting.clone()).await.unwrap();
+        ring.create_team("t", None, Limits::default(), Reach::default())
+            .await
+            .unwrap();
+        // A key issued by another instance after this one loaded its cache.
+        let elsewhere = KeyRing::load(Arc::new(
+            relais_state::SqliteStore::open(&path).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+        let issued = elsewhere
+            .create_key("t", "k", None, Limits::default(), Reach::default())
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        for _ in 0..2000 {
+            let (random, _, _) = new_secret().unwrap();
+            assert!(ring.authenticate(random.expose()).await.is_err());
+        }
+        let seconds = started.elapsed().as_secs() + 1;
+        let lookups = counting.lookups.load(Ordering::SeqCst);
+        assert!(
+            lookups <= MISS_LOOKUPS_PER_SEC as usize * usize::try_from(seconds).unwrap(),
+            "{lookups} store lookups for 2000 random keys in {seconds} s"
+        );
+        // The same bad key again and again costs nothing.
+        let (bad, _, _) = new_secret().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let before = counting.lookups.load(Ordering::SeqCst);
+        for _ in 0..50 {
+            assert!(ring.authenticate(bad.expose()).await.is_err());
+        }
+        assert_eq!(counting.lookups.load(Ordering::SeqCst), before + 1);
+        // The key made elsewhere is still found by a lookup of its own.
+        let found = ring.authenticate(issued.key.expose()).await.unwrap();
+        assert_eq!(found.unwrap().key.id, issued.stored.id);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

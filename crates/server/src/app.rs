@@ -1318,6 +1318,23 @@ async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 
 async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let live = app.live();
+    // Optional: the figures tell an attacker which vendors and routes exist and how busy they are.
+    if let Some(key) = &live.runtime.metrics_key {
+        let presented = bearer(&headers);
+        let admin = live.runtime.admin_key.as_ref();
+        let ok = presented.is_some_and(|p| {
+            constant_time_eq(key.expose().as_bytes(), p.as_bytes())
+                || admin.is_some_and(|a| constant_time_eq(a.expose().as_bytes(), p.as_bytes()))
+        });
+        if !ok {
+            let e = Error::new(
+                ErrorKind::Auth,
+                Side::Client,
+                "invalid or missing metrics key: send it as 'Authorization: Bearer <key>'",
+            );
+            return Ctx::new(&headers).error(&e, Duration::ZERO);
+        }
+    }
     let mut body = crate::metrics::render(&app.global, live.series());
     let limits = &live.runtime.rate_limits;
     body.push_str(&format!(

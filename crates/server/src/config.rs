@@ -142,6 +142,17 @@ pub async fn open_state(
     runtime: &mut Runtime,
     origin: &str,
 ) -> Result<(), ConfigError> {
+    let source = runtime.source.clone();
+    open_state_unlocated(raw, runtime, origin)
+        .await
+        .map_err(|e| e.located(&source, origin))
+}
+
+async fn open_state_unlocated(
+    raw: &RawConfig,
+    runtime: &mut Runtime,
+    origin: &str,
+) -> Result<(), ConfigError> {
     let governed = open_governance(raw.governance.as_ref(), origin).await?;
     let ledger_store = governed.as_ref().map(|g| g.ledger_store.clone());
     if let (Some(g), Some(cfg)) = (&governed, &raw.governance) {
@@ -357,6 +368,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Speak HTTP/2 without TLS (h2c, prior knowledge) beside HTTP/1.1. Off: HTTP/1.1 only.
     pub http2_cleartext: bool,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this key>` (or the admin key).
+    pub metrics_key: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -371,6 +384,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 75,
             max_connections: 10_000,
             http2_cleartext: false,
+            metrics_key: None,
         }
     }
 }
@@ -568,6 +582,68 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// This error with the line of the field it names (`origin: a.b.c: problem` becomes
+    /// `origin:LINE: a.b.c: problem`), when it has none yet: every check after parsing names a
+    /// dotted path, and the source says where that path was written. A field that is missing
+    /// points at the nearest table that holds it.
+    pub fn located(self, source: &str, origin: &str) -> Self {
+        let Some(rest) = self
+            .0
+            .strip_prefix(origin)
+            .and_then(|r| r.strip_prefix(": "))
+        else {
+            return self;
+        };
+        let path = rest.split(": ").next().unwrap_or_default();
+        match line_of_path(source, path) {
+            Some(line) => Self(format!("{origin}:{line}: {rest}")),
+            None => self,
+        }
+    }
+}
+
+/// The line where the dotted `path` (`routes.a.retry.attempts`, `auth.keys[0].key`) was
+/// written, or of the deepest part of it that was.
+fn line_of_path(source: &str, path: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(source).ok()?;
+    let mut table = doc.get_ref();
+    let mut found = None;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+            break;
+        };
+        found = Some(k.span().start);
+        let mut value = v;
+        if let Some(i) = index {
+            match value.get_ref() {
+                toml::de::DeValue::Array(items) => match items.get(i) {
+                    Some(item) => {
+                        found = Some(item.span().start);
+                        value = item;
+                    }
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => {
+                if parts.peek().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+    found.map(|offset| line_of(source, offset))
+}
+
 /// A client key as the server checks it.
 pub struct ClientKey {
     pub name: String,
@@ -598,6 +674,8 @@ pub struct Runtime {
     pub client_limits: crate::listen::ClientLimits,
     /// Client connections open at once (fixed at start: the listener outlives reloads).
     pub max_connections: usize,
+    /// The credential `/metrics` asks for, if any.
+    pub metrics_key: Option<Secret>,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).
@@ -695,7 +773,7 @@ pub fn load(path: &Path) -> Result<(RawConfig, String), ConfigError> {
 
 /// Validate a parsed config and build its providers and routes.
 pub fn build(raw: &RawConfig, source: &str, origin: &str) -> Result<Runtime, ConfigError> {
-    build_from(raw, source, origin, None)
+    build_from(raw, source, origin, None).map_err(|e| e.located(source, origin))
 }
 
 /// Build a config that replaces `previous` (a reload): providers whose settings did not change
@@ -707,7 +785,7 @@ pub fn rebuild(
     origin: &str,
     previous: &Runtime,
 ) -> Result<Runtime, ConfigError> {
-    build_from(raw, source, origin, Some(previous))
+    build_from(raw, source, origin, Some(previous)).map_err(|e| e.located(source, origin))
 }
 
 fn secs(
@@ -983,6 +1061,16 @@ fn build_from(
                 "{origin}: server.{field}: must be at least 1"
             )));
         }
+    }
+    if raw
+        .server
+        .metrics_key
+        .as_ref()
+        .is_some_and(|k| k.expose().len() < 16)
+    {
+        return Err(ConfigError(format!(
+            "{origin}: server.metrics_key: must be at least 16 characters"
+        )));
     }
     if raw.server.max_connections == 0 {
         return Err(ConfigError(format!(
@@ -1382,6 +1470,7 @@ fn build_from(
             http2_cleartext: raw.server.http2_cleartext,
         },
         max_connections: raw.server.max_connections,
+        metrics_key: raw.server.metrics_key.clone(),
         keys,
         routes,
         provider_kinds,
@@ -1473,6 +1562,49 @@ mod tests {
             .unwrap();
         assert!(e.0.starts_with("t.toml:3:"), "{e}");
         assert!(e.0.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn issue17_every_config_error_names_its_line() {
+        let route = "[providers.a]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\n[routes.a]\ndeployments = [{ provider = \"a\", model = \"m\" }]\n";
+        for (src, line, field) in [
+            (format!("[admin]\nkey = \"short\"\n{route}"), 2, "admin.key"),
+            (
+                format!("{route}idle_timeout_secs = -5\n"),
+                7,
+                "routes.a.idle_timeout_secs",
+            ),
+            (
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:1\"\nheader_read_timeout_secs = 0\n{route}"
+                ),
+                3,
+                "server.header_read_timeout_secs",
+            ),
+            (
+                format!("[server]\n\nmax_body_bytes = 5\n{route}"),
+                3,
+                "server.max_body_bytes",
+            ),
+            (
+                format!("{route}[routes.a.retry]\nattempts = 0\n"),
+                8,
+                "routes.a.retry.attempts",
+            ),
+            (
+                format!("[auth]\nkeys = [\n  {{ name = \"n\", key = \"k\" }},\n]\n{route}"),
+                3,
+                "auth.keys[0].key",
+            ),
+        ] {
+            let e = check(&src)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {src}"));
+            assert!(
+                e.0.starts_with(&format!("t.toml:{line}: {field}")),
+                "{e}\n{src}"
+            );
+        }
     }
 
     #[test]

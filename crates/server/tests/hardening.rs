@@ -641,3 +641,44 @@ async fn issue17_http2_cleartext_only_when_configured() {
     }
     let _ = std::io::stdout().flush();
 }
+
+// ---- defect 6: /metrics answers anyone ----
+
+#[tokio::test]
+async fn issue17_metrics_can_require_a_credential() {
+    let open = every_kind("").await;
+    let resp = Gateway::client()
+        .get(format!("{}/metrics", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "without metrics_key /metrics stays open"
+    );
+
+    let gw = every_kind("metrics_key = \"metrics-key-0123456789\"").await;
+    for presented in [
+        None,
+        Some("wrong-key-0123456789"),
+        Some("metrics-key-012345678"),
+    ] {
+        let mut req = Gateway::client().get(format!("{}/metrics", gw.url));
+        if let Some(k) = presented {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{presented:?}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("relais_requests"), "{text}");
+    }
+    let resp = Gateway::client()
+        .get(format!("{}/metrics", gw.url))
+        .bearer_auth("metrics-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("# TYPE"));
+}
