@@ -1,6 +1,7 @@
 //! The one HTTP client every provider shares: one connection pool per process.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Pool-wide settings, from the server config.
@@ -46,6 +47,47 @@ pub fn shared_client(settings: &HttpSettings) -> Result<reqwest::Client, String>
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     Ok(CLIENT.get_or_init(|| client).clone())
+}
+
+/// The most bytes one streamed upstream answer may deliver, unless configured otherwise.
+pub const DEFAULT_MAX_STREAM_BYTES: u64 = 256 * 1024 * 1024;
+
+static MAX_STREAM_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_STREAM_BYTES);
+
+/// Set the cap on one streamed upstream answer (`[upstream] max_stream_bytes`); streams that
+/// start after the call use it. A stream has a time limit too, but a fast hostile upstream
+/// could fill memory and the client's disk well within it.
+pub fn set_max_stream_bytes(limit: u64) {
+    MAX_STREAM_BYTES.store(limit.max(1), Ordering::Relaxed);
+}
+
+/// Counts the bytes a streamed answer delivered against the cap in force when it started.
+pub(crate) struct StreamMeter {
+    seen: u64,
+    limit: u64,
+}
+
+impl StreamMeter {
+    pub(crate) fn new() -> Self {
+        Self {
+            seen: 0,
+            limit: MAX_STREAM_BYTES.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add(&mut self, bytes: usize) -> Result<(), relais_core::Error> {
+        self.seen = self.seen.saturating_add(bytes as u64);
+        if self.seen > self.limit {
+            return Err(relais_core::Error::upstream(
+                relais_core::ErrorKind::Protocol,
+                format!(
+                    "upstream stream exceeds {} bytes (upstream.max_stream_bytes)",
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Largest error body read from a vendor; error bodies are small, a bigger one is cut.

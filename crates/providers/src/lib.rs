@@ -13,6 +13,6 @@ mod redacting;
 mod registry;
 mod sse;
 
-pub use http::{HttpSettings, shared_client};
+pub use http::{DEFAULT_MAX_STREAM_BYTES, HttpSettings, set_max_stream_bytes, shared_client};
 pub use registry::{ProviderConfig, build_provider};
 pub use sse::{SseEvent, SseParser};

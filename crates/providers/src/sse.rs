@@ -20,8 +20,13 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Upper bound on one unterminated line, so a broken upstream cannot grow memory without limit.
-const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Upper bound on one line and on one event's data, so a broken or hostile upstream cannot grow
+/// memory without limit. The largest real events are single chunks carrying an inline image
+/// (Gemini's base64 PNGs, a few MiB); text and tool deltas are bytes to kilobytes.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+/// A line buffer that grew past this is given back once its line is done, so one large event
+/// does not keep its buffer for the rest of a long stream.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 impl SseParser {
     pub fn new() -> Self {
@@ -42,24 +47,36 @@ impl SseParser {
                 self.buf.extend_from_slice(rest);
                 return self.check_len();
             };
+            if self.buf.len() + pos > MAX_EVENT {
+                return Err(too_big());
+            }
             self.buf.extend_from_slice(&rest[..pos]);
             let line = std::mem::take(&mut self.buf);
             self.line(trim_cr(&line), out);
-            self.buf = line;
-            self.buf.clear();
+            if line.capacity() <= KEEP_BUFFER {
+                self.buf = line;
+                self.buf.clear();
+            }
+            self.check_len()?;
             rest = &rest[pos + 1..];
         }
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
             self.line(trim_cr(&rest[..pos]), out);
+            self.check_len()?;
             rest = &rest[pos + 1..];
         }
+        if self.buf.len() + rest.len() > MAX_EVENT {
+            return Err(too_big());
+        }
         self.buf.extend_from_slice(rest);
-        self.check_len()
+        Ok(())
     }
 
+    /// An event's data is bounded like a line: many short `data:` lines with no blank line
+    /// between them would otherwise grow one event forever.
     fn check_len(&self) -> Result<(), String> {
-        if self.buf.len() > MAX_LINE {
-            return Err("SSE line exceeds 16 MiB".to_owned());
+        if self.buf.len() > MAX_EVENT || self.data.len() > MAX_EVENT {
+            return Err(too_big());
         }
         Ok(())
     }
@@ -116,6 +133,13 @@ impl SseParser {
     }
 }
 
+fn too_big() -> String {
+    format!(
+        "an SSE line or event exceeds {} MiB",
+        MAX_EVENT / (1024 * 1024)
+    )
+}
+
 /// What one vendor's stream decoder does with the events of an upstream SSE body.
 pub(crate) trait SseDecode: Send + 'static {
     /// Decode one event into canonical events; `true` once the response is complete (the
@@ -142,6 +166,7 @@ struct SseBody<D> {
     pending: std::collections::VecDeque<relais_core::StreamEvent>,
     ended: bool,
     done: bool,
+    meter: crate::http::StreamMeter,
 }
 
 impl<D: SseDecode> SseBody<D> {
@@ -172,9 +197,13 @@ impl<D: SseDecode> SseBody<D> {
             }
             let step = match self.resp.chunk().await {
                 Ok(Some(bytes)) => self
-                    .parser
-                    .feed(&bytes, &mut self.frames)
-                    .map_err(|e| Error::upstream(ErrorKind::Protocol, e))
+                    .meter
+                    .add(bytes.len())
+                    .and_then(|()| {
+                        self.parser
+                            .feed(&bytes, &mut self.frames)
+                            .map_err(|e| Error::upstream(ErrorKind::Protocol, e))
+                    })
                     .and_then(|()| self.drain()),
                 Ok(None) => {
                     self.parser.finish(&mut self.frames);
@@ -213,6 +242,7 @@ pub(crate) fn sse_stream<D: SseDecode>(
         pending: std::collections::VecDeque::new(),
         ended: false,
         done: false,
+        meter: crate::http::StreamMeter::new(),
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         let item = st.next().await?;

@@ -268,13 +268,21 @@ pub struct AppState {
     pub drills: crate::planb::Drills,
     /// Promotions in force: route name to the deployment id made its primary.
     pub promoted: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Request bodies being read and decoded at once, in KiB (sized at start).
+    decoding: Arc<tokio::sync::Semaphore>,
 }
+
+/// Room held in the decoding budget while a body is read and parsed; given back on drop.
+pub(crate) type Decoding = Option<tokio::sync::OwnedSemaphorePermit>;
 
 impl AppState {
     pub fn new(runtime: Runtime, abort_streams: watch::Receiver<bool>) -> Self {
         let shadower =
             crate::planb::Shadower::start(runtime.plan_b.max_concurrent, runtime.plan_b.queue);
+        let budget = runtime.max_decoding_bytes.max(runtime.max_body_bytes);
+        let decoding = Arc::new(tokio::sync::Semaphore::new(kib(budget) as usize));
         Self {
+            decoding,
             shadower,
             dependency_alerts: crate::planb::Alerts::default(),
             drills: crate::planb::Drills::default(),
@@ -317,7 +325,7 @@ impl AppState {
         live: &'a Live,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<(Caller<'a>, Bytes), Error> {
+    ) -> Result<(Caller<'a>, Bytes, Decoding), Error> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Error::new(
                 ErrorKind::Unavailable,
@@ -326,8 +334,14 @@ impl AppState {
             ));
         }
         let caller = live.authenticate(headers).await?;
-        let bytes = read_body(body, headers, live.runtime.max_body_bytes).await?;
-        Ok((caller, bytes))
+        let (bytes, decoding) = read_body(
+            body,
+            headers,
+            live.runtime.max_body_bytes,
+            Some(&self.decoding),
+        )
+        .await?;
+        Ok((caller, bytes, decoding))
     }
 }
 
@@ -463,8 +477,51 @@ impl Ctx {
     }
 }
 
-/// Read the body up to `limit`, refusing early when `content-length` already says too much.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+/// Bytes in whole KiB, rounded up (the decoding budget's unit).
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// Parsing a body costs several times its size (300k tiny messages in 9 MB made ~65 MiB of
+/// canonical request): the budget bounds how many bytes are being read and decoded at once,
+/// and a request past it is turned away at once with 503 and `retry-after`, not queued.
+fn take_decoding(
+    budget: &Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+    held: &mut Decoding,
+) -> Result<(), Error> {
+    let want = kib(bytes).saturating_sub(held.as_ref().map_or(0, |p| p.num_permits() as u32));
+    if want == 0 {
+        return Ok(());
+    }
+    match budget.clone().try_acquire_many_owned(want) {
+        Ok(p) => {
+            crate::memory::large_body_seen();
+            match held {
+                Some(h) => h.merge(p),
+                None => *held = Some(p),
+            }
+            Ok(())
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Overloaded,
+            Side::Gateway,
+            "too many large request bodies are being decoded at once; retry shortly",
+        )
+        .with_retry(relais_core::Retry::After(Duration::from_secs(1)))),
+    }
+}
+
+/// Read the body up to `limit`, refusing early when `content-length` already says too much,
+/// and holding its size in the decoding budget (released when the returned guard drops, after
+/// the caller parsed it).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    budget: Option<&Arc<tokio::sync::Semaphore>>,
+) -> Result<(Bytes, Decoding), Error> {
+    let mut decoding: Decoding = None;
     let too_large = || {
         Error::new(
             ErrorKind::PayloadTooLarge,
@@ -475,6 +532,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if let Some(len) = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok()) {
         if len > limit as u64 {
             return Err(too_large());
+        }
+        // Small bodies (most) cost the budget nothing worth counting.
+        if let Some(budget) = budget.filter(|_| len > SMALL_BODY as u64) {
+            if let Err(e) = take_decoding(budget, len as usize, &mut decoding) {
+                // Read and drop the body (no memory, bounded by the body timeout) so the client
+                // reads this 503 instead of a broken pipe, and retries.
+                let mut stream = body.into_data_stream();
+                while let Some(Ok(_)) = stream.next().await {}
+                return Err(e);
+            }
         }
     }
     let mut stream = body.into_data_stream();
@@ -497,10 +564,19 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }
+        if let Some(budget) = budget.filter(|_| buf.len() + chunk.len() > SMALL_BODY) {
+            take_decoding(budget, buf.len() + chunk.len(), &mut decoding)?;
+        }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(buf))
+    Ok((Bytes::from(buf), decoding))
 }
+
+/// The largest admin API body; admin bodies are small and not counted against the budget.
+const ADMIN_BODY: usize = 64 * 1024;
+
+/// Bodies up to this size are not counted against the decoding budget.
+const SMALL_BODY: usize = 64 * 1024;
 
 fn record_failed(live: &Live, failed: &[FailedAttempt]) {
     for f in failed {
@@ -580,7 +656,7 @@ async fn count_tokens(
     let ctx = Ctx::for_dialect(&headers, Dialect::Anthropic);
     let live = app.live();
     let counted = async {
-        let (key, bytes) = app.admit(&live, &headers, body).await?;
+        let (key, bytes, _decoding) = app.admit(&live, &headers, body).await?;
         let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
         live.entry(&key, &req.model, RouteKind::Chat)?;
         Ok::<_, Error>(req.estimate_input_tokens())
@@ -623,7 +699,7 @@ async fn chat_with(
     let ctx = Ctx::for_dialect(&headers, dialect);
     let live = app.live();
     let admitted = async {
-        let (key, bytes) = app.admit(&live, &headers, body).await?;
+        let (key, bytes, _decoding) = app.admit(&live, &headers, body).await?;
         let mut req = dialect.parse_chat(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
@@ -1128,7 +1204,7 @@ async fn embeddings_with(
     let ctx = Ctx::new(&headers);
     let live = app.live();
     let admitted = async {
-        let (key, bytes) = app.admit(&live, &headers, body).await?;
+        let (key, bytes, _decoding) = app.admit(&live, &headers, body).await?;
         let (mut req, base64) = openai::parse_embeddings(&bytes)?;
         if let Some(m) = &model {
             req.model.clone_from(m);
@@ -1484,7 +1560,7 @@ async fn admin_request(
     if *method == Method::GET {
         return Ok((ring, None));
     }
-    let bytes = read_body(body, headers, 64 * 1024).await?;
+    let (bytes, _) = read_body(body, headers, ADMIN_BODY, None).await?;
     Ok((ring, Some(admin_body(&bytes)?)))
 }
 
@@ -1696,7 +1772,7 @@ async fn admin_promote(
     let live = app.live();
     admin_answer(&headers, async {
         admin_auth(&live, &headers)?;
-        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
         let body = admin_body(&bytes)?;
         let route = string_field(&body, "route")?;
         let flag = |k: &str| {
@@ -1741,7 +1817,7 @@ async fn admin_drills(
             let list: Vec<_> = app.drills.list().iter().map(|d| d.json()).collect();
             return Ok((StatusCode::OK, serde_json::json!({ "drills": list })));
         }
-        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
         let req: crate::planb::DrillRequest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::bad_request(format!("invalid drill: {e}")))?;
         let drill = app.drills.start(&live, req)?;
@@ -1798,7 +1874,7 @@ async fn admin_drill_stop(
     admin_answer(&headers, async {
         admin_auth(&live, &headers)?;
         let d = app.drills.get(&id).ok_or_else(|| no_drill(&id))?;
-        let bytes = read_body(body, &headers, 64 * 1024).await?;
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
         let by = if bytes.is_empty() {
             "admin".to_owned()
         } else {

@@ -370,6 +370,9 @@ pub struct ServerConfig {
     pub http2_cleartext: bool,
     /// When set, `/metrics` answers only `Authorization: Bearer <this key>` (or the admin key).
     pub metrics_key: Option<Secret>,
+    /// Request bodies (over 64 KiB each) being read and parsed at once, in bytes; past it a
+    /// request gets 503 with `retry-after`. At least `max_body_bytes`.
+    pub max_decoding_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -385,6 +388,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             http2_cleartext: false,
             metrics_key: None,
+            max_decoding_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -403,6 +407,8 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     pub pool_idle_timeout_secs: u64,
     pub pool_max_idle_per_host: usize,
+    /// The most bytes one streamed answer may deliver; past it the stream ends with an error.
+    pub max_stream_bytes: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -412,6 +418,7 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: u64::try_from(d.connect_timeout.as_millis()).unwrap_or(10_000),
             pool_idle_timeout_secs: d.pool_idle_timeout.as_secs(),
             pool_max_idle_per_host: d.pool_max_idle_per_host,
+            max_stream_bytes: relais_providers::DEFAULT_MAX_STREAM_BYTES,
         }
     }
 }
@@ -676,6 +683,8 @@ pub struct Runtime {
     pub max_connections: usize,
     /// The credential `/metrics` asks for, if any.
     pub metrics_key: Option<Secret>,
+    /// Request bytes being decoded at once (fixed at start).
+    pub max_decoding_bytes: usize,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).
@@ -1083,6 +1092,12 @@ fn build_from(
         pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
     })
     .map_err(|e| ConfigError(format!("{origin}: upstream: {e}")))?;
+    if raw.upstream.max_stream_bytes < 64 * 1024 {
+        return Err(ConfigError(format!(
+            "{origin}: upstream.max_stream_bytes: must be at least 65536"
+        )));
+    }
+
     if let Some(admin) = &raw.admin.key {
         if admin.expose().len() < 16 {
             return Err(ConfigError(format!(
@@ -1448,6 +1463,8 @@ fn build_from(
         }
     }
 
+    // Process-wide like the connection pool; set only once the whole config is known good.
+    relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
     Ok(Runtime {
         listen,
         admin_key: raw.admin.key.clone(),
@@ -1471,6 +1488,7 @@ fn build_from(
         },
         max_connections: raw.server.max_connections,
         metrics_key: raw.server.metrics_key.clone(),
+        max_decoding_bytes: raw.server.max_decoding_bytes,
         keys,
         routes,
         provider_kinds,

@@ -7,6 +7,7 @@ pub mod bill;
 pub mod config;
 mod dialect;
 mod listen;
+mod memory;
 mod metrics;
 pub mod planb;
 
@@ -70,6 +71,8 @@ pub async fn serve_with_reload(
     let every = state.live().runtime.plan_b.check_every;
     let checker = tokio::spawn(check_dependency_every(state.clone(), every));
     let _stop_checker = AbortOnDrop(Some(checker));
+    let trimmer = tokio::spawn(memory::trim_after_spikes());
+    let _stop_trimmer = AbortOnDrop(Some(trimmer));
     let app = router(state.clone());
     let drain_state = state.clone();
     let max_connections = state.live().runtime.max_connections;

@@ -290,6 +290,8 @@ fn app(state: Arc<MockState>) -> Router {
         .route("/_mock/faults", post(add_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/health", get(|| async { "ok" }))
+        // Vendors take long conversations (tens of MB); axum's 2 MB default would refuse them.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(state)
 }
 

@@ -347,6 +347,7 @@ struct StreamState {
     /// An error decoded after the events in `pending`, reported once they are out.
     failed: Option<Error>,
     done: bool,
+    meter: crate::http::StreamMeter,
 }
 
 impl StreamState {
@@ -359,6 +360,7 @@ impl StreamState {
             pending: VecDeque::new(),
             failed: None,
             done: false,
+            meter: crate::http::StreamMeter::new(),
         }
     }
 
@@ -381,6 +383,11 @@ impl StreamState {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.meter.add(bytes.len()) {
+            self.failed = Some(e);
+            self.done = true;
+            return;
+        }
         match self.frames.feed(bytes, &mut self.messages) {
             Ok(()) => self.drain_messages(),
             // Messages completed before the bad bytes are still delivered, then the error. Bytes
