@@ -254,6 +254,45 @@ pub(crate) fn sse_stream<D: SseDecode>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn issue17_lines_and_events_are_bounded_well_below_16_mib() {
+        // One 5 MiB line, fed in 64 KiB pieces, is refused before it is whole.
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        let piece = vec![b'a'; 64 * 1024];
+        assert!(p.feed(b"data: ", &mut out).is_ok());
+        let mut refused_at = None;
+        for i in 0..80 {
+            if p.feed(&piece, &mut out).is_err() {
+                refused_at = Some(i);
+                break;
+            }
+        }
+        assert!(refused_at.is_some_and(|i| i <= 64), "{refused_at:?}");
+        // Short `data:` lines that never end their event cannot grow it past the bound either.
+        let mut p = SseParser::new();
+        let line = format!("data: {}\n", "b".repeat(1000));
+        let mut refused = false;
+        for _ in 0..10_000 {
+            if p.feed(line.as_bytes(), &mut out).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "an endless event was accepted");
+        assert!(out.is_empty());
+        // A real large event (a 3 MiB inline image) still passes, and the buffer it needed is
+        // given back afterwards.
+        let mut p = SseParser::new();
+        let big = format!("data: {}\n\n", "c".repeat(3 * 1024 * 1024));
+        for chunk in big.as_bytes().chunks(100_000) {
+            p.feed(chunk, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data.len(), 3 * 1024 * 1024);
+        assert!(p.buf.capacity() <= KEEP_BUFFER, "{}", p.buf.capacity());
+    }
+
     fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut p = SseParser::new();
         let mut out = Vec::new();

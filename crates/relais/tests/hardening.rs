@@ -144,3 +144,75 @@ fn issue17_check_masks_a_password_in_a_base_url() {
         "{text}"
     );
 }
+
+/// `[upstream] max_stream_bytes` is process-wide (like the connection pool), so it is tested
+/// in a process of its own.
+#[test]
+fn issue17_a_streamed_answer_past_max_stream_bytes_ends_with_an_error() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(relais_testkit::MockServer::start(None));
+    let dir = temp_dir("stream-cap");
+    let port = free_port();
+    let config = dir.join("relais.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[upstream]\nmax_stream_bytes = 65536\n\n[providers.up]\ntype = \"openai_compat\"\nbase_url = \"{}/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n",
+            mock.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(port, Duration::from_secs(2)).is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "relais did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let chat = |content: &str| {
+        let body = format!(
+            "{{\"model\": \"r\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"{content}\"}}]}}"
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got
+    };
+    // The mock echoes the prompt a word a chunk: 6,000 words stream far more than 64 KiB.
+    let got = chat(&vec!["word"; 6_000].join(" "));
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(300)]
+    );
+    assert!(
+        got.contains("max_stream_bytes"),
+        "no error event at the cap"
+    );
+    assert!(
+        !got.contains("[DONE]"),
+        "the stream ended cleanly past the cap"
+    );
+    assert!(
+        got.len() < 200 * 1024,
+        "{} bytes reached the client",
+        got.len()
+    );
+    // A normal answer is untouched by the cap.
+    let got = chat("hello there");
+    assert!(got.contains("data: [DONE]"), "{got}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

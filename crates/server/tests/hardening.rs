@@ -91,9 +91,12 @@ const KINDS: [&str; 6] = [
 ];
 
 fn server_section(extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\nshutdown_grace_secs = 2\n{extra}\n"
-    )
+    let body = if extra.contains("max_body_bytes") {
+        ""
+    } else {
+        "max_body_bytes = 65536\n"
+    };
+    format!("[server]\nlisten = \"127.0.0.1:0\"\n{body}shutdown_grace_secs = 2\n{extra}\n")
 }
 
 /// A gateway whose routes `openai`, `azure`, `anthropic`, `gemini`, `vertex` and `bedrock` each
@@ -681,4 +684,67 @@ async fn issue17_metrics_can_require_a_credential() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.unwrap().contains("# TYPE"));
+}
+
+// ---- defect 5: memory ----
+
+#[tokio::test]
+async fn issue17_large_bodies_beyond_the_decoding_budget_are_turned_away_with_retry_after() {
+    let gw = every_kind("max_body_bytes = 10485760\nmax_decoding_bytes = 16777216").await;
+    let len = 9 * 1024 * 1024;
+    // A 9 MiB body on its way (head and a first piece sent, then nothing) holds 9 of the
+    // budget's 16 MiB: no second large body fits beside it.
+    let mut holding = Vec::new();
+    for _ in 0..1 {
+        let mut s = TcpStream::connect(addr(&gw)).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n{{\"model\": \"openai\", \"messages\": ["
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        holding.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third large body is turned away at once, in the client's dialect, with retry-after,
+    // and the client reads the answer (its body was drained, not cut).
+    let big = json!({
+        "model": "openai", "max_tokens": 5,
+        "messages": vec![json!({"role": "user", "content": "hi"}); 300_000],
+    })
+    .to_string();
+    assert!(big.len() > 8 * 1024 * 1024 && big.len() < 10 * 1024 * 1024);
+    for path in DIALECTS {
+        let resp = Gateway::client()
+            .post(format!("{}{path}", gw.url))
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        // Anthropic's dialect says "overloaded" with its own 529, which its SDKs retry.
+        let overloaded = if path == "/v1/messages" { 529 } else { 503 };
+        assert_eq!(resp.status(), overloaded, "{path}");
+        assert_eq!(resp.headers()["retry-after"], "1", "{path}");
+        let text = resp.text().await.unwrap();
+        let e = error_in(path, &text, false);
+        assert!(e["message"].as_str().unwrap().contains("decoded"), "{text}");
+    }
+    // Small requests are not held back by large ones.
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &ask("/v1/chat/completions", "openai", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Once the held bodies are gone the budget is back.
+    drop(holding);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = Gateway::client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
