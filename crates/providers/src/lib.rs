@@ -6,6 +6,8 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 mod claude;
+#[cfg(test)]
+mod fuzz;
 pub mod gemini;
 mod http;
 pub mod openai_compat;

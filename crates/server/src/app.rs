@@ -1452,6 +1452,15 @@ fn admin_auth(live: &Live, headers: &HeaderMap) -> Result<(), Error> {
             "the admin API is off: set admin.key in the config",
         ));
     };
+    if live.runtime.admin_client_cert
+        && header_str(headers, crate::listen::CLIENT_CERT_HEADER) != Some("verified")
+    {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            Side::Client,
+            "the admin API needs a client certificate signed by server.tls.client_ca_file",
+        ));
+    }
     let presented = bearer(headers).or_else(|| header_str(headers, "x-api-key"));
     if presented.is_some_and(|p| constant_time_eq(admin.expose().as_bytes(), p.as_bytes())) {
         Ok(())

@@ -311,6 +311,9 @@ fn shipped_prices() -> BTreeMap<String, PriceConfig> {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub key: Option<Secret>,
+    /// The admin API also asks for a client certificate signed by `server.tls.client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// A price as TOML gives it: a number (`0.15`) or a string (`"0.15"`), read as an exact decimal.
@@ -373,6 +376,8 @@ pub struct ServerConfig {
     /// Request bodies (over 64 KiB each) being read and parsed at once, in bytes; past it a
     /// request gets 503 with `retry-after`. At least `max_body_bytes`.
     pub max_decoding_bytes: usize,
+    /// TLS on the listener; plain HTTP without it.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -389,6 +394,7 @@ impl Default for ServerConfig {
             http2_cleartext: false,
             metrics_key: None,
             max_decoding_bytes: 32 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -685,6 +691,10 @@ pub struct Runtime {
     pub metrics_key: Option<Secret>,
     /// Request bytes being decoded at once (fixed at start).
     pub max_decoding_bytes: usize,
+    /// TLS on the listener, loaded (fixed at start; the certificate files are watched).
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The admin API asks for a verified client certificate too.
+    pub admin_client_cert: bool,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).
@@ -1079,6 +1089,19 @@ fn build_from(
     {
         return Err(ConfigError(format!(
             "{origin}: server.metrics_key: must be at least 16 characters"
+        )));
+    }
+    // A reload keeps the listener's TLS as loaded at start (its files are watched on their own).
+    let tls = match (previous.and_then(|p| p.tls.clone()), &raw.server.tls) {
+        (Some(kept), Some(cfg)) if kept.config() == cfg => Some(kept),
+        (_, Some(cfg)) => Some(Arc::new(
+            crate::tls::Tls::load(cfg).map_err(|e| ConfigError(format!("{origin}: {e}")))?,
+        )),
+        (_, None) => None,
+    };
+    if raw.admin.require_client_cert && !tls.as_ref().is_some_and(|t| t.verifies_clients()) {
+        return Err(ConfigError(format!(
+            "{origin}: admin.require_client_cert: needs server.tls.client_ca_file"
         )));
     }
     if raw.server.max_connections == 0 {
@@ -1489,6 +1512,8 @@ fn build_from(
         max_connections: raw.server.max_connections,
         metrics_key: raw.server.metrics_key.clone(),
         max_decoding_bytes: raw.server.max_decoding_bytes,
+        tls,
+        admin_client_cert: raw.admin.require_client_cert,
         keys,
         routes,
         provider_kinds,

@@ -10,6 +10,7 @@ mod listen;
 mod memory;
 mod metrics;
 pub mod planb;
+mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use app::{AppState, Live, router};
 pub use config::{ConfigError, RawConfig, Runtime};
+pub use tls::TlsConfig;
 
 /// Where a running server re-reads its config: the file is checked every `poll` and re-read at
 /// once on SIGHUP. A changed file is validated and built first; only then is it swapped in.
@@ -76,10 +78,16 @@ pub async fn serve_with_reload(
     let app = router(state.clone());
     let drain_state = state.clone();
     let max_connections = state.live().runtime.max_connections;
+    let tls = state.live().runtime.tls.clone();
+    let tls_watcher = tls
+        .clone()
+        .map(|t| tokio::spawn(t.watch(Duration::from_secs(2))));
+    let _stop_tls_watcher = AbortOnDrop(tls_watcher);
     let limits_state = state.clone();
     let server = listen::serve(
         listener,
         app,
+        tls,
         max_connections,
         move || limits_state.live().runtime.client_limits,
         async move {

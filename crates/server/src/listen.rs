@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -66,6 +66,7 @@ impl std::error::Error for BodyTimedOut {}
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<crate::tls::Tls>>,
     max_connections: usize,
     limits: impl Fn() -> ClientLimits + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -118,8 +119,29 @@ pub(crate) async fn serve(
         let limits = limits();
         let app = app.clone();
         let mut stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, app, limits, &mut stop).await;
+            match tls {
+                None => serve_connection(tcp, app, limits, false, &mut stop).await,
+                Some(tls) => {
+                    // The handshake is bounded like a request head.
+                    let shake = tokio::time::timeout(
+                        limits.header_read_timeout,
+                        tls.acceptor().accept(tcp),
+                    )
+                    .await;
+                    match shake {
+                        Ok(Ok(stream)) => {
+                            // With a client CA configured, a certificate that was presented
+                            // has been verified by the handshake.
+                            let verified = stream.get_ref().1.peer_certificates().is_some();
+                            serve_connection(stream, app, limits, verified, &mut stop).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -135,18 +157,26 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
+/// A private header relais sets on each request of a connection whose client certificate was
+/// verified (and removes from every request it did not set it on), for the admin API.
+pub(crate) const CLIENT_CERT_HEADER: &str = "x-relais-internal-client-cert";
+
+async fn serve_connection<T>(
+    io: T,
     app: Router,
     limits: ClientLimits,
+    client_cert: bool,
     stop: &mut watch::Receiver<bool>,
-) {
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let watch = Arc::new(Activity::new());
-    let io = TokioIo::new(WatchedIo::new(tcp, watch.clone(), limits));
+    let io = TokioIo::new(WatchedIo::new(io, watch.clone(), limits));
     let service = ConnService {
         app: TowerToHyperService::new(app),
         watch,
         body_read_timeout: limits.body_read_timeout,
+        client_cert,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if !limits.http2_cleartext {
@@ -218,8 +248,8 @@ impl Drop for Busy {
 
 /// The client socket, closed (as a read error) when it stays silent too long while no request
 /// is in flight, or when a request head takes too long to arrive whole.
-struct WatchedIo {
-    tcp: TcpStream,
+struct WatchedIo<T> {
+    tcp: T,
     watch: Arc<Activity>,
     limits: ClientLimits,
     /// The first byte of the head now being read, if one arrived since the last response.
@@ -227,8 +257,8 @@ struct WatchedIo {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl WatchedIo {
-    fn new(tcp: TcpStream, watch: Arc<Activity>, limits: ClientLimits) -> Self {
+impl<T> WatchedIo<T> {
+    fn new(tcp: T, watch: Arc<Activity>, limits: ClientLimits) -> Self {
         Self {
             tcp,
             watch,
@@ -254,7 +284,7 @@ impl WatchedIo {
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -299,7 +329,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -336,6 +366,8 @@ struct ConnService {
     app: TowerToHyperService<Router>,
     watch: Arc<Activity>,
     body_read_timeout: Duration,
+    /// The connection's client certificate was verified.
+    client_cert: bool,
 }
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
@@ -345,8 +377,16 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = ServiceFuture;
 
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: http::Request<Incoming>) -> Self::Future {
         let busy = Busy::new(&self.watch);
+        // Never the client's to claim.
+        req.headers_mut().remove(CLIENT_CERT_HEADER);
+        if self.client_cert {
+            req.headers_mut().insert(
+                CLIENT_CERT_HEADER,
+                http::HeaderValue::from_static("verified"),
+            );
+        }
         let deadline = Instant::now() + self.body_read_timeout;
         let req = req.map(|body| Body::new(TimedBody::new(body, deadline)));
         let answer = hyper::service::Service::call(&self.app, req);

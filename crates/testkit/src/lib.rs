@@ -22,6 +22,8 @@ mod anthropic;
 pub mod bedrock;
 mod behaviour;
 mod fast;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 mod gemini;
 
 use std::collections::BTreeMap;

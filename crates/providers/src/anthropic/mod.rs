@@ -9,7 +9,7 @@
 
 mod config;
 mod convert;
-mod error;
+pub(crate) mod error;
 mod stream;
 mod wire;
 

@@ -13,7 +13,7 @@
 
 mod config;
 mod convert;
-mod error;
+pub(crate) mod error;
 mod eventstream;
 mod sigv4;
 mod stream;

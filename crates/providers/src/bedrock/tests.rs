@@ -1840,3 +1840,56 @@ async fn no_embeddings() {
     let e = p.embed("m", &EmbedRequest::default()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
 }
+
+// ---- fuzzing (issue 17): the event-stream framing and the Converse decoders ----
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use relais_testkit::fuzz::{config, cuts, mutated, pieces};
+
+    const STREAMS: [&str; 4] = [
+        "amazon-bedrock-reasoning.chunks.txt",
+        "amazon-bedrock-text.chunks.txt",
+        "amazon-bedrock-tool-call.1.chunks.txt",
+        "amazon-bedrock-tool-no-args.chunks.txt",
+    ];
+
+    fn framed() -> Vec<Vec<u8>> {
+        STREAMS
+            .iter()
+            .map(|n| as_frames(&read(&format!("bedrock/{n}"))))
+            .chain([exception_frame(
+                "throttlingException",
+                r#"{"message":"slow down"}"#,
+            )])
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn fuzz_bedrock_event_stream_any_bytes_any_split(bytes in mutated(framed()), at in cuts()) {
+            let mut frames = FrameDecoder::new();
+            let mut messages = Vec::new();
+            for piece in pieces(&bytes, &at) {
+                if frames.feed(piece, &mut messages).is_err() {
+                    break;
+                }
+            }
+            let payload: usize = messages.iter().map(|m| m.payload.len()).sum();
+            prop_assert!(payload <= bytes.len());
+            prop_assert!(frames.pending() <= bytes.len());
+            if let Ok(events) = decode_bytes(&pieces(&bytes, &at)) {
+                prop_assert!(events.len() <= bytes.len());
+                let mut c = Collector::new();
+                for e in &events {
+                    if c.push(e).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@
 mod auth;
 mod config;
 mod convert;
-mod error;
+pub(crate) mod error;
 mod stream;
 mod wire;
 
