@@ -216,3 +216,201 @@ fn issue17_a_streamed_answer_past_max_stream_bytes_ends_with_an_error() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// ---- TLS on the listener ----
+
+fn sh(dir: &std::path::Path, script: &str) {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`) and a certificate it signed (`NAME.pem`, `NAME.key`) for `cn`, made
+/// with the openssl command in the test's directory.
+fn issue(dir: &std::path::Path, name: &str, ca: &str, cn: &str) {
+    if !dir.join(format!("{ca}.pem")).exists() {
+        sh(
+            dir,
+            &format!(
+                "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN={ca} 2>/dev/null"
+            ),
+        );
+    }
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    sh(
+        dir,
+        &format!(
+            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key.new -out {name}.csr -subj /CN={cn} 2>/dev/null && \
+             openssl x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {name}.pem.new -days 2 -extfile {name}.ext 2>/dev/null && \
+             mv {name}.key.new {name}.key && mv {name}.pem.new {name}.pem"
+        ),
+    );
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn served_subject(port: u16) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn issue17_tls_listener_reloads_its_certificate_and_admin_can_require_client_certs() {
+    let dir = temp_dir("tls");
+    issue(&dir, "server", "ca", "relais-first");
+    issue(&dir, "client", "clients-ca", "ops-laptop");
+    issue(&dir, "stranger", "other-ca", "stranger");
+    let port = free_port();
+    let config = dir.join("relais.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[server.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{d}/clients-ca.pem\"\n\n[admin]\nkey = \"admin-key-0123456789abcdef\"\nrequire_client_cert = true\n\n[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let ca = format!("{}/ca.pem", dir.display());
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&["--resolve", &resolve, "--cacert", &ca, &url("/healthz")]) != "200" {
+        assert!(Instant::now() < deadline, "relais did not serve TLS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP on the TLS port gets nothing useful.
+    assert_ne!(curl(&[&format!("http://127.0.0.1:{port}/healthz")]), "200");
+
+    // The admin API: the key alone is not enough, a client certificate from the configured CA
+    // is; one from another CA fails the handshake.
+    let admin = ["-H", "authorization: Bearer admin-key-0123456789abcdef"];
+    let base = ["--resolve", &resolve, "--cacert", &ca];
+    let with = |cert: &str| {
+        [
+            "--cert".to_owned(),
+            format!("{}/{cert}.pem", dir.display()),
+            "--key".to_owned(),
+            format!("{}/{cert}.key", dir.display()),
+        ]
+    };
+    let args = |extra: &[String]| -> Vec<String> {
+        base.iter()
+            .chain(admin.iter())
+            .map(|s| (*s).to_owned())
+            .chain(extra.iter().cloned())
+            .chain([url("/admin/routes")])
+            .collect()
+    };
+    let run = |a: Vec<String>| curl(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(args(&[])), "403");
+    assert_eq!(run(args(&with("client"))), "200");
+    assert_eq!(run(args(&with("stranger"))), "000");
+    // A client cannot claim a certificate with the internal header.
+    assert_eq!(
+        run(args(&[
+            "-H".to_owned(),
+            "x-relais-internal-client-cert: verified".to_owned()
+        ])),
+        "403"
+    );
+
+    // A keep-alive connection opened with the first certificate...
+    let mut held = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut held_in = held.stdin.take().unwrap();
+    let mut held_out = held.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = held_out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let ask = |input: &mut std::process::ChildStdin| {
+        input
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .unwrap();
+        input.flush().unwrap();
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") && Instant::now() < until {
+            if let Ok(part) = rx.recv_timeout(Duration::from_millis(200)) {
+                got.extend(part);
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert!(ask(&mut held_in).starts_with("HTTP/1.1 200"));
+    assert!(served_subject(port).contains("relais-first"));
+
+    // ...outlives a new certificate, which the next handshakes get.
+    issue(&dir, "server", "ca", "relais-second");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !served_subject(port).contains("relais-second") {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not taken"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ask(&mut held_in).starts_with("HTTP/1.1 200"),
+        "the connection opened before the reload was dropped"
+    );
+    assert_eq!(
+        curl(&["--resolve", &resolve, "--cacert", &ca, &url("/healthz")]),
+        "200"
+    );
+    let _ = held.kill();
+    let _ = child.kill();
+    let _ = child.wait();
+}
