@@ -411,6 +411,7 @@ fn issue17_tls_listener_reloads_its_certificate_and_admin_can_require_client_cer
         "200"
     );
     let _ = held.kill();
+    let _ = held.wait();
     let _ = child.kill();
     let _ = child.wait();
 }
