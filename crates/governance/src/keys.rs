@@ -134,15 +134,21 @@ pub struct KeyRing {
     active: AtomicBool,
     /// Whether the last refresh reached the store (for `/readyz` and metrics).
     store_up: AtomicBool,
-    /// Well-formed keys the store did not know, and how many store lookups unknown keys may
-    /// still make this second: a flood of random `rk-` keys costs the store at most
-    /// [`MISS_LOOKUPS_PER_SEC`] queries a second, and a repeated bad key none.
+    /// Well-formed keys the store did not know, and how many misses this second: a flood of
+    /// random `rk-` keys costs the store at most [`MISS_LOOKUPS_PER_SEC`] fruitless queries a
+    /// second (plus [`CONCURRENT_LOOKUPS`] in flight), and a repeated bad key none.
     misses: Mutex<Misses>,
+    /// Store lookups of uncached keys in flight at once. A burst of first uses of a key made on
+    /// another instance waits its turn here (and finds the key cached by the first), never a 401.
+    lookups: tokio::sync::Semaphore,
 }
 
-/// Store lookups a second for keys not in the cache. A key made on another instance is found
-/// by the first of them, or by the next refresh (every `refresh_secs`) when a flood spent them.
+/// Store lookups a second that may find nothing. Past them, unknown keys are refused without a
+/// query until the next second; a key made on another instance is found by a lookup then, or
+/// by the next refresh (every `refresh_secs`).
 pub const MISS_LOOKUPS_PER_SEC: u32 = 20;
+/// Uncached keys looked up in the store at once.
+const CONCURRENT_LOOKUPS: usize = 8;
 /// Unknown key hashes remembered (until the next refresh); past it the set starts over.
 const MAX_MISSES: usize = 65_536;
 
@@ -154,7 +160,8 @@ struct Misses {
 }
 
 impl Misses {
-    /// Whether an uncached key may be looked up in the store now.
+    /// Whether an uncached key may be looked up in the store now: not a known miss, and the
+    /// second's misses not spent.
     fn may_look_up(&mut self, hash: &str) -> bool {
         if self.hashes.contains(hash) {
             return false;
@@ -167,14 +174,11 @@ impl Misses {
                 self.lookups = 0;
             }
         }
-        if self.lookups >= MISS_LOOKUPS_PER_SEC {
-            return false;
-        }
-        self.lookups += 1;
-        true
+        self.lookups < MISS_LOOKUPS_PER_SEC
     }
 
     fn missed(&mut self, hash: String) {
+        self.lookups += 1;
         if self.hashes.len() >= MAX_MISSES {
             self.hashes.clear();
         }
@@ -207,6 +211,7 @@ impl KeyRing {
             active: AtomicBool::new(false),
             store_up: AtomicBool::new(true),
             misses: Mutex::default(),
+            lookups: tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS),
         };
         ring.refresh().await?;
         Ok(ring)
@@ -278,17 +283,30 @@ impl KeyRing {
             return Err(invalid());
         }
         let hash = hash_key(presented);
-        let found = match self.cached(&hash) {
+        let may_look_up = || {
+            self.misses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .may_look_up(&hash)
+        };
+        let mut found = self.cached(&hash);
+        let _turn = if found.is_none() {
+            if !may_look_up() {
+                return Err(invalid());
+            }
+            let turn = self.lookups.acquire().await.ok();
+            // Found meanwhile by the lookup of another request for the same key?
+            found = self.cached(&hash);
+            if found.is_none() && !may_look_up() {
+                return Err(invalid());
+            }
+            turn
+        } else {
+            None
+        };
+        let found = match found {
             Some(hit) => Some(hit),
             None => {
-                let may = self
-                    .misses
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .may_look_up(&hash);
-                if !may {
-                    return Err(invalid());
-                }
                 // Created by another instance since the last refresh?
                 match self.store.key_by_hash(&hash).await.map_err(store_error)? {
                     None => {
