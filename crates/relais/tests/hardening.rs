@@ -40,6 +40,26 @@ fn healthz(port: u16, timeout: Duration) -> Option<String> {
     Some(buf)
 }
 
+/// `relais serve --config CONFIG`, quiet.
+fn serve(config: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait until plain `GET /healthz` on `port` answers 200.
+fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(port, Duration::from_secs(2)).is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "relais did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// User and system CPU time of a process so far, from /proc (Linux).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -74,11 +94,7 @@ fn issue17_out_of_descriptors_backs_off_and_keeps_serving() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(port, Duration::from_secs(2)).is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(Instant::now() < deadline, "relais did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_healthy(port);
 
     // 300 connections that never send a byte, against 256 descriptors.
     let silent: Vec<TcpStream> = (0..300)
@@ -162,18 +178,8 @@ fn issue17_a_streamed_answer_past_max_stream_bytes_ends_with_an_error() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(port, Duration::from_secs(2)).is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(Instant::now() < deadline, "relais did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = serve(&config);
+    wait_healthy(port);
     let chat = |content: &str| {
         let body = format!(
             "{{\"model\": \"r\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"{content}\"}}]}}"
@@ -303,13 +309,7 @@ fn issue17_tls_listener_reloads_its_certificate_and_admin_can_require_client_cer
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = serve(&config);
     let url = |path: &str| format!("https://localhost:{port}{path}");
     let ca = format!("{}/ca.pem", dir.display());
     let resolve = format!("localhost:{port}:127.0.0.1");
