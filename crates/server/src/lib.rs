@@ -2,13 +2,16 @@
 //!
 //! It depends on every other crate and is depended on only by the binary.
 
+mod admin;
 mod app;
 pub mod bill;
 pub mod config;
 mod dialect;
+mod http;
 mod listen;
 mod memory;
 mod metrics;
+mod ops;
 pub mod planb;
 mod tls;
 

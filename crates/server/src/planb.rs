@@ -447,7 +447,7 @@ pub struct BackupReadiness {
 
 /// Readiness of every shadowed backup of `route` (of every shadowed route when `None`).
 pub async fn readiness(live: &Live, route: Option<&str>) -> Result<Vec<BackupReadiness>, Error> {
-    let ledger = crate::app::ledger_of(live)?;
+    let ledger = crate::admin::ledger_of(live)?;
     if let Some(r) = route {
         if !live.runtime.shadows.contains_key(r) {
             return Err(Error::new(
@@ -550,7 +550,7 @@ pub async fn dependency(
     base: relais_state::UsageQuery,
 ) -> Result<serde_json::Value, Error> {
     use relais_state::GroupBy;
-    let ledger = crate::app::ledger_of(live)?;
+    let ledger = crate::admin::ledger_of(live)?;
     ledger.flush().await?;
     let with =
         |group_by: GroupBy, route: Option<String>, team: Option<String>| relais_state::UsageQuery {
@@ -1091,7 +1091,7 @@ fn target<'a>(live: &'a Live, route: &str, to: &str) -> Result<&'a Deployment, E
 pub async fn forecast(live: &Live, route: &str, to: &str) -> Result<serde_json::Value, Error> {
     let d = target(live, route, to)?;
     let primary = &live.entries[route].route.deployments[0];
-    let ledger = crate::app::ledger_of(live)?;
+    let ledger = crate::admin::ledger_of(live)?;
     ledger.flush().await?;
     let s = &live.runtime.plan_b;
     let now = crate::bill::now_ms();
