@@ -667,3 +667,102 @@ pub(crate) async fn admin_routes(State(app): State<Arc<AppState>>, headers: Head
     let body = serde_json::json!({ "routes": routes }).to_string();
     plain(&headers, StatusCode::OK, "application/json", body)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The admin API as a handler, without a socket (`Router::oneshot`).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+    use tower::ServiceExt;
+
+    const KEY: &str = "admin-key-0123456789abcdef";
+
+    fn app(admin: bool) -> Router {
+        let mut text = String::from(
+            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{ provider = \"up\", model = \"m\" }]\n",
+        );
+        if admin {
+            text.push_str(&format!("[admin]\nkey = \"{KEY}\"\n"));
+        }
+        let raw = crate::config::parse(&text, "t.toml").unwrap();
+        let runtime = crate::config::build(&raw, &text, "t.toml").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        crate::app::router(Arc::new(AppState::new(runtime, rx)))
+    }
+
+    async fn status(app: &Router, method: &str, path: &str, key: Option<&str>) -> u16 {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        let req = req.body(Body::from("{}")).unwrap();
+        app.clone().oneshot(req).await.unwrap().status().as_u16()
+    }
+
+    /// Every path and method the OpenAPI document lists, with its parameters filled in, and the
+    /// Plan B endpoints it does not list yet.
+    fn documented() -> Vec<(String, String)> {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/admin-openapi.json")).unwrap();
+        let mut out = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            let path = path.replace("{id}", "x").replace("{action}", "revoke");
+            for method in ops.as_object().unwrap().keys() {
+                if ["get", "post"].contains(&method.as_str()) {
+                    out.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        for (method, path) in [
+            ("GET", "/admin/readiness"),
+            ("POST", "/admin/promote"),
+            ("GET", "/admin/drills"),
+            ("POST", "/admin/drills"),
+            ("GET", "/admin/drills/x"),
+            ("POST", "/admin/drills/x/stop"),
+            ("GET", "/admin/dependency"),
+        ] {
+            out.push((method.to_owned(), path.to_owned()));
+        }
+        assert_eq!(out.len(), 17, "{out:?}");
+        out
+    }
+
+    #[tokio::test]
+    async fn issue18_no_admin_endpoint_answers_without_the_key() {
+        let app = app(true);
+        for (method, path) in documented() {
+            assert_eq!(
+                status(&app, &method, &path, None).await,
+                401,
+                "{method} {path}"
+            );
+            assert_eq!(
+                status(&app, &method, &path, Some("wrong-key-0123456789abc")).await,
+                401,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(status(&app, "GET", "/admin/routes", Some(KEY)).await, 200);
+        assert_eq!(
+            status(&app, "GET", "/admin/openapi.json", Some(KEY)).await,
+            200
+        );
+        // With the key, a call that needs governance says it is off, not unauthorized.
+        assert_eq!(status(&app, "GET", "/admin/keys", Some(KEY)).await, 404);
+    }
+
+    #[tokio::test]
+    async fn issue18_the_admin_api_is_off_without_a_key_in_the_config() {
+        let app = app(false);
+        for (method, path) in documented() {
+            assert_eq!(
+                status(&app, &method, &path, Some(KEY)).await,
+                404,
+                "{method} {path}"
+            );
+        }
+    }
+}
