@@ -376,7 +376,7 @@ fn record_failed(live: &Live, failed: &[FailedAttempt]) {
 }
 
 /// A request every deployment failed: count it against the last one tried.
-fn record_exhausted(live: &Live, ex: &Exhausted, elapsed: Option<Duration>) {
+fn record_exhausted(live: &Live, ex: &Exhausted, elapsed: Duration) {
     record_failed(live, &ex.failed);
     if let Some(last) = ex
         .failed
@@ -384,9 +384,18 @@ fn record_exhausted(live: &Live, ex: &Exhausted, elapsed: Option<Duration>) {
         .and_then(|f| live.series_of(&f.route, f.deployment))
     {
         last.error(ex.error.kind);
-        if let Some(d) = elapsed {
-            last.duration.observe(d);
-        }
+        last.duration.observe(elapsed);
+    }
+}
+
+/// `x-relais-deployment` and `x-relais-attempts`, on every routed answer (chat and embeddings).
+fn routed_headers(resp: &mut Response, deployment: &str, attempts: usize) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(deployment) {
+        h.insert(HeaderName::from_static("x-relais-deployment"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
+        h.insert(HeaderName::from_static("x-relais-attempts"), v);
     }
 }
 
@@ -562,7 +571,7 @@ async fn chat_with(
     let routed = match entry.route.chat_within(&req, policy).await {
         Ok(r) => r,
         Err(ex) => {
-            record_exhausted(&live, &ex, Some(ctx.start.elapsed()));
+            record_exhausted(&live, &ex, ctx.start.elapsed());
             log_error(&req.model, &ctx.id, &ex.error);
             if let Some(b) = &mut bill {
                 let status = ctx.dialect.error_status(&ex.error);
@@ -685,13 +694,7 @@ async fn chat_with(
             }
         }
     };
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&deployment.id) {
-        h.insert(HeaderName::from_static("x-relais-deployment"), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
-        h.insert(HeaderName::from_static("x-relais-attempts"), v);
-    }
+    routed_headers(&mut resp, &deployment.id, attempts);
     resp
 }
 
@@ -1018,6 +1021,7 @@ async fn embeddings_with(
         Ok(r) => r,
         Err(e) => {
             app.global.rejected(e.kind);
+            log_error("", &ctx.id, &e);
             return ctx.error(&e, Duration::ZERO);
         }
     };
@@ -1057,10 +1061,13 @@ async fn embeddings_with(
                 HeaderValue::from_static("application/json"),
             );
             ctx.headers(&mut out, waited);
+            if let Some(d) = entry.route.deployments.get(i) {
+                routed_headers(&mut out, &d.id, failed.len() + 1);
+            }
             out
         }
         Err(ex) => {
-            record_exhausted(&live, &ex, None);
+            record_exhausted(&live, &ex, ctx.start.elapsed());
             log_error(&req.model, &ctx.id, &ex.error);
             if let Some(b) = &mut bill {
                 let status = ctx.dialect.error_status(&ex.error);
