@@ -156,7 +156,8 @@ const MAX_MISSES: usize = 65_536;
 struct Misses {
     hashes: std::collections::HashSet<String>,
     window: Option<std::time::Instant>,
-    lookups: u32,
+    /// Store lookups this second that found nothing.
+    missed: u32,
 }
 
 impl Misses {
@@ -171,14 +172,14 @@ impl Misses {
             Some(start) if now.duration_since(start) < std::time::Duration::from_secs(1) => {}
             _ => {
                 self.window = Some(now);
-                self.lookups = 0;
+                self.missed = 0;
             }
         }
-        self.lookups < MISS_LOOKUPS_PER_SEC
+        self.missed < MISS_LOOKUPS_PER_SEC
     }
 
     fn missed(&mut self, hash: String) {
-        self.lookups += 1;
+        self.missed += 1;
         if self.hashes.len() >= MAX_MISSES {
             self.hashes.clear();
         }

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, wait_healthy};
 use relais_testkit::{Fault, MockServer, psql};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_relais");
 
@@ -22,14 +25,6 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
     let path = dir.join("relais.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(mock: &str, port: u16) -> String {
@@ -121,22 +116,6 @@ fn check_names_file_line_and_field_of_an_error() {
         "{stderr}"
     );
     assert!(stderr.contains("relais.toml:8:"), "{stderr}");
-}
-
-fn wait_healthy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("relais did not become healthy on port {port}");
 }
 
 #[test]

@@ -14,20 +14,16 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{free_port, wait_healthy};
+
 const BIN: &str = env!("CARGO_BIN_EXE_relais");
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("relais-hard-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn healthz(port: u16, timeout: Duration) -> Option<String> {
@@ -49,15 +45,6 @@ fn serve(config: &std::path::Path) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Wait until plain `GET /healthz` on `port` answers 200.
-fn wait_healthy(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(port, Duration::from_secs(2)).is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(Instant::now() < deadline, "relais did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// User and system CPU time of a process so far, from /proc (Linux).

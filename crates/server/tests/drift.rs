@@ -10,38 +10,9 @@
 
 mod common;
 
-use std::sync::{Mutex, Once, PoisonError};
-
 use common::Gateway;
 use relais_testkit::Fault;
 use serde_json::json;
-
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
 
 fn embed() -> serde_json::Value {
     json!({"model": "emb", "input": ["hello"]})
@@ -96,7 +67,7 @@ async fn issue18_an_exhausted_embeddings_request_records_its_duration() {
 
 #[tokio::test]
 async fn issue18_embeddings_refusals_are_logged_like_chat_ones() {
-    capture_logs();
+    common::capture_logs(tracing::Level::DEBUG);
     let gw = Gateway::start("").await;
     for (path, id) in [
         ("/v1/embeddings", "drift-refusal-embeddings"),
@@ -111,8 +82,7 @@ async fn issue18_embeddings_refusals_are_logged_like_chat_ones() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 404, "{path}");
-        let log = String::from_utf8_lossy(&LOG.lock().unwrap_or_else(PoisonError::into_inner))
-            .into_owned();
+        let log = common::logs();
         assert!(
             log.lines()
                 .any(|l| l.contains("request refused") && l.contains(id)),

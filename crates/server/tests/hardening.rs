@@ -15,11 +15,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::Gateway;
+use common::{Gateway, logs, sse_data_payloads as sse_payloads};
 use relais_testkit::{Fault, MockServer, vertex_test_key};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,54 +29,6 @@ use tokio::net::{TcpListener, TcpStream};
 const SECRET: &str = "relais-upstream-plain-secret";
 /// The first access token the mock's `/token` issues (Vertex AI's credential on the wire).
 const VERTEX_TOKEN: &str = "ya29.mock-1";
-
-/// The JSON payloads of an SSE body, whatever `event:` lines precede them; `[DONE]` as the
-/// string "[DONE]".
-fn sse_payloads(body: &str) -> Vec<Value> {
-    body.split("\n\n")
-        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
-        .map(|d| {
-            if d == "[DONE]" {
-                Value::String("[DONE]".into())
-            } else {
-                serde_json::from_str(d).unwrap_or_else(|_| panic!("not JSON: {d}"))
-            }
-        })
-        .collect()
-}
-
-// ---- a TRACE log captured in memory ----
-
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
-
-fn logs() -> String {
-    String::from_utf8_lossy(&LOG.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
-}
 
 // ---- one gateway in front of every provider kind ----
 
@@ -102,7 +54,7 @@ fn server_section(extra: &str) -> String {
 /// A gateway whose routes `openai`, `azure`, `anthropic`, `gemini`, `vertex` and `bedrock` each
 /// reach the mock through that provider kind, every credential being [`SECRET`].
 async fn every_kind(server: &str) -> Gateway {
-    capture_logs();
+    common::capture_logs(tracing::Level::TRACE);
     let mock = MockServer::start(Some(SECRET)).await;
     let key_file = std::env::temp_dir().join(common::unique("vertex-key"));
     std::fs::write(&key_file, vertex_test_key(&format!("{}/token", mock.url()))).unwrap();

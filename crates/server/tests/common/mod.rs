@@ -161,6 +161,59 @@ pub fn sse_payloads(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The JSON payloads of an SSE body whatever `event:` lines precede them (Anthropic's frames
+/// too); `[DONE]` as the string "[DONE]".
+pub fn sse_data_payloads(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| {
+            if d == "[DONE]" {
+                Value::String("[DONE]".into())
+            } else {
+                serde_json::from_str(d).unwrap_or_else(|_| panic!("not JSON: {d}"))
+            }
+        })
+        .collect()
+}
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Send this test binary's log (everything at `level` and above, every crate) to a buffer that
+/// [`logs`] reads. The first call in a binary sets the level.
+pub fn capture_logs(level: tracing::Level) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// What the test binary logged so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(
+        &LOG.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
+}
+
 /// Assert an OpenAI-shaped error body and return its `error` object.
 pub async fn error_of(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
