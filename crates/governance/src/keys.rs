@@ -197,12 +197,6 @@ fn store_error(e: StoreError) -> Error {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl KeyRing {
     /// Load every key and team from `store`.
     pub async fn load(store: Arc<dyn KeyStore>) -> Result<Self, Error> {
@@ -367,7 +361,7 @@ impl KeyRing {
             id: format!("team_{}", random_hex(8)?),
             name: name.to_owned(),
             routes,
-            created_at: unix_now(),
+            created_at: crate::calendar::unix_secs(),
             limits,
             reach,
         };
@@ -431,7 +425,7 @@ impl KeyRing {
         }
         let show = |what: &str, v: u64| {
             if what.starts_with("budget") {
-                crate::budget::usd(v)
+                crate::money::usd(v)
             } else {
                 v.to_string()
             }
@@ -477,7 +471,7 @@ impl KeyRing {
             prefix,
             hash,
             routes,
-            created_at: unix_now(),
+            created_at: crate::calendar::unix_secs(),
             revoked_at: None,
             limits,
             reach,
@@ -496,7 +490,7 @@ impl KeyRing {
     /// Revoke a key: refused at once on this instance, within a refresh on others.
     pub async fn revoke_key(&self, id: &str) -> Result<(), Error> {
         self.store
-            .revoke_key(id, unix_now())
+            .revoke_key(id, crate::calendar::unix_secs())
             .await
             .map_err(store_error)?;
         self.refresh().await

@@ -4,15 +4,15 @@
 //!
 //! This crate must never depend on the server or on any wire format.
 
-mod budget;
+mod calendar;
 mod keys;
 mod ledger;
 mod limits;
-mod redis_limits;
+mod money;
 
-pub use budget::{date_of_day, parse_date, parse_usd, period_starts, usd};
+pub use calendar::{date_of_day, parse_date, period_starts};
 pub use keys::{Access, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
 pub use ledger::{Ledger, LedgerStats};
-pub use limits::{Holder, Limiter, RateLimits, Subject, Ticket};
-pub use redis_limits::RedisLimiter;
+pub use limits::{Holder, Limiter, RateLimits, RedisLimiter, Subject, Ticket};
+pub use money::{parse_usd, usd, usd_plain};
 pub use relais_state::{LedgerRow, Limits, Reach};

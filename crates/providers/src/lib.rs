@@ -17,4 +17,6 @@ mod sse;
 
 pub use http::{DEFAULT_MAX_STREAM_BYTES, HttpSettings, set_max_stream_bytes, shared_client};
 pub use registry::{ProviderConfig, build_provider};
+/// The shared upstream HTTP client every provider is built with.
+pub use reqwest::Client as HttpClient;
 pub use sse::{SseEvent, SseParser};

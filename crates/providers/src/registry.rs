@@ -25,6 +25,25 @@ pub enum ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// Who stands behind a provider of this config when its deployments name no vendor: the
+    /// provider's kind, except for `openai_compat`, which fronts many vendors (vLLM, Groq,
+    /// DeepSeek...): there, the provider's own name (`name`).
+    pub fn default_vendor(&self, name: &str) -> String {
+        match self {
+            Self::OpenaiCompat(_) => name.to_owned(),
+            other => other.kind().to_owned(),
+        }
+    }
+
+    /// Whether its requests cost nothing whatever the price table says (the built-in model).
+    pub fn is_free(&self) -> bool {
+        match self {
+            #[cfg(feature = "local")]
+            Self::Local(_) => true,
+            _ => false,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::OpenaiCompat(_) => "openai_compat",

@@ -100,15 +100,16 @@ struct UsageArgs {
 }
 
 fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<()> {
-    let q = relais_server::bill::usage_query(&a.by, a.from.as_deref(), a.to.as_deref(), a.filters)
-        .map_err(|e| anyhow!(e.message))?;
+    let q =
+        relais_server::reports::usage_query(&a.by, a.from.as_deref(), a.to.as_deref(), a.filters)
+            .map_err(|e| anyhow!(e.message))?;
     with_keyring(config, async |g| {
         let lines = g
             .ledger_store
             .usage(&q)
             .await
             .map_err(|e| anyhow!("ledger store: {e}"))?;
-        let v = relais_server::bill::usage_json(&q, &lines);
+        let v = relais_server::reports::usage_json(&q, &lines);
         if a.json {
             println!("{v}");
             return Ok(());

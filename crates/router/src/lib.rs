@@ -365,6 +365,12 @@ struct Pick {
 const MAX_FALLBACK_HOPS: usize = 4;
 
 impl Route {
+    /// The primary deployment: the first configured (after promotions). A built route always
+    /// has one; `None` only for a route made by hand with none.
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments.first()
+    }
+
     /// Run a chat request: pick, attempt, fail over until a deployment produces a first event,
     /// then follow a fallback route if the error calls for one.
     pub async fn chat(self: &Arc<Self>, req: &ChatRequest) -> Result<Routed, Exhausted> {

@@ -1,16 +1,18 @@
 //! What a request cost and who pays: its worst case for admission, its real cost for settlement,
 //! and its ledger rows (one for the request as the client saw it, one per upstream attempt).
-//! Also the usage summaries shared by `GET /admin/usage` and `relais usage`.
+//!
+//! Depends on live, caller and clock only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use relais_core::{Error, Usage};
 use relais_governance::{Ledger, LedgerRow};
 use relais_router::{Deployment, FailedAttempt, Route};
-use relais_state::{GroupBy, UsageLine, UsageQuery};
 
-use crate::app::Live;
+use crate::caller::Payer;
+use crate::clock::{Instant, now_ms, us};
+use crate::live::Live;
 
 /// Cost of `usage` at a deployment's price, pico-USD; 0 when it has no price.
 pub(crate) fn cost_at(d: &Deployment, usage: &Usage) -> u64 {
@@ -60,18 +62,11 @@ pub(crate) fn row_id(at_ms: i64) -> String {
     format!("{ms:012x}{:020x}", fastrand::u128(..) >> 48)
 }
 
-/// Unix milliseconds now.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Who and what a shadow copy bills.
 pub(crate) struct ShadowBill<'a> {
     pub request_id: &'a str,
     pub at_ms: i64,
-    pub who: (Option<&'a str>, Option<&'a str>),
+    pub payer: Payer<'a>,
     pub route: &'a str,
     pub stream: bool,
 }
@@ -92,8 +87,8 @@ pub(crate) fn shadow_row(
         request_id: b.request_id.to_owned(),
         at_ms: b.at_ms,
         category: "shadow".to_owned(),
-        key_id: b.who.0.map(str::to_owned),
-        team_id: b.who.1.map(str::to_owned),
+        key_id: b.payer.key.map(str::to_owned),
+        team_id: b.payer.team.map(str::to_owned),
         route: b.route.to_owned(),
         stream: b.stream,
         latency_us: us(latency),
@@ -107,10 +102,6 @@ pub(crate) fn shadow_row(
         set_usage(&mut row, u, cost_at(d, u));
     }
     row
-}
-
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn fill(row: &mut LedgerRow, d: &Deployment) {
@@ -134,7 +125,7 @@ impl Bill {
     pub(crate) fn start(
         live: &Live,
         request_id: &str,
-        who: (Option<&str>, Option<&str>),
+        payer: Payer<'_>,
         route: &str,
         stream: bool,
         start: Instant,
@@ -149,8 +140,8 @@ impl Bill {
                 request_id: request_id.to_owned(),
                 at_ms,
                 category: "live".to_owned(),
-                key_id: who.0.map(str::to_owned),
-                team_id: who.1.map(str::to_owned),
+                key_id: payer.key.map(str::to_owned),
+                team_id: payer.team.map(str::to_owned),
                 route: route.to_owned(),
                 stream,
                 ..LedgerRow::default()
@@ -171,28 +162,10 @@ impl Bill {
     }
 
     /// Write the rows: each failed attempt, the attempt that served (if any), and the request
-    /// with its totals, the status the client got and its error class. Only the first call
+    /// with its totals, the status the client got and its error as (class, upstream status)
+    /// (a stream the client closed is `canceled`, which no [`Error`] is). Only the first call
     /// writes.
     pub(crate) fn record(
-        &mut self,
-        live: &Live,
-        failed: &[FailedAttempt],
-        served: Option<&Served>,
-        status: u16,
-        error: Option<&Error>,
-    ) {
-        self.record_class(
-            live,
-            failed,
-            served,
-            status,
-            error.map(|e| (e.kind.as_str(), e.upstream_status)),
-        );
-    }
-
-    /// [`Bill::record`] with the error as (class, upstream status): a stream the client
-    /// closed is `canceled`, which no [`Error`] is.
-    pub(crate) fn record_class(
         &mut self,
         live: &Live,
         failed: &[FailedAttempt],
@@ -251,88 +224,6 @@ impl Bill {
         rows.push(total);
         self.ledger.record(&rows);
     }
-}
-
-/// A usage query from the admin API's or the CLI's parameters: group by one of
-/// [`GroupBy::NAMES`], dates `YYYY-MM-DD` (from: the first of this month by default; to:
-/// inclusive, today by default).
-pub fn usage_query(
-    by: &str,
-    from: Option<&str>,
-    to: Option<&str>,
-    filters: [Option<String>; 3],
-) -> Result<UsageQuery, Error> {
-    let group_by = GroupBy::parse(by).ok_or_else(|| {
-        Error::bad_request(format!("by: '{by}' is not one of: {}", GroupBy::NAMES)).with_param("by")
-    })?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let (today, month) = relais_governance::period_starts(now);
-    let date = |v: Option<&str>, field: &str, default: i64| {
-        v.map_or(Ok(default), |t| {
-            relais_governance::parse_date(t)
-                .map_err(|e| Error::bad_request(format!("{field}: {e}")).with_param(field))
-        })
-    };
-    let from_ms = date(from, "from", month)?;
-    let to_ms = date(to, "to", today)? + 86_400_000;
-    let [key_id, team_id, route] = filters;
-    Ok(UsageQuery {
-        group_by,
-        from_ms,
-        to_ms,
-        category: "live".to_owned(),
-        key_id,
-        team_id,
-        route,
-        drill: None,
-    })
-}
-
-/// A usage line for people: days as dates, money in USD (exact) and pico-USD.
-pub fn usage_json(q: &UsageQuery, lines: &[UsageLine]) -> serde_json::Value {
-    let rows: Vec<_> = lines
-        .iter()
-        .map(|l| {
-            let group = match q.group_by {
-                GroupBy::Day => l
-                    .group
-                    .parse::<i64>()
-                    .map_or_else(|_| l.group.clone(), relais_governance::date_of_day),
-                _ => l.group.clone(),
-            };
-            serde_json::json!({
-                "group": group,
-                "requests": l.requests,
-                "errors": l.errors,
-                "input_tokens": l.input_tokens,
-                "output_tokens": l.output_tokens,
-                "cache_read_tokens": l.cache_read_tokens,
-                "cache_write_tokens": l.cache_write_tokens,
-                "reasoning_tokens": l.reasoning_tokens,
-                "cost_usd": relais_governance::usd(l.cost_pusd).trim_start_matches('$'),
-                "cost_pusd": l.cost_pusd,
-            })
-        })
-        .collect();
-    let total: u64 = lines.iter().map(|l| l.cost_pusd).sum();
-    let mut v = serde_json::json!({
-        "from": relais_governance::date_of_day(q.from_ms.div_euclid(86_400_000)),
-        "to": relais_governance::date_of_day((q.to_ms - 1).div_euclid(86_400_000)),
-        "usage": rows,
-        "total_cost_usd": relais_governance::usd(total).trim_start_matches('$'),
-        "total_cost_pusd": total,
-    });
-    if q.group_by == GroupBy::Vendor {
-        // The dependency index: each vendor's share and how concentrated they are.
-        let totals: Vec<(String, u64, u64)> = lines
-            .iter()
-            .map(|l| (l.group.clone(), l.requests, l.cost_pusd))
-            .collect();
-        v["concentration"] = crate::planb::concentration_json(&totals);
-    }
-    v
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! its limits and the decoding budget.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use relais_core::{Error, ErrorKind, Side};
 
+use crate::clock::Instant;
 use crate::dialect::Dialect;
 
 /// Room held in the decoding budget while a body is read and parsed; given back on drop.
@@ -36,13 +37,6 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The client's `x-request-id` when it is sane, otherwise a fresh random one.

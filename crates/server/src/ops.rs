@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use crate::app::AppState;
 use crate::http::{Ctx, bearer, constant_time_eq, plain};
+use crate::state::AppState;
 
 pub(crate) async fn healthz(headers: HeaderMap) -> Response {
     plain(
@@ -37,7 +37,7 @@ pub(crate) async fn readyz(State(app): State<Arc<AppState>>, headers: HeaderMap)
             .runtime
             .governance
             .as_ref()
-            .is_some_and(|g| g.when_redis_down == "open");
+            .is_some_and(|g| g.when_redis_down == crate::config::WhenDown::Open);
         let mut body = serde_json::json!({"status": "ready"});
         let mut status = StatusCode::OK;
         match (limits.is_up(), fail_open) {
@@ -112,7 +112,7 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             u8::from(l.store_up())
         ));
     }
-    app.shadower.stats.render(&mut body);
-    app.dependency_alerts.render(&mut body);
+    app.planb.shadower.stats.render(&mut body);
+    app.planb.alerts.render(&mut body);
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }

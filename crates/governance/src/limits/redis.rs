@@ -1,4 +1,4 @@
-//! The same limits as [`crate::Limiter`], counted in Redis for every instance together. Each
+//! The same limits as [`super::Limiter`], counted in Redis for every instance together. Each
 //! admission is one Lua script run atomically by Redis with Redis's own clock (no instance's
 //! clock matters), checking and recording key and team in one step. A request in flight holds
 //! a lease, so the slots of an instance that dies come back when the lease ends.
@@ -16,8 +16,9 @@ use relais_core::{Error, ErrorKind, Side};
 
 use relais_state::LedgerStore;
 
-use crate::budget::{PICO_PER_NANO, Period, day_of, month_of, period_starts, refuse_budget};
-use crate::limits::{Subject, Ticket, refuse};
+use super::subject::{Period, Subject, refuse, refuse_budget};
+use crate::calendar::{day_of, month_of, period_starts};
+use crate::money::PICO_PER_NANO;
 
 /// How long one Redis call may take before the store counts as down. A Redis that answers
 /// at all answers in well under a millisecond; this bounds only a hung one. 500 ms was too
@@ -86,9 +87,9 @@ impl RedisLimiter {
             fail_open,
             instance,
             next: AtomicU64::new(0),
-            admit: Script::new(include_str!("lua/admit.lua")),
-            finish: Script::new(include_str!("lua/finish.lua")),
-            seed: Script::new(include_str!("lua/seed.lua")),
+            admit: Script::new(include_str!("../lua/admit.lua")),
+            finish: Script::new(include_str!("../lua/finish.lua")),
+            seed: Script::new(include_str!("../lua/seed.lua")),
             ledger,
         });
         if !limiter.try_connect().await {
@@ -148,7 +149,7 @@ impl RedisLimiter {
         subjects: &[Subject<'_>],
         tokens: u64,
         cost: u64,
-    ) -> Result<Option<Ticket>, Error> {
+    ) -> Result<Option<RedisTicket>, Error> {
         let id = format!(
             "{}-{}",
             self.instance,
@@ -213,7 +214,13 @@ impl RedisLimiter {
         );
         if index < 0 {
             let ids = subjects.iter().map(|(s, _, _)| (*s).to_owned()).collect();
-            return Ok(Some(Ticket::redis(self.clone(), id, ids)));
+            return Ok(Some(RedisTicket {
+                limiter: self.clone(),
+                id,
+                subjects: ids,
+                used: AtomicU64::new(u64::MAX),
+                spent: AtomicU64::new(0),
+            }));
         }
         let (_, who, limits) = usize::try_from(index)
             .ok()
@@ -290,7 +297,7 @@ impl RedisLimiter {
                 "the ledger store is unreachable, so budgets cannot be checked; try again shortly",
             )
         };
-        let now = crate::budget::unix_secs();
+        let now = crate::calendar::unix_secs();
         let spend = match &self.ledger {
             None => relais_state::Spend::default(),
             Some(store) => {
@@ -409,5 +416,39 @@ async fn watch(limiter: std::sync::Weak<RedisLimiter>) {
                 );
             }
         }
+    }
+}
+
+/// A request's lease in Redis: released, with the usage reported at settlement, when dropped
+/// (one Redis call per request end instead of two).
+pub(crate) struct RedisTicket {
+    limiter: Arc<RedisLimiter>,
+    id: String,
+    subjects: Vec<String>,
+    /// Tokens reported at settlement; `u64::MAX` until settled.
+    used: AtomicU64,
+    /// Cost at settlement, pico-USD.
+    spent: AtomicU64,
+}
+
+impl RedisTicket {
+    /// Keep what the request used, to send with the release; settling twice keeps the first.
+    pub(crate) fn settle(&self, tokens: u64, cost: u64) {
+        if self.used.load(Ordering::Relaxed) == u64::MAX {
+            self.spent.store(cost, Ordering::Relaxed);
+            self.used.store(tokens, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RedisTicket {
+    fn drop(&mut self) {
+        let used = self.used.load(Ordering::Relaxed);
+        let spent = self.spent.load(Ordering::Relaxed);
+        self.limiter.finish(
+            &self.id,
+            &self.subjects,
+            (used != u64::MAX).then_some((used, spent)),
+        );
     }
 }

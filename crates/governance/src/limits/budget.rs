@@ -8,162 +8,10 @@
 //! reservation fits, so no number of concurrent requests can overrun it. Settlement adds the
 //! real cost to the period it ends in and frees the reservation.
 
-use relais_core::{Error, ErrorKind, Side};
 use relais_state::{Limits, Spend};
 
-use crate::limits::Holder;
-
-pub(crate) const PICO_PER_NANO: u64 = 1000;
-
-/// Days since 1970-01-01 (UTC) of a Unix time in seconds.
-pub(crate) fn day_of(unix_secs: i64) -> i64 {
-    unix_secs.div_euclid(86_400)
-}
-
-/// (year, month 1-12, day 1-31) of a day number (days since 1970-01-01): H. Hinnant's civil
-/// calendar algorithm, also in `lua/admit.lua` so Redis computes the same months.
-pub(crate) fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Days since 1970-01-01 of a civil date (the inverse of [`civil`]).
-pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix milliseconds of the start (00:00 UTC) of a date written `YYYY-MM-DD`.
-pub fn parse_date(text: &str) -> Result<i64, String> {
-    let bad = || format!("'{text}' is not a date like 2026-11-23");
-    let mut parts = text.trim().splitn(3, '-').map(|p| p.parse::<i64>());
-    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(d))) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    let days = days_from_civil(y, m, d);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || civil(days) != (y, m, d) {
-        return Err(bad());
-    }
-    Ok(days * 86_400_000)
-}
-
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-pub fn date_of_day(days: i64) -> String {
-    let (y, m, d) = civil(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// A month as one number: year × 12 + (month − 1).
-pub(crate) fn month_of(days: i64) -> i64 {
-    let (y, m, _) = civil(days);
-    y * 12 + m - 1
-}
-
-/// Unix milliseconds of the start of the UTC day and month holding `unix_secs`.
-pub fn period_starts(unix_secs: i64) -> (i64, i64) {
-    let day = day_of(unix_secs);
-    let (_, _, d) = civil(day);
-    (day * 86_400_000, (day - (d - 1)) * 86_400_000)
-}
-
-pub(crate) fn unix_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// `$1.234567` (micro-dollar precision, rounded down), for messages.
-pub fn usd(pico: u64) -> String {
-    let micro = pico / 1_000_000;
-    format!("${}.{:06}", micro / 1_000_000, micro % 1_000_000)
-}
-
-/// Parse an amount in USD ("5", "12.50", "0.000001") exactly, to pico-USD. At most six
-/// decimals; at most $9,000,000 (a budget in Redis is exact to that).
-pub fn parse_usd(text: &str) -> Result<u64, String> {
-    let t = text.trim().trim_start_matches('$');
-    let bad = || format!("'{text}' is not an amount in USD, like \"25\" or \"12.50\"");
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if (whole.is_empty() && frac.is_empty())
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    if frac.len() > 6 {
-        return Err(format!("'{text}' has more than six decimals"));
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| bad())?
-    };
-    if whole > 9_000_000 {
-        return Err(format!("'{text}' is above the largest budget, $9,000,000"));
-    }
-    let micro: u64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
-    Ok((whole * 1_000_000 + micro) * 1_000_000)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Period {
-    Day,
-    Month,
-    Total,
-}
-
-impl Period {
-    fn describe(self) -> &'static str {
-        match self {
-            Self::Day => "daily budget (resets at 00:00 UTC)",
-            Self::Month => "monthly budget (resets on the 1st, 00:00 UTC)",
-            Self::Total => "total budget",
-        }
-    }
-
-    pub(crate) fn from_code(code: i64) -> Self {
-        match code {
-            1 => Self::Day,
-            2 => Self::Month,
-            _ => Self::Total,
-        }
-    }
-
-    pub(crate) fn limit(self, l: &Limits) -> Option<u64> {
-        match self {
-            Self::Day => l.budget_day,
-            Self::Month => l.budget_month,
-            Self::Total => l.budget_total,
-        }
-    }
-}
-
-pub(crate) fn refuse_budget(who: &Holder<'_>, period: Period, limit: u64, used: u64) -> Error {
-    Error::new(
-        ErrorKind::BudgetExceeded,
-        Side::Client,
-        format!(
-            "{who} has used or reserved {} of its {} of {}; this request could cost more than what is left",
-            usd(used),
-            period.describe(),
-            usd(limit)
-        ),
-    )
-    .with_code("budget_exceeded")
-}
+use super::subject::Period;
+use crate::calendar::{day_of, month_of};
 
 /// A subject's spend in this process: seeded from the ledger the first time the subject is
 /// seen with a budget, then kept up to date by settlements.
@@ -234,6 +82,8 @@ impl Spent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::*;
+    use crate::money::*;
 
     #[test]
     fn calendar_matches_known_dates() {

@@ -1,0 +1,173 @@
+//! Plan B: readiness, promotion (with its dry-run forecast), drills, the dependency index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use relais_core::{Error, ErrorKind, Side};
+
+use super::{admin_answer, admin_body, query_params, string_field, usage_query_of};
+use crate::http::{ADMIN_BODY, read_body};
+use crate::state::AppState;
+
+/// `GET /admin/readiness[?route=R]`: every shadowed backup's readiness (DESIGN.md §8).
+pub(crate) async fn admin_readiness(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        let params = query_params(uri.query().unwrap_or(""));
+        let backups =
+            crate::planb::readiness(&live, params.get("route").map(String::as_str)).await?;
+        Ok((
+            StatusCode::OK,
+            serde_json::json!({
+                "window_days": live.runtime.plan_b.window_days,
+                "window_samples": live.runtime.plan_b.window_samples,
+                "backups": backups,
+            }),
+        ))
+    })
+    .await
+}
+
+/// `POST /admin/promote` with `{"route", "to", "by", "dry_run"}` makes `to` the route's
+/// primary (a dry run only forecasts), or with `{"route", "undo": true, "by"}` undoes it.
+pub(crate) async fn admin_promote(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+        let body = admin_body(&bytes)?;
+        let route = string_field(&body, "route")?;
+        let flag = |k: &str| {
+            body.get(k)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false)
+        };
+        if flag("undo") {
+            let by = string_field(&body, "by")?;
+            return Ok((
+                StatusCode::OK,
+                crate::reload::promote(&app, route, None, by).await?,
+            ));
+        }
+        let to = string_field(&body, "to")?;
+        let forecast = crate::planb::forecast(&live, route, to).await?;
+        if flag("dry_run") {
+            return Ok((
+                StatusCode::OK,
+                serde_json::json!({"dry_run": true, "forecast": forecast}),
+            ));
+        }
+        let by = string_field(&body, "by")?;
+        let mut done = crate::reload::promote(&app, route, Some(to), by).await?;
+        done["forecast"] = forecast;
+        Ok((StatusCode::OK, done))
+    })
+    .await
+}
+
+/// `POST /admin/drills` starts a drill; `GET` lists this instance's drills.
+pub(crate) async fn admin_drills(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        if method == Method::GET {
+            let list: Vec<_> = app.planb.drills.list().iter().map(|d| d.json()).collect();
+            return Ok((StatusCode::OK, serde_json::json!({ "drills": list })));
+        }
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+        let req: crate::planb::DrillRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_request(format!("invalid drill: {e}")))?;
+        let drill = app.planb.drills.start(&live, req)?;
+        crate::planb::record_drill(&live, &drill).await;
+        // Ends it at its time (unless it was aborted or stopped first) and records the end.
+        let (app2, d) = (app.clone(), drill.clone());
+        tokio::spawn(async move {
+            while d.state() == crate::planb::DrillState::Running
+                && crate::clock::now_ms() < d.ends_at_ms
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if d.end(crate::planb::DrillState::Completed) {
+                tracing::info!(drill = %d.id, "drill completed");
+            }
+            crate::planb::record_drill(&app2.live(), &d).await;
+        });
+        Ok((StatusCode::CREATED, drill.json()))
+    })
+    .await
+}
+
+pub(crate) fn no_drill(id: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        Side::Client,
+        format!("no drill '{id}' on this instance"),
+    )
+}
+
+/// `GET /admin/drills/{id}`: the drill's report, its counters beside the ledger's rows.
+pub(crate) async fn admin_drill(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        let d = app.planb.drills.get(&id).ok_or_else(|| no_drill(&id))?;
+        Ok((StatusCode::OK, crate::planb::drill_report(&live, &d).await?))
+    })
+    .await
+}
+
+/// `POST /admin/drills/{id}/stop` (body `{"by": "..."}`): end a drill early.
+pub(crate) async fn admin_drill_stop(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        let d = app.planb.drills.get(&id).ok_or_else(|| no_drill(&id))?;
+        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+        let by = if bytes.is_empty() {
+            "admin".to_owned()
+        } else {
+            string_field(&admin_body(&bytes)?, "by")?.to_owned()
+        };
+        d.end(crate::planb::DrillState::Stopped { by });
+        crate::planb::record_drill(&live, &d).await;
+        Ok((StatusCode::OK, d.json()))
+    })
+    .await
+}
+
+/// `GET /admin/dependency[?from&to&route&team&key]`: each vendor's share of requests and
+/// spend, and the concentration (HHI), overall, per route, per team and per day.
+pub(crate) async fn admin_dependency(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let live = app.live();
+    admin_answer(&headers, async {
+        let q = usage_query_of(&uri, Some("vendor"))?;
+        Ok((StatusCode::OK, crate::planb::dependency(&live, q).await?))
+    })
+    .await
+}

@@ -1,0 +1,122 @@
+//! Chat: OpenAI Chat Completions, Anthropic Messages and Azure OpenAI's deployment path, one
+//! pipeline for all three (the dialect decides only how the request is read and the answer
+//! written).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use relais_core::Error;
+use relais_router::RouteKind;
+
+use crate::dialect::Dialect;
+use crate::http::Ctx;
+use crate::pipeline::{admit, respond, route};
+use crate::planb::Admission;
+use crate::state::AppState;
+
+pub(super) async fn openai(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat(app, headers, body, None, Dialect::OpenAi).await
+}
+
+pub(super) async fn anthropic(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat(app, headers, body, None, Dialect::Anthropic).await
+}
+
+pub(super) async fn azure(
+    State(app): State<Arc<AppState>>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat(app, headers, body, Some(deployment), Dialect::OpenAi).await
+}
+
+/// The chat pipeline: admit, route, respond; the settlement settles whichever way it ends.
+async fn chat(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    model: Option<String>,
+    dialect: Dialect,
+) -> Response {
+    let ctx = Ctx::for_dialect(&headers, dialect);
+    let live = app.live();
+    // 1. Admit: caller, body, request, route, data class, limits; Plan B's tap.
+    let admitted = async {
+        let (caller, bytes, _decoding) = admit::gate(&app, &live, &headers, body).await?;
+        let mut req = dialect.parse_chat(&bytes)?;
+        if let Some(m) = model {
+            req.model = m;
+        }
+        let entry = live.entry(&caller, &req.model, RouteKind::Chat)?;
+        let class = caller.data_class(&headers)?.map(str::to_owned);
+        let worst = admit::worst_chat(&live, &entry.route, &req);
+        let key = (req.model.as_str(), req.stream);
+        let mut settlement = admit::settlement(&app, &live, &ctx, &caller, key, worst).await?;
+        let seen = Admission {
+            route: &entry.route.name,
+            request_id: &ctx.id,
+            billed_at_ms: settlement.billed_at_ms(),
+            payer: caller.payer(),
+        };
+        let allow = |d: &relais_router::Deployment| caller.may_use(d, class.as_deref());
+        settlement.set_tap(app.planb.tap(&live, &mut req, &seen, allow));
+        Ok::<_, Error>((caller, req, entry.route.clone(), class, settlement))
+    }
+    .await;
+    let (caller, req, route, class, settlement) = match admitted {
+        Ok(a) => a,
+        Err(e) => return admit::refuse(&app, &ctx, &e),
+    };
+    // 2. Route: the first deployment that produces a first event.
+    let down = settlement.down();
+    let routed = match route::chat(&route, &req, &caller, class.as_deref(), down).await {
+        Ok(r) => r,
+        Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
+    };
+    // 3. Respond (and 4. settle, when the answer or the stream ends).
+    respond::chat(&ctx, &req, routed, settlement, app.abort_streams.clone()).await
+}
+
+/// `/v1/messages/count_tokens`: the route must exist and be visible to the key; the count is
+/// an estimate (see [`relais_core::ChatRequest::estimate_input_tokens`]), since no upstream is
+/// called for it.
+pub(super) async fn count_tokens(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ctx = Ctx::for_dialect(&headers, Dialect::Anthropic);
+    let live = app.live();
+    let counted = async {
+        let (key, bytes, _decoding) = admit::gate(&app, &live, &headers, body).await?;
+        let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
+        live.entry(&key, &req.model, RouteKind::Chat)?;
+        Ok::<_, Error>(req.estimate_input_tokens())
+    }
+    .await;
+    match counted {
+        Ok(n) => {
+            let body = relais_dialects::anthropic::render_count_tokens(n);
+            let mut resp = respond::json_or_sse(Body::from(body), false);
+            ctx.headers(&mut resp, Duration::ZERO);
+            resp
+        }
+        Err(e) => {
+            app.global.rejected(e.kind);
+            ctx.error(&e, Duration::ZERO)
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The inbound APIs: each handler reads its dialect and calls the stages of
+//! [`crate::pipeline`] in order (admit → route → respond → settle).
+//!
+//! Depends on the pipeline, live, caller, state and the dialects; never on the admin API.
+
+mod chat;
+mod embeddings;
+mod models;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+
+/// The API routes: OpenAI Chat Completions, embeddings and models, Anthropic Messages, and the
+/// Azure OpenAI deployment paths.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::openai))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/v1/models", get(models::list))
+        .route("/v1/messages", post(chat::anthropic))
+        .route("/v1/messages/count_tokens", post(chat::count_tokens))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(chat::azure),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::azure),
+        )
+}

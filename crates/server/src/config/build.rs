@@ -1,0 +1,479 @@
+//! Validation and building: a [`RawConfig`] becomes a [`Runtime`] of built providers and
+//! routes, or a [`ConfigError`] that names the field and its line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relais_core::{Capabilities, Price};
+use relais_providers::{HttpSettings, ProviderConfig, build_provider, shared_client};
+use relais_router::{Deployment, DeploymentLimits, Health, Route};
+
+use super::plan_b::build_plan_b;
+use super::raw::*;
+use super::routes::{Providers, RouteParts, build_route};
+use super::{ClientKey, ConfigError, Runtime, line_of};
+
+/// What `backup` lacks that `primary` has, in words.
+pub(super) fn capability_loss(primary: &Capabilities, backup: &Capabilities) -> Vec<&'static str> {
+    let mut lost = Vec::new();
+    if primary.tools && !backup.tools {
+        lost.push("tools");
+    }
+    if primary.images && !backup.images {
+        lost.push("images");
+    }
+    if primary.json_schema && !backup.json_schema {
+        lost.push("JSON schema output");
+    }
+    let window = |c: &Capabilities| c.context_window.map_or(u64::MAX, u64::from);
+    if window(backup) < window(primary) {
+        lost.push("the primary's context window");
+    }
+    let out = |c: &Capabilities| c.max_output_tokens.map_or(u64::MAX, u64::from);
+    if out(backup) < out(primary) {
+        lost.push("the primary's max output tokens");
+    }
+    lost
+}
+
+pub(super) fn secs(
+    value: Option<f64>,
+    default: Option<f64>,
+    field: &str,
+    origin: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match value.or(default) {
+        None => Ok(None),
+        Some(v) if v > 0.0 && v <= 86_400.0 => Ok(Some(Duration::from_secs_f64(v))),
+        Some(_) => Err(ConfigError(format!(
+            "{origin}: {field}: must be within (0, 86400] seconds"
+        ))),
+    }
+}
+
+pub(super) fn share(
+    value: Option<f64>,
+    default: f64,
+    field: &str,
+    origin: &str,
+) -> Result<f64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!(
+            "{origin}: {field}: must be within [0, 1]"
+        )))
+    }
+}
+
+/// One deployment from its config; `field` names it in errors and `health` gives the health
+/// record of its id (kept across reloads).
+pub(super) fn build_deployment(
+    d: &DeploymentConfig,
+    field: &str,
+    providers: &BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
+    prices: &BTreeMap<String, Price>,
+    health: impl FnOnce(&str) -> Arc<Health>,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<Deployment, ConfigError> {
+    let pname = d.provider.get_ref();
+    let (cfg, provider) = providers.get(pname).ok_or_else(|| {
+        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+        at(
+            d.provider.span(),
+            &format!("{field}.provider"),
+            format!(
+                "no provider named '{pname}' (defined: {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let id = format!("{pname}/{}", d.model);
+    let base = provider.capabilities(&d.model);
+    let capabilities = Capabilities {
+        tools: d.tools.unwrap_or(base.tools),
+        images: d.images.unwrap_or(base.images),
+        json_schema: d.json_schema.unwrap_or(base.json_schema),
+        context_window: d.context_window.or(base.context_window),
+        max_output_tokens: d.max_output_tokens.or(base.max_output_tokens),
+    };
+    Ok(Deployment {
+        health: health(&id),
+        id,
+        provider_name: pname.clone(),
+        provider: provider.clone(),
+        model: d.model.clone(),
+        weight: d.weight.unwrap_or(1),
+        capabilities,
+        limits: DeploymentLimits {
+            rpm: d.rpm,
+            tpm: d.tpm,
+            concurrent: d.max_concurrent,
+        },
+        // The built-in model costs nothing; others cost what the price table says.
+        price: if cfg.is_free() {
+            Some(Price::default())
+        } else {
+            prices.get(&d.model).copied()
+        },
+        vendor: d
+            .vendor
+            .clone()
+            .unwrap_or_else(|| cfg.default_vendor(pname)),
+        data_classes: d.data_classes.clone(),
+    })
+}
+
+pub(super) fn build_from(
+    raw: &RawConfig,
+    source: &str,
+    origin: &str,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigError> {
+    let at = |span: std::ops::Range<usize>, field: &str, msg: String| {
+        if span.is_empty() && span.start == 0 {
+            ConfigError(format!("{origin}: {field}: {msg}"))
+        } else {
+            ConfigError(format!(
+                "{origin}:{}: {field}: {msg}",
+                line_of(source, span.start)
+            ))
+        }
+    };
+    let (listen, tls, http) = server_part(raw, origin, previous)?;
+    let (providers, provider_kinds) = providers_part(raw, origin, previous, &http)?;
+    let prices = prices_part(raw, origin)?;
+    let order = route_order(raw, origin, &at)?;
+    let mut warnings = Vec::new();
+    let mut routes: BTreeMap<String, Arc<Route>> = BTreeMap::new();
+    let now = tokio::time::Instant::now();
+    for name in order {
+        let Some(rc) = raw.routes.get(name) else {
+            continue;
+        };
+        let parts = RouteParts {
+            origin,
+            providers: &providers,
+            prices: &prices,
+            built: &routes,
+            previous,
+            now,
+            at: &at,
+        };
+        let route = build_route(name, rc, &parts, &mut warnings)?;
+        routes.insert(name.to_owned(), Arc::new(route));
+    }
+
+    let (shadows, plan_b) = build_plan_b(raw, origin, &routes, &providers, &prices, &at)?;
+
+    let keys = client_keys(raw, &routes, origin, &at)?;
+
+    if let Some(p) = previous {
+        if p.governance != raw.governance {
+            warnings.push(
+                "[governance] changed: the running gateway keeps its store until restarted"
+                    .to_owned(),
+            );
+        }
+        if p.listen != listen {
+            warnings.push(format!(
+                "server.listen changed to {listen}: a running gateway keeps listening on {} until restarted",
+                p.listen
+            ));
+        }
+    }
+
+    // Process-wide like the connection pool; set only once the whole config is known good.
+    relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
+    Ok(Runtime {
+        listen,
+        admin_key: raw.admin.key.clone(),
+        keyring: previous.and_then(|p| p.keyring.clone()),
+        rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
+        ledger: previous.and_then(|p| p.ledger.clone()),
+        governance: match previous {
+            Some(p) => p.governance.clone(),
+            None => raw.governance.clone(),
+        },
+        warnings,
+        providers,
+        max_body_bytes: raw.server.max_body_bytes,
+        shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+        log_format: raw.server.log_format,
+        client_limits: crate::listen::ClientLimits {
+            header_read_timeout: Duration::from_secs(raw.server.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(raw.server.body_read_timeout_secs),
+            idle_timeout: Duration::from_secs(raw.server.idle_timeout_secs),
+            http2_cleartext: raw.server.http2_cleartext,
+        },
+        max_connections: raw.server.max_connections,
+        metrics_key: raw.server.metrics_key.clone(),
+        max_decoding_bytes: raw.server.max_decoding_bytes,
+        tls,
+        admin_client_cert: raw.admin.require_client_cert,
+        keys,
+        routes,
+        provider_kinds,
+        shadows,
+        plan_b,
+        source: Arc::from(source),
+        origin: origin.to_owned(),
+    })
+}
+
+/// The `[server]`, `[admin]` and `[upstream]` sections: the listen address, TLS (a reload
+/// keeps the listener's, as loaded at start) and the shared upstream client.
+fn server_part(
+    raw: &RawConfig,
+    origin: &str,
+    previous: Option<&Runtime>,
+) -> Result<
+    (
+        SocketAddr,
+        Option<Arc<crate::tls::Tls>>,
+        relais_providers::HttpClient,
+    ),
+    ConfigError,
+> {
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "{origin}: server.listen: '{}' is not an address like 127.0.0.1:8080",
+            raw.server.listen
+        ))
+    })?;
+    if raw.server.max_body_bytes < 1024 {
+        return Err(ConfigError(format!(
+            "{origin}: server.max_body_bytes: must be at least 1024"
+        )));
+    }
+    for (field, secs) in [
+        (
+            "header_read_timeout_secs",
+            raw.server.header_read_timeout_secs,
+        ),
+        ("body_read_timeout_secs", raw.server.body_read_timeout_secs),
+        ("idle_timeout_secs", raw.server.idle_timeout_secs),
+    ] {
+        if secs == 0 {
+            return Err(ConfigError(format!(
+                "{origin}: server.{field}: must be at least 1"
+            )));
+        }
+    }
+    if raw
+        .server
+        .metrics_key
+        .as_ref()
+        .is_some_and(|k| k.expose().len() < 16)
+    {
+        return Err(ConfigError(format!(
+            "{origin}: server.metrics_key: must be at least 16 characters"
+        )));
+    }
+    // A reload keeps the listener's TLS as loaded at start (its files are watched on their own).
+    let tls = match (previous.and_then(|p| p.tls.clone()), &raw.server.tls) {
+        (Some(kept), Some(cfg)) if kept.config() == cfg => Some(kept),
+        (_, Some(cfg)) => Some(Arc::new(
+            crate::tls::Tls::load(cfg).map_err(|e| ConfigError(format!("{origin}: {e}")))?,
+        )),
+        (_, None) => None,
+    };
+    if raw.admin.require_client_cert && !tls.as_ref().is_some_and(|t| t.verifies_clients()) {
+        return Err(ConfigError(format!(
+            "{origin}: admin.require_client_cert: needs server.tls.client_ca_file"
+        )));
+    }
+    if raw.server.max_connections == 0 {
+        return Err(ConfigError(format!(
+            "{origin}: server.max_connections: must be at least 1"
+        )));
+    }
+    let http = shared_client(&HttpSettings {
+        connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms.max(1)),
+        pool_idle_timeout: Duration::from_secs(raw.upstream.pool_idle_timeout_secs),
+        pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
+    })
+    .map_err(|e| ConfigError(format!("{origin}: upstream: {e}")))?;
+    if raw.upstream.max_stream_bytes < 64 * 1024 {
+        return Err(ConfigError(format!(
+            "{origin}: upstream.max_stream_bytes: must be at least 65536"
+        )));
+    }
+
+    if let Some(admin) = &raw.admin.key {
+        if admin.expose().len() < 16 {
+            return Err(ConfigError(format!(
+                "{origin}: admin.key: must be at least 16 characters"
+            )));
+        }
+    }
+    Ok((listen, tls, http))
+}
+
+/// The providers, with each one's kind; one whose settings did not change is kept from
+/// `previous`, so the built-in model is not loaded twice.
+fn providers_part(
+    raw: &RawConfig,
+    origin: &str,
+    previous: Option<&Runtime>,
+    http: &relais_providers::HttpClient,
+) -> Result<(Providers, BTreeMap<String, &'static str>), ConfigError> {
+    let mut providers = BTreeMap::new();
+    let mut provider_kinds = BTreeMap::new();
+    for (name, cfg) in &raw.providers {
+        let kept = previous
+            .and_then(|p| p.providers.get(name))
+            .filter(|(old, _)| old == cfg)
+            .map(|(_, p)| p.clone());
+        let p = match kept {
+            Some(p) => p,
+            None => build_provider(cfg, http.clone())
+                .map_err(|e| ConfigError(format!("{origin}: providers.{name}.{e}")))?,
+        };
+        providers.insert(name.clone(), (cfg.clone(), p));
+        provider_kinds.insert(name.clone(), cfg.kind());
+    }
+    Ok((providers, provider_kinds))
+}
+
+/// The price table: the shipped one, with the config's `[prices]` replacing it model by model.
+fn prices_part(raw: &RawConfig, origin: &str) -> Result<BTreeMap<String, Price>, ConfigError> {
+    // Shipped defaults first; the config's own entries replace them model by model.
+    let shipped = super::raw::shipped_prices();
+    let mut prices = BTreeMap::new();
+    for (model, pc) in shipped.iter().chain(&raw.prices) {
+        let field = |f: &str| format!("prices.{model}.{f}");
+        let one = |v: &PriceValue, f: &str| {
+            v.parse()
+                .map_err(|e| ConfigError(format!("{origin}: {}: {e}", field(f))))
+        };
+        let opt = |v: &Option<PriceValue>, f: &str| v.as_ref().map(|v| one(v, f)).transpose();
+        prices.insert(
+            model.clone(),
+            Price {
+                input: one(&pc.input, "input")?,
+                output: one(&pc.output, "output")?,
+                cache_read: opt(&pc.cache_read, "cache_read")?,
+                cache_write: opt(&pc.cache_write, "cache_write")?,
+                reasoning: opt(&pc.reasoning, "reasoning")?,
+            },
+        );
+    }
+    Ok(prices)
+}
+
+/// The order routes are built in: fallback routes must exist, serve chat and form no cycle,
+/// and are built before the routes that fall back to them.
+fn route_order<'a>(
+    raw: &'a RawConfig,
+    origin: &str,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<Vec<&'a str>, ConfigError> {
+    for (name, rc) in &raw.routes {
+        for (field, target) in [
+            ("context_window", &rc.fallbacks.context_window),
+            ("content_filter", &rc.fallbacks.content_filter),
+        ] {
+            if let Some(t) = target {
+                let f = format!("routes.{name}.fallbacks.{field}");
+                match raw.routes.get(t.get_ref()) {
+                    None => {
+                        return Err(at(
+                            t.span(),
+                            &f,
+                            format!("no route named '{}'", t.get_ref()),
+                        ));
+                    }
+                    Some(other)
+                        if other.kind.get_ref() != "chat" || rc.kind.get_ref() != "chat" =>
+                    {
+                        return Err(at(t.span(), &f, "fallbacks are for chat routes".to_owned()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let mut order: Vec<&str> = Vec::with_capacity(raw.routes.len());
+    {
+        // Depth-first, children first; `visiting` catches a cycle.
+        fn visit<'a>(
+            name: &'a str,
+            raw: &'a RawConfig,
+            order: &mut Vec<&'a str>,
+            visiting: &mut Vec<&'a str>,
+        ) -> Result<(), String> {
+            if order.contains(&name) {
+                return Ok(());
+            }
+            if visiting.contains(&name) {
+                visiting.push(name);
+                return Err(visiting.join(" -> "));
+            }
+            visiting.push(name);
+            if let Some(rc) = raw.routes.get(name) {
+                for t in [&rc.fallbacks.context_window, &rc.fallbacks.content_filter]
+                    .into_iter()
+                    .flatten()
+                {
+                    visit(t.get_ref(), raw, order, visiting)?;
+                }
+            }
+            visiting.pop();
+            order.push(name);
+            Ok(())
+        }
+        for name in raw.routes.keys() {
+            let mut visiting = Vec::new();
+            visit(name, raw, &mut order, &mut visiting).map_err(|cycle| {
+                ConfigError(format!(
+                    "{origin}: routes.{name}.fallbacks: fallbacks form a cycle: {cycle}"
+                ))
+            })?;
+        }
+    }
+    Ok(order)
+}
+
+/// The static client keys of `[auth]`, each checked against the routes it names.
+fn client_keys(
+    raw: &RawConfig,
+    routes: &BTreeMap<String, Arc<Route>>,
+    origin: &str,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
+) -> Result<Vec<ClientKey>, ConfigError> {
+    let mut keys = Vec::with_capacity(raw.auth.keys.len());
+    for (i, k) in raw.auth.keys.iter().enumerate() {
+        if k.key.expose().len() < 8 {
+            return Err(ConfigError(format!(
+                "{origin}: auth.keys[{i}].key: must be at least 8 characters"
+            )));
+        }
+        let allowed = match &k.routes {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for r in list {
+                    if !routes.contains_key(r.get_ref()) {
+                        return Err(at(
+                            r.span(),
+                            &format!("auth.keys[{i}].routes"),
+                            format!("no route named '{}'", r.get_ref()),
+                        ));
+                    }
+                    out.push(r.get_ref().clone());
+                }
+                Some(out)
+            }
+        };
+        keys.push(ClientKey {
+            name: k.name.clone(),
+            key: k.key.clone(),
+            routes: allowed,
+        });
+    }
+    Ok(keys)
+}

@@ -1,0 +1,418 @@
+//! The config file as serde reads it: unknown fields rejected, defaults filled in, nothing
+//! validated beyond its shape. [`super::build`] turns it into a runtime.
+
+use std::collections::BTreeMap;
+
+use relais_core::{Price, Secret};
+use relais_providers::{HttpSettings, ProviderConfig};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Prices per upstream model name, in USD per million tokens.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Virtual keys and teams (and, later, limits, budgets and the ledger) in a store.
+    pub governance: Option<GovernanceConfig>,
+    #[serde(default)]
+    pub plan_b: PlanBConfig,
+}
+
+/// Where keys and teams live.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// `sqlite` (default: one file, this instance only) or `postgres` (shared by many).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// SQLite file; default `$RELAIS_HOME/relais.db` (`~/.local/share/relais/relais.db`).
+    pub sqlite_path: Option<String>,
+    /// PostgreSQL connection string, for `store = "postgres"`.
+    pub postgres_url: Option<Secret>,
+    /// How often keys are reloaded from the store, so a revocation made on another instance
+    /// arrives here.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+    /// Output tokens reserved against a TPM limit for a request that sets no `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// Where key and team limits are counted: `local` (this instance) or `redis` (all
+    /// instances together).
+    #[serde(default)]
+    pub limits: LimitsAt,
+    /// For `limits = "redis"`: `redis://127.0.0.1:6379`.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key relais writes.
+    #[serde(default = "default_prefix")]
+    pub redis_prefix: String,
+    /// How long a request's place in flight is held in Redis if its instance dies.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// When Redis cannot be reached: `closed` (refuse limited keys with 503) or `open` (admit
+    /// without limits). Logged either way.
+    #[serde(default)]
+    pub when_redis_down: WhenDown,
+    /// The ledger's write-ahead directory, one per instance; default `$RELAIS_HOME/ledger`.
+    pub ledger_dir: Option<String>,
+    /// How often the write-ahead file is shipped to the store (the group commit), ms.
+    #[serde(default = "default_ship_ms")]
+    pub ledger_ship_ms: u64,
+}
+
+fn default_ship_ms() -> u64 {
+    200
+}
+
+fn default_prefix() -> String {
+    "relais".to_owned()
+}
+
+fn default_lease() -> u64 {
+    900
+}
+
+fn default_max_tokens() -> u64 {
+    4096
+}
+
+fn default_refresh() -> u64 {
+    10
+}
+
+/// The price table shipped in the binary (`prices.toml`), which the config's `[prices]`
+/// overrides model by model.
+pub(super) fn shipped_prices() -> BTreeMap<String, PriceConfig> {
+    #[derive(Deserialize)]
+    struct Shipped {
+        prices: BTreeMap<String, PriceConfig>,
+    }
+    // Checked by a unit test; an empty table if it ever failed to parse.
+    toml::from_str::<Shipped>(include_str!("prices.toml"))
+        .map(|s| s.prices)
+        .unwrap_or_default()
+}
+
+/// The admin API (`/admin/...`). Off unless a key is set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub key: Option<Secret>,
+    /// The admin API also asks for a client certificate signed by `server.tls.client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// A price as TOML gives it: a number (`0.15`) or a string (`"0.15"`), read as an exact decimal.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum PriceValue {
+    Number(f64),
+    Text(String),
+}
+
+impl PriceValue {
+    pub(crate) fn parse(&self) -> Result<u64, String> {
+        match self {
+            // f64's Display is the shortest text that reads back as the same number, so 0.15
+            // becomes "0.15", not 0.1499999...
+            Self::Number(n) if n.is_finite() && *n >= 0.0 => {
+                Price::parse_usd_per_mtok(&format!("{n}"))
+            }
+            Self::Number(n) => Err(format!("{n} is not a price")),
+            Self::Text(t) => Price::parse_usd_per_mtok(t),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: PriceValue,
+    pub output: PriceValue,
+    pub cache_read: Option<PriceValue>,
+    pub cache_write: Option<PriceValue>,
+    pub reasoning: Option<PriceValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413 before being read.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// A request head must arrive whole within this many seconds of its first byte (and a new
+    /// connection's first head within this many seconds of the connect).
+    pub header_read_timeout_secs: u64,
+    /// A request body must arrive whole within this many seconds of its head (408 otherwise).
+    pub body_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this many seconds
+    /// without a byte.
+    pub idle_timeout_secs: u64,
+    /// Client connections open at once; past it the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) beside HTTP/1.1. Off: HTTP/1.1 only.
+    pub http2_cleartext: bool,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this key>` (or the admin key).
+    pub metrics_key: Option<Secret>,
+    /// Request bodies (over 64 KiB each) being read and parsed at once, in bytes; past it a
+    /// request gets 503 with `retry-after`. At least `max_body_bytes`.
+    pub max_decoding_bytes: usize,
+    /// TLS on the listener; plain HTTP without it.
+    pub tls: Option<crate::tls::TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Text,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            idle_timeout_secs: 75,
+            max_connections: 10_000,
+            http2_cleartext: false,
+            metrics_key: None,
+            max_decoding_bytes: 32 * 1024 * 1024,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub connect_timeout_ms: u64,
+    pub pool_idle_timeout_secs: u64,
+    pub pool_max_idle_per_host: usize,
+    /// The most bytes one streamed answer may deliver; past it the stream ends with an error.
+    pub max_stream_bytes: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        let d = HttpSettings::default();
+        Self {
+            connect_timeout_ms: u64::try_from(d.connect_timeout.as_millis()).unwrap_or(10_000),
+            pool_idle_timeout_secs: d.pool_idle_timeout.as_secs(),
+            pool_max_idle_per_host: d.pool_max_idle_per_host,
+            max_stream_bytes: relais_providers::DEFAULT_MAX_STREAM_BYTES,
+        }
+    }
+}
+
+/// Client credentials. With no keys configured, the gateway is open (fine on loopback, warned
+/// about elsewhere); virtual keys with teams and budgets replace this with governance.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub key: Secret,
+    /// Routes this key may use; all when absent.
+    pub routes: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "default_kind")]
+    pub kind: Spanned<String>,
+    /// `failover` (default), `weighted`, `least_latency`, `least_cost`, `least_busy`.
+    pub strategy: Option<Spanned<String>>,
+    pub deployments: Vec<DeploymentConfig>,
+    /// Per attempt: time allowed until the first event before trying the next deployment.
+    pub first_token_timeout_secs: Option<f64>,
+    /// Per attempt, once streaming: longest silence between two events.
+    pub idle_timeout_secs: Option<f64>,
+    /// Per attempt: the whole response.
+    pub attempt_timeout_secs: Option<f64>,
+    /// The whole request, every attempt and backoff included.
+    pub request_timeout_secs: Option<f64>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub latency: LatencyConfig,
+    #[serde(default)]
+    pub fallbacks: FallbackConfig,
+    /// Plan B: copies of sampled requests sent to backups and scored (see `[plan_b]`).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Shadow traffic for one route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The backups that get copies. Default: the route's deployments after the first.
+    pub deployments: Option<Vec<DeploymentConfig>>,
+    /// Share of live requests copied, in [0, 1].
+    pub sample_rate: f64,
+    /// Most the copies may cost per UTC day (all backups of the route together), in USD.
+    pub budget_per_day_usd: Option<PriceValue>,
+    /// Longest a copy may take (default 120 s).
+    pub timeout_secs: Option<f64>,
+}
+
+/// Plan B settings shared by every route (DESIGN.md §8).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PlanBConfig {
+    /// Copies in flight at once, all routes together (default 4).
+    pub max_concurrent: Option<usize>,
+    /// Copies waiting for a slot; more are dropped and counted (default 64).
+    pub queue: Option<usize>,
+    /// Readiness reads the newest `window_samples` samples of the last `window_days` days
+    /// (defaults 500 and 7).
+    pub window_samples: Option<u32>,
+    pub window_days: Option<u32>,
+    /// An embeddings route: when set, text similarity is the cosine of the two answers'
+    /// embeddings instead of the lexical measure.
+    pub similarity_route: Option<String>,
+    /// Alert (log line and metric) when one vendor serves more than this percent of a route's
+    /// requests and the route has no ready backup (default 90).
+    pub dependency_alert_percent: Option<f64>,
+    /// How often the dependency alert is checked (default 60 s).
+    pub check_secs: Option<u64>,
+    #[serde(default)]
+    pub thresholds: relais_planb::Thresholds,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per request, all deployments together (default: deployments + 1).
+    pub attempts: Option<u32>,
+    pub backoff_base_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    /// Retries at most this share of the route's requests ...
+    pub budget_ratio: Option<f64>,
+    /// ... plus this many per second.
+    pub budget_min_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window_secs: Option<f64>,
+    pub base_ejection_secs: Option<f64>,
+    pub max_ejection_secs: Option<f64>,
+    pub max_ejected_percent: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyConfig {
+    pub default_ms: Option<f64>,
+    pub decay_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub context_window: Option<Spanned<String>>,
+    pub content_filter: Option<Spanned<String>>,
+}
+
+fn default_kind() -> Spanned<String> {
+    Spanned::new(0..0, "chat".to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A key of `[providers]`.
+    pub provider: Spanned<String>,
+    /// The upstream's name for the model (Azure: the deployment name).
+    pub model: String,
+    /// Share of traffic under the `weighted` strategy.
+    pub weight: Option<u32>,
+    /// Limits from the vendor contract: requests and tokens per minute, requests at once.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    /// Capabilities, where the provider's own answer is wrong for this model.
+    pub tools: Option<bool>,
+    pub images: Option<bool>,
+    pub json_schema: Option<bool>,
+    pub context_window: Option<u32>,
+    pub max_output_tokens: Option<u32>,
+    /// Who stands behind it, for key and team vendor policies, the ledger and the dependency
+    /// index. Default: the provider's type (`anthropic`, `gemini`, `local`, ...), or for
+    /// `openai_compat`, which fronts many vendors, the provider's name.
+    pub vendor: Option<String>,
+    /// Classes of data (`x-relais-data-class`) it may receive; any by default.
+    pub data_classes: Option<Vec<String>>,
+}
+
+/// Where keys, teams and the ledger are stored.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// One file, this instance only.
+    #[default]
+    Sqlite,
+    /// Shared by many instances.
+    Postgres,
+}
+
+/// Where key and team limits are counted.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsAt {
+    /// In this instance.
+    #[default]
+    Local,
+    /// In Redis, for all instances together.
+    Redis,
+}
+
+/// What limited keys get while Redis cannot be reached.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenDown {
+    /// Refused with 503.
+    #[default]
+    Closed,
+    /// Admitted without limits.
+    Open,
+}

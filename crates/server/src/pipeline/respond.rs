@@ -1,0 +1,130 @@
+//! Stage 3, respond: turn the routed event stream into the client's answer. A JSON answer is
+//! folded from the events, then the settlement is finished before the response leaves; a
+//! stream is encoded event by event by [`super::sse`], which carries the settlement in the
+//! body. Every event passes through [`Settlement::observe`].
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use futures_util::StreamExt;
+use relais_core::{ChatRequest, ChatResponse, Collector, Error, EventStream, Side};
+use relais_router::{Exhausted, Routed};
+use tokio::sync::watch;
+
+use super::{End, Settlement};
+use crate::clock::{Instant, unix_secs};
+use crate::http::Ctx;
+
+/// Answer a routed chat request, as a stream or as one JSON body.
+pub(crate) async fn chat(
+    ctx: &Ctx,
+    req: &ChatRequest,
+    routed: Routed,
+    mut settlement: Settlement,
+    abort: watch::Receiver<bool>,
+) -> Response {
+    let ttft = ctx.start.elapsed();
+    settlement.served(routed.route, routed.deployment, routed.failed, Some(ttft));
+    let dialect = ctx.dialect;
+    let response_id = dialect.response_id(&ctx.id);
+    let created = unix_secs();
+    if req.stream {
+        let encoder = dialect.stream_encoder(
+            response_id,
+            req.model.clone(),
+            created,
+            req.stream_include_usage,
+        );
+        let mut resp = json_or_sse(Body::empty(), true);
+        ctx.headers(&mut resp, routed.upstream_wait);
+        settlement.routed_headers(&mut resp);
+        *resp.body_mut() = super::sse::body(routed.stream, encoder, settlement, abort);
+        return resp;
+    }
+    let collect_start = Instant::now();
+    let collected = collect(routed.stream, &mut settlement).await;
+    let upstream = routed.upstream_wait + collect_start.elapsed();
+    match collected {
+        Ok(r) => {
+            settlement.finish(End::Answered);
+            let body = dialect.render(&r, &response_id, &req.model, created);
+            let mut resp = json_or_sse(Body::from(body), false);
+            ctx.headers(&mut resp, upstream);
+            settlement.routed_headers(&mut resp);
+            resp
+        }
+        Err(e) => {
+            log_error(&req.model, &ctx.id, &e);
+            let status = dialect.error_status(&e);
+            settlement.finish(End::Failed { error: &e, status });
+            ctx.error(&e, upstream)
+        }
+    }
+}
+
+/// Every deployment failed: settle, log, answer with the last error.
+pub(crate) fn exhausted(
+    ctx: &Ctx,
+    route: &str,
+    mut settlement: Settlement,
+    ex: &Exhausted,
+) -> Response {
+    log_error(route, &ctx.id, &ex.error);
+    let status = ctx.dialect.error_status(&ex.error);
+    settlement.finish(End::Exhausted { ex, status });
+    ctx.error(&ex.error, ex.upstream_wait)
+}
+
+/// A response with its content type: `application/json`, or an uncached `text/event-stream`.
+pub(crate) fn json_or_sse(body: Body, sse: bool) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    if sse {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    } else {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    resp
+}
+
+/// Fold the events into one answer, each passing through the settlement on the way.
+async fn collect(
+    mut stream: EventStream,
+    settlement: &mut Settlement,
+) -> Result<ChatResponse, Error> {
+    let mut c = Collector::new();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        settlement.observe(&ev);
+        c.push(&ev)?;
+    }
+    Ok(c.finish())
+}
+
+/// One log line per failed request: DEBUG for the client's own errors, WARN for the rest.
+pub(crate) fn log_error(route: &str, id: &str, err: &Error) {
+    if err.side == Side::Client {
+        tracing::debug!(
+            request_id = id,
+            route,
+            class = err.kind.as_str(),
+            "request refused"
+        );
+    } else {
+        tracing::warn!(
+            request_id = id,
+            route,
+            class = err.kind.as_str(),
+            upstream_status = err.upstream_status,
+            message = %err.message,
+            "request failed"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Stage 2, route: try the route's deployments in order (failing over, retrying, skipping the
+//! ejected) until one produces a first event. The caller's policy (vendors, data class) and a
+//! drill's "down" deployment narrow the deployments tried. Nothing is written to the client
+//! and nothing is settled here.
+
+use relais_core::{ChatRequest, EmbedRequest, EmbedResponse};
+use relais_router::{Allow, Deployment, Exhausted, FailedAttempt, Route, Routed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::caller::Caller;
+
+/// Route a chat request. `down` is the deployment a drill treats as down for this request.
+pub(crate) async fn chat(
+    route: &Arc<Route>,
+    req: &ChatRequest,
+    caller: &Caller<'_>,
+    class: Option<&str>,
+    down: Option<&str>,
+) -> Result<Routed, Exhausted> {
+    let allow = |d: &Deployment| caller.may_use(d, class) && down != Some(d.id.as_str());
+    let policy = (caller.restricts(class) || down.is_some()).then_some(&allow as Allow<'_>);
+    route.chat_within(req, policy).await
+}
+
+/// An embeddings answer: the deployment index that served, the answer, the failed attempts
+/// and the time spent waiting on upstreams.
+pub(crate) type Embedded = (usize, EmbedResponse, Vec<FailedAttempt>, Duration);
+
+/// Route an embeddings request.
+pub(crate) async fn embed(
+    route: &Arc<Route>,
+    req: &EmbedRequest,
+    caller: &Caller<'_>,
+    class: Option<&str>,
+) -> Result<Embedded, Exhausted> {
+    let allow = |d: &Deployment| caller.may_use(d, class);
+    let policy = caller.restricts(class).then_some(&allow as Allow<'_>);
+    route.embed(req, policy).await
+}

@@ -1,0 +1,274 @@
+//! Stage 4, settle: everything a request's end requires, exactly once, however it ends (an
+//! answer, an error after routing, every deployment failed, or the client gone mid-stream).
+//!
+//! A [`Settlement`] is created at admission. A JSON answer finishes it before the response
+//! leaves; a stream moves it into the response body, which finishes it after the last event
+//! is encoded, or, when the client disconnects and the body is dropped, its `Drop` finishes it
+//! as cancelled (status 499). Every path does the same steps in the same order:
+//!
+//! 1. the reservation is settled with the usage the upstream reported;
+//! 2. the deployment's metric series counts the outcome, tokens and duration;
+//! 3. the ledger rows are written (failed attempts, the serving attempt, the request);
+//! 4. Plan B's tap, when the request has one, is told the outcome;
+//! 5. the key's slot (the ticket) and then the in-flight count are released.
+//!
+//! This is pingora's `logging` phase: one end-of-request hook called from every exit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use relais_core::{Error, StreamEvent, Usage};
+use relais_governance::Ticket;
+use relais_router::{Exhausted, FailedAttempt, Route};
+
+use crate::bill::{Bill, Served, cost_at};
+use crate::clock::Instant;
+use crate::live::Live;
+use crate::metrics::Series;
+use crate::planb::{RequestTap, TapEnd, TapOutcome};
+use crate::state::AppState;
+
+/// How a request ended.
+pub(crate) enum End<'e> {
+    /// The answer reached the client whole.
+    Answered,
+    /// A deployment answered, then failed; `status` is what the client got (a stream's is the
+    /// 200 already sent).
+    Failed { error: &'e Error, status: u16 },
+    /// Every deployment failed before a first event.
+    Exhausted { ex: &'e Exhausted, status: u16 },
+    /// The client went away before the end (nginx's 499, "client closed request").
+    Canceled,
+}
+
+/// The deployment that produced the first event.
+struct Serving {
+    route: Arc<Route>,
+    deployment: usize,
+    series: Option<Arc<Series>>,
+    ttft: Option<Duration>,
+}
+
+/// What must happen once when the request ends; see the module doc.
+pub(crate) struct Settlement {
+    app: Arc<AppState>,
+    live: Arc<Live>,
+    start: Instant,
+    ticket: Option<Ticket>,
+    bill: Option<Bill>,
+    tap: Option<Box<RequestTap>>,
+    serving: Option<Serving>,
+    failed: Vec<FailedAttempt>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl Settlement {
+    /// Counts the request in flight until it is settled.
+    pub(crate) fn new(
+        app: &Arc<AppState>,
+        live: &Arc<Live>,
+        start: Instant,
+        ticket: Option<Ticket>,
+        bill: Option<Bill>,
+    ) -> Self {
+        app.global.inflight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            app: app.clone(),
+            live: live.clone(),
+            start,
+            ticket,
+            bill,
+            tap: None,
+            serving: None,
+            failed: Vec::new(),
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// When the request arrived (Unix ms) if it is billed: Plan B copies only billed requests.
+    pub(crate) fn billed_at_ms(&self) -> Option<i64> {
+        self.bill.as_ref().map(Bill::at_ms)
+    }
+
+    /// Attach Plan B's tap; a drilled request's ledger rows carry the drill's id.
+    pub(crate) fn set_tap(&mut self, tap: Option<Box<RequestTap>>) {
+        if let (Some(id), Some(bill)) = (tap.as_ref().and_then(|t| t.drill_id()), &mut self.bill) {
+            bill.set_drill(id);
+        }
+        self.tap = tap;
+    }
+
+    /// The deployment a drill treats as down for this request.
+    pub(crate) fn down(&self) -> Option<&str> {
+        self.tap.as_ref().and_then(|t| t.down())
+    }
+
+    /// Routing produced a first event from deployment `deployment` of `route` after `failed`
+    /// attempts; `ttft` is the time to that event (streams and chat answers).
+    pub(crate) fn served(
+        &mut self,
+        route: Arc<Route>,
+        deployment: usize,
+        failed: Vec<FailedAttempt>,
+        ttft: Option<Duration>,
+    ) {
+        self.live.record_failed(&failed);
+        let series = self.live.series_of(&route.name, deployment).cloned();
+        if let (Some(s), Some(t)) = (&series, ttft) {
+            s.ttft.observe(t);
+        }
+        self.failed = failed;
+        self.serving = Some(Serving {
+            route,
+            deployment,
+            series,
+            ttft,
+        });
+    }
+
+    /// `x-relais-deployment` and `x-relais-attempts`, on every routed answer.
+    pub(crate) fn routed_headers(&self, resp: &mut Response) {
+        let Some(s) = &self.serving else {
+            return;
+        };
+        let h = resp.headers_mut();
+        if let Some(Ok(v)) = s
+            .route
+            .deployments
+            .get(s.deployment)
+            .map(|d| HeaderValue::from_str(&d.id))
+        {
+            h.insert(HeaderName::from_static("x-relais-deployment"), v);
+        }
+        let attempts = self.failed.len() + 1;
+        if let Ok(v) = HeaderValue::from_str(&attempts.to_string()) {
+            h.insert(HeaderName::from_static("x-relais-attempts"), v);
+        }
+    }
+
+    /// An event on its way to the client: usage is added up, Plan B's tap folds it. As cheap
+    /// as a match when the request has no tap.
+    #[inline]
+    pub(crate) fn observe(&mut self, ev: &StreamEvent) {
+        if let StreamEvent::Usage(u) = ev {
+            self.add_usage(u);
+        }
+        if let Some(t) = &mut self.tap {
+            t.observe(ev);
+        }
+    }
+
+    /// Usage the upstream reported outside the event stream (embeddings).
+    pub(crate) fn add_usage(&mut self, u: &Usage) {
+        match &mut self.usage {
+            Some(x) => x.merge(u),
+            None => self.usage = Some(*u),
+        }
+    }
+
+    /// Settle the request (once; later calls do nothing).
+    pub(crate) fn finish(&mut self, end: End<'_>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let deployment = self
+            .serving
+            .as_ref()
+            .and_then(|s| s.route.deployments.get(s.deployment));
+        let cost = match (&self.usage, deployment) {
+            (Some(u), Some(d)) => cost_at(d, u),
+            _ => 0,
+        };
+        // 1. The reservation.
+        if let (Some(t), Some(u), Some(_)) = (&self.ticket, &self.usage, deployment) {
+            t.settle(u.total_tokens(), cost);
+        }
+        // 2. Metrics.
+        match (&end, &self.serving) {
+            (End::Exhausted { ex, .. }, _) => self.live.record_exhausted(ex, elapsed),
+            (
+                _,
+                Some(Serving {
+                    series: Some(s), ..
+                }),
+            ) => {
+                match &end {
+                    End::Answered => {
+                        s.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    End::Failed { error, .. } => s.error(error.kind),
+                    End::Canceled => {
+                        s.canceled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    End::Exhausted { .. } => {}
+                }
+                if let Some(u) = &self.usage {
+                    s.tokens(u);
+                }
+                s.duration.observe(elapsed);
+            }
+            _ => {}
+        }
+        // 3. The ledger.
+        if let Some(bill) = &mut self.bill {
+            let served = self.serving.as_ref().map(|s| Served {
+                route: s.route.clone(),
+                deployment: s.deployment,
+                usage: self.usage,
+                ttft: s.ttft,
+            });
+            let (failed, served, status, error) = match &end {
+                End::Answered => (&self.failed, served.as_ref(), 200, None),
+                End::Failed { error, status } => (
+                    &self.failed,
+                    served.as_ref(),
+                    *status,
+                    Some((error.kind.as_str(), error.upstream_status)),
+                ),
+                End::Exhausted { ex, status } => (
+                    &ex.failed,
+                    None,
+                    *status,
+                    Some((ex.error.kind.as_str(), ex.error.upstream_status)),
+                ),
+                End::Canceled => (&self.failed, served.as_ref(), 499, Some(("canceled", None))),
+            };
+            bill.record(&self.live, failed, served, status, error);
+        }
+        // 4. Plan B.
+        if let Some(tap) = self.tap.take() {
+            let outcome = match &end {
+                End::Answered => match deployment {
+                    Some(d) => TapOutcome::Served(&d.id),
+                    None => TapOutcome::Failed("internal"),
+                },
+                End::Failed { error, .. } => TapOutcome::Failed(error.kind.as_str()),
+                End::Exhausted { ex, .. } => TapOutcome::Failed(ex.error.kind.as_str()),
+                End::Canceled => TapOutcome::Canceled,
+            };
+            let ttft = self.serving.as_ref().and_then(|s| s.ttft);
+            let end = TapEnd {
+                outcome,
+                latency: elapsed,
+                ttft,
+                cost_pusd: cost,
+            };
+            tap.finish(&self.app.planb, &self.live, end);
+        }
+        // 5. The key's slot, then the in-flight count.
+        drop(self.ticket.take());
+        self.app.global.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.finish(End::Canceled);
+    }
+}
