@@ -7,6 +7,7 @@
 //! the listener's and TLS's settings types.
 
 mod build;
+mod deployment;
 mod open;
 mod plan_b;
 mod promotions;
@@ -26,6 +27,7 @@ use relais_providers::ProviderConfig;
 use relais_router::Route;
 
 pub use open::{Governed, open_governance, open_ledger, open_rate_limits, open_state, relais_home};
+pub use plan_b::{PlanBSettings, ShadowRoute};
 pub use promotions::apply_promotions;
 pub use raw::*;
 
@@ -148,8 +150,8 @@ pub struct Runtime {
     /// Provider kinds by name, for `relais check`.
     pub provider_kinds: BTreeMap<String, &'static str>,
     /// Shadow traffic by route name.
-    pub shadows: BTreeMap<String, Arc<crate::planb::ShadowRoute>>,
-    pub plan_b: crate::planb::Settings,
+    pub shadows: BTreeMap<String, Arc<ShadowRoute>>,
+    pub plan_b: PlanBSettings,
     /// The config text this was built from and where it came from, so a promotion can
     /// rebuild it the way a reload does.
     pub source: Arc<str>,

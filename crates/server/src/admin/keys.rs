@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::{admin_answer, admin_request, keyring, string_field, string_list};
+use super::common::{admin_answer, admin_request, keyring, string_field, string_list};
 use crate::state::AppState;
 
 pub(crate) fn limits_json(l: &relais_governance::Limits) -> serde_json::Value {

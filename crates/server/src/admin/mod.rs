@@ -5,25 +5,24 @@
 //!
 //! Depends on live, state, reports, reload (promotions) and planb; never on the pipeline.
 
+mod common;
 mod keys;
 mod openapi;
 mod planb;
 mod routes;
 mod usage;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use relais_core::{Error, ErrorKind, Side};
 
-use crate::http::{ADMIN_BODY, Ctx, bearer, constant_time_eq, header_str, plain, read_body};
+use crate::http::{Ctx, bearer, constant_time_eq, header_str};
 use crate::live::Live;
 use crate::state::AppState;
 use keys::{admin_key_action, admin_keys, admin_teams};
@@ -96,145 +95,6 @@ fn admin_auth(live: &Live, headers: &HeaderMap) -> Result<(), Error> {
     }
 }
 
-/// The key ring, for the key and team endpoints.
-pub(crate) fn keyring(live: &Live) -> Result<Arc<relais_governance::KeyRing>, Error> {
-    live.runtime.keyring.clone().ok_or_else(|| {
-        Error::new(
-            ErrorKind::NotFound,
-            Side::Client,
-            "virtual keys are off: add a [governance] section to the config",
-        )
-    })
-}
-
-/// What every key and team call starts with: the key ring, and for a POST its JSON body
-/// (`None` for a GET).
-pub(crate) async fn admin_request(
-    live: &Live,
-    headers: &HeaderMap,
-    method: &Method,
-    body: Body,
-) -> Result<
-    (
-        Arc<relais_governance::KeyRing>,
-        Option<serde_json::Map<String, serde_json::Value>>,
-    ),
-    Error,
-> {
-    let ring = keyring(live)?;
-    if *method == Method::GET {
-        return Ok((ring, None));
-    }
-    let (bytes, _) = read_body(body, headers, ADMIN_BODY, None).await?;
-    Ok((ring, Some(admin_body(&bytes)?)))
-}
-
-/// The admin body: a JSON object, or a 400 that says what is wrong.
-pub(crate) fn admin_body(
-    bytes: &[u8],
-) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::bad_request("the body must be a JSON object")),
-        Err(e) => Err(Error::bad_request(format!(
-            "the body is not valid JSON: {e}"
-        ))),
-    }
-}
-
-pub(crate) fn string_list(
-    body: &serde_json::Map<String, serde_json::Value>,
-    field: &str,
-) -> Result<Option<Vec<String>>, Error> {
-    let bad = || Error::bad_request(format!("{field} must be a list of strings")).with_param(field);
-    match body.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(bad()),
-    }
-}
-
-pub(crate) fn string_field<'a>(
-    body: &'a serde_json::Map<String, serde_json::Value>,
-    field: &str,
-) -> Result<&'a str, Error> {
-    body.get(field)
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Error::bad_request(format!("{field} is required")).with_param(field))
-}
-
-/// Run an admin operation and answer with its JSON, or with the error in OpenAI's shape.
-pub(crate) async fn admin_answer(
-    headers: &HeaderMap,
-    op: impl std::future::Future<Output = Result<(StatusCode, serde_json::Value), Error>>,
-) -> Response {
-    match op.await {
-        Ok((status, value)) => plain(headers, status, "application/json", value.to_string()),
-        Err(e) => Ctx::new(headers).error(&e, Duration::ZERO),
-    }
-}
-
-/// A usage query from the URL's `by` (unless `by` is fixed), `from`, `to`, `key`, `team` and
-/// `route` parameters.
-pub(crate) fn usage_query_of(
-    uri: &Uri,
-    by: Option<&str>,
-) -> Result<relais_state::UsageQuery, Error> {
-    let params = query_params(uri.query().unwrap_or(""));
-    let get = |k: &str| params.get(k).map(String::as_str);
-    crate::reports::usage_query(
-        by.or(get("by")).unwrap_or("key"),
-        get("from"),
-        get("to"),
-        [
-            get("key").map(str::to_owned),
-            get("team").map(str::to_owned),
-            get("route").map(str::to_owned),
-        ],
-    )
-}
-
-/// `a=1&b=x%20y` as a map (the last value of a repeated name wins).
-pub(crate) fn query_params(query: &str) -> BTreeMap<String, String> {
-    pub(crate) fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    match std::str::from_utf8(&bytes[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     //! The admin API as a handler, without a socket (`Router::oneshot`).
@@ -242,6 +102,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
     use super::*;
+    use axum::body::Body;
     use tower::ServiceExt;
 
     const KEY: &str = "admin-key-0123456789abcdef";

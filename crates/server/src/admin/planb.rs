@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::{admin_answer, admin_body, query_params, string_field, usage_query_of};
+use super::common::{admin_answer, admin_body, query_params, string_field, usage_query_of};
 use crate::http::{ADMIN_BODY, read_body};
 use crate::state::AppState;
 

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::{admin_answer, usage_query_of};
+use super::common::{admin_answer, usage_query_of};
 use crate::state::AppState;
 
 /// `GET /admin/usage?by=key&from=2026-11-01&to=2026-11-23&key=..&team=..&route=..`: spend

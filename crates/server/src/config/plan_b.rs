@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relais_core::Price;
-use relais_providers::ProviderConfig;
 use relais_router::{Deployment, Health, Route, RouteKind};
 
 use super::ConfigError;
-use super::build::{build_deployment, secs};
+use super::deployment::{Providers, build_deployment, secs};
 use super::raw::*;
 
 /// Shadow traffic per route and the shared Plan B settings.
@@ -17,19 +16,13 @@ pub(super) fn build_plan_b(
     raw: &RawConfig,
     origin: &str,
     routes: &BTreeMap<String, Arc<Route>>,
-    providers: &BTreeMap<String, (ProviderConfig, Arc<dyn relais_core::Provider>)>,
+    providers: &Providers,
     prices: &BTreeMap<String, Price>,
     at: &dyn Fn(std::ops::Range<usize>, &str, String) -> ConfigError,
-) -> Result<
-    (
-        BTreeMap<String, Arc<crate::planb::ShadowRoute>>,
-        crate::planb::Settings,
-    ),
-    ConfigError,
-> {
+) -> Result<(BTreeMap<String, Arc<ShadowRoute>>, PlanBSettings), ConfigError> {
     let err = |field: String, msg: &str| ConfigError(format!("{origin}: {field}: {msg}"));
     let pb = &raw.plan_b;
-    let defaults = crate::planb::Settings::default();
+    let defaults = PlanBSettings::default();
     let similarity_route = match &pb.similarity_route {
         Some(r) => match routes.get(r) {
             Some(route) if route.kind == RouteKind::Embeddings => Some(r.clone()),
@@ -57,7 +50,7 @@ pub(super) fn build_plan_b(
             "must be within [0, 100]",
         ));
     }
-    let settings = crate::planb::Settings {
+    let settings = PlanBSettings {
         max_concurrent: pb
             .max_concurrent
             .unwrap_or(defaults.max_concurrent)
@@ -149,7 +142,7 @@ pub(super) fn build_plan_b(
             .unwrap_or(Duration::from_secs(120));
         shadows.insert(
             name.clone(),
-            Arc::new(crate::planb::ShadowRoute {
+            Arc::new(ShadowRoute {
                 route: name.clone(),
                 backups,
                 sample_rate: sc.sample_rate,
@@ -159,4 +152,42 @@ pub(super) fn build_plan_b(
         );
     }
     Ok((shadows, settings))
+}
+
+/// Settings shared by every route (`[plan_b]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanBSettings {
+    pub max_concurrent: usize,
+    pub queue: usize,
+    pub window_samples: u32,
+    pub window_days: u32,
+    pub similarity_route: Option<String>,
+    pub alert_percent: f64,
+    pub check_every: Duration,
+    pub thresholds: relais_planb::Thresholds,
+}
+
+impl Default for PlanBSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            queue: 64,
+            window_samples: 500,
+            window_days: 7,
+            similarity_route: None,
+            alert_percent: 90.0,
+            check_every: Duration::from_secs(60),
+            thresholds: relais_planb::Thresholds::default(),
+        }
+    }
+}
+
+/// One route's shadow traffic.
+pub struct ShadowRoute {
+    pub route: String,
+    pub backups: Vec<Deployment>,
+    pub sample_rate: f64,
+    /// Pico-USD per UTC day, all backups together.
+    pub budget_per_day: Option<u64>,
+    pub timeout: Duration,
 }

@@ -6,20 +6,16 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relais_core::{Price, Provider};
-use relais_providers::ProviderConfig;
+use relais_core::Price;
 use relais_router::{
     BreakerPolicy, BudgetPolicy, Deployment, Fallbacks, Health, LatencyPolicy, RetryBudget,
     RetryPolicy, Route, RouteKind, Strategy, Timeouts,
 };
 use toml::Spanned;
 
-use super::build::{build_deployment, capability_loss, secs, share};
+use super::deployment::{Providers, build_deployment, capability_loss, secs, share};
 use super::raw::RouteConfig;
 use super::{ConfigError, Runtime};
-
-/// Built providers by name, with the config each was built from.
-pub(super) type Providers = BTreeMap<String, (ProviderConfig, Arc<dyn Provider>)>;
 
 /// What routes are built from: the providers and prices built already, the routes built so
 /// far (a route's fallbacks are built before it), the running config (its deployments keep

@@ -13,45 +13,16 @@ mod readiness;
 mod shadow;
 mod tap;
 
-use std::time::Duration;
-
 use relais_core::Error;
 
+pub use crate::config::{PlanBSettings, ShadowRoute};
 pub(crate) use dependency::concentration_json;
 pub use dependency::{Alerts, check_dependency, dependency};
 pub use drills::{Drill, DrillRequest, DrillState, Drills, drill_report, record_drill};
 pub(crate) use readiness::target;
 pub use readiness::{BackupReadiness, forecast, readiness};
-pub use shadow::{ShadowRoute, ShadowStats, Shadower};
+pub use shadow::{ShadowStats, Shadower};
 pub(crate) use tap::{Admission, RequestTap, TapEnd, TapOutcome};
-
-/// Settings shared by every route (`[plan_b]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub max_concurrent: usize,
-    pub queue: usize,
-    pub window_samples: u32,
-    pub window_days: u32,
-    pub similarity_route: Option<String>,
-    pub alert_percent: f64,
-    pub check_every: Duration,
-    pub thresholds: relais_planb::Thresholds,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            max_concurrent: 4,
-            queue: 64,
-            window_samples: 500,
-            window_days: 7,
-            similarity_route: None,
-            alert_percent: 90.0,
-            check_every: Duration::from_secs(60),
-            thresholds: relais_planb::Thresholds::default(),
-        }
-    }
-}
 
 /// Plan B's state in a running server: kept across reloads.
 pub struct PlanB {
@@ -65,7 +36,7 @@ pub struct PlanB {
 
 impl PlanB {
     /// Start the shadow workers. Needs a Tokio runtime.
-    pub fn start(settings: &Settings) -> Self {
+    pub fn start(settings: &PlanBSettings) -> Self {
         Self {
             shadower: Shadower::start(settings.max_concurrent, settings.queue),
             alerts: Alerts::default(),

@@ -24,17 +24,8 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::caller::OwnedPayer;
 use crate::clock::{us, utc_day};
+use crate::config::ShadowRoute;
 use crate::live::Live;
-
-/// One route's shadow traffic.
-pub struct ShadowRoute {
-    pub route: String,
-    pub backups: Vec<Deployment>,
-    pub sample_rate: f64,
-    /// Pico-USD per UTC day, all backups together.
-    pub budget_per_day: Option<u64>,
-    pub timeout: Duration,
-}
 
 /// A live request chosen for copying, and the backups its policy lets it go to.
 pub(crate) struct Sampled {
