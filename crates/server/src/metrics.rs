@@ -37,17 +37,18 @@ impl Histogram {
             .fetch_add(crate::clock::us(d), Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    fn render(&self, p: &mut Prom, name: &str, labels: &str) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+            p.sample(&bucket, &with(labels, "le", &b.to_string()), cumulative);
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        p.sample(&bucket, &with(labels, "le", "+Inf"), count);
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        p.sample(&format!("{name}_sum"), labels, sum);
+        p.sample(&format!("{name}_count"), labels, count);
     }
 }
 
@@ -115,12 +116,59 @@ impl Series {
     }
 
     fn labels(&self) -> String {
-        format!(
-            "route=\"{}\",deployment=\"{}\",provider=\"{}\"",
-            escape(&self.route),
-            escape(&self.deployment),
-            escape(&self.provider)
-        )
+        labels(&[
+            ("route", &self.route),
+            ("deployment", &self.deployment),
+            ("provider", &self.provider),
+        ])
+    }
+}
+
+/// The one writer of the Prometheus text exposition format: metric families with their help
+/// and type, samples with escaped labels. Every `/metrics` figure goes through it.
+#[derive(Default)]
+pub struct Prom(String);
+
+impl Prom {
+    /// A family's `# HELP` and `# TYPE` lines (`kind`: counter, gauge, histogram).
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` as [`labels`] renders them (empty: none).
+    pub fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        }
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.0
+    }
+}
+
+/// Labels as the text format writes them, `a="x",b="y"`, values escaped.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"{}\"", escape(v));
+    }
+    out
+}
+
+/// `base` with one more label.
+fn with(base: &str, key: &str, value: &str) -> String {
+    let extra = labels(&[(key, value)]);
+    if base.is_empty() {
+        extra
+    } else {
+        format!("{base},{extra}")
     }
 }
 
@@ -144,93 +192,96 @@ impl Global {
     }
 }
 
-/// Render the Prometheus text exposition format.
-pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Clone) -> String {
-    let mut out = String::with_capacity(8192);
-    out.push_str("# HELP relais_inflight_requests Requests being served now.\n");
-    out.push_str("# TYPE relais_inflight_requests gauge\n");
-    let _ = writeln!(
-        out,
-        "relais_inflight_requests {}",
-        global.inflight.load(Ordering::Relaxed)
+/// Render the gateway's own series into `p`.
+pub fn render<'a>(p: &mut Prom, global: &Global, series: impl Iterator<Item = &'a Series> + Clone) {
+    p.family(
+        "relais_inflight_requests",
+        "gauge",
+        "Requests being served now.",
     );
-    out.push_str("# HELP relais_rejected_total Requests refused before routing, by error class.\n");
-    out.push_str("# TYPE relais_rejected_total counter\n");
+    p.sample(
+        "relais_inflight_requests",
+        "",
+        global.inflight.load(Ordering::Relaxed),
+    );
+    p.family(
+        "relais_rejected_total",
+        "counter",
+        "Requests refused before routing, by error class.",
+    );
     for k in ErrorKind::ALL {
         let n = global.rejected[k.index()].load(Ordering::Relaxed);
         if n > 0 {
-            let _ = writeln!(out, "relais_rejected_total{{class=\"{}\"}} {n}", k.as_str());
+            p.sample(
+                "relais_rejected_total",
+                &labels(&[("class", k.as_str())]),
+                n,
+            );
         }
     }
-    out.push_str(
-        "# HELP relais_requests_total Routed requests by outcome (ok, error class, canceled).\n",
+    p.family(
+        "relais_requests_total",
+        "counter",
+        "Routed requests by outcome (ok, error class, canceled).",
     );
-    out.push_str("# TYPE relais_requests_total counter\n");
     for s in series.clone() {
         let l = s.labels();
-        let _ = writeln!(
-            out,
-            "relais_requests_total{{{l},outcome=\"ok\"}} {}",
-            s.ok.load(Ordering::Relaxed)
+        let name = "relais_requests_total";
+        p.sample(
+            name,
+            &with(&l, "outcome", "ok"),
+            s.ok.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "relais_requests_total{{{l},outcome=\"canceled\"}} {}",
-            s.canceled.load(Ordering::Relaxed)
+        p.sample(
+            name,
+            &with(&l, "outcome", "canceled"),
+            s.canceled.load(Ordering::Relaxed),
         );
         for k in ErrorKind::ALL {
             let n = s.errors[k.index()].load(Ordering::Relaxed);
             if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "relais_requests_total{{{l},outcome=\"{}\"}} {n}",
-                    k.as_str()
-                );
+                p.sample(name, &with(&l, "outcome", k.as_str()), n);
             }
         }
     }
-    out.push_str("# HELP relais_errors_total Failed requests by error class.\n");
-    out.push_str("# TYPE relais_errors_total counter\n");
-    for s in series.clone() {
-        let l = s.labels();
-        for k in ErrorKind::ALL {
-            let n = s.errors[k.index()].load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "relais_errors_total{{{l},class=\"{}\"}} {n}",
-                    k.as_str()
-                );
+    for (name, help, counts) in [
+        (
+            "relais_errors_total",
+            "Failed requests by error class.",
+            (|s: &Series| &s.errors) as fn(&Series) -> &[AtomicU64; KINDS],
+        ),
+        (
+            "relais_failed_attempts_total",
+            "Upstream attempts that failed and were failed over or returned, by class.",
+            |s: &Series| &s.failed_attempts,
+        ),
+    ] {
+        p.family(name, "counter", help);
+        for s in series.clone() {
+            let l = s.labels();
+            for k in ErrorKind::ALL {
+                let n = counts(s)[k.index()].load(Ordering::Relaxed);
+                if n > 0 {
+                    p.sample(name, &with(&l, "class", k.as_str()), n);
+                }
             }
         }
     }
-    out.push_str("# HELP relais_failed_attempts_total Upstream attempts that failed and were failed over or returned, by class.\n");
-    out.push_str("# TYPE relais_failed_attempts_total counter\n");
-    for s in series.clone() {
-        let l = s.labels();
-        for k in ErrorKind::ALL {
-            let n = s.failed_attempts[k.index()].load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "relais_failed_attempts_total{{{l},class=\"{}\"}} {n}",
-                    k.as_str()
-                );
-            }
-        }
-    }
-    out.push_str("# HELP relais_tokens_total Tokens by kind, as reported by the upstream.\n");
-    out.push_str("# TYPE relais_tokens_total counter\n");
+    p.family(
+        "relais_tokens_total",
+        "counter",
+        "Tokens by kind, as reported by the upstream.",
+    );
     for s in series.clone() {
         let l = s.labels();
         for (i, kind) in ["input", "output", "cache_read", "cache_write", "reasoning"]
             .iter()
             .enumerate()
         {
-            let _ = writeln!(
-                out,
-                "relais_tokens_total{{{l},kind=\"{kind}\"}} {}",
-                s.tokens[i].load(Ordering::Relaxed)
+            p.sample(
+                "relais_tokens_total",
+                &with(&l, "kind", kind),
+                s.tokens[i].load(Ordering::Relaxed),
             );
         }
     }
@@ -273,24 +324,27 @@ pub fn render<'a>(global: &Global, series: impl Iterator<Item = &'a Series> + Cl
         ),
     ];
     for (name, kind, help, read) in router {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        p.family(name, kind, help);
         for s in series.clone() {
-            let _ = writeln!(out, "{name}{{{}}} {}", s.labels(), read(&s.health));
+            p.sample(name, &s.labels(), read(&s.health));
         }
     }
-    out.push_str("# HELP relais_request_duration_seconds Whole request time, upstream included.\n");
-    out.push_str("# TYPE relais_request_duration_seconds histogram\n");
+    p.family(
+        "relais_request_duration_seconds",
+        "histogram",
+        "Whole request time, upstream included.",
+    );
     for s in series.clone() {
         s.duration
-            .render(&mut out, "relais_request_duration_seconds", &s.labels());
+            .render(p, "relais_request_duration_seconds", &s.labels());
     }
-    out.push_str(
-        "# HELP relais_time_to_first_token_seconds Time until the first event of a response.\n",
+    p.family(
+        "relais_time_to_first_token_seconds",
+        "histogram",
+        "Time until the first event of a response.",
     );
-    out.push_str("# TYPE relais_time_to_first_token_seconds histogram\n");
     for s in series {
         s.ttft
-            .render(&mut out, "relais_time_to_first_token_seconds", &s.labels());
+            .render(p, "relais_time_to_first_token_seconds", &s.labels());
     }
-    out
 }

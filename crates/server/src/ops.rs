@@ -10,6 +10,7 @@ use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
 use crate::http::{Ctx, bearer, constant_time_eq, plain};
+use crate::metrics::{Prom, labels};
 use crate::state::AppState;
 
 pub(crate) async fn healthz(headers: HeaderMap) -> Response {
@@ -85,34 +86,74 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             return Ctx::new(&headers).error(&e, Duration::ZERO);
         }
     }
-    let mut body = crate::metrics::render(&app.global, live.series());
+    let mut p = Prom::default();
+    crate::metrics::render(&mut p, &app.global, live.series());
     let limits = &live.runtime.rate_limits;
-    body.push_str(&format!(
-        "# HELP relais_limit_store_up Whether key and team limits can be counted (1) or not (0).\n# TYPE relais_limit_store_up gauge\nrelais_limit_store_up{{kind=\"{}\"}} {}\n",
-        limits.kind(),
-        u8::from(limits.is_up())
-    ));
+    p.family(
+        "relais_limit_store_up",
+        "gauge",
+        "Whether key and team limits can be counted (1) or not (0).",
+    );
+    p.sample(
+        "relais_limit_store_up",
+        &labels(&[("kind", limits.kind())]),
+        u8::from(limits.is_up()),
+    );
     if let Some(ring) = &live.runtime.keyring {
-        body.push_str(&format!(
-            "# HELP relais_key_store_up Whether the last key refresh reached the store.\n# TYPE relais_key_store_up gauge\nrelais_key_store_up{{kind=\"{}\"}} {}\n",
-            ring.store_kind(),
-            u8::from(ring.store_up())
-        ));
+        p.family(
+            "relais_key_store_up",
+            "gauge",
+            "Whether the last key refresh reached the store.",
+        );
+        p.sample(
+            "relais_key_store_up",
+            &labels(&[("kind", ring.store_kind())]),
+            u8::from(ring.store_up()),
+        );
     }
     if let Some(l) = &live.runtime.ledger {
         let st = &l.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        body.push_str(&format!(
-            "# HELP relais_ledger_rows_total Ledger rows appended to the write-ahead file (recorded) and accepted by the store (stored).\n# TYPE relais_ledger_rows_total counter\nrelais_ledger_rows_total{{state=\"recorded\"}} {}\nrelais_ledger_rows_total{{state=\"stored\"}} {}\n# HELP relais_ledger_write_errors_total Appends to the write-ahead file that failed (rows kept in memory).\n# TYPE relais_ledger_write_errors_total counter\nrelais_ledger_write_errors_total {}\n# HELP relais_ledger_backlog_segments Closed write-ahead segments waiting for the store.\n# TYPE relais_ledger_backlog_segments gauge\nrelais_ledger_backlog_segments {}\n# HELP relais_ledger_backlog_bytes Bytes of ledger rows on local disk not yet in the store.\n# TYPE relais_ledger_backlog_bytes gauge\nrelais_ledger_backlog_bytes {}\n# HELP relais_ledger_store_up Whether the last shipment reached the ledger store.\n# TYPE relais_ledger_store_up gauge\nrelais_ledger_store_up {}\n",
-            n(&st.recorded),
-            n(&st.stored),
-            n(&st.write_errors),
-            n(&st.backlog),
-            n(&st.backlog_bytes),
-            u8::from(l.store_up())
-        ));
+        let rows = "relais_ledger_rows_total";
+        p.family(
+            rows,
+            "counter",
+            "Ledger rows appended to the write-ahead file (recorded) and accepted by the store (stored).",
+        );
+        p.sample(rows, &labels(&[("state", "recorded")]), n(&st.recorded));
+        p.sample(rows, &labels(&[("state", "stored")]), n(&st.stored));
+        for (name, kind, help, v) in [
+            (
+                "relais_ledger_write_errors_total",
+                "counter",
+                "Appends to the write-ahead file that failed (rows kept in memory).",
+                n(&st.write_errors),
+            ),
+            (
+                "relais_ledger_backlog_segments",
+                "gauge",
+                "Closed write-ahead segments waiting for the store.",
+                n(&st.backlog),
+            ),
+            (
+                "relais_ledger_backlog_bytes",
+                "gauge",
+                "Bytes of ledger rows on local disk not yet in the store.",
+                n(&st.backlog_bytes),
+            ),
+            (
+                "relais_ledger_store_up",
+                "gauge",
+                "Whether the last shipment reached the ledger store.",
+                u64::from(l.store_up()),
+            ),
+        ] {
+            p.family(name, kind, help);
+            p.sample(name, "", v);
+        }
     }
-    app.planb.shadower.stats.render(&mut body);
-    app.planb.alerts.render(&mut body);
+    app.planb.shadower.stats.render(&mut p);
+    app.planb.alerts.render(&mut p);
+    let body = p.finish();
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }

@@ -188,8 +188,10 @@ impl Settlement {
         // 1. The reservation.
         if let (Some(t), Some(u), Some(_)) = (&self.ticket, &self.usage, deployment) {
             t.settle(u.total_tokens(), cost);
+            step("reservation settled");
         }
         // 2. Metrics.
+        step("metrics counted");
         match (&end, &self.serving) {
             (End::Exhausted { ex, .. }, _) => self.live.record_exhausted(ex, elapsed),
             (
@@ -240,6 +242,7 @@ impl Settlement {
                 End::Canceled => (&self.failed, served.as_ref(), 499, Some(("canceled", None))),
             };
             bill.record(&self.live, failed, served, status, error);
+            step("ledger rows written");
         }
         // 4. Plan B.
         if let Some(tap) = self.tap.take() {
@@ -260,15 +263,182 @@ impl Settlement {
                 cost_pusd: cost,
             };
             tap.finish(&self.app.planb, &self.live, end);
+            step("plan b told");
         }
         // 5. The key's slot, then the in-flight count.
-        drop(self.ticket.take());
+        if self.ticket.take().is_some() {
+            step("ticket released");
+        }
         self.app.global.inflight.fetch_sub(1, Ordering::Relaxed);
+        step("in-flight released");
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The steps of [`Settlement::finish`] as they ran on this thread, for the order test.
+    static STEPS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks a step of [`Settlement::finish`]; compiled away outside tests.
+#[inline]
+fn step(_name: &'static str) {
+    #[cfg(test)]
+    STEPS.with(|s| s.borrow_mut().push(_name));
 }
 
 impl Drop for Settlement {
     fn drop(&mut self) {
         self.finish(End::Canceled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The settlement's steps run in one order whichever way a request ends (issue 18: the
+    //! JSON path used to release the key's slot and the in-flight count before writing the
+    //! ledger, the stream path after it).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+    use relais_governance::{Holder, Limits};
+
+    const ORDER: [&str; 5] = [
+        "reservation settled",
+        "metrics counted",
+        "ledger rows written",
+        "ticket released",
+        "in-flight released",
+    ];
+
+    async fn gateway(dir: &std::path::Path) -> (Arc<AppState>, Arc<Live>) {
+        let text = format!(
+            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+             [routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n\n\
+             [prices.m]\ninput = 1.0\noutput = 2.0\n\n\
+             [governance]\nsqlite_path = \"{}\"\n",
+            dir.join("relais.db").display()
+        );
+        let raw = crate::config::parse(&text, "t.toml").unwrap();
+        let mut runtime = crate::config::build(&raw, &text, "t.toml").unwrap();
+        crate::config::open_state(&raw, &mut runtime, "t.toml")
+            .await
+            .unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let app = Arc::new(AppState::new(runtime, rx));
+        let live = app.live();
+        (app, live)
+    }
+
+    /// A reservation under a key that may run one request at once.
+    async fn ticket(live: &Live) -> Result<Option<Ticket>, Error> {
+        let limits = Limits {
+            max_concurrent: Some(1),
+            ..Limits::default()
+        };
+        let subjects = [(
+            "key_t",
+            Holder::Key {
+                name: "t",
+                prefix: "rk-t",
+            },
+            limits,
+        )];
+        live.runtime.rate_limits.admit(&subjects, 100, 0).await
+    }
+
+    /// A settlement as admission opens it; `served`: routing found a deployment, which streamed
+    /// usage.
+    fn open(
+        app: &Arc<AppState>,
+        live: &Arc<Live>,
+        ticket: Option<Ticket>,
+        id: &str,
+        served: bool,
+    ) -> Settlement {
+        let bill = Bill::start(
+            live,
+            id,
+            crate::caller::Payer::default(),
+            "r",
+            true,
+            Instant::now(),
+        );
+        let mut s = Settlement::new(app, live, Instant::now(), ticket, bill);
+        if !served {
+            return s;
+        }
+        let route = live.entries["r"].route.clone();
+        s.served(route, 0, Vec::new(), Some(Duration::from_millis(1)));
+        s.observe(&StreamEvent::Usage(Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Usage::default()
+        }));
+        s
+    }
+
+    #[tokio::test]
+    async fn issue18_every_end_settles_in_the_same_order_once() {
+        let dir = std::env::temp_dir().join(format!(
+            "relais-settle-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (app, live) = gateway(&dir).await;
+        let error = Error::internal("boom");
+        let ex = Exhausted {
+            error: Error::internal("all down"),
+            failed: Vec::new(),
+            upstream_wait: Duration::ZERO,
+        };
+        let expected = ORDER.to_vec();
+        for (i, how) in ["answered", "failed", "exhausted", "dropped"]
+            .into_iter()
+            .enumerate()
+        {
+            STEPS.with(|s| s.borrow_mut().clear());
+            // The previous request gave the key's one slot back.
+            let t = ticket(&live).await.unwrap();
+            assert!(t.is_some(), "{how}: the key has a concurrency limit");
+            let mut s = open(&app, &live, t, &format!("req-{i}"), how != "exhausted");
+            // The slot is taken while the request runs.
+            assert!(ticket(&live).await.is_err(), "{how}");
+            assert_eq!(app.global.inflight.load(Ordering::Relaxed), 1);
+            match how {
+                "answered" => s.finish(End::Answered),
+                "failed" => s.finish(End::Failed {
+                    error: &error,
+                    status: 200,
+                }),
+                "exhausted" => s.finish(End::Exhausted {
+                    ex: &ex,
+                    status: 500,
+                }),
+                _ => drop(s),
+            }
+            let steps = STEPS.with(|s| s.borrow().clone());
+            let mut want = expected.clone();
+            if how == "exhausted" {
+                // Served by nobody: nothing to settle the reservation with (it is freed).
+                want.retain(|s| *s != "reservation settled");
+            }
+            assert_eq!(steps, want, "{how}");
+            assert_eq!(app.global.inflight.load(Ordering::Relaxed), 0, "{how}");
+        }
+        // Each end wrote its request's rows once, with the status the client got.
+        let ledger = live.runtime.ledger.clone().unwrap();
+        ledger.flush().await.unwrap();
+        for (i, status) in [200, 200, 500, 499].into_iter().enumerate() {
+            let rows = ledger.store().rows_of(&format!("req-{i}")).await.unwrap();
+            let request = rows.iter().find(|r| r.attempt == 0).unwrap();
+            assert_eq!(request.status, status, "req-{i}: {rows:?}");
+            let attempts = if status == 500 { 1 } else { 2 };
+            assert_eq!(rows.len(), attempts, "req-{i}: {rows:?}");
+        }
+        drop((app, live, ledger));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,7 @@ use super::readiness::readiness;
 use super::store_error;
 use crate::clock::now_ms;
 use crate::live::Live;
+use crate::metrics::{Prom, labels};
 
 /// Vendor shares and their concentration for one set of (vendor, requests, cost) totals.
 pub(crate) fn concentration_json(totals: &[(String, u64, u64)]) -> serde_json::Value {
@@ -113,25 +114,29 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, p: &mut Prom) {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         if routes.is_empty() {
             return;
         }
-        out.push_str("# HELP relais_dependency_hhi Concentration of a route's live requests on vendors over the last 24 hours (Herfindahl-Hirschman index, 0-10000).\n# TYPE relais_dependency_hhi gauge\n");
+        let name = "relais_dependency_hhi";
+        p.family(
+            name,
+            "gauge",
+            "Concentration of a route's live requests on vendors over the last 24 hours (Herfindahl-Hirschman index, 0-10000).",
+        );
         for (r, c) in routes.iter() {
-            out.push_str(&format!(
-                "relais_dependency_hhi{{route=\"{r}\"}} {}\n",
-                c.hhi
-            ));
+            p.sample(name, &labels(&[("route", r)]), c.hhi);
         }
-        out.push_str("# HELP relais_dependency_alert 1 when one vendor carries more than plan_b.dependency_alert_percent of a route's requests and no backup of the route is ready.\n# TYPE relais_dependency_alert gauge\n");
+        let name = "relais_dependency_alert";
+        p.family(
+            name,
+            "gauge",
+            "1 when one vendor carries more than plan_b.dependency_alert_percent of a route's requests and no backup of the route is ready.",
+        );
         for (r, c) in routes.iter() {
-            out.push_str(&format!(
-                "relais_dependency_alert{{route=\"{r}\",vendor=\"{}\"}} {}\n",
-                c.top_vendor,
-                u8::from(c.alert)
-            ));
+            let l = labels(&[("route", r), ("vendor", &c.top_vendor)]);
+            p.sample(name, &l, u8::from(c.alert));
         }
     }
 

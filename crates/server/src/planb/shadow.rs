@@ -26,6 +26,7 @@ use crate::caller::OwnedPayer;
 use crate::clock::{us, utc_day};
 use crate::config::ShadowRoute;
 use crate::live::Live;
+use crate::metrics::{Prom, labels};
 
 /// A live request chosen for copying, and the backups its policy lets it go to.
 pub(crate) struct Sampled {
@@ -76,9 +77,14 @@ impl ShadowStats {
         *s.1.entry(route.to_owned()).or_default() += pusd;
     }
 
-    pub fn render(&self, out: &mut String) {
+    pub fn render(&self, p: &mut Prom) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP relais_shadow_requests_total Shadow copies of live requests, by what became of them.\n# TYPE relais_shadow_requests_total counter\n");
+        let name = "relais_shadow_requests_total";
+        p.family(
+            name,
+            "counter",
+            "Shadow copies of live requests, by what became of them.",
+        );
         for (state, v) in [
             ("sampled", n(&self.sampled)),
             ("dropped_queue_full", n(&self.dropped)),
@@ -88,14 +94,11 @@ impl ShadowStats {
             ("answered", n(&self.answered)),
             ("failed", n(&self.failed)),
         ] {
-            out.push_str(&format!(
-                "relais_shadow_requests_total{{state=\"{state}\"}} {v}\n"
-            ));
+            p.sample(name, &labels(&[("state", state)]), v);
         }
-        out.push_str(&format!(
-            "# HELP relais_shadow_store_errors_total Shadow samples the store did not take.\n# TYPE relais_shadow_store_errors_total counter\nrelais_shadow_store_errors_total {}\n",
-            n(&self.store_errors)
-        ));
+        let name = "relais_shadow_store_errors_total";
+        p.family(name, "counter", "Shadow samples the store did not take.");
+        p.sample(name, "", n(&self.store_errors));
     }
 }
 
