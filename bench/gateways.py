@@ -164,7 +164,8 @@ def start_mock(port, args):
     return proc
 
 
-def start_relais(mock_port, auth):
+def start_relais(mock_port, auth, binary=None, name=None):
+    """relais on the mock; `binary`: another build of it (a baseline), shown as `name`."""
     port = free_port()
     cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-")) / "relais.toml"
     text = f"""[server]
@@ -180,10 +181,11 @@ deployments = [{{ provider = "mock", model = "bench" }}]
         text += f'[[auth.keys]]\nname = "bench"\nkey = "{KEY}"\n'
     cfg.write_text(text)
     t0 = time.time()
-    proc = subprocess.Popen(pinned([str(TARGET / "release/relais"), "serve", "--config", str(cfg)], GATEWAY_CPUS),
+    exe = binary or str(TARGET / "release/relais")
+    proc = subprocess.Popen(pinned([exe, "serve", "--config", str(cfg)], GATEWAY_CPUS),
                             stderr=subprocess.DEVNULL, env=dict(os.environ, RELAIS_LOG="warn"))
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    name = "relais + auth" if auth else "relais (bare routing)"
+    name = name or ("relais + auth" if auth else "relais (bare routing)")
     return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
                  {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
 
@@ -326,6 +328,8 @@ def main():
                     help="with --probe: add the relais setups with virtual keys and limits (SQLite; PG + Redis)")
     ap.add_argument("--shadow", action="store_true",
                     help="with --probe: add the governed SQLite setup with and without shadow traffic at 100%%")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="with --probe: also run this relais binary (an earlier build) bare, before the current one")
     args = ap.parse_args()
     if args.in_flight:
         print(in_flight_table(in_flight(args.duration)))
@@ -339,7 +343,10 @@ def main():
     setups_info = {}
     try:
         direct = Setup("direct to mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions")
-        starters = [lambda: direct, lambda: start_relais(mock_port, False)]
+        starters = [lambda: direct]
+        if args.baseline:
+            starters += [lambda: start_relais(mock_port, False, args.baseline, "relais before (baseline)")]
+        starters += [lambda: start_relais(mock_port, False)]
         if args.governed or not (args.quick or args.probe):
             starters += [lambda: start_relais_governed(mock_port, False),
                          lambda: start_relais_governed(mock_port, True)]

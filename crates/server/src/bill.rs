@@ -121,7 +121,8 @@ fn set_usage(row: &mut LedgerRow, u: &Usage, cost: u64) {
 }
 
 impl Bill {
-    /// `None` when there is no ledger (no `[governance]`).
+    /// `None` when there is no ledger (no `[governance]`). Boxed: a request's settlement moves
+    /// a few times before it ends, and its ledger row is the largest part of it.
     pub(crate) fn start(
         live: &Live,
         request_id: &str,
@@ -129,10 +130,10 @@ impl Bill {
         route: &str,
         stream: bool,
         start: Instant,
-    ) -> Option<Self> {
+    ) -> Option<Box<Self>> {
         let ledger = live.runtime.ledger.clone()?;
         let at_ms = now_ms();
-        Some(Self {
+        Some(Box::new(Self {
             ledger,
             base: LedgerRow {
                 id: row_id(at_ms),
@@ -148,7 +149,7 @@ impl Bill {
             },
             start,
             recorded: false,
-        })
+        }))
     }
 
     /// Mark the request's rows as part of a failover drill.

@@ -6,7 +6,7 @@
 
 use axum::http::HeaderMap;
 use relais_core::Error;
-use relais_governance::{Access, Holder, Limits, RateLimits, Ticket};
+use relais_governance::{Access, Holder, Limits, Subject};
 use relais_router::Deployment;
 
 use crate::config::ClientKey;
@@ -71,23 +71,17 @@ impl Caller<'_> {
         }
     }
 
-    /// Reserve room under the key's and its team's limits and budgets for a request that may
-    /// use up to `worst().0` tokens costing up to `worst().1` pico-USD (estimated only when
-    /// there are limits to keep); `None` when there are none.
-    pub(crate) async fn reserve(
-        &self,
-        limits: &RateLimits,
-        worst: impl FnOnce() -> (u64, u64),
-    ) -> Result<Option<Ticket>, Error> {
+    /// The key and its team as subjects of admission, when either has a limit or a budget.
+    pub(crate) fn subjects(&self) -> Option<[Subject<'_>; 2]> {
         let Self::Virtual(access) = self else {
-            return Ok(None);
+            return None;
         };
         let (k, t) = (&access.key, &access.team);
         if k.limits == Limits::default() && t.limits == Limits::default() {
-            return Ok(None);
+            return None;
         }
         // Key and team ids are distinct by their prefixes (key_..., team_...).
-        let subjects = [
+        Some([
             (
                 k.id.as_str(),
                 Holder::Key {
@@ -97,9 +91,7 @@ impl Caller<'_> {
                 k.limits,
             ),
             (t.id.as_str(), Holder::Team { name: &t.name }, t.limits),
-        ];
-        let (tokens, cost) = worst();
-        limits.admit(&subjects, tokens, cost).await
+        ])
     }
 
     /// The data class of the request (`x-relais-data-class`, else the key's default), checked

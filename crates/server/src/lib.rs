@@ -35,6 +35,8 @@ pub mod planb;
 mod reload;
 pub mod reports;
 mod state;
+#[cfg(test)]
+mod testing;
 mod tls;
 
 use std::future::Future;

@@ -226,6 +226,20 @@ impl LocalTicket {
             return;
         }
         let secs = unix_secs();
+        self.each_tally(|s| {
+            if let Ok(i) = s.admitted.binary_search_by_key(&self.id, |(_, i, _)| *i) {
+                let old = std::mem::replace(&mut s.admitted[i].2, tokens);
+                s.tokens = s.tokens - old + tokens;
+            }
+            if let Some(spent) = &mut s.spent {
+                spent.reserved = spent.reserved.saturating_sub(self.cost);
+                spent.add(cost, secs);
+            }
+        });
+    }
+
+    /// Run `f` on the tally of each of the ticket's subjects, under the limiter's lock.
+    fn each_tally(&self, mut f: impl FnMut(&mut Tally)) {
         let mut map = self
             .limiter
             .subjects
@@ -233,14 +247,7 @@ impl LocalTicket {
             .unwrap_or_else(PoisonError::into_inner);
         for sid in &self.subjects {
             if let Some(s) = map.get_mut(sid) {
-                if let Ok(i) = s.admitted.binary_search_by_key(&self.id, |(_, i, _)| *i) {
-                    let old = std::mem::replace(&mut s.admitted[i].2, tokens);
-                    s.tokens = s.tokens - old + tokens;
-                }
-                if let Some(spent) = &mut s.spent {
-                    spent.reserved = spent.reserved.saturating_sub(self.cost);
-                    spent.add(cost, secs);
-                }
+                f(s);
             }
         }
     }
@@ -249,21 +256,15 @@ impl LocalTicket {
 impl Drop for LocalTicket {
     fn drop(&mut self) {
         let unsettled = !self.settled.load(Ordering::Relaxed);
-        let mut map = self
-            .limiter
-            .subjects
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for sid in &self.subjects {
-            if let Some(s) = map.get_mut(sid) {
-                s.inflight = s.inflight.saturating_sub(1);
-                // Never settled (the request failed before any usage): free the
-                // reservation, charge nothing.
-                if let (true, Some(spent)) = (unsettled, &mut s.spent) {
-                    spent.reserved = spent.reserved.saturating_sub(self.cost);
-                }
+        let cost = self.cost;
+        self.each_tally(|s| {
+            s.inflight = s.inflight.saturating_sub(1);
+            // Never settled (the request failed before any usage): free the reservation,
+            // charge nothing.
+            if let (true, Some(spent)) = (unsettled, &mut s.spent) {
+                spent.reserved = spent.reserved.saturating_sub(cost);
             }
-        }
+        });
     }
 }
 

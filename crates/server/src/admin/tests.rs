@@ -3,14 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::state::AppState;
+use crate::testing::{self, TempDir};
 
 const KEY: &str = "admin-key-0123456789abcdef";
 
@@ -19,36 +18,12 @@ const ROUTES: &str = "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"htt
 [routes.one]\ndeployments = [{ provider = \"up\", model = \"m\" }]\n\n\
 [routes.e]\nkind = \"embeddings\"\ndeployments = [{ provider = \"up\", model = \"e1\" }, { provider = \"up\", model = \"e2\" }]\n";
 
-fn state(text: &str) -> Arc<AppState> {
-    let raw = crate::config::parse(text, "t.toml").unwrap();
-    let runtime = crate::config::build(&raw, text, "t.toml").unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    Arc::new(AppState::new(runtime, rx))
-}
-
 fn app(admin: bool) -> Router {
     let mut text = String::from(ROUTES);
     if admin {
         text.push_str(&format!("[admin]\nkey = \"{KEY}\"\n"));
     }
-    crate::app::router(state(&text))
-}
-
-/// A gateway with the admin API and a ledger (SQLite in `dir`), as promotions need one.
-async fn governed(dir: &std::path::Path) -> (Router, Arc<AppState>) {
-    let db = dir.join("relais.db");
-    let text = format!(
-        "{ROUTES}[admin]\nkey = \"{KEY}\"\n\n[governance]\nsqlite_path = \"{}\"\n",
-        db.display()
-    );
-    let raw = crate::config::parse(&text, "t.toml").unwrap();
-    let mut runtime = crate::config::build(&raw, &text, "t.toml").unwrap();
-    crate::config::open_state(&raw, &mut runtime, "t.toml")
-        .await
-        .unwrap();
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(AppState::new(runtime, rx));
-    (crate::app::router(state.clone()), state)
+    crate::app::router(testing::state(&text))
 }
 
 async fn call(
@@ -220,13 +195,9 @@ async fn issue18_drills_are_validated_before_they_start() {
 
 #[tokio::test]
 async fn issue18_promotions_are_validated_and_change_the_primary() {
-    let dir = std::env::temp_dir().join(format!(
-        "relais-admin-promote-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (app, state) = governed(&dir).await;
+    let dir = TempDir::new("admin-promote");
+    let state = testing::governed(&format!("{ROUTES}[admin]\nkey = \"{KEY}\"\n"), &dir).await;
+    let app = crate::app::router(state.clone());
     let primary = |s: &AppState| s.live().entries["r"].route.primary().unwrap().id.clone();
     let refused = [
         json!({"to": "up/n", "by": "oncall"}),
@@ -282,6 +253,4 @@ async fn issue18_promotions_are_validated_and_change_the_primary() {
     assert_eq!(code, 200, "{answer}");
     assert_eq!(primary(&state), "up/m");
     assert!(state.promotions().is_empty());
-    drop((app, state));
-    let _ = std::fs::remove_dir_all(&dir);
 }

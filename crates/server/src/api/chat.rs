@@ -9,7 +9,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use relais_core::Error;
 use relais_router::RouteKind;
 
 use crate::dialect::Dialect;
@@ -54,35 +53,32 @@ async fn chat(
     let ctx = Ctx::for_dialect(&headers, dialect);
     let live = app.live();
     // 1. Admit: caller, body, request, route, data class, limits; Plan B's tap.
-    let admitted = async {
-        let (caller, bytes, _decoding) = admit::gate(&app, &live, &headers, body).await?;
-        let mut req = dialect.parse_chat(&bytes)?;
-        if let Some(m) = model {
-            req.model = m;
-        }
-        let entry = live.entry(&caller, &req.model, RouteKind::Chat)?;
-        let class = caller.data_class(&headers)?.map(str::to_owned);
-        let worst = admit::worst_chat(&live, &entry.route, &req);
-        let key = (req.model.as_str(), req.stream);
-        let mut settlement = admit::settlement(&app, &live, &ctx, &caller, key, worst).await?;
-        let seen = Admission {
-            route: &entry.route.name,
-            request_id: &ctx.id,
-            billed_at_ms: settlement.billed_at_ms(),
-            payer: caller.payer(),
-        };
-        let allow = |d: &relais_router::Deployment| caller.may_use(d, class.as_deref());
-        settlement.set_tap(app.planb.tap(&live, &mut req, &seen, allow));
-        Ok::<_, Error>((caller, req, entry.route.clone(), class, settlement))
+    let (caller, bytes, decoding) =
+        or_refuse!(app, ctx, admit::gate(&app, &live, &headers, body).await);
+    let mut req = or_refuse!(app, ctx, dialect.parse_chat(&bytes));
+    drop((bytes, decoding));
+    if let Some(m) = model {
+        req.model = m;
     }
-    .await;
-    let (caller, req, route, class, settlement) = match admitted {
-        Ok(a) => a,
-        Err(e) => return admit::refuse(&app, &ctx, &e),
+    let entry = or_refuse!(app, ctx, live.entry(&caller, &req.model, RouteKind::Chat));
+    let class = or_refuse!(app, ctx, caller.data_class(&headers));
+    let worst = admit::worst_chat(&live, &entry.route, &req);
+    let key = (req.model.as_str(), req.stream);
+    let mut settlement = or_refuse!(
+        app,
+        ctx,
+        admit::settlement(&app, &live, &ctx, &caller, key, worst).await
+    );
+    let seen = Admission {
+        route: &entry.route.name,
+        request_id: &ctx.id,
+        billed_at_ms: settlement.billed_at_ms(),
+        payer: caller.payer(),
     };
+    let allow = |d: &relais_router::Deployment| caller.may_use(d, class);
+    settlement.set_tap(app.planb.tap(&live, &mut req, &seen, allow));
     // 2. Route: the first deployment that produces a first event.
-    let down = settlement.down();
-    let routed = match route::chat(&route, &req, &caller, class.as_deref(), down).await {
+    let routed = match route::chat(&entry.route, &req, &caller, class, settlement.down()).await {
         Ok(r) => r,
         Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
     };
@@ -104,7 +100,7 @@ pub(super) async fn count_tokens(
         let (key, bytes, _decoding) = admit::gate(&app, &live, &headers, body).await?;
         let req = relais_dialects::anthropic::parse_count_tokens(&bytes)?;
         live.entry(&key, &req.model, RouteKind::Chat)?;
-        Ok::<_, Error>(req.estimate_input_tokens())
+        Ok::<_, relais_core::Error>(req.estimate_input_tokens())
     }
     .await;
     match counted {

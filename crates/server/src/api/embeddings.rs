@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use relais_core::Error;
 use relais_dialects::openai;
 use relais_router::RouteKind;
 
@@ -41,32 +40,33 @@ async fn embeddings(
     let ctx = Ctx::new(&headers);
     let live = app.live();
     // 1. Admit.
-    let admitted = async {
-        let (caller, bytes, _decoding) = admit::gate(&app, &live, &headers, body).await?;
-        let (mut req, base64) = openai::parse_embeddings(&bytes)?;
-        if let Some(m) = model {
-            req.model = m;
-        }
-        let entry = live.entry(&caller, &req.model, RouteKind::Embeddings)?;
-        let class = caller.data_class(&headers)?.map(str::to_owned);
-        let worst = admit::worst_embed(&entry.route, &req);
-        let key = (req.model.as_str(), false);
-        let settlement = admit::settlement(&app, &live, &ctx, &caller, key, worst).await?;
-        Ok::<_, Error>((caller, req, base64, entry.route.clone(), class, settlement))
+    let (caller, bytes, decoding) =
+        or_refuse!(app, ctx, admit::gate(&app, &live, &headers, body).await);
+    let (mut req, base64) = or_refuse!(app, ctx, openai::parse_embeddings(&bytes));
+    drop((bytes, decoding));
+    if let Some(m) = model {
+        req.model = m;
     }
-    .await;
-    let (caller, req, base64, route, class, mut settlement) = match admitted {
-        Ok(a) => a,
-        Err(e) => return admit::refuse(&app, &ctx, &e),
-    };
+    let entry = or_refuse!(
+        app,
+        ctx,
+        live.entry(&caller, &req.model, RouteKind::Embeddings)
+    );
+    let class = or_refuse!(app, ctx, caller.data_class(&headers));
+    let worst = admit::worst_embed(&entry.route, &req);
+    let key = (req.model.as_str(), false);
+    let mut settlement = or_refuse!(
+        app,
+        ctx,
+        admit::settlement(&app, &live, &ctx, &caller, key, worst).await
+    );
     // 2. Route.
-    let (i, answer, failed, waited) =
-        match route::embed(&route, &req, &caller, class.as_deref()).await {
-            Ok(r) => r,
-            Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
-        };
+    let (i, answer, failed, waited) = match route::embed(&entry.route, &req, &caller, class).await {
+        Ok(r) => r,
+        Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
+    };
     // 3. Respond, 4. settle.
-    settlement.served(route, i, failed, None);
+    settlement.served(entry.route.clone(), i, failed, None);
     settlement.add_usage(&answer.usage);
     settlement.finish(End::Answered);
     let body = openai::render_embeddings(&answer, &req.model, base64);

@@ -3,6 +3,18 @@
 //!
 //! Depends on the pipeline, live, caller, state and the dialects; never on the admin API.
 
+/// The value of an admission step, or the refusal answered at once (counted and logged by
+/// [`crate::pipeline::admit::refuse`]). Steps run in place, so no admitted value is moved
+/// through a tuple on its way to the next stage.
+macro_rules! or_refuse {
+    ($app:expr, $ctx:expr, $step:expr) => {
+        match $step {
+            Ok(v) => v,
+            Err(e) => return $crate::pipeline::admit::refuse(&$app, &$ctx, &e),
+        }
+    };
+}
+
 mod chat;
 mod embeddings;
 mod models;

@@ -47,8 +47,9 @@ pub(crate) async fn gate<'a>(
     Ok((caller, bytes, decoding))
 }
 
-/// Reserve room under the caller's limits for the worst case `worst() = (tokens, pico-USD)`
-/// and open the request's [`Settlement`] (with its ledger rows when there is a ledger).
+/// Reserve room under the key's and its team's limits and budgets for the worst case
+/// `worst() = (tokens, pico-USD)` (estimated only when there are limits to keep), and open the
+/// request's [`Settlement`] (with its ledger rows when there is a ledger).
 pub(crate) async fn settlement(
     app: &Arc<AppState>,
     live: &Arc<Live>,
@@ -57,7 +58,17 @@ pub(crate) async fn settlement(
     (route, stream): (&str, bool),
     worst: impl FnOnce() -> (u64, u64),
 ) -> Result<Settlement, Error> {
-    let ticket = caller.reserve(&live.runtime.rate_limits, worst).await?;
+    // The limiter's future is large (Redis): built only for a caller with limits.
+    let ticket = match caller.subjects() {
+        None => None,
+        Some(subjects) => {
+            let (tokens, cost) = worst();
+            live.runtime
+                .rate_limits
+                .admit(&subjects, tokens, cost)
+                .await?
+        }
+    };
     let bill = Bill::start(live, &ctx.id, caller.payer(), route, stream, ctx.start);
     Ok(Settlement::new(app, live, ctx.start, ticket, bill))
 }

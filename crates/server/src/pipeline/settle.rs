@@ -58,7 +58,7 @@ pub(crate) struct Settlement {
     live: Arc<Live>,
     start: Instant,
     ticket: Option<Ticket>,
-    bill: Option<Bill>,
+    bill: Option<Box<Bill>>,
     tap: Option<Box<RequestTap>>,
     serving: Option<Serving>,
     failed: Vec<FailedAttempt>,
@@ -73,7 +73,7 @@ impl Settlement {
         live: &Arc<Live>,
         start: Instant,
         ticket: Option<Ticket>,
-        bill: Option<Bill>,
+        bill: Option<Box<Bill>>,
     ) -> Self {
         app.global.inflight.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -92,7 +92,7 @@ impl Settlement {
 
     /// When the request arrived (Unix ms) if it is billed: Plan B copies only billed requests.
     pub(crate) fn billed_at_ms(&self) -> Option<i64> {
-        self.bill.as_ref().map(Bill::at_ms)
+        self.bill.as_ref().map(|b| b.at_ms())
     }
 
     /// Attach Plan B's tap; a drilled request's ledger rows carry the drill's id.
@@ -302,6 +302,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
     use super::*;
+    use crate::testing::{self, TempDir};
     use relais_governance::{Holder, Limits};
 
     const ORDER: [&str; 5] = [
@@ -312,24 +313,9 @@ mod tests {
         "in-flight released",
     ];
 
-    async fn gateway(dir: &std::path::Path) -> (Arc<AppState>, Arc<Live>) {
-        let text = format!(
-            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
-             [routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n\n\
-             [prices.m]\ninput = 1.0\noutput = 2.0\n\n\
-             [governance]\nsqlite_path = \"{}\"\n",
-            dir.join("relais.db").display()
-        );
-        let raw = crate::config::parse(&text, "t.toml").unwrap();
-        let mut runtime = crate::config::build(&raw, &text, "t.toml").unwrap();
-        crate::config::open_state(&raw, &mut runtime, "t.toml")
-            .await
-            .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let app = Arc::new(AppState::new(runtime, rx));
-        let live = app.live();
-        (app, live)
-    }
+    const CONFIG: &str = "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+        [routes.r]\ndeployments = [{ provider = \"up\", model = \"m\" }]\n\n\
+        [prices.m]\ninput = 1.0\noutput = 2.0\n";
 
     /// A reservation under a key that may run one request at once.
     async fn ticket(live: &Live) -> Result<Option<Ticket>, Error> {
@@ -381,13 +367,9 @@ mod tests {
 
     #[tokio::test]
     async fn issue18_every_end_settles_in_the_same_order_once() {
-        let dir = std::env::temp_dir().join(format!(
-            "relais-settle-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (app, live) = gateway(&dir).await;
+        let dir = TempDir::new("settle");
+        let app = testing::governed(CONFIG, &dir).await;
+        let live = app.live();
         let error = Error::internal("boom");
         let ex = Exhausted {
             error: Error::internal("all down"),
@@ -438,7 +420,5 @@ mod tests {
             let attempts = if status == 500 { 1 } else { 2 };
             assert_eq!(rows.len(), attempts, "req-{i}: {rows:?}");
         }
-        drop((app, live, ledger));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

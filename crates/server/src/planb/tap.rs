@@ -72,22 +72,27 @@ impl PlanB {
         seen: &Admission<'_>,
         allow: impl Fn(&Deployment) -> bool,
     ) -> Option<Box<RequestTap>> {
-        let shadow = match (live.runtime.shadows.get(seen.route), seen.billed_at_ms) {
-            (Some(shadow), Some(at_ms)) => self.shadower.sample(shadow, allow).map(|sampled| {
-                req.passthrough = false;
-                ShadowTap {
-                    sampled,
-                    req: req.clone(),
-                    request_id: seen.request_id.to_owned(),
-                    at_ms,
-                    payer: seen.payer.to_owned(),
-                    collector: Collector::new(),
-                }
-            }),
+        let sampled = match (live.runtime.shadows.get(seen.route), seen.billed_at_ms) {
+            (Some(shadow), Some(at_ms)) => self.shadower.sample(shadow, allow).map(|s| (s, at_ms)),
             _ => None,
         };
         let drill = self.drills.join(seen.route);
-        (shadow.is_some() || drill.is_some()).then(|| Box::new(RequestTap { shadow, drill }))
+        if sampled.is_none() && drill.is_none() {
+            // The common case returns here, having built nothing.
+            return None;
+        }
+        let shadow = sampled.map(|(sampled, at_ms)| {
+            req.passthrough = false;
+            ShadowTap {
+                sampled,
+                req: req.clone(),
+                request_id: seen.request_id.to_owned(),
+                at_ms,
+                payer: seen.payer.to_owned(),
+                collector: Collector::new(),
+            }
+        });
+        Some(Box::new(RequestTap { shadow, drill }))
     }
 }
 
