@@ -330,6 +330,8 @@ def main():
                     help="with --probe: add the governed SQLite setup with and without shadow traffic at 100%%")
     ap.add_argument("--baseline", metavar="BIN",
                     help="with --probe: also run this relais binary (an earlier build) bare, before the current one")
+    ap.add_argument("--baseline-last", action="store_true",
+                    help="with --baseline: run the baseline after the current build instead (to see order effects)")
     args = ap.parse_args()
     if args.in_flight:
         print(in_flight_table(in_flight(args.duration)))
@@ -343,10 +345,10 @@ def main():
     setups_info = {}
     try:
         direct = Setup("direct to mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions")
-        starters = [lambda: direct]
+        starters = [lambda: direct, lambda: start_relais(mock_port, False)]
         if args.baseline:
-            starters += [lambda: start_relais(mock_port, False, args.baseline, "relais before (baseline)")]
-        starters += [lambda: start_relais(mock_port, False)]
+            before = lambda: start_relais(mock_port, False, args.baseline, "relais before (baseline)")  # noqa: E731
+            starters.insert(len(starters) if args.baseline_last else 1, before)
         if args.governed or not (args.quick or args.probe):
             starters += [lambda: start_relais_governed(mock_port, False),
                          lambda: start_relais_governed(mock_port, True)]

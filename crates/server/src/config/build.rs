@@ -277,7 +277,8 @@ fn route_order<'a>(
                         ));
                     }
                     Some(other)
-                        if other.kind.get_ref() != "chat" || rc.kind.get_ref() != "chat" =>
+                        if other.kind != RouteKindSetting::Chat
+                            || rc.kind != RouteKindSetting::Chat =>
                     {
                         return Err(at(t.span(), &f, "fallbacks are for chat routes".to_owned()));
                     }

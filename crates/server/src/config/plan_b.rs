@@ -108,7 +108,7 @@ pub(super) fn build_plan_b(
                 }
                 out
             }
-            None => route.deployments[1..].to_vec(),
+            None => route.deployments.iter().skip(1).cloned().collect(),
         };
         if backups.is_empty() {
             return Err(err(
@@ -116,7 +116,8 @@ pub(super) fn build_plan_b(
                 "no backup to shadow: list shadow.deployments or give the route a second deployment",
             ));
         }
-        if let Some(b) = backups.iter().find(|b| b.id == route.deployments[0].id) {
+        let primary = route.primary().map(|d| d.id.as_str());
+        if let Some(b) = backups.iter().find(|b| Some(b.id.as_str()) == primary) {
             return Err(err(
                 f("deployments"),
                 &format!(

@@ -251,8 +251,9 @@ pub struct KeyConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    #[serde(default = "default_kind")]
-    pub kind: Spanned<String>,
+    /// `chat` (default) or `embeddings`.
+    #[serde(default)]
+    pub kind: RouteKindSetting,
     /// `failover` (default), `weighted`, `least_latency`, `least_cost`, `least_busy`.
     pub strategy: Option<Spanned<String>>,
     pub deployments: Vec<DeploymentConfig>,
@@ -353,10 +354,6 @@ pub struct FallbackConfig {
     pub content_filter: Option<Spanned<String>>,
 }
 
-fn default_kind() -> Spanned<String> {
-    Spanned::new(0..0, "chat".to_owned())
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
@@ -415,4 +412,22 @@ pub enum WhenDown {
     Closed,
     /// Admitted without limits.
     Open,
+}
+
+/// What a route serves.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKindSetting {
+    #[default]
+    Chat,
+    Embeddings,
+}
+
+impl From<RouteKindSetting> for relais_router::RouteKind {
+    fn from(k: RouteKindSetting) -> Self {
+        match k {
+            RouteKindSetting::Chat => Self::Chat,
+            RouteKindSetting::Embeddings => Self::Embeddings,
+        }
+    }
 }

@@ -46,17 +46,7 @@ pub(super) fn build_route(
         now,
         at,
     } = *parts;
-    let kind = match rc.kind.get_ref().as_str() {
-        "chat" => RouteKind::Chat,
-        "embeddings" => RouteKind::Embeddings,
-        other => {
-            return Err(at(
-                rc.kind.span(),
-                &format!("routes.{name}.kind"),
-                format!("'{other}' is not one of: chat, embeddings"),
-            ));
-        }
-    };
+    let kind = RouteKind::from(rc.kind);
     let strategy = match &rc.strategy {
         None => Strategy::Failover,
         Some(s) => Strategy::parse(s.get_ref()).ok_or_else(|| {
@@ -150,13 +140,15 @@ pub(super) fn build_route(
         });
     }
     // A backup that lacks what the primary has fails the requests that use it.
-    let primary = deployments[0].capabilities;
-    for d in &deployments[1..] {
-        for lost in capability_loss(&primary, &d.capabilities) {
-            warnings.push(format!(
-                "routes.{name}: {} lacks {lost} that the primary {} has; requests that use it skip this deployment",
-                d.id, deployments[0].id
-            ));
+    // (The config checked above that there is at least one deployment.)
+    if let [primary, backups @ ..] = deployments.as_slice() {
+        for d in backups {
+            for lost in capability_loss(&primary.capabilities, &d.capabilities) {
+                warnings.push(format!(
+                    "routes.{name}: {} lacks {lost} that the primary {} has; requests that use it skip this deployment",
+                    d.id, primary.id
+                ));
+            }
         }
     }
     let first = |field: &str, v: Option<f64>, default: Option<f64>| {
