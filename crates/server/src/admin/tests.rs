@@ -23,7 +23,8 @@ fn app(admin: bool) -> Router {
     if admin {
         text.push_str(&format!("[admin]\nkey = \"{KEY}\"\n"));
     }
-    crate::app::router(testing::state(&text))
+    let state = testing::state(&text);
+    super::router(state.clone()).with_state(state)
 }
 
 async fn call(
@@ -197,7 +198,7 @@ async fn issue18_drills_are_validated_before_they_start() {
 async fn issue18_promotions_are_validated_and_change_the_primary() {
     let dir = TempDir::new("admin-promote");
     let state = testing::governed(&format!("{ROUTES}[admin]\nkey = \"{KEY}\"\n"), &dir).await;
-    let app = crate::app::router(state.clone());
+    let app = super::router(state.clone()).with_state(state.clone());
     let primary = |s: &AppState| s.live().entries["r"].route.primary().unwrap().id.clone();
     let refused = [
         json!({"to": "up/n", "by": "oncall"}),
