@@ -164,11 +164,9 @@ def start_mock(port, args):
     return proc
 
 
-def start_relais(mock_port, auth, binary=None, name=None):
-    """relais on the mock; `binary`: another build of it (a baseline), shown as `name`."""
-    port = free_port()
-    cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-")) / "relais.toml"
-    text = f"""[server]
+def bench_config(port, mock_port):
+    """The config every relais setup starts from: one route to the mock."""
+    return f"""[server]
 listen = "127.0.0.1:{port}"
 [providers.mock]
 type = "openai_compat"
@@ -177,6 +175,13 @@ api_key = "upstream-key"
 [routes.bench]
 deployments = [{{ provider = "mock", model = "bench" }}]
 """
+
+
+def start_relais(mock_port, auth, binary=None, name=None):
+    """relais on the mock; `binary`: another build of it (a baseline), shown as `name`."""
+    port = free_port()
+    cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-")) / "relais.toml"
+    text = bench_config(port, mock_port)
     if auth:
         text += f'[[auth.keys]]\nname = "bench"\nkey = "{KEY}"\n'
     cfg.write_text(text)
@@ -229,15 +234,7 @@ def start_relais_governed(mock_port, cluster, shadow=False):
     else:
         gov = f'[governance]\nstore = "sqlite"\nsqlite_path = "{d / "relais.db"}"\n'
         cleanup = None
-    cfg.write_text(f"""[server]
-listen = "127.0.0.1:{port}"
-[providers.mock]
-type = "openai_compat"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-api_key = "upstream-key"
-[routes.bench]
-deployments = [{{ provider = "mock", model = "bench" }}]
-[prices.bench]
+    cfg.write_text(bench_config(port, mock_port) + f"""[prices.bench]
 input = "0.15"
 output = "0.6"
 {SHADOW if shadow else ""}

@@ -54,15 +54,7 @@ def callgrind(exe, mock_port, body, n):
     port = g.free_port()
     d = pathlib.Path(tempfile.mkdtemp(prefix="relais-callgrind-"))
     cfg = d / "relais.toml"
-    cfg.write_text(f"""[server]
-listen = "127.0.0.1:{port}"
-[providers.mock]
-type = "openai_compat"
-base_url = "http://127.0.0.1:{mock_port}/v1"
-api_key = "upstream-key"
-[routes.bench]
-deployments = [{{ provider = "mock", model = "bench" }}]
-""")
+    cfg.write_text(g.bench_config(port, mock_port))
     out = d / "callgrind.out"
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                              exe, "serve", "--config", str(cfg)],

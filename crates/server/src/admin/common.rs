@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
 use crate::http::{ADMIN_BODY, Ctx, plain, read_body};
 use crate::live::Live;
+use crate::state::AppState;
 
 /// The key ring, for the key and team endpoints.
 pub(crate) fn keyring(live: &Live) -> Result<Arc<relais_governance::KeyRing>, Error> {
@@ -82,6 +85,30 @@ pub(crate) fn string_field<'a>(
     body.get(field)
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| Error::bad_request(format!("{field} is required")).with_param(field))
+}
+
+/// What every admin handler starts from, taken from the request: the server's state, the config
+/// in force and the headers (for an error's request id and the body's length). The credential
+/// is not checked here: the router's layer checked it before any extractor ran.
+pub(crate) struct Admin {
+    pub app: Arc<AppState>,
+    pub live: Arc<Live>,
+    pub headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            app: app.clone(),
+            live: app.live(),
+            headers: parts.headers.clone(),
+        })
+    }
 }
 
 /// Run an admin operation and answer with its JSON, or with the error in OpenAI's shape.

@@ -1,15 +1,12 @@
 //! Keys and teams: list, create, revoke, rotate.
 
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::Path;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::common::{admin_answer, admin_request, keyring, string_field, string_list};
-use crate::state::AppState;
+use super::common::{Admin, admin_answer, admin_request, keyring, string_field, string_list};
 
 pub(crate) fn limits_json(l: &relais_governance::Limits) -> serde_json::Value {
     let usd = |v: Option<u64>| v.map(relais_governance::usd_plain);
@@ -78,12 +75,10 @@ pub(crate) fn key_json(k: &relais_state::StoredKey) -> serde_json::Value {
 
 /// `GET /admin/teams`, `POST /admin/teams` (`{"name", "routes"?}`).
 pub(crate) async fn admin_teams(
-    State(app): State<Arc<AppState>>,
+    Admin { live, headers, .. }: Admin,
     method: Method,
-    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let (ring, body) = admin_request(&live, &headers, &method, body).await?;
         let Some(body) = body else {
@@ -116,12 +111,10 @@ pub(crate) async fn admin_teams(
 /// `GET /admin/keys`, `POST /admin/keys` (`{"team", "name", "routes"?}`): the new key's secret
 /// is in this answer and nowhere else, ever.
 pub(crate) async fn admin_keys(
-    State(app): State<Arc<AppState>>,
+    Admin { live, headers, .. }: Admin,
     method: Method,
-    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let (ring, body) = admin_request(&live, &headers, &method, body).await?;
         let Some(body) = body else {
@@ -147,11 +140,9 @@ pub(crate) async fn admin_keys(
 /// `POST /admin/keys/{id}/revoke` and `POST /admin/keys/{id}/rotate` (the new secret is in the
 /// answer; the old one stops working).
 pub(crate) async fn admin_key_action(
-    State(app): State<Arc<AppState>>,
+    Admin { live, headers, .. }: Admin,
     Path((id, action)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let ring = keyring(&live)?;
         match action.as_str() {

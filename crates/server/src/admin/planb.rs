@@ -1,25 +1,18 @@
 //! Plan B: readiness, promotion (with its dry-run forecast), drills, the dependency index.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::Path;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::common::{admin_answer, admin_body, query_params, string_field, usage_query_of};
+use super::common::{Admin, admin_answer, admin_body, query_params, string_field, usage_query_of};
 use crate::http::{ADMIN_BODY, read_body};
-use crate::state::AppState;
 
 /// `GET /admin/readiness[?route=R]`: every shadowed backup's readiness (DESIGN.md §8).
-pub(crate) async fn admin_readiness(
-    State(app): State<Arc<AppState>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let live = app.live();
+pub(crate) async fn admin_readiness(Admin { live, headers, .. }: Admin, uri: Uri) -> Response {
     admin_answer(&headers, async {
         let params = query_params(uri.query().unwrap_or(""));
         let backups =
@@ -38,12 +31,7 @@ pub(crate) async fn admin_readiness(
 
 /// `POST /admin/promote` with `{"route", "to", "by", "dry_run"}` makes `to` the route's
 /// primary (a dry run only forecasts), or with `{"route", "undo": true, "by"}` undoes it.
-pub(crate) async fn admin_promote(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let live = app.live();
+pub(crate) async fn admin_promote(Admin { app, live, headers }: Admin, body: Body) -> Response {
     admin_answer(&headers, async {
         let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
         let body = admin_body(&bytes)?;
@@ -78,12 +66,10 @@ pub(crate) async fn admin_promote(
 
 /// `POST /admin/drills` starts a drill; `GET` lists this instance's drills.
 pub(crate) async fn admin_drills(
-    State(app): State<Arc<AppState>>,
+    Admin { app, live, headers }: Admin,
     method: Method,
-    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         if method == Method::GET {
             let list: Vec<_> = app.planb.drills.list().iter().map(|d| d.json()).collect();
@@ -122,11 +108,9 @@ pub(crate) fn no_drill(id: &str) -> Error {
 
 /// `GET /admin/drills/{id}`: the drill's report, its counters beside the ledger's rows.
 pub(crate) async fn admin_drill(
-    State(app): State<Arc<AppState>>,
+    Admin { app, live, headers }: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let d = app.planb.drills.get(&id).ok_or_else(|| no_drill(&id))?;
         Ok((StatusCode::OK, crate::planb::drill_report(&live, &d).await?))
@@ -136,12 +120,10 @@ pub(crate) async fn admin_drill(
 
 /// `POST /admin/drills/{id}/stop` (body `{"by": "..."}`): end a drill early.
 pub(crate) async fn admin_drill_stop(
-    State(app): State<Arc<AppState>>,
+    Admin { app, live, headers }: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let d = app.planb.drills.get(&id).ok_or_else(|| no_drill(&id))?;
         let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
@@ -159,12 +141,7 @@ pub(crate) async fn admin_drill_stop(
 
 /// `GET /admin/dependency[?from&to&route&team&key]`: each vendor's share of requests and
 /// spend, and the concentration (HHI), overall, per route, per team and per day.
-pub(crate) async fn admin_dependency(
-    State(app): State<Arc<AppState>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let live = app.live();
+pub(crate) async fn admin_dependency(Admin { live, headers, .. }: Admin, uri: Uri) -> Response {
     admin_answer(&headers, async {
         let q = usage_query_of(&uri, Some("vendor"))?;
         Ok((StatusCode::OK, crate::planb::dependency(&live, q).await?))

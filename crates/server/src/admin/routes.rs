@@ -1,19 +1,16 @@
 //! The routes' live state, as the router sees it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::common::Admin;
 use crate::http::plain;
-use crate::state::AppState;
 
 /// `GET /admin/routes`: every route's strategy and, per deployment, the router's live view:
 /// breaker state, cool-downs, latency estimate, in-flight and counters. Behind `admin.key`.
-pub(crate) async fn admin_routes(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let live = app.live();
+pub(crate) async fn admin_routes(Admin { live, headers, .. }: Admin) -> Response {
     let now = tokio::time::Instant::now();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let routes: serde_json::Map<String, serde_json::Value> = live

@@ -1,24 +1,16 @@
 //! Usage from the ledger, one request's ledger rows.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::Path;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-use super::common::{admin_answer, usage_query_of};
-use crate::state::AppState;
+use super::common::{Admin, admin_answer, usage_query_of};
 
 /// `GET /admin/usage?by=key&from=2026-11-01&to=2026-11-23&key=..&team=..&route=..`: spend
 /// and tokens from the ledger, grouped; every row recorded before the call is counted (the
 /// write-ahead file is shipped first).
-pub(crate) async fn admin_usage(
-    State(app): State<Arc<AppState>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let live = app.live();
+pub(crate) async fn admin_usage(Admin { live, headers, .. }: Admin, uri: Uri) -> Response {
     admin_answer(&headers, async {
         let ledger = live.ledger()?;
         let q = usage_query_of(&uri, None)?;
@@ -38,11 +30,9 @@ pub(crate) async fn admin_usage(
 /// `GET /admin/ledger/{id}`: every ledger row of a request, by the gateway's id or the
 /// `x-request-id` the client saw (attempt 0 is the request, 1.. its upstream attempts).
 pub(crate) async fn admin_ledger(
-    State(app): State<Arc<AppState>>,
+    Admin { live, headers, .. }: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let live = app.live();
     admin_answer(&headers, async {
         let ledger = live.ledger()?;
         ledger.flush().await?;
