@@ -34,6 +34,10 @@ pub struct ChatRequest {
     /// The wire family (`openai`, `anthropic`) whose fields `extra` holds: a provider forwards
     /// them whole only to an upstream of that family, never another vendor's fields to it.
     pub extra_family: Option<&'static str>,
+    /// The client's opt-in to beta features of its own API family (Anthropic's
+    /// `anthropic-beta` header): forwarded only to an upstream of `extra_family`, dropped with a
+    /// debug log for the others.
+    pub vendor_beta: Option<String>,
 }
 
 impl ChatRequest {

@@ -20,3 +20,11 @@ pub use registry::{ProviderConfig, build_provider};
 /// The shared upstream HTTP client every provider is built with.
 pub use reqwest::Client as HttpClient;
 pub use sse::{SseEvent, SseParser};
+
+/// A client's vendor beta names (Anthropic's `anthropic-beta`) mean nothing to another vendor:
+/// dropped, with a debug line saying so.
+pub(crate) fn drop_vendor_beta(req: &relais_core::ChatRequest, provider: &str) {
+    if let Some(beta) = &req.vendor_beta {
+        tracing::debug!(%beta, provider, "vendor beta dropped: not this provider's API");
+    }
+}

@@ -15,6 +15,8 @@ use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     crate::api::routes()
+        // Some clients (Claude Code) check the base URL with `HEAD /` before the first call.
+        .route("/", get(crate::ops::healthz))
         .route("/healthz", get(crate::ops::healthz))
         .route("/readyz", get(crate::ops::readyz))
         .route("/metrics", get(crate::ops::metrics))

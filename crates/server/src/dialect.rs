@@ -1,6 +1,7 @@
 //! The client APIs the server speaks, behind one small enum so the chat pipeline (admit, route,
 //! stream or collect, settle) is written once and only the wire shapes differ.
 
+use axum::http::HeaderMap;
 use relais_core::{ChatRequest, ChatResponse, Error, StreamEvent};
 use relais_dialects::{anthropic, openai};
 
@@ -13,10 +14,16 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
-    pub(crate) fn parse_chat(self, body: &[u8]) -> Result<ChatRequest, Error> {
+    /// The request, with what the dialect's headers add to it (Anthropic's `anthropic-beta`).
+    pub(crate) fn parse_chat(self, body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Error> {
         match self {
             Self::OpenAi => openai::parse_chat(body),
-            Self::Anthropic => anthropic::parse_messages(body),
+            Self::Anthropic => {
+                let mut req = anthropic::parse_messages(body)?;
+                req.vendor_beta =
+                    crate::http::header_str(headers, "anthropic-beta").map(str::to_owned);
+                Ok(req)
+            }
         }
     }
 

@@ -384,7 +384,17 @@ async fn issue17_client_fields_never_override_what_relais_sets() {
             let raw = &sent.body_raw;
             let at = format!("{kind} {dialect}: {raw}");
             assert!(!raw.contains("injected"), "{at}");
-            assert!(!raw.contains("context_management"), "{at}");
+            if kind == "anthropic" && dialect == "/v1/messages" {
+                // Issue 19: an Anthropic client's own Anthropic field reaches an Anthropic
+                // upstream, as the client sent it (relais sets no such field).
+                assert_eq!(
+                    sent.body["context_management"],
+                    json!({"edits": [{"type": "clear_tool_uses_20250919"}]}),
+                    "{at}"
+                );
+            } else {
+                assert!(!raw.contains("context_management"), "{at}");
+            }
             assert!(!raw.contains("100000"), "{at}");
             assert!(sent.body.get("n").is_none(), "{at}");
             assert!(!raw.contains("candidateCount"), "{at}");

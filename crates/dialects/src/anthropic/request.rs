@@ -141,6 +141,9 @@ impl<'de> Deserialize<'de> for Key {
 enum AnthropicRole {
     User,
     Assistant,
+    /// A system message at its place in the conversation (the `mid-conversation-system`
+    /// beta; Claude Code sends one for models outside its built-in list): text only.
+    System,
 }
 
 /// One input message. `content` stays a `Value` and is walked by hand: blocks relais does not
@@ -278,7 +281,7 @@ fn parse(body: &[u8], require_max_tokens: bool) -> Result<ChatRequest, Error> {
 
     let mut messages = Vec::with_capacity(raw_messages.len() + 1);
     if let Some(system) = raw.system {
-        push_system(&mut messages, system)?;
+        push_system(&mut messages, system, "system")?;
     }
     for (i, m) in raw_messages.into_iter().enumerate() {
         push_message(&mut messages, i, m)?;
@@ -393,6 +396,7 @@ fn parse(body: &[u8], require_max_tokens: bool) -> Result<ChatRequest, Error> {
         metadata: None,
         extra: raw.extra,
         extra_family: Some(FAMILY),
+        vendor_beta: None,
     })
 }
 
@@ -441,7 +445,7 @@ fn cache_control(at: &str, v: Option<&Value>) -> Result<Option<CacheControl>, Er
 /// `system` becomes one `Role::System` message per text block, each followed by its cache
 /// breakpoint: separate messages keep the block boundaries under every upstream, and an
 /// Anthropic upstream can fold consecutive system messages back into one `system` array.
-fn push_system(out: &mut Vec<Message>, system: Value) -> Result<(), Error> {
+fn push_system(out: &mut Vec<Message>, system: Value, path: &str) -> Result<(), Error> {
     match system {
         Value::String(s) => {
             if !s.is_empty() {
@@ -451,7 +455,7 @@ fn push_system(out: &mut Vec<Message>, system: Value) -> Result<(), Error> {
         }
         Value::Array(blocks) => {
             for (j, block) in blocks.into_iter().enumerate() {
-                let at = format!("system[{j}]");
+                let at = format!("{path}[{j}]");
                 let Value::Object(mut obj) = block else {
                     return Err(invalid(&at, "must be a text block object"));
                 };
@@ -471,21 +475,24 @@ fn push_system(out: &mut Vec<Message>, system: Value) -> Result<(), Error> {
             }
             Ok(())
         }
-        _ => Err(invalid(
-            "system",
-            "must be a string or an array of text blocks",
-        )),
+        _ => Err(invalid(path, "must be a string or an array of text blocks")),
     }
 }
 
 /// Convert one input message. A user message may hold tool results among its blocks; each
 /// becomes its own `Role::Tool` message, so one input message can yield several, in order.
 fn push_message(out: &mut Vec<Message>, i: usize, m: AnthropicMessage) -> Result<(), Error> {
+    let path = format!("messages[{i}].content");
     let role = match m.role {
         AnthropicRole::User => Role::User,
         AnthropicRole::Assistant => Role::Assistant,
+        AnthropicRole::System => {
+            // Kept at its position: an upstream that takes system messages anywhere gets it
+            // there, the others fold it into their system instructions.
+            let content = m.content.ok_or_else(|| invalid(&path, "is required"))?;
+            return push_system(out, content, &path);
+        }
     };
-    let path = format!("messages[{i}].content");
     let blocks = match m.content {
         Some(Value::String(s)) => {
             out.push(Message::text(role, s));
@@ -1009,6 +1016,47 @@ mod tests {
     }
 
     #[test]
+    fn issue19_system_messages_inside_messages_keep_their_place() {
+        // Claude Code with a model outside its built-in list (beta mid-conversation-system).
+        let r = parse_messages(
+            br#"{"model":"custom-route","max_tokens":10,"system":"top","messages":[
+                {"role":"user","content":"hi"},
+                {"role":"system","content":"now be terse"},
+                {"role":"assistant","content":"ok"},
+                {"role":"system","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}},{"type":"text","text":"b"}]},
+                {"role":"user","content":"go"}]}"#,
+        )
+        .unwrap();
+        let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+        use Role::{Assistant, System, User};
+        assert_eq!(
+            roles,
+            [System, User, System, Assistant, System, System, User]
+        );
+        assert_eq!(r.messages[2], Message::text(System, "now be terse"));
+        assert_eq!(r.messages[4].content[0], ContentPart::Text("a".into()));
+        assert!(matches!(
+            r.messages[4].content[1],
+            ContentPart::CacheBreakpoint(_)
+        ));
+        assert_eq!(r.messages[5], Message::text(System, "b"));
+        // Only text: anything else is refused with the path of the block.
+        let e = parse_messages(
+            br#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"},
+                {"role":"system","content":[{"type":"image","source":{}}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[1].content[0].type"),
+            "{e:?}"
+        );
+        let e = parse_messages(br#"{"model":"m","max_tokens":10,"messages":[{"role":"system"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{e:?}");
+    }
+
+    #[test]
     fn minimal_request_and_choices() {
         let r = parse_messages(
             br#"{"model":"m","max_tokens":10,"system":"be brief","messages":[{"role":"user","content":"hi"}],
@@ -1079,7 +1127,8 @@ mod tests {
             (r#"{"model":"m","max_tokens":"many","messages":[{"role":"user","content":"x"}]}"#.into(), "max_tokens"),
             (r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"temperature":1.5}"#.into(), "temperature"),
             (r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"top_p":-1}"#.into(), "top_p"),
-            (r#"{"model":"m","max_tokens":5,"messages":[{"role":"system","content":"x"}]}"#.into(), "messages[0].role"),
+            // `system` is a role since issue 19 (mid-conversation system messages); others are not.
+            (r#"{"model":"m","max_tokens":5,"messages":[{"role":"tool","content":"x"}]}"#.into(), "messages[0].role"),
             (r#"{"model":"m","max_tokens":5,"messages":[{"role":"user"}]}"#.into(), "messages[0].content"),
             (r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":7}]}"#.into(), "messages[0].content"),
             (msg(r#"{"role":"user","content":["text"]}"#), "messages[2].content[0]"),

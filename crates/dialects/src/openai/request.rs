@@ -337,6 +337,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
         metadata: raw.metadata,
         extra: raw.extra,
         extra_family: Some("openai"),
+        vendor_beta: None,
     })
 }
 

@@ -29,6 +29,13 @@ use super::wire::{
 /// whose request schema rejects unknown fields. Everything else in `extra` is dropped.
 const FORWARDED_EXTRAS: [&str; 3] = ["cache_control", "container", "inference_geo"];
 
+/// Fields forwarded only from a client that speaks Anthropic's API (with its `anthropic-beta`
+/// header, which only such a client sends).
+const FAMILY_EXTRAS: [&str; 1] = ["context_management"];
+
+/// The wire family whose extras and beta names this provider takes.
+pub(crate) const FAMILY: &str = "anthropic";
+
 /// `service_tier` exists at OpenAI too, with other values (`flex`, `priority`, `default`): it is
 /// forwarded only when its value is one of Anthropic's.
 const ANTHROPIC_SERVICE_TIERS: [&str; 2] = ["auto", "standard_only"];
@@ -126,6 +133,7 @@ pub(crate) fn encode_request<'a>(
     let mut extra = Map::new();
     for (key, value) in &req.extra {
         let forwarded = FORWARDED_EXTRAS.contains(&key.as_str())
+            || (FAMILY_EXTRAS.contains(&key.as_str()) && req.extra_family == Some(FAMILY))
             || (key == "service_tier"
                 && value
                     .as_str()

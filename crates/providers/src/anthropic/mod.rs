@@ -120,8 +120,9 @@ impl Anthropic {
         s
     }
 
-    /// The request for a JSON body, with auth, version and configured headers.
-    fn request(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+    /// The request for a JSON body, with auth, version, configured headers and the client's
+    /// own `anthropic-beta` (added to a configured one).
+    fn request(&self, body: Vec<u8>, beta: Option<&str>) -> reqwest::RequestBuilder {
         let mut rb = self
             .http
             .post(self.url.as_str())
@@ -130,14 +131,26 @@ impl Anthropic {
             .header("anthropic-version", self.version.as_str())
             .timeout(self.timeout)
             .body(body);
+        let mut beta = beta;
         for (name, value) in &self.headers {
-            rb = rb.header(name, value.expose());
+            match (name.as_str(), beta.take()) {
+                ("anthropic-beta", Some(client)) => {
+                    rb = rb.header(name, format!("{},{client}", value.expose()));
+                }
+                (_, b) => {
+                    beta = b;
+                    rb = rb.header(name, value.expose());
+                }
+            }
+        }
+        if let Some(client) = beta {
+            rb = rb.header("anthropic-beta", client);
         }
         rb
     }
 
-    async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, Error> {
-        crate::http::send(self.request(body))
+    async fn send(&self, body: Vec<u8>, beta: Option<&str>) -> Result<reqwest::Response, Error> {
+        crate::http::send(self.request(body, beta))
             .await?
             .map_err(|r| error::from_response(r.status, &r.headers, &r.body, &self.secrets()))
     }
@@ -149,7 +162,7 @@ impl Anthropic {
         };
         let body = serde_json::to_vec(&encode_request(req, &opts)?)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
-        let resp = self.send(body).await?;
+        let resp = self.send(body, client_beta(req)).await?;
         let is_sse = resp
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -245,3 +258,18 @@ pub(crate) fn decode_chunks<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// The client's `anthropic-beta`, when the client speaks Anthropic's API: another family's
+/// beta names mean nothing here.
+fn client_beta(req: &ChatRequest) -> Option<&str> {
+    let beta = req.vendor_beta.as_deref()?;
+    if req.extra_family == Some(convert::FAMILY) {
+        Some(beta)
+    } else {
+        tracing::debug!(
+            beta,
+            "vendor beta dropped: the client does not speak Anthropic's API"
+        );
+        None
+    }
+}

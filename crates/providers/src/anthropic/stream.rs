@@ -206,7 +206,12 @@ impl EventDecoder {
             });
         }
         if let Some(u) = usage {
-            self.counts.get_or_insert_with(Counts::default).update(u);
+            let counts = self.counts.get_or_insert_with(Counts::default);
+            counts.update(u);
+            // The prompt's count is known now: passed on at once, so a client's own
+            // `message_start` can carry it (usage events are running totals; the final one
+            // comes with `message_delta`).
+            out.push(StreamEvent::Usage(counts.canonical()));
         }
     }
 

@@ -200,6 +200,13 @@ fn tool_without_arguments_stream() {
                 id: Some("msg_01GE2RKp1VYsPzdFs3sS9z5S".into()),
                 model: Some("claude-sonnet-4-5-20250929".into()),
             },
+            // message_start's counts, passed on at once (issue 19: the client's own
+            // message_start carries the input tokens).
+            StreamEvent::Usage(Usage {
+                input_tokens: 565,
+                output_tokens: 7,
+                ..Usage::default()
+            }),
             StreamEvent::TextDelta("I'll update the issue list for".into()),
             StreamEvent::TextDelta(" you.".into()),
             StreamEvent::ToolCallStart {
@@ -276,18 +283,26 @@ fn input_tokens_raised_by_message_delta() {
     let events =
         decode_chunks(read("anthropic/anthropic-message-delta-input-tokens.chunks.txt").lines())
             .unwrap();
-    // message_start says 43 input tokens, message_delta 61: one usage, the final totals.
+    // message_start says 43 input tokens, message_delta 61: the start's counts at once, then
+    // the final totals (running totals: a fold keeps the larger figures).
     let usages: Vec<&StreamEvent> = events
         .iter()
         .filter(|e| matches!(e, StreamEvent::Usage(_)))
         .collect();
     assert_eq!(
         usages,
-        [&StreamEvent::Usage(Usage {
-            input_tokens: 61,
-            output_tokens: 2,
-            ..Usage::default()
-        })]
+        [
+            &StreamEvent::Usage(Usage {
+                input_tokens: 43,
+                output_tokens: 1,
+                ..Usage::default()
+            }),
+            &StreamEvent::Usage(Usage {
+                input_tokens: 61,
+                output_tokens: 2,
+                ..Usage::default()
+            })
+        ]
     );
     let r = fold(&events);
     assert_eq!(r.text, "pong");
@@ -1265,7 +1280,7 @@ fn request_carries_key_version_and_headers() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(provider.default_max_tokens, 4096);
-    let req = provider.request(b"{}".to_vec()).build().unwrap();
+    let req = provider.request(b"{}".to_vec(), None).build().unwrap();
     assert_eq!(req.method(), &http::Method::POST);
     assert_eq!(
         req.url().as_str(),
@@ -1277,6 +1292,24 @@ fn request_carries_key_version_and_headers() {
     assert_eq!(h["anthropic-beta"], "context-1m-2025-08-07");
     assert_eq!(h["content-type"], "application/json");
     assert!(h.get("authorization").is_none());
+    // The client's own beta names join the configured ones, in one header.
+    let req = provider
+        .request(b"{}".to_vec(), Some("mid-conversation-system-2026-04-07"))
+        .build()
+        .unwrap();
+    let betas: Vec<_> = req.headers().get_all("anthropic-beta").iter().collect();
+    assert_eq!(
+        betas,
+        ["context-1m-2025-08-07,mid-conversation-system-2026-04-07"]
+    );
+    // Without configured ones, the client's alone.
+    let cfg = config(json!({"api_key": "sk-ant-test"})).unwrap();
+    let plain = Anthropic::from_config(&cfg, client()).unwrap_or_else(|e| panic!("{e}"));
+    let req = plain
+        .request(b"{}".to_vec(), Some("b1,b2"))
+        .build()
+        .unwrap();
+    assert_eq!(req.headers()["anthropic-beta"], "b1,b2");
 }
 
 #[tokio::test]

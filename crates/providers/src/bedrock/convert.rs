@@ -58,6 +58,7 @@ pub(crate) fn encode_request<'a>(
     req: &'a ChatRequest,
     opts: &EncodeOptions<'_>,
 ) -> Result<BedrockRequest<'a>, Error> {
+    crate::drop_vendor_beta(req, "bedrock");
     let claude = is_claude(opts.model);
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<BedrockMessage> = Vec::with_capacity(req.messages.len());

@@ -53,6 +53,7 @@ pub(crate) fn encode_request<'a>(
     req: &'a ChatRequest,
     opts: &EncodeOptions,
 ) -> Result<GeminiRequest<'a>, Error> {
+    crate::drop_vendor_beta(req, "gemini");
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<GeminiContent> = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {

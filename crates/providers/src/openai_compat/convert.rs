@@ -23,6 +23,7 @@ pub(crate) fn encode_request<'a>(
     req: &'a ChatRequest,
     opts: &EncodeOptions<'a>,
 ) -> Result<OpenAiRequest<'a>, Error> {
+    crate::drop_vendor_beta(req, "openai_compat");
     let mut messages = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         messages.push(message(m, opts.tool_call_ids)?);

@@ -55,7 +55,7 @@ async fn chat(
     // 1. Admit: caller, body, request, route, data class, limits; Plan B's tap.
     let (caller, bytes, decoding) =
         or_refuse!(app, ctx, admit::gate(&app, &live, &headers, body).await);
-    let mut req = or_refuse!(app, ctx, dialect.parse_chat(&bytes));
+    let mut req = or_refuse!(app, ctx, dialect.parse_chat(&bytes, &headers));
     drop((bytes, decoding));
     if let Some(m) = model {
         req.model = m;
