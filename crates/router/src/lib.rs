@@ -863,32 +863,44 @@ fn last_error(failed: &[FailedAttempt]) -> Error {
 /// A bare `Start` (the upstream accepted the request: Anthropic's `message_start`, an OpenAI
 /// role-only chunk) is held back rather than committed to: vendors report overload and rate
 /// limits in the stream right after it (Anthropic's in-stream `overloaded_error`), and nothing
-/// the client can see depends on it yet, so such an error still fails over.
+/// the client can see depends on it yet, so such an error still fails over. Usage reported
+/// with the start (Anthropic's prompt count) is held the same way: it is not content.
 async fn first_event(d: &Deployment, req: &ChatRequest) -> Result<EventStream, Error> {
     let mut stream = d.provider.chat(&d.model, req).await?;
     // Providers send one Start; should one send more, the first carries what the response
     // needs (the collector keeps the first id and model), so only it is held: no allocation.
     let mut start: Option<StreamEvent> = None;
+    // Usage reports are running totals: the latest figures of each kind stand for them all.
+    let mut usage: Option<relais_core::Usage> = None;
+    let held = |start: Option<StreamEvent>, usage: Option<relais_core::Usage>| {
+        start.into_iter().chain(usage.map(StreamEvent::Usage))
+    };
     loop {
         match stream.next().await {
             Some(Ok(ev @ StreamEvent::Start { .. })) => {
                 start.get_or_insert(ev);
             }
+            Some(Ok(StreamEvent::Usage(u))) => match &mut usage {
+                Some(x) => x.merge(&u),
+                None => usage = Some(u),
+            },
             Some(Ok(first)) => {
-                let head = start.into_iter().chain(std::iter::once(first)).map(Ok);
+                let head = held(start, usage).chain(std::iter::once(first)).map(Ok);
                 return Ok(Box::pin(futures_util::stream::iter(head).chain(stream)));
             }
             Some(Err(e)) => return Err(e),
-            None => match start {
-                // Accepted, then ended with nothing: let the decoder's own judgement stand.
-                Some(ev) => return Ok(Box::pin(futures_util::stream::iter([Ok(ev)]))),
-                None => {
-                    return Err(Error::upstream(
-                        ErrorKind::Protocol,
-                        "upstream closed the response without any event",
-                    ));
-                }
-            },
+            None if start.is_none() && usage.is_none() => {
+                return Err(Error::upstream(
+                    ErrorKind::Protocol,
+                    "upstream closed the response without any event",
+                ));
+            }
+            // Accepted, then ended with nothing: let the decoder's own judgement stand.
+            None => {
+                return Ok(Box::pin(futures_util::stream::iter(
+                    held(start, usage).map(Ok),
+                )));
+            }
         }
     }
 }
@@ -1036,6 +1048,51 @@ mod tests {
         assert_eq!(routed.failed[0].error.kind, ErrorKind::Overloaded);
         let events: Vec<_> = routed.stream.collect().await;
         assert_eq!(events.len(), 2);
+    }
+
+    /// Anthropic's `message_start` carries the prompt's token count, which the decoder passes
+    /// on at once (issue 19): usage is not content, so an error after it still fails over, and
+    /// a committed stream keeps the held usage after the start.
+    #[tokio::test]
+    async fn usage_with_the_start_does_not_commit() {
+        let start = || {
+            Ok(StreamEvent::Start {
+                id: Some("msg_1".into()),
+                model: None,
+            })
+        };
+        let usage = |input_tokens| {
+            Ok(StreamEvent::Usage(relais_core::Usage {
+                input_tokens,
+                ..relais_core::Usage::default()
+            }))
+        };
+        let a = scripted(vec![Ok(vec![
+            start(),
+            usage(12),
+            Err(Error::upstream(ErrorKind::Overloaded, "overloaded")),
+        ])]);
+        let b = scripted(vec![Ok(vec![
+            start(),
+            usage(7),
+            usage(9),
+            Ok(StreamEvent::TextDelta("hi".into())),
+        ])]);
+        let routed = route(vec![a, b])
+            .chat(&ChatRequest::default())
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(routed.deployment, 1);
+        assert_eq!(routed.failed[0].error.kind, ErrorKind::Overloaded);
+        let events: Vec<_> = routed.stream.collect().await;
+        assert!(matches!(events[0], Ok(StreamEvent::Start { .. })));
+        assert!(
+            matches!(&events[1], Ok(StreamEvent::Usage(u)) if u.input_tokens == 9),
+            "{events:?}"
+        );
+        assert!(matches!(events[2], Ok(StreamEvent::TextDelta(_))));
+        assert_eq!(events.len(), 3);
     }
 
     #[tokio::test]
