@@ -90,3 +90,46 @@ async fn issue18_embeddings_refusals_are_logged_like_chat_ones() {
         );
     }
 }
+
+/// A client that goes away before a JSON answer (here while the upstream is still thinking)
+/// is settled like a stream's: one ledger row, status 499, class `canceled`. Before the
+/// Settlement, a JSON request dropped mid-way left no row at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue18_a_json_request_the_client_abandons_is_settled_as_canceled() {
+    let (section, dump) = common::store("sqlite").await;
+    let gw = Gateway::start(&format!("[admin]\nkey = \"{}\"\n{section}", common::ADMIN)).await;
+    gw.mock.push_fault(Fault {
+        delay_ms: Some(3_000),
+        ..Fault::default()
+    });
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .header("x-request-id", "drift-abandoned-1")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up first");
+    // The server notices the closed connection and drops the request's future.
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (status, body) =
+            common::admin(&gw, "GET", "/admin/ledger/drift-abandoned-1", None).await;
+        if status == 200 && body["rows"].as_array().is_some_and(|r| !r.is_empty()) {
+            rows = body;
+            break;
+        }
+    }
+    let rows = rows["rows"]
+        .as_array()
+        .expect("the abandoned request has ledger rows");
+    let request = rows.iter().find(|r| r["attempt"] == 0).unwrap();
+    assert_eq!(request["status"], 499, "{rows:?}");
+    assert_eq!(request["error_class"], "canceled", "{rows:?}");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    dump(true);
+}
