@@ -39,6 +39,19 @@ fn build(
     config::rebuild(&raw, text, origin, running)
 }
 
+/// The running config built again with `promoted` in force, keeping the address it listens on
+/// (a `--listen` given on the command line included): what a promotion changes is routes.
+fn rebuild_running(
+    app: &AppState,
+    promoted: &Promotions,
+) -> Result<(Arc<Live>, Runtime), ConfigError> {
+    let live = app.live();
+    let rt = &live.runtime;
+    let listen = rt.listen.to_string();
+    let runtime = build(&rt.source, &rt.origin, Some(&listen), promoted, rt)?;
+    Ok((live, runtime))
+}
+
 /// Swap `runtime` in (with the promotions it was built with, when they changed).
 fn install(app: &AppState, runtime: Runtime, promoted: Option<Promotions>) {
     app.swap(runtime);
@@ -85,9 +98,9 @@ pub async fn promote(
     }
     // Built first (a promotion that does not build changes nothing), recorded next (other
     // instances, and this one's own sync, read the store), swapped in last.
-    let live_rt = &live.runtime;
-    let runtime = build(&live_rt.source, &live_rt.origin, None, &promoted, live_rt)
-        .map_err(|e| Error::bad_request(format!("the promoted config does not build: {e}")))?;
+    let not_built =
+        |e: ConfigError| Error::bad_request(format!("the promoted config does not build: {e}"));
+    let (built_on, mut runtime) = rebuild_running(app, &promoted).map_err(not_built)?;
     let after = runtime
         .routes
         .get(route)
@@ -115,6 +128,10 @@ pub async fn promote(
             .put_event(&event)
             .await
             .map_err(store_error)?;
+    }
+    // A config reloaded while the event was being recorded is the one to promote in.
+    if !Arc::ptr_eq(&built_on, &app.live()) {
+        runtime = rebuild_running(app, &promoted).map_err(not_built)?.1;
     }
     install(app, runtime, Some(promoted));
     tracing::warn!(%route, from = %before, to = %after, %by, undo = to.is_none(), "route primary changed by promotion");
@@ -165,9 +182,9 @@ pub async fn sync_promotions(app: &AppState) {
     if promoted == app.promotions() {
         return;
     }
-    let rt = &live.runtime;
-    match build(&rt.source, &rt.origin, None, &promoted, rt) {
-        Ok(runtime) => {
+    // Built on the config in force now: a reload may have come while the store was read.
+    match rebuild_running(app, &promoted) {
+        Ok((_, runtime)) => {
             tracing::info!(routes = promoted.len(), "promotions from the store applied");
             install(app, runtime, Some(promoted));
         }
