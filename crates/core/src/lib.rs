@@ -22,5 +22,5 @@ pub use request::{
     CacheControl, ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
     Tool, ToolChoice,
 };
-pub use secret::{Secret, redact, redact_error};
+pub use secret::{Secret, clip, redact, redact_error};
 pub use usage::{Price, Usage};

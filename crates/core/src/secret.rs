@@ -68,16 +68,20 @@ pub fn redact(message: &str, secrets: &[&Secret]) -> String {
         }
     }
     // Vendor messages can be long HTML pages; a client needs the gist, not the page.
-    const MAX: usize = 1000;
-    if result.len() > MAX {
-        let mut end = MAX;
-        while !result.is_char_boundary(end) {
+    clip(&mut result, 1000);
+    result
+}
+
+/// Cut `text` to at most `max` bytes (at a character boundary), marked with `...` when cut.
+pub fn clip(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
             end -= 1;
         }
-        result.truncate(end);
-        result.push_str("...");
+        text.truncate(end);
+        text.push_str("...");
     }
-    result
 }
 
 /// [`redact`] applied to every string of an error that came from a vendor: message, code and

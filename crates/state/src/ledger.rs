@@ -118,6 +118,23 @@ pub struct UsageQuery {
     pub drill: Option<String>,
 }
 
+impl UsageQuery {
+    /// Live traffic of one route in `[from_ms, to_ms)`, grouped by `group_by`: what Plan B's
+    /// readiness, forecasts, dependency checks and drill reports read.
+    pub fn live_route(group_by: GroupBy, route: &str, from_ms: i64, to_ms: i64) -> Self {
+        Self {
+            group_by,
+            from_ms,
+            to_ms,
+            category: "live".to_owned(),
+            key_id: None,
+            team_id: None,
+            route: Some(route.to_owned()),
+            drill: None,
+        }
+    }
+}
+
 /// One group of a usage summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UsageLine {

@@ -230,13 +230,6 @@ const MAX_PROTOCOL_MESSAGE: usize = 512;
 /// client, another deployment can still answer.
 pub(crate) fn protocol(message: impl Into<String>) -> Error {
     let mut message = message.into();
-    if message.len() > MAX_PROTOCOL_MESSAGE {
-        let mut end = MAX_PROTOCOL_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
+    relais_core::clip(&mut message, MAX_PROTOCOL_MESSAGE);
     Error::upstream(ErrorKind::Protocol, message).with_retry(Retry::Yes)
 }

@@ -159,16 +159,12 @@ pub async fn check_dependency(live: &Live, alerts: &Alerts) -> Result<(), Error>
     let mut checks = std::collections::BTreeMap::new();
     let ready = readiness(live, None).await.unwrap_or_default();
     for name in live.entries.keys() {
-        let q = relais_state::UsageQuery {
-            group_by: relais_state::GroupBy::Vendor,
-            from_ms: now - 86_400_000,
-            to_ms: now + 1,
-            category: "live".to_owned(),
-            key_id: None,
-            team_id: None,
-            route: Some(name.clone()),
-            drill: None,
-        };
+        let q = relais_state::UsageQuery::live_route(
+            relais_state::GroupBy::Vendor,
+            name,
+            now - 86_400_000,
+            now + 1,
+        );
         let totals = vendor_totals(&ledger, &q).await?;
         let shares = relais_planb::shares(&totals);
         let Some(top) = shares.first() else {

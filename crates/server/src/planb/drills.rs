@@ -311,14 +311,13 @@ pub async fn drill_report(live: &Live, d: &Drill) -> Result<serde_json::Value, E
             e => i64::try_from(e).unwrap_or(i64::MAX),
         };
         let q = relais_state::UsageQuery {
-            group_by: relais_state::GroupBy::Deployment,
-            from_ms: d.started_at_ms,
-            to_ms: end + 1,
-            category: "live".to_owned(),
-            key_id: None,
-            team_id: None,
-            route: Some(d.route.clone()),
             drill: Some(d.id.clone()),
+            ..relais_state::UsageQuery::live_route(
+                relais_state::GroupBy::Deployment,
+                &d.route,
+                d.started_at_ms,
+                end + 1,
+            )
         };
         let lines = ledger.store().usage(&q).await.map_err(store_error)?;
         let requests: u64 = lines.iter().map(|l| l.requests).sum();

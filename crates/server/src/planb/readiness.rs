@@ -17,16 +17,8 @@ async fn peak_minute(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<(u64, u64), Error> {
-    let q = relais_state::UsageQuery {
-        group_by: relais_state::GroupBy::Minute,
-        from_ms,
-        to_ms,
-        category: "live".to_owned(),
-        key_id: None,
-        team_id: None,
-        route: Some(route.to_owned()),
-        drill: None,
-    };
+    let q =
+        relais_state::UsageQuery::live_route(relais_state::GroupBy::Minute, route, from_ms, to_ms);
     let lines = ledger.store().usage(&q).await.map_err(store_error)?;
     Ok(lines.iter().fold((0, 0), |(r, t), l| {
         (
@@ -167,16 +159,9 @@ pub async fn forecast(live: &Live, route: &str, to: &str) -> Result<serde_json::
     ledger.flush().await?;
     let s = &live.runtime.plan_b;
     let now = now_ms();
-    let q = relais_state::UsageQuery {
-        group_by: relais_state::GroupBy::Day,
-        from_ms: now - i64::from(s.window_days) * 86_400_000,
-        to_ms: now + 1,
-        category: "live".to_owned(),
-        key_id: None,
-        team_id: None,
-        route: Some(route.to_owned()),
-        drill: None,
-    };
+    let from_ms = now - i64::from(s.window_days) * 86_400_000;
+    let q =
+        relais_state::UsageQuery::live_route(relais_state::GroupBy::Day, route, from_ms, now + 1);
     let days = ledger.store().usage(&q).await.map_err(store_error)?;
     let n_days = days.len().max(1) as u64;
     let sum = |f: fn(&relais_state::UsageLine) -> u64| days.iter().map(f).sum::<u64>();
