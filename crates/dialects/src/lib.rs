@@ -7,5 +7,6 @@
 pub mod anthropic;
 mod json;
 pub mod openai;
+pub mod responses;
 
 pub use json::parse_json;

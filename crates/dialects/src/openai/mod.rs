@@ -6,6 +6,8 @@ mod error;
 mod request;
 mod response;
 
+pub(crate) use error::error_object;
 pub use error::{error_body, error_status, stream_error_chunk};
+pub(crate) use request::image_source;
 pub use request::{parse_chat, parse_embeddings};
 pub use response::{ChatStreamEncoder, ModelEntry, render_chat, render_embeddings, render_models};

@@ -499,7 +499,7 @@ fn part(path: &str, item: Value) -> Result<ContentPart, Error> {
 }
 
 /// `data:` URLs carry inline bytes; anything else is fetched by the vendor.
-fn image_source(path: &str, url: &str) -> Result<ImageSource, Error> {
+pub(crate) fn image_source(path: &str, url: &str) -> Result<ImageSource, Error> {
     let Some(rest) = url.strip_prefix("data:") else {
         return Ok(ImageSource::Url(url.to_owned()));
     };

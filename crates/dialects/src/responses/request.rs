@@ -1,0 +1,733 @@
+//! Reading a `POST /v1/responses` body: the request's parameters onto [`ChatRequest`], its input
+//! items (kept as JSON, for the stored conversation) onto canonical messages.
+
+use relais_core::{
+    ChatRequest, ContentPart, Error, Message, Reasoning, ResponseFormat, Role, Tool, ToolCall,
+    ToolChoice,
+};
+use serde_json::{Map, Value, json};
+
+use crate::openai::image_source;
+use crate::parse_json;
+
+/// A Responses request: the canonical chat request plus what only this API has.
+#[derive(Debug, Clone, Default)]
+pub struct ResponsesRequest {
+    /// The request; its messages are the instructions (if any) and this turn's input. The
+    /// history of `previous_response_id` is put in front of the input by [`with_history`].
+    pub chat: ChatRequest,
+    /// This turn's input as items (a string input becomes one user message item), as stored
+    /// for `previous_response_id` and listed by `input_items`.
+    pub input: Vec<Value>,
+    pub previous_response_id: Option<String>,
+    /// Store the response (the default) so a later turn or a `GET` can find it.
+    pub store: bool,
+    /// `background: true` (only a Responses upstream runs a response in the background).
+    pub background: bool,
+    /// Tools of the hosted kinds (web search, file search, code interpreter, computer use, ...),
+    /// by type: only an upstream speaking Responses natively can run them.
+    pub hosted_tools: Vec<String>,
+    /// Names of the `custom` (free-form) tools: offered to the model as a function with one
+    /// string argument `input`, and answered as `custom_tool_call` items.
+    pub custom_tools: Vec<String>,
+    /// The request's settings echoed in the response object (instructions, tools, text,
+    /// reasoning, sampling, metadata, ...), as the client sent them.
+    pub echo: Map<String, Value>,
+}
+
+/// The request fields echoed in the response object when the client sent them.
+const ECHOED: &[&str] = &[
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "prompt_cache_key",
+    "reasoning",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "truncation",
+    "user",
+];
+
+/// Include values whose data relais has or that concern hosted tools it never runs (so the
+/// items they add never occur); any other is refused.
+const INCLUDES: &[&str] = &[
+    "reasoning.encrypted_content",
+    "message.input_image.image_url",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+    "file_search_call.results",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+];
+
+/// The argument schema a `custom` tool is offered with to a model that only knows functions.
+pub(crate) fn custom_tool_parameters() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": "The tool's whole input, as free text."}},
+        "required": ["input"],
+        "additionalProperties": false
+    })
+}
+
+fn bad(param: &str, msg: impl Into<String>) -> Error {
+    Error::bad_request(msg).with_param(param)
+}
+
+fn unsupported(param: &str, msg: impl Into<String>) -> Error {
+    Error::unsupported(msg).with_param(param)
+}
+
+/// Decode a `/v1/responses` body (or `/v1/responses/input_tokens`'s, where `model` may be absent
+/// and `stream` means nothing).
+pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, Error> {
+    let Value::Object(mut body) = parse_json::<Value>(body)? else {
+        return Err(bad("", "the request body must be a JSON object"));
+    };
+    let mut out = ResponsesRequest {
+        store: true,
+        ..ResponsesRequest::default()
+    };
+    for key in ECHOED {
+        if let Some(v) = body.get(*key).filter(|v| !v.is_null()) {
+            out.echo.insert((*key).to_owned(), v.clone());
+        }
+    }
+    let mut chat = ChatRequest {
+        extra_family: Some("openai"),
+        ..ChatRequest::default()
+    };
+    let mut instructions = None;
+    let mut input = Value::Null;
+    let mut tool_choice = None;
+    for (key, value) in std::mem::take(&mut body) {
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "model" => chat.model = string(&key, value)?,
+            "input" => input = value,
+            "instructions" => instructions = Some(string(&key, value)?),
+            "previous_response_id" => out.previous_response_id = Some(string(&key, value)?),
+            "tools" => {
+                let Value::Array(tools) = value else {
+                    return Err(bad("tools", "'tools' must be an array"));
+                };
+                for (i, t) in tools.into_iter().enumerate() {
+                    tool(i, t, &mut chat.tools, &mut out)?;
+                }
+            }
+            "tool_choice" => tool_choice = Some(value),
+            "parallel_tool_calls" => chat.parallel_tool_calls = Some(boolean(&key, &value)?),
+            "text" => chat.response_format = text_format(value)?,
+            "reasoning" => chat.reasoning = reasoning(value)?,
+            "max_output_tokens" => chat.max_output_tokens = Some(count(&key, &value)?),
+            "temperature" => {
+                let t = number(&key, &value)?;
+                if !(0.0..=2.0).contains(&t) {
+                    return Err(bad(&key, "'temperature' must be between 0 and 2"));
+                }
+                chat.temperature = Some(t);
+            }
+            "top_p" => {
+                let p = number(&key, &value)?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(bad(&key, "'top_p' must be between 0 and 1"));
+                }
+                chat.top_p = Some(p);
+            }
+            "top_logprobs" => {
+                if count(&key, &value)? > 0 {
+                    return Err(unsupported(&key, "'top_logprobs' is not supported"));
+                }
+            }
+            "metadata" => {
+                let Value::Object(m) = value else {
+                    return Err(bad(&key, "'metadata' must be an object"));
+                };
+                if m.len() > 16 || m.values().any(|v| !v.is_string()) {
+                    return Err(bad(
+                        &key,
+                        "'metadata' holds at most 16 pairs, each value a string",
+                    ));
+                }
+            }
+            "user" => {
+                let u = string(&key, value)?;
+                chat.user.get_or_insert(u);
+            }
+            // The newer name wins over `user`.
+            "safety_identifier" => chat.user = Some(string(&key, value)?),
+            "store" => out.store = boolean(&key, &value)?,
+            "stream" => chat.stream = boolean(&key, &value)?,
+            "stream_options" => {}
+            "background" => out.background = boolean(&key, &value)?,
+            "include" => {
+                let Value::Array(items) = value else {
+                    return Err(bad(&key, "'include' must be an array of strings"));
+                };
+                for (i, v) in items.iter().enumerate() {
+                    let s = v.as_str().unwrap_or_default();
+                    if !INCLUDES.contains(&s) {
+                        return Err(unsupported(
+                            &format!("include[{i}]"),
+                            format!("include value '{s}' is not supported"),
+                        ));
+                    }
+                }
+            }
+            "truncation" => match value.as_str() {
+                Some("disabled") => {}
+                _ => {
+                    return Err(unsupported(
+                        &key,
+                        "truncation other than 'disabled' is not supported: relais does not cut a conversation to fit",
+                    ));
+                }
+            },
+            // Chat Completions has the same fields, so an OpenAI-family upstream takes them.
+            "prompt_cache_key" | "service_tier" | "prompt_cache_retention" => {
+                chat.extra.insert(key, value);
+            }
+            "max_tool_calls" => {
+                return Err(unsupported(&key, "'max_tool_calls' is not supported"));
+            }
+            "conversation" => {
+                return Err(unsupported(
+                    &key,
+                    "the Conversations API is not supported; chain turns with 'previous_response_id'",
+                ));
+            }
+            "prompt" => {
+                return Err(unsupported(
+                    &key,
+                    "stored prompt templates are not supported",
+                ));
+            }
+            _ => return Err(bad(&key, format!("Unknown parameter: '{key}'."))),
+        }
+    }
+    if let Some(choice) = tool_choice {
+        chat.tool_choice = Some(parse_tool_choice(choice, &chat.tools, &out)?);
+    }
+    out.input = match input {
+        Value::Null => Vec::new(),
+        Value::String(s) => vec![json!({"type": "message", "role": "user", "content": s})],
+        Value::Array(items) => items,
+        _ => {
+            return Err(bad(
+                "input",
+                "'input' must be a string or an array of items",
+            ));
+        }
+    };
+    if out.input.is_empty() && out.previous_response_id.is_none() {
+        return Err(bad("input", "'input' is required"));
+    }
+    if let Some(text) = instructions {
+        chat.messages.push(Message::text(Role::System, text));
+    }
+    chat.messages.extend(messages(&out.input, "input")?);
+    out.chat = chat;
+    Ok(out)
+}
+
+/// Put the stored conversation (`items`: the earlier turns' input and output) in front of this
+/// turn's input; instructions stay first, as they are not carried over from turn to turn.
+pub fn with_history(req: &mut ResponsesRequest, items: &[Value]) -> Result<(), Error> {
+    let history = messages(items, "previous_response_id").map_err(|mut e| {
+        e.message = format!("the stored conversation cannot be read: {}", e.message);
+        e
+    })?;
+    let at = usize::from(req.echo.contains_key("instructions"));
+    req.chat.messages.splice(at..at, history);
+    Ok(())
+}
+
+fn string(key: &str, v: Value) -> Result<String, Error> {
+    match v {
+        Value::String(s) => Ok(s),
+        _ => Err(bad(key, format!("'{key}' must be a string"))),
+    }
+}
+
+fn boolean(key: &str, v: &Value) -> Result<bool, Error> {
+    v.as_bool()
+        .ok_or_else(|| bad(key, format!("'{key}' must be a boolean")))
+}
+
+fn number(key: &str, v: &Value) -> Result<f64, Error> {
+    v.as_f64()
+        .ok_or_else(|| bad(key, format!("'{key}' must be a number")))
+}
+
+fn count(key: &str, v: &Value) -> Result<u32, Error> {
+    v.as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| bad(key, format!("'{key}' must be a non-negative integer")))
+}
+
+fn field<'v>(obj: &'v Map<String, Value>, path: &str, key: &str) -> Result<&'v str, Error> {
+    obj.get(key).and_then(Value::as_str).ok_or_else(|| {
+        bad(
+            &format!("{path}.{key}"),
+            format!("'{path}.{key}' must be a string"),
+        )
+    })
+}
+
+fn tool(
+    i: usize,
+    t: Value,
+    tools: &mut Vec<Tool>,
+    out: &mut ResponsesRequest,
+) -> Result<(), Error> {
+    let path = format!("tools[{i}]");
+    let Value::Object(obj) = t else {
+        return Err(bad(&path, format!("'{path}' must be an object")));
+    };
+    let kind = field(&obj, &path, "type")?;
+    let name = || -> Result<String, Error> {
+        let n = field(&obj, &path, "name")?;
+        if n.is_empty() {
+            return Err(bad(
+                &format!("{path}.name"),
+                format!("'{path}.name' is empty"),
+            ));
+        }
+        Ok(n.to_owned())
+    };
+    let description = obj
+        .get("description")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match kind {
+        "function" => tools.push(Tool {
+            name: name()?,
+            description,
+            parameters: obj.get("parameters").filter(|v| !v.is_null()).cloned(),
+            strict: obj.get("strict").and_then(Value::as_bool),
+            cache: None,
+        }),
+        "custom" => {
+            let name = name()?;
+            out.custom_tools.push(name.clone());
+            tools.push(Tool {
+                name,
+                description,
+                parameters: Some(custom_tool_parameters()),
+                strict: None,
+                cache: None,
+            });
+        }
+        other => out.hosted_tools.push(other.to_owned()),
+    }
+    Ok(())
+}
+
+fn parse_tool_choice(
+    v: Value,
+    tools: &[Tool],
+    req: &ResponsesRequest,
+) -> Result<ToolChoice, Error> {
+    let choice = match &v {
+        Value::String(s) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            _ => {
+                return Err(bad(
+                    "tool_choice",
+                    "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"name\":...}",
+                ));
+            }
+        },
+        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
+            Some("function" | "custom") => {
+                ToolChoice::Tool(field(o, "tool_choice", "name")?.to_owned())
+            }
+            Some(other) if req.hosted_tools.iter().any(|t| t == other) => ToolChoice::Required,
+            Some(other) => {
+                return Err(unsupported(
+                    "tool_choice",
+                    format!("tool_choice of type '{other}' is not supported"),
+                ));
+            }
+            None => return Err(bad("tool_choice.type", "'tool_choice.type' is missing")),
+        },
+        _ => {
+            return Err(bad(
+                "tool_choice",
+                "'tool_choice' must be a string or an object",
+            ));
+        }
+    };
+    if let ToolChoice::Tool(name) = &choice {
+        if !tools.iter().any(|t| &t.name == name) {
+            return Err(bad(
+                "tool_choice",
+                format!("tool_choice names '{name}', which is not in 'tools'"),
+            ));
+        }
+    }
+    Ok(choice)
+}
+
+fn text_format(v: Value) -> Result<Option<ResponseFormat>, Error> {
+    let Value::Object(text) = v else {
+        return Err(bad("text", "'text' must be an object"));
+    };
+    if let Some(verbosity) = text.get("verbosity").and_then(Value::as_str) {
+        if !matches!(verbosity, "low" | "medium" | "high") {
+            return Err(bad(
+                "text.verbosity",
+                "'text.verbosity' must be low, medium or high",
+            ));
+        }
+    }
+    let Some(Value::Object(f)) = text.get("format") else {
+        return Ok(None);
+    };
+    Ok(Some(match f.get("type").and_then(Value::as_str) {
+        Some("text") => ResponseFormat::Text,
+        Some("json_object") => ResponseFormat::JsonObject,
+        Some("json_schema") => ResponseFormat::JsonSchema {
+            name: field(f, "text.format", "name")?.to_owned(),
+            schema: f.get("schema").cloned(),
+            strict: f.get("strict").and_then(Value::as_bool),
+            description: f
+                .get("description")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        _ => {
+            return Err(bad(
+                "text.format.type",
+                "'text.format.type' must be text, json_object or json_schema",
+            ));
+        }
+    }))
+}
+
+fn reasoning(v: Value) -> Result<Option<Reasoning>, Error> {
+    let Value::Object(r) = v else {
+        return Err(bad("reasoning", "'reasoning' must be an object"));
+    };
+    Ok(r.get("effort")
+        .and_then(Value::as_str)
+        .map(|effort| Reasoning {
+            effort: Some(effort.to_owned()),
+            budget_tokens: None,
+        }))
+}
+
+/// Items to canonical messages. Consecutive assistant-side items (reasoning, an assistant
+/// message, tool calls) make one assistant message; each tool output is a tool message.
+pub(crate) fn messages(items: &[Value], at: &str) -> Result<Vec<Message>, Error> {
+    let mut out: Vec<Message> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{at}[{i}]");
+        let Value::Object(obj) = item else {
+            return Err(bad(&path, format!("'{path}' must be an object")));
+        };
+        let kind = match obj.get("type").and_then(Value::as_str) {
+            Some(k) => k,
+            None if obj.contains_key("role") => "message",
+            None => return Err(bad(&path, format!("'{path}.type' is missing"))),
+        };
+        let assistant_part = match kind {
+            "message" => {
+                let role = match field(obj, &path, "role")? {
+                    "user" => Role::User,
+                    "system" => Role::System,
+                    "developer" => Role::Developer,
+                    "assistant" => Role::Assistant,
+                    other => {
+                        return Err(bad(
+                            &format!("{path}.role"),
+                            format!("'{path}.role' '{other}' is not a message role"),
+                        ));
+                    }
+                };
+                let content = parts(obj.get("content"), &format!("{path}.content"))?;
+                if role != Role::Assistant {
+                    out.push(Message {
+                        role,
+                        content,
+                        name: None,
+                    });
+                    continue;
+                }
+                content
+            }
+            "function_call" => vec![ContentPart::ToolCall(ToolCall {
+                id: field(obj, &path, "call_id")?.to_owned(),
+                name: field(obj, &path, "name")?.to_owned(),
+                arguments: field(obj, &path, "arguments")?.to_owned(),
+            })],
+            "custom_tool_call" => vec![ContentPart::ToolCall(ToolCall {
+                id: field(obj, &path, "call_id")?.to_owned(),
+                name: field(obj, &path, "name")?.to_owned(),
+                arguments: json!({"input": field(obj, &path, "input")?}).to_string(),
+            })],
+            "reasoning" => {
+                let texts = |key: &str| -> String {
+                    obj.get(key)
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                                .collect::<Vec<_>>()
+                                .join("\n\n")
+                        })
+                        .unwrap_or_default()
+                };
+                let mut text = texts("content");
+                if text.is_empty() {
+                    text = texts("summary");
+                }
+                let signature = obj
+                    .get("encrypted_content")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                if text.is_empty() && signature.is_none() {
+                    continue;
+                }
+                vec![ContentPart::Reasoning { text, signature }]
+            }
+            "function_call_output" | "custom_tool_call_output" => {
+                let content = match obj.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v @ Value::Array(_)) => parts(Some(v), &format!("{path}.output"))?
+                        .iter()
+                        .filter_map(|p| match p {
+                            ContentPart::Text(t) => Some(t.as_str()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    _ => {
+                        return Err(bad(
+                            &format!("{path}.output"),
+                            format!("'{path}.output' must be a string or an array of parts"),
+                        ));
+                    }
+                };
+                out.push(Message {
+                    role: Role::Tool,
+                    content: vec![ContentPart::ToolResult {
+                        call_id: field(obj, &path, "call_id")?.to_owned(),
+                        content,
+                        is_error: false,
+                    }],
+                    name: None,
+                });
+                continue;
+            }
+            "item_reference" => {
+                return Err(unsupported(
+                    &path,
+                    format!(
+                        "'{path}' is an item_reference, which is not supported; send the item itself or use previous_response_id"
+                    ),
+                ));
+            }
+            other => {
+                return Err(unsupported(
+                    &format!("{path}.type"),
+                    format!(
+                        "input item type '{other}' is not supported (it belongs to a tool relais does not run)"
+                    ),
+                ));
+            }
+        };
+        match out.last_mut() {
+            Some(m) if m.role == Role::Assistant => m.content.extend(assistant_part),
+            _ => out.push(Message {
+                role: Role::Assistant,
+                content: assistant_part,
+                name: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// A message's content: a string or an array of typed parts.
+fn parts(content: Option<&Value>, path: &str) -> Result<Vec<ContentPart>, Error> {
+    let items = match content {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) => return Ok(vec![ContentPart::Text(s.clone())]),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(bad(
+                path,
+                format!("'{path}' must be a string or an array of parts"),
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (j, item) in items.iter().enumerate() {
+        let path = format!("{path}[{j}]");
+        let Value::Object(p) = item else {
+            return Err(bad(&path, format!("'{path}' must be an object")));
+        };
+        let get = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+        out.push(match p.get("type").and_then(Value::as_str).unwrap_or("") {
+            "input_text" | "output_text" | "text" | "summary_text" => {
+                ContentPart::Text(field(p, &path, "text")?.to_owned())
+            }
+            "refusal" => ContentPart::Text(field(p, &path, "refusal")?.to_owned()),
+            "input_image" => match p.get("image_url").and_then(Value::as_str) {
+                Some(url) => ContentPart::Image {
+                    source: image_source(&path, url)?,
+                    detail: get("detail").filter(|d| d != "auto"),
+                },
+                None => {
+                    return Err(unsupported(
+                        &path,
+                        format!(
+                            "'{path}' must carry an image_url; uploaded file ids are not supported"
+                        ),
+                    ));
+                }
+            },
+            "input_file" => {
+                if p.contains_key("file_url") {
+                    return Err(unsupported(
+                        &format!("{path}.file_url"),
+                        "input_file by file_url is not supported; send file_data",
+                    ));
+                }
+                ContentPart::Document {
+                    data: get("file_data"),
+                    file_id: get("file_id"),
+                    filename: get("filename"),
+                }
+            }
+            "" => return Err(bad(&path, format!("'{path}.type' is missing"))),
+            other => {
+                return Err(unsupported(
+                    &format!("{path}.type"),
+                    format!("content part type '{other}' is not supported"),
+                ));
+            }
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<ResponsesRequest, Error> {
+        parse_responses(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_string_input_is_one_user_message_after_the_instructions() {
+        let r = parse(json!({"model": "m", "input": "hi", "instructions": "be brief"})).unwrap();
+        assert_eq!(r.chat.model, "m");
+        assert_eq!(r.chat.messages.len(), 2);
+        assert_eq!(r.chat.messages[0].role, Role::System);
+        assert_eq!(r.chat.messages[1].joined_text(), "hi");
+        assert_eq!(r.input.len(), 1);
+        assert!(r.store);
+        assert_eq!(r.echo["instructions"], "be brief");
+    }
+
+    #[test]
+    fn tool_round_trip_items_make_one_assistant_message_and_a_tool_message() {
+        let r = parse(json!({"model": "m", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "think"}], "encrypted_content": "enc"},
+            {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"}
+        ], "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}],
+           "tool_choice": {"type": "function", "name": "get"}}))
+        .unwrap();
+        let m = &r.chat.messages;
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].role, Role::Assistant);
+        assert!(
+            matches!(&m[1].content[0], ContentPart::Reasoning { text, signature } if text == "think" && signature.as_deref() == Some("enc"))
+        );
+        assert!(matches!(&m[1].content[1], ContentPart::ToolCall(c) if c.id == "c1"));
+        assert!(
+            matches!(&m[2].content[0], ContentPart::ToolResult { content, .. } if content == "sunny")
+        );
+        assert_eq!(r.chat.tool_choice, Some(ToolChoice::Tool("get".into())));
+    }
+
+    #[test]
+    fn hosted_tools_are_listed_and_custom_tools_become_functions() {
+        let r = parse(json!({"model": "m", "input": "x", "tools": [
+            {"type": "web_search"}, {"type": "custom", "name": "apply_patch"}]}))
+        .unwrap();
+        assert_eq!(r.hosted_tools, ["web_search"]);
+        assert_eq!(r.custom_tools, ["apply_patch"]);
+        assert_eq!(r.chat.tools[0].parameters, Some(custom_tool_parameters()));
+    }
+
+    #[test]
+    fn what_cannot_be_carried_is_refused_by_name() {
+        for (body, param) in [
+            (
+                json!({"model": "m", "input": "x", "conversation": "c"}),
+                "conversation",
+            ),
+            (
+                json!({"model": "m", "input": "x", "truncation": "auto"}),
+                "truncation",
+            ),
+            (
+                json!({"model": "m", "input": "x", "include": ["message.output_text.logprobs"]}),
+                "include[0]",
+            ),
+            (
+                json!({"model": "m", "input": "x", "frobnicate": 1}),
+                "frobnicate",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}),
+                "input[0]",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "computer_call_output", "call_id": "x"}]}),
+                "input[0].type",
+            ),
+            (json!({"model": "m"}), "input"),
+        ] {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn history_goes_between_the_instructions_and_the_new_input() {
+        let mut r = parse(
+            json!({"model": "m", "input": "second", "instructions": "sys",
+            "previous_response_id": "resp_1"}),
+        )
+        .unwrap();
+        with_history(
+            &mut r,
+            &[
+                json!({"type": "message", "role": "user", "content": "first"}),
+                json!({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "answer"}]}),
+            ],
+        )
+        .unwrap();
+        let texts: Vec<String> = r.chat.messages.iter().map(Message::joined_text).collect();
+        assert_eq!(texts, ["sys", "first", "answer", "second"]);
+    }
+}
