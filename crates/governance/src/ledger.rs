@@ -651,6 +651,34 @@ mod tests {
         > {
             self.inner.events(kind, route, limit)
         }
+        fn put_response<'a>(
+            &'a self,
+            r: &'a relais_state::StoredResponse,
+        ) -> relais_core::BoxFuture<'a, Result<(), relais_state::StoreError>> {
+            self.inner.put_response(r)
+        }
+        fn get_response<'a>(
+            &'a self,
+            id: &'a str,
+            now_ms: i64,
+        ) -> relais_core::BoxFuture<
+            'a,
+            Result<Option<relais_state::StoredResponse>, relais_state::StoreError>,
+        > {
+            self.inner.get_response(id, now_ms)
+        }
+        fn delete_response<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> relais_core::BoxFuture<'a, Result<bool, relais_state::StoreError>> {
+            self.inner.delete_response(id)
+        }
+        fn purge_responses(
+            &self,
+            now_ms: i64,
+        ) -> relais_core::BoxFuture<'_, Result<u64, relais_state::StoreError>> {
+            self.inner.purge_responses(now_ms)
+        }
     }
 
     #[tokio::test]

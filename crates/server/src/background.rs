@@ -52,6 +52,16 @@ pub(crate) async fn refresh_keys(ring: Arc<relais_governance::KeyRing>, every: D
     }
 }
 
+/// Delete expired Responses API responses, hourly (a lookup never returns one anyway).
+pub(crate) async fn purge_responses(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3_600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.responses.purge(&state.live()).await;
+    }
+}
+
 /// Stops a background task when the server returns.
 pub(crate) struct AbortOnDrop(pub(crate) Option<tokio::task::JoinHandle<()>>);
 

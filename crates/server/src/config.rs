@@ -152,6 +152,8 @@ pub struct Runtime {
     /// Shadow traffic by route name.
     pub shadows: BTreeMap<String, Arc<ShadowRoute>>,
     pub plan_b: PlanBSettings,
+    /// Responses API storage: retention and memory (fixed at start for the memory).
+    pub responses: raw::ResponsesConfig,
     /// The config text this was built from and where it came from, so a promotion can
     /// rebuild it the way a reload does.
     pub source: Arc<str>,

@@ -3,7 +3,9 @@
 
 use axum::http::HeaderMap;
 use relais_core::{ChatRequest, ChatResponse, Error, StreamEvent};
-use relais_dialects::{anthropic, openai};
+use relais_dialects::{anthropic, openai, responses};
+
+use crate::responses::{Save, Turn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -11,6 +13,8 @@ pub(crate) enum Dialect {
     OpenAi,
     /// `/v1/messages`.
     Anthropic,
+    /// `/v1/responses`: OpenAI's errors; answers through a [`Turn`].
+    Responses,
 }
 
 impl Dialect {
@@ -18,6 +22,7 @@ impl Dialect {
     pub(crate) fn parse_chat(self, body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Error> {
         match self {
             Self::OpenAi => openai::parse_chat(body),
+            Self::Responses => responses::parse_responses(body).map(|r| r.chat),
             Self::Anthropic => {
                 let mut req = anthropic::parse_messages(body)?;
                 req.vendor_beta =
@@ -29,14 +34,14 @@ impl Dialect {
 
     pub(crate) fn error_status(self, err: &Error) -> u16 {
         match self {
-            Self::OpenAi => openai::error_status(err),
+            Self::OpenAi | Self::Responses => openai::error_status(err),
             Self::Anthropic => anthropic::error_status(err),
         }
     }
 
     pub(crate) fn error_body(self, err: &Error, request_id: &str) -> Vec<u8> {
         match self {
-            Self::OpenAi => openai::error_body(err),
+            Self::OpenAi | Self::Responses => openai::error_body(err),
             Self::Anthropic => anthropic::error_body(err, request_id),
         }
     }
@@ -46,6 +51,7 @@ impl Dialect {
         match self {
             Self::OpenAi => format!("chatcmpl-{request_id}"),
             Self::Anthropic => format!("msg_{request_id}"),
+            Self::Responses => format!("resp_{request_id}"),
         }
     }
 
@@ -59,6 +65,12 @@ impl Dialect {
         match self {
             Self::OpenAi => openai::render_chat(resp, id, model, created),
             Self::Anthropic => anthropic::render_message(resp, id, model),
+            Self::Responses => {
+                let meta = plain_meta(id, model, created);
+                responses::render_response(&meta, resp)
+                    .to_string()
+                    .into_bytes()
+            }
         }
     }
 
@@ -77,14 +89,54 @@ impl Dialect {
                 include_usage,
             )),
             Self::Anthropic => Encoder::Anthropic(anthropic::MessagesStreamEncoder::new(id, model)),
+            Self::Responses => Turn {
+                meta: plain_meta(&id, &model, created),
+                save: None,
+            }
+            .encoder(),
         }
     }
+}
+
+/// A response object's identity when the handler gave no [`Turn`].
+fn plain_meta(id: &str, model: &str, created: u64) -> responses::ResponseMeta {
+    responses::ResponseMeta {
+        id: id.to_owned(),
+        model: model.to_owned(),
+        created_at: created,
+        ..responses::ResponseMeta::default()
+    }
+}
+
+impl Turn {
+    /// The whole answer's response object, kept (unless `store: false`) before it is sent.
+    pub(crate) async fn answer(self, resp: &ChatResponse) -> Vec<u8> {
+        let object = responses::render_response(&self.meta, resp);
+        if let Some(save) = self.save {
+            save.keep(&object).await;
+        }
+        object.to_string().into_bytes()
+    }
+
+    pub(crate) fn encoder(self) -> Encoder {
+        Encoder::Responses(Box::new(ResponsesOut {
+            encoder: responses::ResponsesStreamEncoder::new(self.meta),
+            save: self.save,
+        }))
+    }
+}
+
+/// The Responses event stream, and where its response is kept when it ends.
+pub(crate) struct ResponsesOut {
+    encoder: responses::ResponsesStreamEncoder,
+    save: Option<Save>,
 }
 
 /// Writes canonical events as one dialect's SSE frames.
 pub(crate) enum Encoder {
     OpenAi(openai::ChatStreamEncoder),
     Anthropic(anthropic::MessagesStreamEncoder),
+    Responses(Box<ResponsesOut>),
 }
 
 impl Encoder {
@@ -92,6 +144,7 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.event(ev, out),
             Self::Anthropic(e) => e.event(ev, out),
+            Self::Responses(e) => e.encoder.event(ev, out),
         }
     }
 
@@ -99,6 +152,14 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.end(out),
             Self::Anthropic(e) => e.end(out),
+            Self::Responses(e) => {
+                e.encoder.end(out);
+                // Kept in memory before the last event leaves, so a next turn sent the moment
+                // the client has it finds it; the store write goes on in the background.
+                if let Some(save) = e.save.take().filter(|_| e.encoder.completed()) {
+                    tokio::spawn(save.keep(&e.encoder.final_object()));
+                }
+            }
         }
     }
 
@@ -106,6 +167,7 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.error(err, out),
             Self::Anthropic(e) => e.error(err, out),
+            Self::Responses(e) => e.encoder.error(err, out),
         }
     }
 }

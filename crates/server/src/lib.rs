@@ -8,6 +8,7 @@
 //! - `live`: the config in force with its metric series; `caller`: who calls and who pays.
 //! - `bill`: ledger rows and cost; `reports`: usage queries for the admin API and the CLI.
 //! - `planb`: shadowing, readiness, drills, dependency; the pipeline sees only its tap.
+//! - `responses`: stored Responses API responses; the pipeline sees only a `Turn`.
 //! - `state`: what outlives a reload; `reload`: the one way a config is installed.
 //! - `pipeline`: the stages; `api`: handlers that call them in order.
 //! - `ops` (`/healthz`, `/readyz`, `/metrics`) and `admin` (its own router and credential).
@@ -34,6 +35,7 @@ mod pipeline;
 pub mod planb;
 mod reload;
 pub mod reports;
+mod responses;
 mod state;
 #[cfg(test)]
 mod testing;
@@ -102,6 +104,8 @@ pub async fn serve_with_reload(
     let every = state.live().runtime.plan_b.check_every;
     let checker = tokio::spawn(background::plan_b_every(state.clone(), every));
     let _stop_checker = background::AbortOnDrop(Some(checker));
+    let purger = tokio::spawn(background::purge_responses(state.clone()));
+    let _stop_purger = background::AbortOnDrop(Some(purger));
     let trimmer = tokio::spawn(memory::trim_after_spikes());
     let _stop_trimmer = background::AbortOnDrop(Some(trimmer));
     let app = router(state.clone());

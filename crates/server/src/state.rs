@@ -16,6 +16,7 @@ use crate::http::kib;
 use crate::live::Live;
 use crate::metrics::Global;
 use crate::planb::PlanB;
+use crate::responses::Conversations;
 
 /// Shared state of the server.
 pub struct AppState {
@@ -32,6 +33,8 @@ pub struct AppState {
     pub(crate) promoted: Mutex<BTreeMap<String, String>>,
     /// Request bodies being read and decoded at once, in KiB (sized at start).
     pub(crate) decoding: Arc<Semaphore>,
+    /// Stored Responses API responses (the memory part sized at start).
+    pub(crate) responses: Arc<Conversations>,
 }
 
 impl AppState {
@@ -39,7 +42,9 @@ impl AppState {
         let planb = PlanB::start(&runtime.plan_b);
         let budget = runtime.max_decoding_bytes.max(runtime.max_body_bytes);
         let decoding = Arc::new(Semaphore::new(kib(budget) as usize));
+        let responses = Arc::new(Conversations::new(&runtime.responses));
         Self {
+            responses,
             decoding,
             planb,
             promoted: Mutex::default(),

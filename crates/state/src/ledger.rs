@@ -197,7 +197,47 @@ pub trait LedgerStore: Send + Sync {
         since_ms: i64,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ShadowSample>, StoreError>>;
+    /// Store a Responses API response; an id already stored is left as it is.
+    fn put_response<'a>(&'a self, r: &'a StoredResponse) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// A stored response by id, if present and not expired at `now_ms`.
+    fn get_response<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<StoredResponse>, StoreError>>;
+    /// Delete a stored response; whether it was there.
+    fn delete_response<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Delete the responses expired at `now_ms`; how many went.
+    fn purge_responses(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
+
+/// A response of the Responses API, kept so a later turn can continue it
+/// (`previous_response_id`) and its creator can read or delete it. Only the key that made it
+/// may see it (the gateway checks `key_id` and `team_id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// `resp_...`
+    pub id: String,
+    pub at_ms: i64,
+    /// When it is deleted (the retention period after `at_ms`).
+    pub expires_ms: i64,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub route: String,
+    /// The conversation's input items up to this turn (earlier turns' input and output and
+    /// this turn's input), a JSON array.
+    pub items: String,
+    /// The response object, JSON (its `output` continues the conversation).
+    pub response: String,
+}
+
+pub(crate) const PUT_RESPONSE: &str = "INSERT INTO relais_responses \
+    (id, at_ms, expires_ms, key_id, team_id, route, items, response) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+pub(crate) const GET_RESPONSE: &str = "SELECT id, at_ms, expires_ms, key_id, team_id, route, \
+    items, response FROM relais_responses WHERE id = $1 AND expires_ms > $2";
+pub(crate) const DELETE_RESPONSE: &str = "DELETE FROM relais_responses WHERE id = $1";
+pub(crate) const PURGE_RESPONSES: &str = "DELETE FROM relais_responses WHERE expires_ms <= $1";
 
 /// One shadow sample: a backup's answer to a copy of a live request, scored against the
 /// primary's. The scores are a JSON object the gateway writes and reads (this crate keeps no

@@ -12,7 +12,8 @@ mod sqlite;
 use relais_core::BoxFuture;
 
 pub use ledger::{
-    GroupBy, LedgerRow, LedgerStore, PlanEvent, ShadowSample, Spend, UsageLine, UsageQuery,
+    GroupBy, LedgerRow, LedgerStore, PlanEvent, ShadowSample, Spend, StoredResponse, UsageLine,
+    UsageQuery,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -88,6 +88,18 @@ pub(crate) const STEPS: &[&str] = &[
     );
     CREATE INDEX relais_events_kind ON relais_events (kind, route, at_ms);
     ALTER TABLE relais_ledger ADD COLUMN drill TEXT",
+    // Responses API: stored responses, for previous_response_id and GET/DELETE.
+    "CREATE TABLE relais_responses (
+        id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        key_id TEXT,
+        team_id TEXT,
+        route TEXT NOT NULL,
+        items TEXT NOT NULL,
+        response TEXT NOT NULL
+    );
+    CREATE INDEX relais_responses_expiry ON relais_responses (expires_ms)",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =

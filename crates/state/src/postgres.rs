@@ -16,9 +16,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
-    INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore, PUT_EVENT, PlanEvent, SELECT_EVENTS,
-    SELECT_SAMPLES, SPEND_SQL, ShadowSample, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql,
-    to_i64, to_u64, usage_sql,
+    DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore,
+    PURGE_RESPONSES, PUT_EVENT, PUT_RESPONSE, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL,
+    ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64,
+    to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
@@ -618,6 +619,72 @@ impl LedgerStore for PostgresStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn put_response<'a>(&'a self, r: &'a StoredResponse) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            self.timed(
+                &c,
+                c.execute(
+                    PUT_RESPONSE,
+                    &[
+                        &r.id,
+                        &r.at_ms,
+                        &r.expires_ms,
+                        &r.key_id,
+                        &r.team_id,
+                        &r.route,
+                        &r.items,
+                        &r.response,
+                    ],
+                ),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_response<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<StoredResponse>, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let rows = self
+                .timed(&c, c.query(GET_RESPONSE, &[&id, &now_ms]))
+                .await?;
+            rows.first()
+                .map(|r| {
+                    Ok(StoredResponse {
+                        id: r.try_get(0).map_err(db_error)?,
+                        at_ms: r.try_get(1).map_err(db_error)?,
+                        expires_ms: r.try_get(2).map_err(db_error)?,
+                        key_id: r.try_get(3).map_err(db_error)?,
+                        team_id: r.try_get(4).map_err(db_error)?,
+                        route: r.try_get(5).map_err(db_error)?,
+                        items: r.try_get(6).map_err(db_error)?,
+                        response: r.try_get(7).map_err(db_error)?,
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn delete_response<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let n = self.timed(&c, c.execute(DELETE_RESPONSE, &[&id])).await?;
+            Ok(n > 0)
+        })
+    }
+
+    fn purge_responses(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            self.timed(&c, c.execute(PURGE_RESPONSES, &[&now_ms])).await
         })
     }
 }

@@ -9,8 +9,9 @@ use relais_core::BoxFuture;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::ledger::{
-    INSERT_SAMPLE, LedgerRow, LedgerStore, PUT_EVENT, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES,
-    SPEND_SQL, ShadowSample, Spend, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64,
+    DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LedgerRow, LedgerStore, PURGE_RESPONSES,
+    PUT_EVENT, PUT_RESPONSE, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
+    Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64,
     usage_sql,
 };
 use crate::migrations::{
@@ -541,6 +542,70 @@ impl LedgerStore for SqliteStore {
                 })
                 .map_err(db_error)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
+        }))
+    }
+
+    fn put_response<'a>(&'a self, r: &'a StoredResponse) -> BoxFuture<'a, Result<(), StoreError>> {
+        let r = r.clone();
+        Box::pin(self.run(move |c| {
+            c.execute(
+                &sql(PUT_RESPONSE),
+                params![
+                    r.id,
+                    r.at_ms,
+                    r.expires_ms,
+                    r.key_id,
+                    r.team_id,
+                    r.route,
+                    r.items,
+                    r.response
+                ],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        }))
+    }
+
+    fn get_response<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<Option<StoredResponse>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.run(move |c| {
+            c.query_row(&sql(GET_RESPONSE), params![id, now_ms], |r| {
+                Ok(StoredResponse {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    expires_ms: r.get(2)?,
+                    key_id: r.get(3)?,
+                    team_id: r.get(4)?,
+                    route: r.get(5)?,
+                    items: r.get(6)?,
+                    response: r.get(7)?,
+                })
+            })
+            .optional()
+            .map_err(db_error)
+        }))
+    }
+
+    fn delete_response<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.run(move |c| {
+            let n = c
+                .execute(&sql(DELETE_RESPONSE), params![id])
+                .map_err(db_error)?;
+            Ok(n > 0)
+        }))
+    }
+
+    fn purge_responses(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.run(move |c| {
+            let n = c
+                .execute(&sql(PURGE_RESPONSES), params![now_ms])
+                .map_err(db_error)?;
+            Ok(n as u64)
         }))
     }
 }

@@ -9,12 +9,16 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use relais_core::ChatRequest;
 use relais_router::RouteKind;
 
+use crate::caller::Caller;
 use crate::dialect::Dialect;
 use crate::http::Ctx;
+use crate::live::Live;
 use crate::pipeline::{admit, respond, route};
 use crate::planb::Admission;
+use crate::responses::Turn;
 use crate::state::AppState;
 
 pub(super) async fn openai(
@@ -60,14 +64,29 @@ async fn chat(
     if let Some(m) = model {
         req.model = m;
     }
-    let entry = or_refuse!(app, ctx, live.entry(&caller, &req.model, RouteKind::Chat));
-    let class = or_refuse!(app, ctx, caller.data_class(&headers));
-    let worst = admit::worst_chat(&live, &entry.route, &req);
+    serve(&app, &ctx, &live, &caller, &headers, req, None).await
+}
+
+/// The pipeline from a parsed request on: the route, the data class, limits and the
+/// settlement, Plan B's tap; then route and respond (a Responses API turn through its
+/// [`Turn`]).
+pub(super) async fn serve(
+    app: &Arc<AppState>,
+    ctx: &Ctx,
+    live: &Arc<Live>,
+    caller: &Caller<'_>,
+    headers: &HeaderMap,
+    mut req: ChatRequest,
+    turn: Option<Turn>,
+) -> Response {
+    let entry = or_refuse!(app, ctx, live.entry(caller, &req.model, RouteKind::Chat));
+    let class = or_refuse!(app, ctx, caller.data_class(headers));
+    let worst = admit::worst_chat(live, &entry.route, &req);
     let key = (req.model.as_str(), req.stream);
     let mut settlement = or_refuse!(
         app,
         ctx,
-        admit::settlement(&app, &live, &ctx, &caller, key, worst).await
+        admit::settlement(app, live, ctx, caller, key, worst).await
     );
     let seen = Admission {
         route: &entry.route.name,
@@ -76,14 +95,22 @@ async fn chat(
         payer: caller.payer(),
     };
     let allow = |d: &relais_router::Deployment| caller.may_use(d, class);
-    settlement.set_tap(app.planb.tap(&live, &mut req, &seen, allow));
+    settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
     // 2. Route: the first deployment that produces a first event.
-    let routed = match route::chat(&entry.route, &req, &caller, class, settlement.down()).await {
+    let routed = match route::chat(&entry.route, &req, caller, class, settlement.down()).await {
         Ok(r) => r,
-        Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
+        Err(ex) => return respond::exhausted(ctx, &req.model, settlement, &ex),
     };
     // 3. Respond (and 4. settle, when the answer or the stream ends).
-    respond::chat(&ctx, &req, routed, settlement, app.abort_streams.clone()).await
+    respond::chat(
+        ctx,
+        &req,
+        routed,
+        settlement,
+        app.abort_streams.clone(),
+        turn,
+    )
+    .await
 }
 
 /// `/v1/messages/count_tokens`: the route must exist and be visible to the key; the count is

@@ -18,6 +18,7 @@ macro_rules! or_refuse {
 mod chat;
 mod embeddings;
 mod models;
+mod responses;
 
 use std::sync::Arc;
 
@@ -26,8 +27,8 @@ use axum::routing::{get, post};
 
 use crate::state::AppState;
 
-/// The API routes: OpenAI Chat Completions, embeddings and models, Anthropic Messages, and the
-/// Azure OpenAI deployment paths.
+/// The API routes: OpenAI Chat Completions, embeddings and models, the OpenAI Responses API,
+/// Anthropic Messages, and the Azure OpenAI deployment paths.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/chat/completions", post(chat::openai))
@@ -35,6 +36,16 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/models", get(models::list))
         .route("/v1/messages", post(chat::anthropic))
         .route("/v1/messages/count_tokens", post(chat::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(chat::azure),

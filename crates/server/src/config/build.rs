@@ -108,6 +108,7 @@ pub(super) fn build_from(
         provider_kinds,
         shadows,
         plan_b,
+        responses: raw.responses,
         source: Arc::from(source),
         origin: origin.to_owned(),
     })

@@ -31,6 +31,39 @@ pub struct RawConfig {
     pub governance: Option<GovernanceConfig>,
     #[serde(default)]
     pub plan_b: PlanBConfig,
+    #[serde(default)]
+    pub responses: ResponsesConfig,
+}
+
+/// Responses API conversation state (`/v1/responses` with `store`, `previous_response_id`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsesConfig {
+    /// How long a stored response is kept (in the governance store when there is one, in
+    /// memory otherwise), in hours. 0 turns storing off: `store: true` is then refused.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+    /// Memory for the most recent responses, in MiB: the whole store without `[governance]`,
+    /// a cache in front of it with one.
+    #[serde(default = "default_responses_memory")]
+    pub memory_mib: u64,
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: default_retention_hours(),
+            memory_mib: default_responses_memory(),
+        }
+    }
+}
+
+fn default_retention_hours() -> u64 {
+    720
+}
+
+fn default_responses_memory() -> u64 {
+    64
 }
 
 /// Where keys and teams live.

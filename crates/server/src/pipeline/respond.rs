@@ -14,14 +14,17 @@ use tokio::sync::watch;
 use super::{End, Settlement};
 use crate::clock::{Instant, unix_secs};
 use crate::http::Ctx;
+use crate::responses::Turn;
 
-/// Answer a routed chat request, as a stream or as one JSON body.
+/// Answer a routed chat request, as a stream or as one JSON body; a Responses API turn is
+/// written (and kept) by its [`Turn`].
 pub(crate) async fn chat(
     ctx: &Ctx,
     req: &ChatRequest,
     routed: Routed,
     mut settlement: Settlement,
     abort: watch::Receiver<bool>,
+    turn: Option<Turn>,
 ) -> Response {
     let ttft = ctx.start.elapsed();
     settlement.served(routed.route, routed.deployment, routed.failed, Some(ttft));
@@ -29,12 +32,15 @@ pub(crate) async fn chat(
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_secs();
     if req.stream {
-        let encoder = dialect.stream_encoder(
-            response_id,
-            req.model.clone(),
-            created,
-            req.stream_include_usage,
-        );
+        let encoder = match turn {
+            Some(t) => t.encoder(),
+            None => dialect.stream_encoder(
+                response_id,
+                req.model.clone(),
+                created,
+                req.stream_include_usage,
+            ),
+        };
         let mut resp = json_or_sse(Body::empty(), true);
         ctx.headers(&mut resp, routed.upstream_wait);
         settlement.routed_headers(&mut resp);
@@ -46,8 +52,11 @@ pub(crate) async fn chat(
     let upstream = routed.upstream_wait + collect_start.elapsed();
     match collected {
         Ok(r) => {
+            let body = match turn {
+                Some(t) => t.answer(&r).await,
+                None => dialect.render(&r, &response_id, &req.model, created),
+            };
             settlement.finish(End::Answered);
-            let body = dialect.render(&r, &response_id, &req.model, created);
             let mut resp = json_or_sse(Body::from(body), false);
             ctx.headers(&mut resp, upstream);
             settlement.routed_headers(&mut resp);

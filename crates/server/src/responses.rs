@@ -1,0 +1,361 @@
+//! Responses API conversation state: stored responses, so a later turn continues one with
+//! `previous_response_id` whatever vendor served it, and its creator can read, list or delete
+//! it. The recent ones are kept in memory (bounded in bytes); with `[governance]` every one is
+//! also written to its store (SQLite or PostgreSQL), where other instances find it, until the
+//! retention period ends.
+//!
+//! Only the key (and team) that made a response may see it: any other caller gets the same 404
+//! as for an id that never existed.
+//!
+//! Depends on live and caller; the pipeline sees only [`Turn`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use relais_core::{Error, ErrorKind, Side};
+use relais_dialects::responses::ResponseMeta;
+use relais_state::{LedgerStore, StoredResponse};
+use serde_json::Value;
+
+use crate::caller::Payer;
+use crate::clock::now_ms as unix_ms;
+use crate::config::ResponsesConfig;
+use crate::live::Live;
+
+/// The stored responses: memory in front, the governance store behind.
+pub struct Conversations {
+    memory: Mutex<Memory>,
+    limit_bytes: usize,
+}
+
+#[derive(Default)]
+struct Memory {
+    map: HashMap<String, Arc<StoredResponse>>,
+    /// Ids, oldest first: the first to go when memory is full.
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+fn size(r: &StoredResponse) -> usize {
+    r.items.len() + r.response.len() + r.route.len() + 128
+}
+
+/// The answer for a response this caller may not see or that does not exist.
+pub(crate) fn not_found(id: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        Side::Client,
+        format!("Response with id '{id}' not found."),
+    )
+}
+
+fn owned_by(r: &StoredResponse, payer: Payer<'_>) -> bool {
+    r.key_id.as_deref() == payer.key && r.team_id.as_deref() == payer.team
+}
+
+fn persistent(live: &Live) -> Option<Arc<dyn LedgerStore>> {
+    live.runtime.ledger.as_ref().map(|l| l.store().clone())
+}
+
+fn store_error(e: &relais_state::StoreError) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        Side::Gateway,
+        format!("the response store is unavailable: {e}"),
+    )
+}
+
+impl Conversations {
+    pub fn new(config: &ResponsesConfig) -> Self {
+        let mib = usize::try_from(config.memory_mib).unwrap_or(usize::MAX);
+        Self {
+            memory: Mutex::default(),
+            limit_bytes: mib.saturating_mul(1 << 20),
+        }
+    }
+
+    fn remember(&self, r: Arc<StoredResponse>) {
+        let n = size(&r);
+        if n > self.limit_bytes {
+            return;
+        }
+        let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        while m.bytes + n > self.limit_bytes {
+            let Some(old) = m.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = m.map.remove(&old) {
+                m.bytes -= size(&gone);
+            }
+        }
+        m.bytes += n;
+        m.order.push_back(r.id.clone());
+        if let Some(replaced) = m.map.insert(r.id.clone(), r) {
+            m.bytes -= size(&replaced);
+        }
+    }
+
+    fn forget(&self, id: &str) -> bool {
+        let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(gone) = m.map.remove(id) else {
+            return false;
+        };
+        m.bytes -= size(&gone);
+        m.order.retain(|i| i != id);
+        true
+    }
+
+    /// A response the caller made, unexpired.
+    pub(crate) async fn get(
+        &self,
+        live: &Live,
+        id: &str,
+        payer: Payer<'_>,
+    ) -> Result<Arc<StoredResponse>, Error> {
+        let now = unix_ms();
+        let cached = self
+            .memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .get(id)
+            .cloned();
+        let found = match cached {
+            Some(r) => Some(r),
+            None => match persistent(live) {
+                Some(store) => store
+                    .get_response(id, now)
+                    .await
+                    .map_err(|e| store_error(&e))?
+                    .map(Arc::new),
+                None => None,
+            },
+        };
+        found
+            .filter(|r| r.expires_ms > now && owned_by(r, payer))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Delete a response the caller made.
+    pub(crate) async fn delete(
+        &self,
+        live: &Live,
+        id: &str,
+        payer: Payer<'_>,
+    ) -> Result<(), Error> {
+        self.get(live, id, payer).await?;
+        let in_memory = self.forget(id);
+        let in_store = match persistent(live) {
+            Some(store) => store
+                .delete_response(id)
+                .await
+                .map_err(|e| store_error(&e))?,
+            None => false,
+        };
+        if in_memory || in_store {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    /// Delete the expired responses from memory and from the store.
+    pub(crate) async fn purge(&self, live: &Live) {
+        let now = unix_ms();
+        {
+            let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+            let expired: Vec<String> = m
+                .map
+                .values()
+                .filter(|r| r.expires_ms <= now)
+                .map(|r| r.id.clone())
+                .collect();
+            for id in expired {
+                if let Some(gone) = m.map.remove(&id) {
+                    m.bytes -= size(&gone);
+                }
+            }
+            let Memory { map, order, .. } = &mut *m;
+            order.retain(|i| map.contains_key(i));
+        }
+        if let Some(store) = persistent(live) {
+            match store.purge_responses(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, "expired responses deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete expired responses"),
+            }
+        }
+    }
+}
+
+/// One Responses API turn on its way through the pipeline: how its answer is written (the
+/// response object's identity and echoed settings) and, unless `store: false`, where it is
+/// kept once it ends.
+pub(crate) struct Turn {
+    pub(crate) meta: ResponseMeta,
+    pub(crate) save: Option<Save>,
+}
+
+/// Keeps a finished response: in memory at once (so the next turn, on this instance, finds it
+/// the moment the client has the answer), then in the store.
+pub(crate) struct Save {
+    pub(crate) conversations: Arc<Conversations>,
+    pub(crate) store: Option<Arc<dyn LedgerStore>>,
+    /// The record without its `response`, filled by [`Save::keep`].
+    pub(crate) record: StoredResponse,
+}
+
+impl Save {
+    pub(crate) fn new(
+        conversations: Arc<Conversations>,
+        live: &Live,
+        record: StoredResponse,
+    ) -> Self {
+        Self {
+            conversations,
+            store: persistent(live),
+            record,
+        }
+    }
+
+    /// Keep the response: in memory now, in the store by the returned future.
+    pub(crate) fn keep(
+        self,
+        response: &Value,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut record = self.record;
+        record.response = response.to_string();
+        let record = Arc::new(record);
+        self.conversations.remember(record.clone());
+        let store = self.store;
+        async move {
+            let Some(store) = store else {
+                return;
+            };
+            if let Err(e) = store.put_response(&record).await {
+                tracing::warn!(response = %record.id, error = %e, "cannot store the response; it is kept in this instance's memory only");
+            }
+        }
+    }
+}
+
+/// A fresh response id: random, never the client's request id (which a client may reuse).
+pub(crate) fn new_response_id() -> String {
+    format!("resp_{:032x}", fastrand::u128(..))
+}
+
+/// The record of a turn about to be answered: the conversation's items so far (`history`,
+/// then this turn's input, each given an id if it had none).
+pub(crate) fn record(
+    id: &str,
+    route: &str,
+    payer: Payer<'_>,
+    retention_hours: u64,
+    history: Vec<Value>,
+    input: &[Value],
+) -> StoredResponse {
+    let at_ms = unix_ms();
+    let base = id.strip_prefix("resp_").unwrap_or(id);
+    let mut items = history;
+    for (n, item) in input.iter().enumerate() {
+        let mut item = item.clone();
+        if let Value::Object(m) = &mut item {
+            if !m.contains_key("id") {
+                let prefix = match m.get("type").and_then(Value::as_str) {
+                    None | Some("message") => "msg",
+                    Some("function_call_output") => "fco",
+                    Some(_) => "item",
+                };
+                m.insert("id".into(), Value::String(format!("{prefix}_{base}_in{n}")));
+            }
+        }
+        items.push(item);
+    }
+    let retention = i64::try_from(retention_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    StoredResponse {
+        id: id.to_owned(),
+        at_ms,
+        expires_ms: at_ms.saturating_add(retention),
+        key_id: payer.key.map(str::to_owned),
+        team_id: payer.team.map(str::to_owned),
+        route: route.to_owned(),
+        items: Value::Array(items).to_string(),
+        response: String::new(),
+    }
+}
+
+/// The conversation a stored response continues with: its items, then its output.
+pub(crate) fn history(r: &StoredResponse) -> Result<Vec<Value>, Error> {
+    let broken =
+        |what: &str| Error::internal(format!("stored response '{}' has unreadable {what}", r.id));
+    let mut items: Vec<Value> = serde_json::from_str(&r.items).map_err(|_| broken("items"))?;
+    let response: Value = serde_json::from_str(&r.response).map_err(|_| broken("output"))?;
+    if let Some(Value::Array(output)) = response.get("output") {
+        items.extend(output.iter().cloned());
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(id: &str, key: Option<&str>, bytes: usize) -> Arc<StoredResponse> {
+        Arc::new(StoredResponse {
+            id: id.into(),
+            expires_ms: i64::MAX,
+            key_id: key.map(str::to_owned),
+            items: "x".repeat(bytes),
+            response: "{}".into(),
+            ..StoredResponse::default()
+        })
+    }
+
+    #[test]
+    fn memory_is_bounded_and_evicts_the_oldest() {
+        let c = Conversations {
+            memory: Mutex::default(),
+            limit_bytes: 3_000,
+        };
+        for i in 0..5 {
+            c.remember(stored(&format!("r{i}"), None, 800));
+        }
+        let m = c.memory.lock().unwrap();
+        assert!(m.bytes <= 3_000);
+        assert!(!m.map.contains_key("r0") && m.map.contains_key("r4"));
+        assert_eq!(m.order.len(), m.map.len());
+    }
+
+    #[test]
+    fn only_the_maker_owns_a_response() {
+        let r = stored("r", Some("k1"), 1);
+        let mine = Payer {
+            key: Some("k1"),
+            team: None,
+        };
+        let other = Payer {
+            key: Some("k2"),
+            team: None,
+        };
+        assert!(owned_by(&r, mine));
+        assert!(!owned_by(&r, other));
+        assert!(!owned_by(&r, Payer::default()));
+    }
+
+    #[test]
+    fn a_record_gives_every_input_item_an_id_and_history_appends_the_output() {
+        let mut r = record(
+            "resp_abc",
+            "route",
+            Payer::default(),
+            1,
+            vec![serde_json::json!({"id": "old", "type": "message"})],
+            &[serde_json::json!({"role": "user", "content": "hi"})],
+        );
+        r.response = serde_json::json!({"output": [{"id": "msg_out"}]}).to_string();
+        let h = history(&r).unwrap();
+        let ids: Vec<&str> = h.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["old", "msg_abc_in0", "msg_out"]);
+        assert_eq!(r.expires_ms - r.at_ms, 3_600_000);
+    }
+}
