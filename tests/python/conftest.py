@@ -19,6 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_KEY = "sk-upstream-python-0123456789"
 CLIENT_KEY = "relais-python-client-key"
+# A second key: what one key stored (Responses API), the other must not see.
+OTHER_KEY = "relais-python-other-key"
 AZURE_API_VERSION = "2024-10-21"
 # Bedrock: the mock accepts this access key, with UPSTREAM_KEY as the secret.
 BEDROCK_ACCESS_KEY_ID = "AKIDRELAISMOCK"  # relais_testkit::bedrock::MOCK_AWS_ACCESS_KEY_ID
@@ -86,7 +88,7 @@ CONFIG = """
 listen = "127.0.0.1:{port}"
 
 [auth]
-keys = [{{ name = "python", key = "{client_key}" }}]
+keys = [{{ name = "python", key = "{client_key}" }}, {{ name = "other", key = "{other_key}" }}]
 
 [providers.up]
 type = "openai_compat"
@@ -205,6 +207,7 @@ def relais_url(mock_url):
             port=port,
             mock=mock_url,
             client_key=CLIENT_KEY,
+            other_key=OTHER_KEY,
             api_version=AZURE_API_VERSION,
             vertex_key=vertex_key,
         )

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use relais_state::{
     GroupBy, KeyStore, LedgerRow, LedgerStore, Limits, PlanEvent, PostgresStore, ShadowSample,
-    Spend, SqliteStore, StoreError, StoredKey, Team, UsageQuery,
+    Spend, SqliteStore, StoreError, StoredKey, StoredResponse, Team, UsageQuery,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -192,6 +192,7 @@ async fn sqlite_store() {
     suite(&store).await;
     ledger_suite(&store).await;
     planb_suite(&store).await;
+    responses_suite(&store).await;
 }
 
 #[tokio::test]
@@ -202,6 +203,7 @@ async fn postgres_store() {
     suite(&store).await;
     ledger_suite(&store).await;
     planb_suite(&store).await;
+    responses_suite(&store).await;
     drop_schema(&url).await;
 }
 
@@ -306,6 +308,37 @@ async fn planb_suite(store: &dyn LedgerStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Stored responses: put, get (an expired one is gone), an id stored twice keeps the first,
+/// delete, and the purge of expired ones.
+async fn responses_suite(store: &dyn LedgerStore) {
+    let r = |id: &str, expires_ms: i64| StoredResponse {
+        id: id.to_owned(),
+        at_ms: 1_000,
+        expires_ms,
+        key_id: Some("key_a".to_owned()),
+        team_id: None,
+        route: "r".to_owned(),
+        items: "[{\"role\":\"user\",\"content\":\"hi\"}]".to_owned(),
+        response: "{\"output\":[]}".to_owned(),
+    };
+    store.put_response(&r("resp_live", 10_000)).await.unwrap();
+    store.put_response(&r("resp_old", 2_000)).await.unwrap();
+    let mut twice = r("resp_live", 10_000);
+    twice.response = "{}".to_owned();
+    store.put_response(&twice).await.unwrap();
+    assert_eq!(
+        store.get_response("resp_live", 5_000).await.unwrap(),
+        Some(r("resp_live", 10_000))
+    );
+    assert_eq!(store.get_response("resp_old", 5_000).await.unwrap(), None);
+    assert_eq!(store.get_response("resp_none", 0).await.unwrap(), None);
+    assert_eq!(store.purge_responses(5_000).await.unwrap(), 1);
+    assert_eq!(store.get_response("resp_old", 0).await.unwrap(), None);
+    assert!(store.delete_response("resp_live").await.unwrap());
+    assert!(!store.delete_response("resp_live").await.unwrap());
+    assert_eq!(store.get_response("resp_live", 0).await.unwrap(), None);
 }
 
 /// Rows in, replays ignored, summaries and spend exact; 600 rows in one call (more than one

@@ -1,0 +1,206 @@
+"""The OpenAI Responses API through relais, with the official openai SDK and the OpenAI Agents
+SDK's default (Responses) model: conversation state across vendors, stored responses scoped to
+their key, what cannot be carried refused by name, failures inside a stream.
+
+The translation matrix (test_matrix.py) covers {text, tools, images, JSON} x every provider.
+"""
+
+import json
+
+import openai
+import pytest
+from openai import OpenAI
+
+from conftest import CLIENT_KEY, OTHER_KEY
+
+
+@pytest.fixture
+def client(relais_url):
+    return OpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def other(relais_url):
+    return OpenAI(base_url=f"{relais_url}/v1", api_key=OTHER_KEY, max_retries=0, timeout=60)
+
+
+def test_a_conversation_moves_between_vendors_with_previous_response_id(client, mock):
+    first = client.responses.create(model="gpt-4o-mini", input="hi there", instructions="Be brief.")
+    assert first.output_text == "Hello from mock! You said: hi there"
+    assert first.id.startswith("resp_") and first.status == "completed"
+    assert first.instructions == "Be brief."
+    assert first.usage.input_tokens > 0 and first.usage.total_tokens > first.usage.input_tokens
+    # The second turn goes to Anthropic, the third (streamed) to Gemini: each upstream gets the
+    # whole conversation, the client sends only the new input.
+    second = client.responses.create(
+        model="claude-sonnet-4-5", input="and now?", previous_response_id=first.id
+    )
+    assert second.output_text == "Hello from mock! You said: and now?"
+    assert second.previous_response_id == first.id
+    sent = mock.requests()[-1]["body"]
+    # Instructions are not carried from one turn to the next (as OpenAI documents).
+    assert "system" not in sent
+    texts = [json.dumps(m["content"]) for m in sent["messages"]]
+    assert "hi there" in texts[0] and "Hello from mock" in texts[1] and "and now?" in texts[2]
+    with client.responses.stream(
+        model="gemini-2.5-flash", input="third", previous_response_id=second.id
+    ) as s:
+        third = s.get_final_response()
+    assert third.output_text == "Hello from mock! You said: third"
+    contents = mock.requests()[-1]["body"]["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user", "model", "user"]
+    # The stored conversation lists every input so far, newest first by default.
+    items = client.responses.input_items.list(third.id)
+    texts = [json.dumps(i.model_dump()) for i in items.data]
+    assert "third" in texts[0] and "hi there" in texts[-1]
+    assert len(items.data) == 5 and not items.has_more
+    oldest = client.responses.input_items.list(third.id, order="asc", limit=2)
+    assert oldest.has_more and "hi there" in json.dumps(oldest.data[0].model_dump())
+
+
+def test_stored_responses_belong_to_their_key(client, other):
+    r = client.responses.create(model="gpt-4o-mini", input="keep this", metadata={"case": "scope"})
+    got = client.responses.retrieve(r.id)
+    assert got.id == r.id and got.output_text == r.output_text and got.metadata == {"case": "scope"}
+    # Another key sees nothing: not the response, not its items, and cannot continue it.
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(r.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(r.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        other.responses.create(model="gpt-4o-mini", input="x", previous_response_id=r.id)
+    assert e.value.param == "previous_response_id"
+    # Its maker deletes it; then it is gone for everyone.
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+
+
+def test_store_false_keeps_nothing(client):
+    r = client.responses.create(model="gpt-4o-mini", input="forget me", store=False)
+    assert r.store is False and r.output_text.endswith("forget me")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", previous_response_id=r.id)
+    assert "not found" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "extra,param,words",
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools", "web_search"),
+        ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools", "code_interpreter"),
+        ({"background": True}, "background", "background"),
+        ({"truncation": "auto"}, "truncation", "truncation"),
+        ({"include": ["message.output_text.logprobs"]}, "include[0]", "logprobs"),
+        ({"extra_body": {"conversation": "conv_1"}}, "conversation", "previous_response_id"),
+    ],
+)
+def test_what_cannot_be_carried_is_a_400_naming_it(client, extra, param, words):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", **extra)
+    assert e.value.status_code == 400
+    assert e.value.param == param
+    assert words in e.value.message
+
+
+def test_errors_have_the_openai_shape(client, relais_url):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model="no-such-route", input="x")
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=f"{relais_url}/v1", api_key="wrong", max_retries=0).responses.create(
+            model="gpt-4o-mini", input="x"
+        )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", temperature=9)
+    assert e.value.param == "temperature"
+
+
+def test_a_stream_that_breaks_ends_in_response_failed(client, mock):
+    mock.fault(cut_after_chunks=3)
+    kinds = []
+    with pytest.raises(openai.APIError):
+        with client.responses.stream(model="gpt-4o-mini", input="hi there") as s:
+            for event in s:
+                kinds.append(event.type)
+    assert "response.output_text.delta" in kinds
+    assert "response.completed" not in kinds
+
+
+def test_a_stream_that_breaks_has_error_and_response_failed_events(relais_url, mock):
+    """The same, read as raw events: `error`, then `response.failed` with the error in it."""
+    import urllib.request
+
+    mock.fault(cut_after_chunks=3)
+    req = urllib.request.Request(
+        f"{relais_url}/v1/responses",
+        data=json.dumps({"model": "gpt-4o-mini", "input": "hi there", "stream": True}).encode(),
+        headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        frames = resp.read().decode().strip().split("\n\n")
+    events = [json.loads(f.split("data: ", 1)[1]) for f in frames]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-2]["type"] == "error"
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["status"] == "failed" and events[-1]["response"]["error"]["message"]
+
+
+def test_input_tokens_estimate_counts_the_stored_conversation(client):
+    first = client.responses.create(model="gpt-4o-mini", input="count " * 200)
+    alone = client.responses.input_tokens.count(model="gpt-4o-mini", input="hello")
+    chained = client.responses.input_tokens.count(
+        model="gpt-4o-mini", input="hello", previous_response_id=first.id
+    )
+    assert 0 < alone.input_tokens < chained.input_tokens
+
+
+def test_tool_round_trip_with_previous_response_id(client):
+    """The agent loop most Responses clients run: the tool call's output is the only input of
+    the next turn, the call itself comes from the stored response."""
+    tools = [{"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    for route in ("gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-flash", "bedrock-claude"):
+        r = client.responses.create(model=route, input="weather in Paris?", tools=tools)
+        call = next(o for o in r.output if o.type == "function_call")
+        assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "mock"}
+        r2 = client.responses.create(
+            model=route,
+            tools=tools,
+            previous_response_id=r.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        )
+        assert r2.output_text == "Tool result received: sunny", route
+
+
+def test_the_agents_sdk_default_model_runs_a_tool_through_relais(relais_url, tmp_path):
+    """The OpenAI Agents SDK with its default model (the Responses API): one tool round trip that
+    writes a file, through a same-vendor route and a cross-vendor one."""
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+
+    for route in ("gpt-4o-mini", "claude-sonnet-4-5"):
+        target = tmp_path / f"{route}.txt"
+
+        @function_tool
+        def write_file(content: str) -> str:
+            """Write the file."""
+            target.write_text(content)
+            return "written"
+
+        client = AsyncOpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0)
+        agent = Agent(
+            name="writer",
+            instructions="Write the file, then say so.",
+            tools=[write_file],
+            model=OpenAIResponsesModel(model=route, openai_client=client),
+        )
+        result = Runner.run_sync(agent, "write the file")
+        assert target.read_text() == "mock", route
+        assert result.final_output == "Tool result received: written", route
