@@ -1,8 +1,10 @@
 //! Responses API conversation state: stored responses, so a later turn continues one with
 //! `previous_response_id` whatever vendor served it, and its creator can read, list or delete
-//! it. The recent ones are kept in memory (bounded in bytes); with `[governance]` every one is
-//! also written to its store (SQLite or PostgreSQL), where other instances find it, until the
-//! retention period ends.
+//! it. Without `[governance]` they live in memory (bounded in bytes, the oldest evicted first).
+//! With it they are written to its store (SQLite or PostgreSQL), where every instance finds them
+//! until the retention period ends, and memory holds a response only until its write is done (so
+//! a next turn sent the moment a stream ends finds it here; a delete made on another instance is
+//! never hidden by a stale copy).
 //!
 //! Only the key (and team) that made a response may see it: any other caller gets the same 404
 //! as for an id that never existed.
@@ -113,22 +115,21 @@ impl Conversations {
         payer: Payer<'_>,
     ) -> Result<Arc<StoredResponse>, Error> {
         let now = unix_ms();
-        let cached = self
-            .memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map
-            .get(id)
-            .cloned();
-        let found = match cached {
-            Some(r) => Some(r),
-            None => match persistent(live) {
-                Some(store) => store
-                    .get_response(id, now)
-                    .await
-                    .map_err(|e| store_error(&e))?
-                    .map(Arc::new),
-                None => None,
+        let in_memory = || {
+            self.memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map
+                .get(id)
+                .cloned()
+        };
+        let found = match persistent(live) {
+            None => in_memory(),
+            Some(store) => match store.get_response(id, now).await {
+                Ok(Some(r)) => Some(Arc::new(r)),
+                // Not written yet (or the store is down): this instance's copy, if any.
+                Ok(None) => in_memory(),
+                Err(e) => Some(in_memory().ok_or_else(|| store_error(&e))?),
             },
         };
         found
@@ -218,7 +219,8 @@ impl Save {
         }
     }
 
-    /// Keep the response: in memory now, in the store by the returned future.
+    /// Keep the response: in memory now, in the store by the returned future (which then
+    /// drops the memory copy: the store is the truth for every instance).
     pub(crate) fn keep(
         self,
         response: &Value,
@@ -227,13 +229,18 @@ impl Save {
         record.response = response.to_string();
         let record = Arc::new(record);
         self.conversations.remember(record.clone());
-        let store = self.store;
+        let (store, conversations) = (self.store, self.conversations);
         async move {
             let Some(store) = store else {
                 return;
             };
-            if let Err(e) = store.put_response(&record).await {
-                tracing::warn!(response = %record.id, error = %e, "cannot store the response; it is kept in this instance's memory only");
+            match store.put_response(&record).await {
+                Ok(()) => {
+                    conversations.forget(&record.id);
+                }
+                Err(e) => {
+                    tracing::warn!(response = %record.id, error = %e, "cannot store the response; it is kept in this instance's memory only");
+                }
             }
         }
     }
@@ -250,7 +257,7 @@ pub(crate) fn record(
     id: &str,
     route: &str,
     payer: Payer<'_>,
-    retention_hours: u64,
+    retention_secs: u64,
     history: Vec<Value>,
     input: &[Value],
 ) -> StoredResponse {
@@ -271,7 +278,7 @@ pub(crate) fn record(
         }
         items.push(item);
     }
-    let retention = i64::try_from(retention_hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let retention = i64::try_from(retention_secs.saturating_mul(1_000)).unwrap_or(i64::MAX);
     StoredResponse {
         id: id.to_owned(),
         at_ms,
@@ -348,7 +355,7 @@ mod tests {
             "resp_abc",
             "route",
             Payer::default(),
-            1,
+            3_600,
             vec![serde_json::json!({"id": "old", "type": "message"})],
             &[serde_json::json!({"role": "user", "content": "hi"})],
         );

@@ -199,3 +199,196 @@ async fn issue19_anthropic_betas_and_fields_reach_anthropic_upstreams_only() {
         }
     }
 }
+
+/// POST /v1/responses with a client key, as JSON; the status and the body.
+async fn respond(gw: &Gateway, key: &str, body: Value) -> (u16, Value) {
+    let resp = Gateway::client()
+        .post(format!("{}/v1/responses", gw.url))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn call(gw: &Gateway, method: reqwest::Method, key: &str, path: &str) -> (u16, Value) {
+    let resp = Gateway::client()
+        .request(method, format!("{}{path}", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// Responses stored by one instance are found by another on the same store (SQLite file or
+/// PostgreSQL): read, continued with `previous_response_id` (the whole conversation reaches the
+/// upstream), listed, deleted; never by another key; gone after the retention period.
+async fn responses_shared_by_instances(kind: &str) {
+    let (section, dump) = common::store(kind).await;
+    let extra = format!(
+        "[auth]\nkeys = [{{ name = \"a\", key = \"key-a-0123456789\" }}, {{ name = \"b\", key = \"key-b-0123456789\" }}]\n\
+         [responses]\nretention_secs = 2\n{section}"
+    );
+    let one = Gateway::start(&extra).await;
+    let two = Gateway::start(&extra).await;
+    let (a, b) = ("key-a-0123456789", "key-b-0123456789");
+    let (status, first) = respond(
+        &one,
+        a,
+        json!({"model": "gpt-4o-mini", "input": "hi there"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        first["output"][0]["content"][0]["text"],
+        "Hello from mock! You said: hi there"
+    );
+    // The other instance reads it from the store (nothing in its memory).
+    let (status, got) = call(
+        &two,
+        reqwest::Method::GET,
+        a,
+        &format!("/v1/responses/{id}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, first);
+    let (status, e) = call(
+        &two,
+        reqwest::Method::GET,
+        b,
+        &format!("/v1/responses/{id}"),
+    )
+    .await;
+    assert_eq!(status, 404, "{e}");
+    // ... and continues it: the upstream gets the earlier turn too.
+    let (status, second) = respond(
+        &two,
+        a,
+        json!({"model": "gpt-4o-mini", "input": "again", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let sent = two.mock.requests().last().unwrap().body.clone();
+    let texts: Vec<String> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| text_of(&m["content"]))
+        .collect();
+    assert_eq!(
+        texts,
+        ["hi there", "Hello from mock! You said: hi there", "again"]
+    );
+    let path = format!(
+        "/v1/responses/{}/input_items?order=asc",
+        second["id"].as_str().unwrap()
+    );
+    let (status, items) = call(&one, reqwest::Method::GET, a, &path).await;
+    assert_eq!(status, 200, "{items}");
+    assert_eq!(items["data"].as_array().unwrap().len(), 3);
+    // Deleted on one instance: gone on both.
+    let (status, _) = call(
+        &two,
+        reqwest::Method::DELETE,
+        b,
+        &format!("/v1/responses/{id}"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, d) = call(
+        &two,
+        reqwest::Method::DELETE,
+        a,
+        &format!("/v1/responses/{id}"),
+    )
+    .await;
+    assert_eq!((status, &d["deleted"]), (200, &json!(true)));
+    for gw in [&one, &two] {
+        let (status, _) = call(gw, reqwest::Method::GET, a, &format!("/v1/responses/{id}")).await;
+        assert_eq!(status, 404);
+    }
+    // Past the retention period nothing is found, in memory or in the store.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let second_id = second["id"].as_str().unwrap();
+    for gw in [&one, &two] {
+        let (status, _) = call(
+            gw,
+            reqwest::Method::GET,
+            a,
+            &format!("/v1/responses/{second_id}"),
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
+    drop((one, two));
+    dump(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue19_stored_responses_are_shared_by_instances_with_sqlite() {
+    responses_shared_by_instances("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue19_stored_responses_are_shared_by_instances_with_postgres() {
+    responses_shared_by_instances("postgres").await;
+}
+
+/// A streamed response: the typed events in order, numbered, and the response kept once the
+/// stream ends (another turn continues it at once on the same instance).
+#[tokio::test]
+async fn issue19_a_streamed_response_is_numbered_and_kept() {
+    let gw = Gateway::start("").await;
+    let resp = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "gpt-4o-mini", "input": "hi there", "stream": true}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let events = common::sse_data_payloads(&resp.text().await.unwrap());
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i);
+    }
+    let done = &events.last().unwrap()["response"];
+    let id = done["id"].as_str().unwrap();
+    let (status, next) = respond(
+        &gw,
+        "unused",
+        json!({"model": "gpt-4o-mini", "input": "and?", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(
+        gw.mock.requests().last().unwrap().body["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}

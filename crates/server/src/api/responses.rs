@@ -44,7 +44,7 @@ pub(super) async fn create(
         continue_from(&app, &live, &caller, &mut turn).await
     );
     let id = new_response_id();
-    let retention = live.runtime.responses.retention_hours;
+    let retention = live.runtime.responses.retention_secs;
     let keep = turn.store && retention > 0;
     if !keep {
         turn.echo.insert("store".into(), false.into());

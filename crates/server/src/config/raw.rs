@@ -40,11 +40,12 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct ResponsesConfig {
     /// How long a stored response is kept (in the governance store when there is one, in
-    /// memory otherwise), in hours. 0 turns storing off: `store: true` is then refused.
-    #[serde(default = "default_retention_hours")]
-    pub retention_hours: u64,
-    /// Memory for the most recent responses, in MiB: the whole store without `[governance]`,
-    /// a cache in front of it with one.
+    /// memory otherwise), in seconds; 30 days by default. 0 turns storing off: every response
+    /// is then answered with `store: false`.
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
+    /// Memory for stored responses, in MiB: the whole store without `[governance]` (the
+    /// oldest are evicted first), only the ones still being written with it.
     #[serde(default = "default_responses_memory")]
     pub memory_mib: u64,
 }
@@ -52,14 +53,14 @@ pub struct ResponsesConfig {
 impl Default for ResponsesConfig {
     fn default() -> Self {
         Self {
-            retention_hours: default_retention_hours(),
+            retention_secs: default_retention_secs(),
             memory_mib: default_responses_memory(),
         }
     }
 }
 
-fn default_retention_hours() -> u64 {
-    720
+fn default_retention_secs() -> u64 {
+    30 * 86_400
 }
 
 fn default_responses_memory() -> u64 {
