@@ -5,6 +5,7 @@
 //! and back, so the server crate stays free of every wire format.
 
 pub mod anthropic;
+pub mod gemini;
 mod json;
 pub mod openai;
 pub mod responses;

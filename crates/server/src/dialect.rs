@@ -3,7 +3,7 @@
 
 use axum::http::HeaderMap;
 use relais_core::{ChatRequest, ChatResponse, Error, StreamEvent};
-use relais_dialects::{anthropic, openai, responses};
+use relais_dialects::{anthropic, gemini, openai, responses};
 
 use crate::responses::{Save, Turn};
 
@@ -15,6 +15,8 @@ pub(crate) enum Dialect {
     Anthropic,
     /// `/v1/responses`: OpenAI's errors; answers through a [`Turn`].
     Responses,
+    /// `/v1beta/models/{model}:generateContent` and its stream, over SSE or as a JSON array.
+    Gemini { sse: bool },
 }
 
 impl Dialect {
@@ -23,6 +25,8 @@ impl Dialect {
         match self {
             Self::OpenAi => openai::parse_chat(body),
             Self::Responses => responses::parse_responses(body).map(|r| r.chat),
+            // The model and the streaming come from the path: the handler parses it.
+            Self::Gemini { .. } => gemini::parse_generate(body, "", false),
             Self::Anthropic => {
                 let mut req = anthropic::parse_messages(body)?;
                 req.vendor_beta =
@@ -35,6 +39,7 @@ impl Dialect {
     pub(crate) fn error_status(self, err: &Error) -> u16 {
         match self {
             Self::OpenAi | Self::Responses => openai::error_status(err),
+            Self::Gemini { .. } => gemini::error_status(err),
             Self::Anthropic => anthropic::error_status(err),
         }
     }
@@ -42,6 +47,7 @@ impl Dialect {
     pub(crate) fn error_body(self, err: &Error, request_id: &str) -> Vec<u8> {
         match self {
             Self::OpenAi | Self::Responses => openai::error_body(err),
+            Self::Gemini { .. } => gemini::error_body(err),
             Self::Anthropic => anthropic::error_body(err, request_id),
         }
     }
@@ -52,6 +58,7 @@ impl Dialect {
             Self::OpenAi => format!("chatcmpl-{request_id}"),
             Self::Anthropic => format!("msg_{request_id}"),
             Self::Responses => format!("resp_{request_id}"),
+            Self::Gemini { .. } => request_id.to_owned(),
         }
     }
 
@@ -65,6 +72,7 @@ impl Dialect {
         match self {
             Self::OpenAi => openai::render_chat(resp, id, model, created),
             Self::Anthropic => anthropic::render_message(resp, id, model),
+            Self::Gemini { .. } => gemini::render_generate(resp, model, id),
             Self::Responses => {
                 let meta = plain_meta(id, model, created);
                 responses::render_response(&meta, resp)
@@ -89,6 +97,9 @@ impl Dialect {
                 include_usage,
             )),
             Self::Anthropic => Encoder::Anthropic(anthropic::MessagesStreamEncoder::new(id, model)),
+            Self::Gemini { sse } => {
+                Encoder::Gemini(gemini::GeminiStreamEncoder::new(model, id, sse))
+            }
             Self::Responses => Turn {
                 meta: plain_meta(&id, &model, created),
                 save: None,
@@ -137,6 +148,7 @@ pub(crate) enum Encoder {
     OpenAi(openai::ChatStreamEncoder),
     Anthropic(anthropic::MessagesStreamEncoder),
     Responses(Box<ResponsesOut>),
+    Gemini(gemini::GeminiStreamEncoder),
 }
 
 impl Encoder {
@@ -145,6 +157,7 @@ impl Encoder {
             Self::OpenAi(e) => e.event(ev, out),
             Self::Anthropic(e) => e.event(ev, out),
             Self::Responses(e) => e.encoder.event(ev, out),
+            Self::Gemini(e) => e.event(ev, out),
         }
     }
 
@@ -152,6 +165,7 @@ impl Encoder {
         match self {
             Self::OpenAi(e) => e.end(out),
             Self::Anthropic(e) => e.end(out),
+            Self::Gemini(e) => e.end(out),
             Self::Responses(e) => {
                 e.encoder.end(out);
                 // Kept in memory before the last event leaves, so a next turn sent the moment
@@ -168,6 +182,7 @@ impl Encoder {
             Self::OpenAi(e) => e.error(err, out),
             Self::Anthropic(e) => e.error(err, out),
             Self::Responses(e) => e.encoder.error(err, out),
+            Self::Gemini(e) => e.error(err, out),
         }
     }
 }

@@ -123,7 +123,8 @@ impl Live {
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller<'_>, Error> {
         let presented = bearer(headers)
             .or_else(|| header_str(headers, "api-key"))
-            .or_else(|| header_str(headers, "x-api-key"));
+            .or_else(|| header_str(headers, "x-api-key"))
+            .or_else(|| header_str(headers, "x-goog-api-key"));
         let ring = self.runtime.keyring.as_ref();
         if let (Some(ring), Some(p)) = (ring, presented) {
             if let Some(access) = ring.authenticate(p).await? {

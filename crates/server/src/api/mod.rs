@@ -17,6 +17,7 @@ macro_rules! or_refuse {
 
 mod chat;
 mod embeddings;
+mod gemini;
 mod models;
 mod responses;
 
@@ -28,7 +29,7 @@ use axum::routing::{get, post};
 use crate::state::AppState;
 
 /// The API routes: OpenAI Chat Completions, embeddings and models, the OpenAI Responses API,
-/// Anthropic Messages, and the Azure OpenAI deployment paths.
+/// Anthropic Messages, the Gemini API, and the Azure OpenAI deployment paths.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/chat/completions", post(chat::openai))
@@ -36,6 +37,12 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/models", get(models::list))
         .route("/v1/messages", post(chat::anthropic))
         .route("/v1/messages/count_tokens", post(chat::count_tokens))
+        .route("/v1beta/models", get(gemini::list))
+        .route(
+            "/v1beta/models/{target}",
+            post(gemini::call).get(gemini::get),
+        )
+        .route("/v1/models/{target}", post(gemini::call))
         .route("/v1/responses", post(responses::create))
         .route("/v1/responses/input_tokens", post(responses::input_tokens))
         .route(
