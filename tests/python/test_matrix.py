@@ -1,7 +1,7 @@
 """The translation matrix of the providers issue, in one place:
 
     clients   {openai SDK on /v1/chat/completions, openai SDK on /v1/responses,
-               anthropic SDK on /v1/messages}
+               anthropic SDK on /v1/messages, google-genai on /v1beta/models/...}
   x providers {openai_compat, azure, anthropic, gemini, vertex, bedrock, local}
   x           {streaming, non-streaming}
   x cases     {plain text, tool call round trip, image input, JSON output}
@@ -14,9 +14,14 @@ the router refuses such a request before trying it.
 
 import json
 
+import base64
+
 import anthropic
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from conftest import CLIENT_KEY
 
@@ -179,7 +184,81 @@ class ResponsesClient:
     length = "length"
 
 
-CLIENTS = {"openai": OpenAiClient, "responses": ResponsesClient, "anthropic": AnthropicClient}
+class GeminiBadRequest(Exception):
+    """google-genai's 400, with the error body where the other SDKs keep it."""
+
+    def __init__(self, err):
+        super().__init__(err.message)
+        self.body = err.details
+
+
+class GeminiClient:
+    """Google's GenAI SDK against relais's Gemini API: `generate_content` and its stream."""
+
+    def __init__(self, url):
+        self.c = genai.Client(
+            api_key=CLIENT_KEY,
+            http_options=genai_types.HttpOptions(base_url=url, timeout=120_000),
+        )
+
+    def turn(self, route, messages, stream, tools=False, json_out=False):
+        config = dict(max_output_tokens=MAX, temperature=0)
+        if tools:
+            config["tools"] = [
+                genai_types.Tool(
+                    function_declarations=[
+                        genai_types.FunctionDeclaration(name="get_weather", parameters_json_schema=PARAMS)
+                    ]
+                )
+            ]
+            config["automatic_function_calling"] = genai_types.AutomaticFunctionCallingConfig(disable=True)
+        if json_out:
+            config["response_mime_type"] = "application/json"
+            config["response_json_schema"] = SCHEMA
+        kw = dict(model=route, contents=messages, config=genai_types.GenerateContentConfig(**config))
+        try:
+            if stream:
+                chunks = list(self.c.models.generate_content_stream(**kw))
+            else:
+                chunks = [self.c.models.generate_content(**kw)]
+        except genai_errors.ClientError as e:
+            if e.code == 400:
+                raise GeminiBadRequest(e) from e
+            raise
+        parts = [p for c in chunks for p in (c.candidates[0].content.parts or [])]
+        text = "".join(p.text for p in parts if p.text and not p.thought)
+        calls = [(p.function_call.id, p.function_call.name, dict(p.function_call.args or {})) for p in parts if p.function_call]
+        reason = chunks[-1].candidates[0].finish_reason
+        if calls:
+            finish = "tool_calls"
+        elif reason == genai_types.FinishReason.MAX_TOKENS:
+            finish = "length"
+        else:
+            assert reason == genai_types.FinishReason.STOP, reason
+            finish = "stop"
+        return text, calls, finish, genai_types.Content(role="model", parts=parts)
+
+    def user(self, text, image=False):
+        parts = [genai_types.Part(text=text)]
+        if image:
+            parts.append(genai_types.Part(inline_data=genai_types.Blob(mime_type="image/png", data=base64.b64decode(PNG))))
+        return genai_types.Content(role="user", parts=parts)
+
+    def answer_with_tool_result(self, assistant, call_id, result):
+        response = genai_types.FunctionResponse(id=call_id, name="get_weather", response={"output": result})
+        return [assistant, genai_types.Content(role="user", parts=[genai_types.Part(function_response=response)])]
+
+    capability_error = GeminiBadRequest
+    tool_use = "tool_calls"
+    length = "length"
+
+
+CLIENTS = {
+    "openai": OpenAiClient,
+    "responses": ResponsesClient,
+    "anthropic": AnthropicClient,
+    "gemini": GeminiClient,
+}
 
 
 @pytest.fixture(params=list(CLIENTS))

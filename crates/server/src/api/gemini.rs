@@ -60,6 +60,14 @@ fn percent_decode(v: &str) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&out).into_owned().into()
 }
 
+/// Whether a client on a path both APIs share (`GET /v1/models`) is a Gemini client: it
+/// presents its key the Google way or names Google's SDK.
+pub(super) fn speaks_gemini(headers: &HeaderMap, q: Option<&str>) -> bool {
+    headers.contains_key("x-goog-api-key")
+        || headers.contains_key("x-goog-api-client")
+        || query_value(q, "key").is_some()
+}
+
 /// The headers with `?key=` as `x-goog-api-key` when the client sent no other credential.
 fn with_query_key(mut headers: HeaderMap, q: Option<&str>) -> HeaderMap {
     let presented = ["authorization", "x-goog-api-key", "x-api-key", "api-key"]

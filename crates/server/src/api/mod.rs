@@ -42,7 +42,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/v1beta/models/{target}",
             post(gemini::call).get(gemini::get),
         )
-        .route("/v1/models/{target}", post(gemini::call))
+        .route(
+            "/v1/models/{target}",
+            post(gemini::call).get(models::retrieve),
+        )
         .route("/v1/responses", post(responses::create))
         .route("/v1/responses/input_tokens", post(responses::input_tokens))
         .route(
