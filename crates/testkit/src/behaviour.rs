@@ -53,13 +53,131 @@ fn example(schema: Option<&Value>) -> Value {
     }
 }
 
+/// The marker a test puts in its prompt to make the mock a scripted coding agent:
+/// `relais-agent-write:<absolute path>`.
+pub const AGENT_MARKER: &str = "relais-agent-write:";
+
+/// What the scripted agent writes into the file.
+pub const AGENT_CONTENT: &str = "written through relais";
+
+/// The file a scripted agent must write: named by the marker in any user message.
+fn agent_target(req: &Value) -> Option<String> {
+    req.get("messages")?
+        .as_array()?
+        .iter()
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .find_map(|m| {
+            let text = text_of(m.get("content"));
+            let at = text.find(AGENT_MARKER)? + AGENT_MARKER.len();
+            let path: String = text[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | '<' | '`'))
+                .collect();
+            (!path.is_empty()).then_some(path)
+        })
+}
+
+/// How well a tool's name says it writes a file: a file writer first, then a patch tool,
+/// then a shell; `None` for anything else.
+fn writer_rank(name: &str) -> Option<u8> {
+    match name.to_ascii_lowercase().as_str() {
+        "write_file" | "write" | "create_file" | "writefile" => Some(0),
+        "apply_patch" => Some(1),
+        "shell" | "exec_command" | "run_shell_command" | "bash" | "shell_command" | "local_shell" => {
+            Some(2)
+        }
+        _ => None,
+    }
+}
+
+/// The arguments that make `tool` write `content` to `path`, shaped from its JSON schema: a
+/// path property gets the path, a content property the content, a command property a shell
+/// command (a string, or `bash -lc` as an array), a patch tool's `input` a patch adding the
+/// file; other required properties an example value.
+fn agent_arguments(tool: &Value, path: &str) -> String {
+    let schema = tool.pointer("/function/parameters");
+    let name = tool
+        .pointer("/function/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let patch = format!("*** Begin Patch\n*** Add File: {file}\n+{AGENT_CONTENT}\n*** End Patch\n");
+    let command = format!("printf '%s' '{AGENT_CONTENT}' > '{path}'");
+    let required: Vec<&str> = schema
+        .and_then(|s| s.get("required"))
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut args = Map::new();
+    let props = schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object);
+    for (key, prop) in props.into_iter().flatten() {
+        let k = key.to_ascii_lowercase();
+        let value = if k == "input" && name.eq_ignore_ascii_case("apply_patch") {
+            json!(patch)
+        } else if k.contains("path") || k == "file" || k == "filename" {
+            json!(path)
+        } else if matches!(k.as_str(), "content" | "contents" | "text" | "file_text" | "data") {
+            json!(AGENT_CONTENT)
+        } else if matches!(k.as_str(), "command" | "cmd" | "script") {
+            if prop.get("type").and_then(Value::as_str) == Some("array") {
+                json!(["bash", "-lc", command])
+            } else {
+                json!(command)
+            }
+        } else if required.contains(&key.as_str()) {
+            example(Some(prop))
+        } else {
+            continue;
+        };
+        args.insert(key.clone(), value);
+    }
+    Value::Object(args).to_string()
+}
+
+/// The scripted coding agent: tools offered and no tool result yet, it calls the tool that
+/// writes the file; once a result is there, it says it is done.
+fn agent_reply(req: &Value, path: &str) -> Option<Reply> {
+    let messages = req.get("messages").and_then(Value::as_array)?;
+    if messages
+        .iter()
+        .any(|m| m.get("role").and_then(Value::as_str) == Some("tool"))
+    {
+        let words = format!("Done: wrote {path}.");
+        return Some(Reply::Text {
+            words: words.split_inclusive(' ').map(str::to_owned).collect(),
+            truncated: false,
+        });
+    }
+    let tools = req.get("tools").and_then(Value::as_array)?;
+    let tool = tools
+        .iter()
+        .filter_map(|t| {
+            let name = t.pointer("/function/name").and_then(Value::as_str)?;
+            Some((writer_rank(name)?, t))
+        })
+        .min_by_key(|(rank, _)| *rank)?
+        .1;
+    let name = tool.pointer("/function/name").and_then(Value::as_str)?;
+    Some(Reply::Tools(vec![(
+        "call_agent_0".to_owned(),
+        name.to_owned(),
+        agent_arguments(tool, path),
+    )]))
+}
+
 /// Decide the answer. Rules, in order:
+/// - a prompt with [`AGENT_MARKER`]: the scripted coding agent (see `agent_reply`);
 /// - JSON mode: an object (`{"answer": ...}` or an instance of the requested schema);
 /// - tools offered and not refused, and the last message is not a tool result: call the named
 ///   tool, or the first two tools when parallel calls are allowed, or the first one;
 /// - otherwise "Hello from mock! You said: <last user text>" (or a tool-result echo),
 ///   cut to `max_tokens` words.
 pub fn reply_for(req: &Value) -> Reply {
+    if let Some(reply) = agent_target(req).and_then(|path| agent_reply(req, &path)) {
+        return reply;
+    }
     let last = last_message(req);
     let last_role = last
         .and_then(|m| m.get("role"))
@@ -282,4 +400,54 @@ pub fn embeddings_json(req: &Value) -> Value {
         .map(|s| s.split_whitespace().count() as u64)
         .sum();
     json!({"object": "list", "data": data, "model": req.get("model").cloned().unwrap_or(Value::Null), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, params: Value) -> Value {
+        json!({"type": "function", "function": {"name": name, "parameters": params}})
+    }
+
+    #[test]
+    fn the_scripted_agent_writes_with_the_best_tool_then_finishes() {
+        let write = tool(
+            "Write",
+            json!({"type": "object", "properties": {"file_path": {"type": "string"}, "content": {"type": "string"}}, "required": ["file_path", "content"]}),
+        );
+        let shell = tool(
+            "shell",
+            json!({"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}, "timeout_ms": {"type": "number"}}, "required": ["command"]}),
+        );
+        let patch = tool("apply_patch", json!({"type": "object", "properties": {"input": {"type": "string"}}}));
+        let ask = |tools: Vec<Value>| {
+            json!({"messages": [{"role": "user", "content": "please relais-agent-write:/tmp/x/out.txt now"}], "tools": tools})
+        };
+        let Reply::Tools(calls) = reply_for(&ask(vec![shell.clone(), write])) else {
+            panic!("no call");
+        };
+        assert_eq!(calls[0].1, "Write");
+        let args: Value = serde_json::from_str(&calls[0].2).unwrap();
+        assert_eq!(args, json!({"file_path": "/tmp/x/out.txt", "content": AGENT_CONTENT}));
+        let Reply::Tools(calls) = reply_for(&ask(vec![shell.clone(), patch])) else {
+            panic!("no call");
+        };
+        assert!(calls[0].2.contains("*** Add File: out.txt"));
+        let Reply::Tools(calls) = reply_for(&ask(vec![shell])) else {
+            panic!("no call");
+        };
+        let args: Value = serde_json::from_str(&calls[0].2).unwrap();
+        assert_eq!(args["command"][0], "bash");
+        assert!(args.get("timeout_ms").is_none());
+        let mut done = ask(vec![]);
+        done["messages"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"role": "tool", "content": "ok"}));
+        let Reply::Text { words, .. } = reply_for(&done) else {
+            panic!("no text");
+        };
+        assert_eq!(words.concat(), "Done: wrote /tmp/x/out.txt.");
+    }
 }
