@@ -184,6 +184,16 @@ retry = {{ attempts = 1 }}
 [routes.vendor-down]
 deployments = [{{ provider = "down", model = "gone" }}, {{ provider = "backup", model = "survivor" }}]
 
+# Route names no vendor knows, as a team would name them (the coding agents' tests).
+[routes.team-coder-openai]
+deployments = [{{ provider = "up", model = "gpt-4.1" }}]
+
+[routes.team-coder-anthropic]
+deployments = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
+
+[routes.team-coder-gemini]
+deployments = [{{ provider = "gemini", model = "gemini-2.5-pro" }}]
+
 [routes.az-dep]
 deployments = [{{ provider = "az", model = "my-gpt-deployment" }}]
 

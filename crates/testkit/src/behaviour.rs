@@ -83,9 +83,8 @@ fn writer_rank(name: &str) -> Option<u8> {
     match name.to_ascii_lowercase().as_str() {
         "write_file" | "write" | "create_file" | "writefile" => Some(0),
         "apply_patch" => Some(1),
-        "shell" | "exec_command" | "run_shell_command" | "bash" | "shell_command" | "local_shell" => {
-            Some(2)
-        }
+        "shell" | "exec_command" | "run_shell_command" | "bash" | "shell_command"
+        | "local_shell" => Some(2),
         _ => None,
     }
 }
@@ -118,7 +117,10 @@ fn agent_arguments(tool: &Value, path: &str) -> String {
             json!(patch)
         } else if k.contains("path") || k == "file" || k == "filename" {
             json!(path)
-        } else if matches!(k.as_str(), "content" | "contents" | "text" | "file_text" | "data") {
+        } else if matches!(
+            k.as_str(),
+            "content" | "contents" | "text" | "file_text" | "data"
+        ) {
             json!(AGENT_CONTENT)
         } else if matches!(k.as_str(), "command" | "cmd" | "script") {
             if prop.get("type").and_then(Value::as_str) == Some("array") {
@@ -420,16 +422,20 @@ mod tests {
             "shell",
             json!({"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}, "timeout_ms": {"type": "number"}}, "required": ["command"]}),
         );
-        let patch = tool("apply_patch", json!({"type": "object", "properties": {"input": {"type": "string"}}}));
-        let ask = |tools: Vec<Value>| {
-            json!({"messages": [{"role": "user", "content": "please relais-agent-write:/tmp/x/out.txt now"}], "tools": tools})
-        };
+        let patch = tool(
+            "apply_patch",
+            json!({"type": "object", "properties": {"input": {"type": "string"}}}),
+        );
+        let ask = |tools: Vec<Value>| json!({"messages": [{"role": "user", "content": "please relais-agent-write:/tmp/x/out.txt now"}], "tools": tools});
         let Reply::Tools(calls) = reply_for(&ask(vec![shell.clone(), write])) else {
             panic!("no call");
         };
         assert_eq!(calls[0].1, "Write");
         let args: Value = serde_json::from_str(&calls[0].2).unwrap();
-        assert_eq!(args, json!({"file_path": "/tmp/x/out.txt", "content": AGENT_CONTENT}));
+        assert_eq!(
+            args,
+            json!({"file_path": "/tmp/x/out.txt", "content": AGENT_CONTENT})
+        );
         let Reply::Tools(calls) = reply_for(&ask(vec![shell.clone(), patch])) else {
             panic!("no call");
         };

@@ -30,6 +30,9 @@ pub struct ResponsesRequest {
     /// Names of the `custom` (free-form) tools: offered to the model as a function with one
     /// string argument `input`, and answered as `custom_tool_call` items.
     pub custom_tools: Vec<String>,
+    /// Tools of a `namespace` tool, offered by a qualified name (`{namespace}__{name}`), as
+    /// (qualified, namespace, name); their calls are answered with `namespace` and `name`.
+    pub namespaced: Vec<(String, String, String)>,
     /// The request's settings echoed in the response object (instructions, tools, text,
     /// reasoning, sampling, metadata, ...), as the client sent them.
     pub echo: Map<String, Value>,
@@ -168,7 +171,9 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, Error> {
             "safety_identifier" => chat.user = Some(string(&key, value)?),
             "store" => out.store = boolean(&key, &value)?,
             "stream" => chat.stream = boolean(&key, &value)?,
-            "stream_options" => {}
+            // Options of the transport, and what a client says about itself (Codex's
+            // installation and session ids): nothing an upstream answers differently for.
+            "stream_options" | "client_metadata" => {}
             "background" => out.background = boolean(&key, &value)?,
             "include" => {
                 let Value::Array(items) = value else {
@@ -284,52 +289,99 @@ fn field<'v>(obj: &'v Map<String, Value>, path: &str, key: &str) -> Result<&'v s
     })
 }
 
+/// The name a namespaced tool is offered under: `{namespace}__{name}` (a name every vendor
+/// accepts: letters, digits, `_` and `-`).
+pub(crate) fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}__{name}")
+}
+
 fn tool(
     i: usize,
     t: Value,
     tools: &mut Vec<Tool>,
     out: &mut ResponsesRequest,
 ) -> Result<(), Error> {
-    let path = format!("tools[{i}]");
+    tool_at(&format!("tools[{i}]"), t, None, tools, out)
+}
+
+fn tool_at(
+    path: &str,
+    t: Value,
+    namespace: Option<&str>,
+    tools: &mut Vec<Tool>,
+    out: &mut ResponsesRequest,
+) -> Result<(), Error> {
     let Value::Object(obj) = t else {
-        return Err(bad(&path, format!("'{path}' must be an object")));
+        return Err(bad(path, format!("'{path}' must be an object")));
     };
-    let kind = field(&obj, &path, "type")?;
-    let name = || -> Result<String, Error> {
-        let n = field(&obj, &path, "name")?;
-        if n.is_empty() {
+    let kind = field(&obj, path, "type")?;
+    if kind == "namespace" && namespace.is_none() {
+        let ns = field(&obj, path, "name")?;
+        let Some(Value::Array(inner)) = obj.get("tools") else {
             return Err(bad(
-                &format!("{path}.name"),
-                format!("'{path}.name' is empty"),
+                &format!("{path}.tools"),
+                format!("'{path}.tools' must be an array"),
             ));
+        };
+        for (j, t) in inner.iter().enumerate() {
+            tool_at(
+                &format!("{path}.tools[{j}]"),
+                t.clone(),
+                Some(ns),
+                tools,
+                out,
+            )?;
         }
-        Ok(n.to_owned())
+        return Ok(());
+    }
+    if !matches!(kind, "function" | "custom") {
+        out.hosted_tools.push(kind.to_owned());
+        return Ok(());
+    }
+    let n = field(&obj, path, "name")?;
+    if n.is_empty() {
+        return Err(bad(
+            &format!("{path}.name"),
+            format!("'{path}.name' is empty"),
+        ));
+    }
+    let name = match namespace {
+        None => n.to_owned(),
+        Some(ns) => {
+            let q = qualified(ns, n);
+            if q.len() > 64 {
+                return Err(unsupported(
+                    &format!("{path}.name"),
+                    format!(
+                        "'{ns}.{n}' is longer than the 64 characters a tool name may have once qualified as '{q}'"
+                    ),
+                ));
+            }
+            out.namespaced
+                .push((q.clone(), ns.to_owned(), n.to_owned()));
+            q
+        }
     };
     let description = obj
         .get("description")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    match kind {
-        "function" => tools.push(Tool {
-            name: name()?,
-            description,
-            parameters: obj.get("parameters").filter(|v| !v.is_null()).cloned(),
-            strict: obj.get("strict").and_then(Value::as_bool),
-            cache: None,
-        }),
-        "custom" => {
-            let name = name()?;
-            out.custom_tools.push(name.clone());
-            tools.push(Tool {
-                name,
-                description,
-                parameters: Some(custom_tool_parameters()),
-                strict: None,
-                cache: None,
-            });
-        }
-        other => out.hosted_tools.push(other.to_owned()),
-    }
+    let (parameters, strict) = if kind == "custom" {
+        out.custom_tools.push(name.clone());
+        (Some(custom_tool_parameters()), None)
+    } else {
+        (
+            obj.get("parameters").filter(|v| !v.is_null()).cloned(),
+            obj.get("strict").and_then(Value::as_bool),
+        )
+    };
+    tools.push(Tool {
+        name,
+        description,
+        parameters,
+        strict,
+        cache: None,
+    });
     Ok(())
 }
 
@@ -470,12 +522,12 @@ pub(crate) fn messages(items: &[Value], at: &str) -> Result<Vec<Message>, Error>
             }
             "function_call" => vec![ContentPart::ToolCall(ToolCall {
                 id: field(obj, &path, "call_id")?.to_owned(),
-                name: field(obj, &path, "name")?.to_owned(),
+                name: call_name(obj, &path)?,
                 arguments: field(obj, &path, "arguments")?.to_owned(),
             })],
             "custom_tool_call" => vec![ContentPart::ToolCall(ToolCall {
                 id: field(obj, &path, "call_id")?.to_owned(),
-                name: field(obj, &path, "name")?.to_owned(),
+                name: call_name(obj, &path)?,
                 arguments: json!({"input": field(obj, &path, "input")?}).to_string(),
             })],
             "reasoning" => {
@@ -559,6 +611,15 @@ pub(crate) fn messages(items: &[Value], at: &str) -> Result<Vec<Message>, Error>
         }
     }
     Ok(out)
+}
+
+/// The tool a call item names, qualified by its namespace if it has one.
+fn call_name(obj: &Map<String, Value>, path: &str) -> Result<String, Error> {
+    let name = field(obj, path, "name")?;
+    Ok(match obj.get("namespace").and_then(Value::as_str) {
+        Some(ns) if !ns.is_empty() => qualified(ns, name),
+        _ => name.to_owned(),
+    })
 }
 
 /// A message's content: a string or an array of typed parts.
@@ -676,6 +737,19 @@ mod tests {
         assert_eq!(r.hosted_tools, ["web_search"]);
         assert_eq!(r.custom_tools, ["apply_patch"]);
         assert_eq!(r.chat.tools[0].parameters, Some(custom_tool_parameters()));
+        let r = parse(json!({"model": "m", "input": [
+            {"type": "function_call", "call_id": "c", "namespace": "crm", "name": "find", "arguments": "{}"}
+        ], "tools": [{"type": "namespace", "name": "crm", "description": "CRM", "tools": [
+            {"type": "function", "name": "find", "parameters": {"type": "object"}}]}]}))
+        .unwrap();
+        assert_eq!(r.chat.tools[0].name, "crm__find");
+        assert_eq!(
+            r.namespaced,
+            [("crm__find".to_owned(), "crm".to_owned(), "find".to_owned())]
+        );
+        assert!(
+            matches!(&r.chat.messages[0].content[0], ContentPart::ToolCall(c) if c.name == "crm__find")
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct ResponseMeta {
     pub echo: Map<String, Value>,
     /// Tools offered as functions that are answered as `custom_tool_call` items.
     pub custom_tools: Vec<String>,
+    /// Namespaced tools: (qualified name, namespace, name), see `ResponsesRequest::namespaced`.
+    pub namespaced: Vec<(String, String, String)>,
 }
 
 impl ResponseMeta {
@@ -134,13 +136,23 @@ fn message_item(id: String, status: &str, content: Vec<Value>) -> Value {
 /// A tool call's item: `function_call`, or `custom_tool_call` for a custom tool (its input is
 /// the `input` argument the model gave the function it was offered).
 fn call_item(meta: &ResponseMeta, id: String, call: &Call, status: &str) -> Value {
-    if meta.is_custom(&call.name) {
+    let mut item = if meta.is_custom(&call.name) {
+        let input = if status == "completed" {
+            custom_input(&call.arguments)
+        } else {
+            String::new()
+        };
         json!({"id": id, "type": "custom_tool_call", "status": status, "call_id": call.call_id,
-               "name": call.name, "input": if status == "completed" { custom_input(&call.arguments) } else { String::new() }})
+               "name": call.name, "input": input})
     } else {
         json!({"id": id, "type": "function_call", "status": status, "call_id": call.call_id,
                "name": call.name, "arguments": call.arguments})
+    };
+    if let Some((_, ns, name)) = meta.namespaced.iter().find(|(q, ..)| *q == call.name) {
+        item["namespace"] = Value::String(ns.clone());
+        item["name"] = Value::String(name.clone());
     }
+    item
 }
 
 /// A custom tool's input from the arguments of the function it was offered as; arguments that

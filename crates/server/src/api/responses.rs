@@ -67,6 +67,7 @@ pub(super) async fn create(
             created_at: unix_secs(),
             echo: turn.echo,
             custom_tools: turn.custom_tools,
+            namespaced: turn.namespaced,
         },
         save,
     };
