@@ -11,6 +11,7 @@ behind), its telemetry and update checks off, and only loopback to reach.
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -44,9 +45,18 @@ def run(cmd, home: Path, cwd: Path, env: dict, timeout=180) -> str:
         "CI": "true",
         **env,
     }
-    p = subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    # Every connection the agent and its children open is recorded: loopback only.
+    trace = home / "connect.trace"
+    traced = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *cmd]
+    p = subprocess.run(traced, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     out = p.stdout + p.stderr
     assert p.returncode == 0, f"{cmd[0]} exited {p.returncode}:\n{out[-4000:]}"
+    outside = [
+        line
+        for line in trace.read_text().splitlines()
+        if ("AF_INET" in line and 'inet_addr("127.' not in line) or ("AF_INET6" in line and '"::1"' not in line)
+    ]
+    assert not outside, f"{Path(cmd[0]).name} tried to reach beyond loopback:\n" + "\n".join(outside[:10])
     return out
 
 
@@ -74,6 +84,11 @@ model_provider = "relais"
 # Web search is a hosted tool only OpenAI runs: relais refuses it (a 400 naming it) on a route
 # without a native Responses upstream.
 web_search = "disabled"
+# No update check; no plugin or app catalogue (they are fetched from outside).
+check_for_update_on_startup = false
+[features]
+apps = false
+plugins = false
 [model_providers.relais]
 name = "relais"
 base_url = "{relais_url}/v1"
@@ -86,6 +101,109 @@ wire_api = "responses"
         home,
         cwd,
         {"CODEX_HOME": str(codex_home), "RELAIS_KEY": CLIENT_KEY},
+    )
+    assert target.read_text().strip() == CONTENT, out[-3000:]
+    assert served_by(mock, upstream)
+
+
+@pytest.mark.parametrize("route,upstream", [(ANTHROPIC_ROUTE, "/v1/messages"), (OPENAI_ROUTE, "/v1/chat/completions")])
+def test_claude_code_print(relais_url, mock, tmp_path, route, upstream):
+    home, cwd, target, prompt = workspace(tmp_path, "claude")
+    out = run(
+        [
+            agent("claude"), "-p", prompt,
+            "--model", route,
+            "--permission-mode", "acceptEdits",
+            "--allowedTools", "Write",
+            "--output-format", "text",
+        ],
+        home,
+        cwd,
+        {
+            "ANTHROPIC_BASE_URL": relais_url,
+            "ANTHROPIC_API_KEY": CLIENT_KEY,
+            # The background model (titles, summaries) goes to the same route.
+            "ANTHROPIC_SMALL_FAST_MODEL": route,
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": route,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+        },
+    )
+    assert target.read_text().strip() == CONTENT, out[-3000:]
+    assert served_by(mock, upstream)
+    assert f"Done: wrote {target}." in out
+
+
+@pytest.mark.parametrize("route,upstream", [(GEMINI_ROUTE, "/v1beta/models/"), (ANTHROPIC_ROUTE, "/v1/messages")])
+def test_gemini_cli(relais_url, mock, tmp_path, route, upstream):
+    home, cwd, target, prompt = workspace(tmp_path, "gemini")
+    settings = home / ".gemini"
+    settings.mkdir()
+    (settings / "settings.json").write_text(
+        json.dumps(
+            {
+                "telemetry": {"enabled": False},
+                "privacy": {"usageStatisticsEnabled": False},
+                "general": {"disableAutoUpdate": True, "disableUpdateNag": True},
+                "security": {"auth": {"selectedType": "gemini-api-key"}},
+            }
+        )
+    )
+    out = run(
+        [agent("gemini"), "-m", route, "-p", prompt, "--approval-mode", "yolo"],
+        home,
+        cwd,
+        {
+            "GEMINI_API_KEY": CLIENT_KEY,
+            "GOOGLE_GEMINI_BASE_URL": relais_url,
+            "GEMINI_TELEMETRY_ENABLED": "false",
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        },
+    )
+    assert target.read_text().strip() == CONTENT, out[-3000:]
+    assert served_by(mock, upstream)
+
+
+@pytest.mark.parametrize(
+    "route,package,upstream",
+    [
+        # opencode's OpenAI provider speaks the Responses API; its Anthropic one, Messages.
+        (OPENAI_ROUTE, "@ai-sdk/openai", "/v1/chat/completions"),
+        (GEMINI_ROUTE, "@ai-sdk/anthropic", "/v1beta/models/"),
+    ],
+)
+def test_opencode_run(relais_url, mock, tmp_path, route, package, upstream):
+    home, cwd, target, prompt = workspace(tmp_path, "opencode")
+    config = {
+        "model": f"relais/{route}",
+        "autoupdate": False,
+        "share": "disabled",
+        "provider": {
+            "relais": {
+                "npm": package,
+                "name": "relais",
+                "options": {"baseURL": f"{relais_url}/v1", "apiKey": CLIENT_KEY},
+                "models": {route: {"name": route, "tool_call": True}},
+            }
+        },
+    }
+    (cwd / "opencode.json").write_text(json.dumps(config))
+    # opencode installs its plugin package into its config directory on first start: .ci/run
+    # installs it (pinned) beside the agents, so the run itself needs no registry.
+    shutil.copytree(AGENTS.parent / "opencode-config", home / ".config/opencode")
+    out = run(
+        [agent("opencode"), "run", prompt],
+        home,
+        cwd,
+        {
+            "OPENCODE_DISABLE_MODELS_FETCH": "1",
+            "OPENCODE_DISABLE_AUTOUPDATE": "1",
+            "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+            "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+        },
     )
     assert target.read_text().strip() == CONTENT, out[-3000:]
     assert served_by(mock, upstream)
