@@ -33,6 +33,16 @@ LOAD_CPUS = f"1-{CORES - 1}" if CORES >= 2 else None
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say something short."}]})
 STREAM_BODY = json.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": "Say something short."}]})
 KEY = "bench-client-key-0001"
+# The same stream asked for in the other client APIs relais speaks (bare-routing relais only):
+# the Responses API (as Codex asks, nothing stored) and the Gemini API over SSE. Their added
+# figures are measured against the direct chat stream, the upstream they all end in.
+DIALECT_STREAMS = {
+    "responses-sse": ("/v1/responses", json.dumps({"model": "bench", "stream": True, "store": False, "input": "Say something short."}),
+                      b"response.completed"),
+    "gemini-sse": ("/v1beta/models/bench:streamGenerateContent?alt=sse",
+                   json.dumps({"contents": [{"role": "user", "parts": [{"text": "Say something short."}]}]}),
+                   b"finishReason"),
+}
 
 
 def free_port():
@@ -124,8 +134,9 @@ def oha(url, body, rate, duration, headers, connections=64):
     }
 
 
-def ttfb(url, body, headers, n=100):
-    """Median time to the first byte of the body of a streamed answer, over n sequential requests."""
+def ttfb(url, body, headers, n=100, end=b"data: [DONE]"):
+    """Median time to the first byte of the body of a streamed answer, over n sequential requests;
+    `end` marks the stream's last event."""
     host, port = url.split("//")[1].split("/")[0].split(":")
     path = "/" + url.split("//")[1].split("/", 1)[1]
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -146,7 +157,7 @@ def ttfb(url, body, headers, n=100):
                 buf += chunk
                 if first is None and b"data:" in buf:
                     first = time.perf_counter() - t0
-                if b"data: [DONE]" in buf:
+                if end in buf:
                     # drain the chunked terminator
                     if not buf.endswith(b"0\r\n\r\n") and b"transfer-encoding: chunked" in buf.lower():
                         while not buf.endswith(b"0\r\n\r\n"):
@@ -367,11 +378,15 @@ def main():
                 info["idle_rss_mb"] = proc_stat(setup.proc.pid)[1]
             setups_info[setup.name] = info
             my_rates = rates if setup.name != "LiteLLM" else [50]
-            for mode, body in (("json", BODY), ("sse", STREAM_BODY)):
+            modes = [("json", setup.url, BODY), ("sse", setup.url, STREAM_BODY)]
+            base_url = setup.url.split("/v1/")[0]
+            if setup.name == "relais (bare routing)":
+                modes += [(m, base_url + path, body) for m, (path, body, _) in DIALECT_STREAMS.items()]
+            for mode, url, body in modes:
                 for rate in my_rates + ([] if args.quick else [None]):
                     cpu0 = proc_stat(setup.proc.pid)[0] if setup.proc else 0
                     t0 = time.time()
-                    fig = oha(setup.url, body, rate, duration, setup.headers)
+                    fig = oha(url, body, rate, duration, setup.headers)
                     if setup.proc:
                         cpu1, rss, peak = proc_stat(setup.proc.pid)
                         fig["cpu_pct"] = 100 * (cpu1 - cpu0) / (time.time() - t0)
@@ -380,6 +395,9 @@ def main():
                     print(f"{setup.name:24} {mode:4} {str(rate or 'max'):>5}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms", file=sys.stderr)
             if setup.proc:
                 info["ttfb_ms"] = ttfb(setup.url, STREAM_BODY, setup.headers, 50 if args.quick else 200)
+                if setup.name == "relais (bare routing)":
+                    for m, (path, body, end) in DIALECT_STREAMS.items():
+                        info[f"ttfb_{m}"] = ttfb(base_url + path, body, setup.headers, 50 if args.quick else 200, end)
             else:
                 info["ttfb_ms"] = ttfb(setup.url, STREAM_BODY, {}, 50 if args.quick else 200)
             setup.stop()
@@ -432,7 +450,7 @@ def report(results, info, quick, duration, probe=False, flight=None):
     lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, m, r, f in results:
-        b = base.get((m, r))
+        b = base.get((m if m in ("json", "sse") else "sse", r))
         add50 = f"{f['p50_ms'] - b['p50_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
         add99 = f"{f['p99_ms'] - b['p99_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
         lines.append(f"| {s} | {m} | {r} | {f['rps']:.0f} | {f['success']:.2f}% | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | {add50} | {add99} | {f.get('cpu_pct', 0):.0f} | {f.get('peak_rss_mb', 0):.0f} |")
@@ -442,6 +460,15 @@ def report(results, info, quick, duration, probe=False, flight=None):
         added = "" if s == "direct to mock" else f"{i['ttfb_ms'] - direct_ttfb:+.3f}"
         startup = "" if i.get("startup_s") is None else f"{i['startup_s']:.2f}"
         lines.append(f"| {s} | {startup} | {i.get('idle_rss_mb', 0):.0f} | {i['ttfb_ms']:.3f} | {added} |")
+    dialects = info.get("relais (bare routing)", {})
+    if "ttfb_responses-sse" in dialects:
+        lines += ["", "The same stream in each client API relais speaks (bare routing; time to the first event, p50 of "
+                  "sequential requests on one connection; the Responses API with `store: false`):", "",
+                  "| client API | TTFE p50 ms | added TTFE ms | vs Chat Completions ms |", "|---|---|---|---|"]
+        chat = dialects["ttfb_ms"]
+        for label, key in (("Chat Completions", "ttfb_ms"), ("Responses", "ttfb_responses-sse"), ("Gemini (alt=sse)", "ttfb_gemini-sse")):
+            v = dialects[key]
+            lines.append(f"| {label} | {v:.3f} | {v - direct_ttfb:+.3f} | {v - chat:+.3f} |")
     relais_bin = TARGET / "release/relais"
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     header = (f"Machine: {cpu}, {CORES} cores; gateway pinned to cpu {GATEWAY_CPUS}, load generator and mock to cpus {LOAD_CPUS}. "
@@ -482,8 +509,9 @@ def check_regression(results):
     bad = []
     for s, m, r, f in results:
         if s.startswith("relais"):
-            added = f["p50_ms"] - base[(m, r)]["p50_ms"]
-            limit_ms = float(override) if override else limits[m]
+            kind = "json" if m == "json" else "sse"
+            added = f["p50_ms"] - base[(kind, r)]["p50_ms"]
+            limit_ms = float(override) if override else limits[kind]
             if f["success"] < 99.9:
                 bad.append(f"{s} {m}: success {f['success']:.2f}%")
             if added > limit_ms:
@@ -498,9 +526,10 @@ def plot(results):
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
     series = {}
     for s, m, r, f in results:
-        if s == "direct to mock" or r == "max" or (m, r) not in base:
+        kind = "json" if m == "json" else "sse"
+        if s == "direct to mock" or r == "max" or (kind, r) not in base:
             continue
-        series.setdefault(f"{s} {m}", []).append((r, max(0.0, f["p99_ms"] - base[(m, r)]["p99_ms"])))
+        series.setdefault(f"{s} {m}", []).append((r, max(0.0, f["p99_ms"] - base[(kind, r)]["p99_ms"])))
     w, h, pad = 720, 420, 60
     xs = sorted({r for pts in series.values() for r, _ in pts}) or [1]
     ymax = max([y for pts in series.values() for _, y in pts] + [1.0])
