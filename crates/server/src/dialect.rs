@@ -2,10 +2,8 @@
 //! stream or collect, settle) is written once and only the wire shapes differ.
 
 use axum::http::HeaderMap;
-use relais_core::{ChatRequest, ChatResponse, Error, StreamEvent};
+use relais_core::{BoxFuture, ChatRequest, ChatResponse, Error, StreamEvent};
 use relais_dialects::{anthropic, gemini, openai, responses};
-
-use crate::responses::{Save, Turn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -29,8 +27,12 @@ impl Dialect {
             Self::Gemini { .. } => gemini::parse_generate(body, "", false),
             Self::Anthropic => {
                 let mut req = anthropic::parse_messages(body)?;
-                req.vendor_beta =
-                    crate::http::header_str(headers, "anthropic-beta").map(str::to_owned);
+                req.vendor_beta = headers
+                    .get("anthropic-beta")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_owned);
                 Ok(req)
             }
         }
@@ -102,7 +104,7 @@ impl Dialect {
             }
             Self::Responses => Turn {
                 meta: plain_meta(&id, &model, created),
-                save: None,
+                keep: None,
             }
             .encoder(),
         }
@@ -119,12 +121,24 @@ fn plain_meta(id: &str, model: &str, created: u64) -> responses::ResponseMeta {
     }
 }
 
+/// Keeps a finished Responses API response, given its object: at once where the next turn looks
+/// first, and the returned future does the rest (the store write). See `crate::responses`.
+pub(crate) type Keep = Box<dyn FnOnce(&serde_json::Value) -> BoxFuture<'static, ()> + Send>;
+
+/// One Responses API turn on its way through the pipeline: how its answer is written (the
+/// response object's identity and echoed settings) and, unless `store: false`, how it is kept
+/// once it ends.
+pub(crate) struct Turn {
+    pub(crate) meta: responses::ResponseMeta,
+    pub(crate) keep: Option<Keep>,
+}
+
 impl Turn {
     /// The whole answer's response object, kept (unless `store: false`) before it is sent.
     pub(crate) async fn answer(self, resp: &ChatResponse) -> Vec<u8> {
         let object = responses::render_response(&self.meta, resp);
-        if let Some(save) = self.save {
-            save.keep(&object).await;
+        if let Some(keep) = self.keep {
+            keep(&object).await;
         }
         object.to_string().into_bytes()
     }
@@ -132,15 +146,15 @@ impl Turn {
     pub(crate) fn encoder(self) -> Encoder {
         Encoder::Responses(Box::new(ResponsesOut {
             encoder: responses::ResponsesStreamEncoder::new(self.meta),
-            save: self.save,
+            keep: self.keep,
         }))
     }
 }
 
-/// The Responses event stream, and where its response is kept when it ends.
+/// The Responses event stream, and how its response is kept when it ends.
 pub(crate) struct ResponsesOut {
     encoder: responses::ResponsesStreamEncoder,
-    save: Option<Save>,
+    keep: Option<Keep>,
 }
 
 /// Writes canonical events as one dialect's SSE frames.
@@ -170,8 +184,8 @@ impl Encoder {
                 e.encoder.end(out);
                 // Kept in memory before the last event leaves, so a next turn sent the moment
                 // the client has it finds it; the store write goes on in the background.
-                if let Some(save) = e.save.take().filter(|_| e.encoder.completed()) {
-                    tokio::spawn(save.keep(&e.encoder.final_object()));
+                if let Some(keep) = e.keep.take().filter(|_| e.encoder.completed()) {
+                    tokio::spawn(keep(&e.encoder.final_object()));
                 }
             }
         }

@@ -9,13 +9,13 @@
 //! Only the key (and team) that made a response may see it: any other caller gets the same 404
 //! as for an id that never existed.
 //!
-//! Depends on live and caller; the pipeline sees only [`Turn`].
+//! Depends on live and caller; the pipeline sees only the [`crate::dialect::Turn`] it is
+//! handed, which keeps a response through [`Save::into_keep`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use relais_core::{Error, ErrorKind, Side};
-use relais_dialects::responses::ResponseMeta;
 use relais_state::{LedgerStore, StoredResponse};
 use serde_json::Value;
 
@@ -189,14 +189,6 @@ impl Conversations {
     }
 }
 
-/// One Responses API turn on its way through the pipeline: how its answer is written (the
-/// response object's identity and echoed settings) and, unless `store: false`, where it is
-/// kept once it ends.
-pub(crate) struct Turn {
-    pub(crate) meta: ResponseMeta,
-    pub(crate) save: Option<Save>,
-}
-
 /// Keeps a finished response: in memory at once (so the next turn, on this instance, finds it
 /// the moment the client has the answer), then in the store.
 pub(crate) struct Save {
@@ -219,12 +211,14 @@ impl Save {
         }
     }
 
+    /// As the pipeline takes it (see [`crate::dialect::Turn`]).
+    pub(crate) fn into_keep(self) -> crate::dialect::Keep {
+        Box::new(move |response| Box::pin(self.keep(response)))
+    }
+
     /// Keep the response: in memory now, in the store by the returned future (which then
     /// drops the memory copy: the store is the truth for every instance).
-    pub(crate) fn keep(
-        self,
-        response: &Value,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn keep(self, response: &Value) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut record = self.record;
         record.response = response.to_string();
         let record = Arc::new(record);

@@ -13,12 +13,11 @@ use relais_core::ChatRequest;
 use relais_router::RouteKind;
 
 use crate::caller::Caller;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
 use crate::live::Live;
 use crate::pipeline::{admit, respond, route};
 use crate::planb::Admission;
-use crate::responses::Turn;
 use crate::state::AppState;
 
 pub(super) async fn openai(

@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 use super::chat::serve;
 use crate::caller::Caller;
 use crate::clock::unix_secs;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
 use crate::live::Live;
 use crate::pipeline::admit;
 use crate::pipeline::respond::json_or_sse;
-use crate::responses::{Save, Turn, history, new_response_id, record};
+use crate::responses::{Save, history, new_response_id, record};
 use crate::state::AppState;
 
 /// `POST /v1/responses`.
@@ -45,11 +45,11 @@ pub(super) async fn create(
     );
     let id = new_response_id();
     let retention = live.runtime.responses.retention_secs;
-    let keep = turn.store && retention > 0;
-    if !keep {
+    let stored = turn.store && retention > 0;
+    if !stored {
         turn.echo.insert("store".into(), false.into());
     }
-    let save = keep.then(|| {
+    let keep = stored.then(|| {
         let rec = record(
             &id,
             &turn.chat.model,
@@ -58,7 +58,7 @@ pub(super) async fn create(
             earlier,
             &turn.input,
         );
-        Save::new(app.responses.clone(), &live, rec)
+        Save::new(app.responses.clone(), &live, rec).into_keep()
     });
     let answer = Turn {
         meta: ResponseMeta {
@@ -69,7 +69,7 @@ pub(super) async fn create(
             custom_tools: turn.custom_tools,
             namespaced: turn.namespaced,
         },
-        save,
+        keep,
     };
     serve(
         &app,

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::{End, Settlement};
 use crate::clock::{Instant, unix_secs};
+use crate::dialect::Turn;
 use crate::http::Ctx;
-use crate::responses::Turn;
 
 /// Answer a routed chat request, as a stream or as one JSON body; a Responses API turn is
 /// written (and kept) by its [`Turn`].
