@@ -106,6 +106,19 @@ endpoint = "{mock}"
 api_key = "${{UPSTREAM_KEY}}"
 api_version = "{api_version}"
 
+# The same vendors through the Responses API (wire_api = "responses").
+[providers.resp]
+type = "openai_compat"
+base_url = "{mock}/v1"
+api_key = "${{UPSTREAM_KEY}}"
+wire_api = "responses"
+
+[providers.azresp]
+type = "azure"
+endpoint = "{mock}"
+api_key = "${{UPSTREAM_KEY}}"
+wire_api = "responses"
+
 [providers.claude]
 type = "anthropic"
 base_url = "{mock}"
@@ -144,6 +157,12 @@ threads = 2
 
 [routes.gpt-4o-mini]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+
+[routes.gpt-5-responses]
+deployments = [{{ provider = "resp", model = "gpt-5" }}]
+
+[routes.az-responses]
+deployments = [{{ provider = "azresp", model = "my-gpt-5-deployment" }}]
 
 [routes.claude-sonnet-4-5]
 deployments = [{{ provider = "claude", model = "claude-sonnet-4-5-20250929" }}]

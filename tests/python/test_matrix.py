@@ -2,7 +2,8 @@
 
     clients   {openai SDK on /v1/chat/completions, openai SDK on /v1/responses,
                anthropic SDK on /v1/messages, google-genai on /v1beta/models/...}
-  x providers {openai_compat, azure, anthropic, gemini, vertex, bedrock, local}
+  x providers {openai_compat, openai_compat and azure with wire_api = "responses", azure,
+               anthropic, gemini, vertex, bedrock, local}
   x           {streaming, non-streaming}
   x cases     {plain text, tool call round trip, image input, JSON output}
 
@@ -27,7 +28,9 @@ from conftest import CLIENT_KEY
 
 ROUTES = {
     "openai_compat": "gpt-4o-mini",
+    "openai_responses": "gpt-5-responses",
     "azure": "az-dep",
+    "azure_responses": "az-responses",
     "anthropic": "claude-sonnet-4-5",
     "gemini": "gemini-2.5-flash",
     "vertex": "vertex-gemini",

@@ -129,6 +129,7 @@ def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
     assert ids == [
         "az-dep",
+        "az-responses",
         "bedrock-claude",
         "bedrock-throttle",
         "claude-errors",
@@ -138,7 +139,11 @@ def test_models_list(client):
         "failover",
         "gemini-2.5-flash",
         "gpt-4o-mini",
+        "gpt-5-responses",
         "local",
+        "team-coder-anthropic",
+        "team-coder-gemini",
+        "team-coder-openai",
         "text-embedding-3-small",
         "vendor-down",
         "vertex-gemini",

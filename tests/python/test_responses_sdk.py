@@ -204,3 +204,77 @@ def test_the_agents_sdk_default_model_runs_a_tool_through_relais(relais_url, tmp
         result = Runner.run_sync(agent, "write the file")
         assert target.read_text() == "mock", route
         assert result.final_output == "Tool result received: written", route
+
+
+def test_reasoning_survives_turns_on_a_responses_upstream(client, mock):
+    """Responses client -> Responses upstream: the reasoning item (its encrypted content) the
+    upstream sent comes back to it on the next turn, relais keeping the conversation."""
+    for stream in (False, True):
+        mock.clear()
+        kw = dict(model="gpt-5-responses", input="think first", reasoning={"effort": "high", "summary": "auto"},
+                  include=["reasoning.encrypted_content"])
+        if stream:
+            with client.responses.stream(**kw) as s:
+                first = s.get_final_response()
+        else:
+            first = client.responses.create(**kw)
+        kinds = [o.type for o in first.output]
+        assert kinds == ["reasoning", "message"], kinds
+        assert first.output[0].encrypted_content and first.output[0].summary[0].text == "Mock reasoning."
+        assert first.usage.output_tokens_details.reasoning_tokens == 5
+        client.responses.create(model="gpt-5-responses", input="and then?", previous_response_id=first.id,
+                                reasoning={"effort": "high"})
+        sent = mock.requests()[-1]
+        assert sent["path"] == "/v1/responses" and sent["body"]["store"] is False
+        items = sent["body"]["input"]
+        reasoning = [i for i in items if i.get("type") == "reasoning"]
+        assert reasoning and reasoning[0]["encrypted_content"] == "gAAAAmock-encrypted-reasoning"
+        assert reasoning[0]["id"] == "rs_mock_0"
+
+
+def recv_until_done(conn):
+    """The events of one response on a socket, up to its last."""
+    events = []
+    while True:
+        ev = conn.recv()
+        events.append(ev)
+        if ev.type in ("response.completed", "response.incomplete", "response.failed", "error"):
+            return events
+
+
+def test_the_websocket_mode_runs_turns_on_one_socket(client, mock):
+    """OpenAI's WebSocket mode (`client.responses.connect()`): response.create messages in, the
+    same events out, one response after another; turns chain with previous_response_id even
+    unstored (the socket keeps them); a refusal is an error event and the socket goes on."""
+    with client.responses.connect() as conn:
+        conn.send({"type": "response.create", "model": "gpt-4o-mini", "input": "hi there", "store": False})
+        events = recv_until_done(conn)
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        first = events[-1].response
+        assert events[-1].type == "response.completed"
+        assert first.output_text == "Hello from mock! You said: hi there"
+        conn.send({"type": "response.create", "model": "claude-sonnet-4-5", "input": "again",
+                   "previous_response_id": first.id, "store": False})
+        second = recv_until_done(conn)[-1]
+        assert second.type == "response.completed", second
+        messages = mock.requests()[-1]["body"]["messages"]
+        assert len(messages) == 3 and "hi there" in json.dumps(messages[0])
+        conn.send({"type": "response.create", "model": "no-such-route", "input": "x"})
+        refused = recv_until_done(conn)[-1]
+        assert refused.type == "error" and refused.status == 404, refused
+        conn.send({"type": "response.create", "model": "gpt-4o-mini", "input": "still here"})
+        last = recv_until_done(conn)[-1]
+        assert last.response.output_text == "Hello from mock! You said: still here"
+    # What the socket kept unstored is gone with it; the stored one stays.
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    assert client.responses.retrieve(last.response.id).output_text.endswith("still here")
+
+
+def test_the_websocket_needs_a_key(relais_url):
+    bad = OpenAI(base_url=f"{relais_url}/v1", api_key="wrong-key", max_retries=0)
+    with pytest.raises(Exception) as e:
+        with bad.responses.connect(max_retries=0) as conn:
+            conn.send({"type": "response.create", "model": "gpt-4o-mini", "input": "x"})
+            conn.recv()
+    assert "401" in str(e.value) or "rejected" in str(e.value).lower(), e.value

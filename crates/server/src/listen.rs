@@ -178,19 +178,28 @@ async fn serve_connection<T>(
         body_read_timeout: limits.body_read_timeout,
         client_cert,
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if !limits.http2_cleartext {
-        builder = builder.http1_only();
+    // With upgrades: a WebSocket (`GET /v1/responses`) takes the connection over. HTTP/1.1
+    // alone unless cleartext HTTP/2 is configured (auto-detection reads the preface).
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            // Shutting down: finish the request in flight, take no other.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }};
     }
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => {}
+    if limits.http2_cleartext {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        drive!(builder.serve_connection_with_upgrades(io, service));
+    } else {
+        let builder = hyper::server::conn::http1::Builder::new();
+        drive!(builder.serve_connection(io, service).with_upgrades());
     }
-    // Shutting down: finish the request in flight, take no other.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 /// What a connection is doing, shared by its socket wrapper and its requests.
@@ -226,7 +235,20 @@ impl Activity {
 
 /// Marks a request in flight on its connection until its response body is dropped (written
 /// whole, or abandoned).
-struct Busy(Arc<Activity>);
+pub(crate) struct Busy(Arc<Activity>);
+
+/// The connection a request came on, in its extensions: a handler that takes the connection
+/// over (a WebSocket) holds it busy for as long as it keeps it, so the listener's idle and
+/// header deadlines, which know nothing of WebSocket frames, leave it alone; the handler
+/// bounds it in time itself.
+#[derive(Clone)]
+pub(crate) struct Connection(Arc<Activity>);
+
+impl Connection {
+    pub(crate) fn hold(&self) -> Busy {
+        Busy::new(&self.0)
+    }
+}
 
 impl Busy {
     fn new(watch: &Arc<Activity>) -> Self {
@@ -386,6 +408,9 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
                 CLIENT_CERT_HEADER,
                 http::HeaderValue::from_static("verified"),
             );
+        }
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(Connection(self.watch.clone()));
         }
         let deadline = Instant::now() + self.body_read_timeout;
         let req = req.map(|body| Body::new(TimedBody::new(body, deadline)));

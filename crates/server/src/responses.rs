@@ -28,6 +28,8 @@ use crate::live::Live;
 pub struct Conversations {
     memory: Mutex<Memory>,
     limit_bytes: usize,
+    /// A WebSocket's own: memory only, never the store (so `store: false` turns chain on it).
+    socket: bool,
 }
 
 #[derive(Default)]
@@ -73,7 +75,22 @@ impl Conversations {
         Self {
             memory: Mutex::default(),
             limit_bytes: mib.saturating_mul(1 << 20),
+            socket: false,
         }
+    }
+
+    /// A WebSocket session's conversations: its responses, stored or not, for as long as the
+    /// socket lives, so a turn continues the one before with `previous_response_id` even with
+    /// `store: false` (as OpenAI's WebSocket mode allows).
+    pub(crate) fn socket(config: &ResponsesConfig) -> Self {
+        Self {
+            socket: true,
+            ..Self::new(config)
+        }
+    }
+
+    fn store(&self, live: &Live) -> Option<Arc<dyn LedgerStore>> {
+        if self.socket { None } else { persistent(live) }
     }
 
     fn remember(&self, r: Arc<StoredResponse>) {
@@ -123,7 +140,7 @@ impl Conversations {
                 .get(id)
                 .cloned()
         };
-        let found = match persistent(live) {
+        let found = match self.store(live) {
             None => in_memory(),
             Some(store) => match store.get_response(id, now).await {
                 Ok(Some(r)) => Some(Arc::new(r)),
@@ -146,7 +163,7 @@ impl Conversations {
     ) -> Result<(), Error> {
         self.get(live, id, payer).await?;
         let in_memory = self.forget(id);
-        let in_store = match persistent(live) {
+        let in_store = match self.store(live) {
             Some(store) => store
                 .delete_response(id)
                 .await
@@ -194,6 +211,8 @@ impl Conversations {
 pub(crate) struct Save {
     pub(crate) conversations: Arc<Conversations>,
     pub(crate) store: Option<Arc<dyn LedgerStore>>,
+    /// A WebSocket's conversations, which keep it too.
+    pub(crate) socket: Option<Arc<Conversations>>,
     /// The record without its `response`, filled by [`Save::keep`].
     pub(crate) record: StoredResponse,
 }
@@ -205,10 +224,17 @@ impl Save {
         record: StoredResponse,
     ) -> Self {
         Self {
+            store: conversations.store(live),
             conversations,
-            store: persistent(live),
+            socket: None,
             record,
         }
+    }
+
+    /// Kept by a WebSocket's conversations as well.
+    pub(crate) fn also_in(mut self, socket: Arc<Conversations>) -> Self {
+        self.socket = Some(socket);
+        self
     }
 
     /// As the pipeline takes it (see [`crate::dialect::Turn`]).
@@ -223,6 +249,9 @@ impl Save {
         record.response = response.to_string();
         let record = Arc::new(record);
         self.conversations.remember(record.clone());
+        if let Some(socket) = &self.socket {
+            socket.remember(record.clone());
+        }
         let (store, conversations) = (self.store, self.conversations);
         async move {
             let Some(store) = store else {
@@ -317,6 +346,7 @@ mod tests {
         let c = Conversations {
             memory: Mutex::default(),
             limit_bytes: 3_000,
+            socket: false,
         };
         for i in 0..5 {
             c.remember(stored(&format!("r{i}"), None, 800));

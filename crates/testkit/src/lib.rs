@@ -25,6 +25,7 @@ mod fast;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
 mod gemini;
+pub mod responses;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -265,6 +266,8 @@ impl Drop for MockServer {
 fn app(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/responses", post(openai_responses))
+        .route("/openai/v1/responses", post(azure_responses))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
@@ -351,6 +354,8 @@ enum Flavor {
     OpenAi,
     Azure,
     Anthropic,
+    /// The Responses API (OpenAI's, or Azure's v1 path).
+    Responses,
 }
 
 /// Shared front half of every endpoint: record, authenticate, apply faults.
@@ -403,6 +408,16 @@ async fn admit(
             Auth::ApiKey => headers
                 .get("api-key")
                 .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            Auth::AzureV1 => headers
+                .get("api-key")
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| {
+                    headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                })
                 .unwrap_or(""),
             Auth::XApiKey | Auth::SigV4 => headers
                 .get("x-api-key")
@@ -539,6 +554,8 @@ struct Call {
 enum Auth {
     Bearer,
     ApiKey,
+    /// Azure's v1 paths: `api-key` or a bearer token, no `api-version`.
+    AzureV1,
     /// Anthropic: `x-api-key`, and `anthropic-version` must be present.
     XApiKey,
     /// Bedrock: an AWS Signature Version 4 (see `bedrock.rs`).
@@ -603,6 +620,42 @@ async fn azure_v1_chat(
     chat(&s, &k, call, Flavor::Azure).await
 }
 
+async fn openai_responses(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        path: "/v1/responses".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::Bearer,
+        dep: None,
+    };
+    chat(&s, &k, call, Flavor::Responses).await
+}
+
+async fn azure_responses(
+    State(s): State<Arc<MockState>>,
+    Extension(k): Extension<Killer>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        path: "/openai/v1/responses".into(),
+        query: q,
+        headers,
+        body,
+        auth: Auth::AzureV1,
+        dep: None,
+    };
+    chat(&s, &k, call, Flavor::Responses).await
+}
+
 async fn azure_chat(
     State(s): State<Arc<MockState>>,
     Extension(k): Extension<Killer>,
@@ -634,10 +687,13 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
         .map(str::to_owned)
         .or_else(|| req.get("model").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| "mock-model".into());
-    let (reply, prompt) = if flavor == Flavor::Anthropic {
-        anthropic::answer(&req)
-    } else {
-        (reply_for(&req), behaviour::prompt_tokens(&req))
+    let (reply, prompt, reasoning) = match flavor {
+        Flavor::Anthropic => {
+            let (reply, prompt) = anthropic::answer(&req);
+            (reply, prompt, false)
+        }
+        Flavor::Responses => responses::answer(&req),
+        Flavor::OpenAi | Flavor::Azure => (reply_for(&req), behaviour::prompt_tokens(&req), false),
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if stream {
@@ -647,6 +703,8 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
             .unwrap_or(false);
         let mut frames = if flavor == Flavor::Anthropic {
             anthropic::stream_frames(&reply, &model, prompt)
+        } else if flavor == Flavor::Responses {
+            responses::stream_frames(&reply, &model, prompt, reasoning)
         } else {
             behaviour::stream_frames(
                 &reply,
@@ -726,6 +784,8 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
         "{\"id\": \"chatcmpl-mock\", \"choices\": [".to_owned()
     } else if flavor == Flavor::Anthropic {
         anthropic::message_json(&reply, &model, prompt).to_string()
+    } else if flavor == Flavor::Responses {
+        responses::response_json(&reply, &model, prompt, reasoning).to_string()
     } else {
         behaviour::completion_json(&reply, &model, prompt).to_string()
     };

@@ -546,10 +546,7 @@ pub(crate) fn messages(items: &[Value], at: &str) -> Result<Vec<Message>, Error>
                 if text.is_empty() {
                     text = texts("summary");
                 }
-                let signature = obj
-                    .get("encrypted_content")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                let signature = reasoning_signature(obj);
                 if text.is_empty() && signature.is_none() {
                     continue;
                 }
@@ -611,6 +608,20 @@ pub(crate) fn messages(items: &[Value], at: &str) -> Result<Vec<Message>, Error>
         }
     }
     Ok(out)
+}
+
+/// A reasoning item's canonical signature: its `encrypted_content`. OpenAI's own (a Fernet
+/// token, `gAAAAA...`) is tied to its item id, which the Responses upstream needs back: it
+/// travels as `{id}:{encrypted_content}`, the form that provider reads and writes. Any other
+/// (another vendor's signature, or one relais already paired) is kept as it is.
+fn reasoning_signature(obj: &Map<String, Value>) -> Option<String> {
+    let enc = obj.get("encrypted_content").and_then(Value::as_str)?;
+    match obj.get("id").and_then(Value::as_str) {
+        Some(id) if id.starts_with("rs_") && enc.starts_with("gAAAA") => {
+            Some(format!("{id}:{enc}"))
+        }
+        _ => Some(enc.to_owned()),
+    }
 }
 
 /// The tool a call item names, qualified by its namespace if it has one.

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use relais_core::{EnvString, Secret};
 use serde::Deserialize;
 
-use crate::openai_compat::MaxTokensField;
+use crate::openai_compat::{MaxTokensField, WireApi};
 
 /// How requests are addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -33,4 +33,8 @@ pub struct AzureConfig {
     pub max_tokens_field: Option<MaxTokensField>,
     pub stream_usage: Option<bool>,
     pub timeout_secs: Option<u64>,
+    /// `chat` (default) or `responses` (`/openai/v1/responses`, the deployment name as the
+    /// model).
+    #[serde(default)]
+    pub wire_api: WireApi,
 }

@@ -72,6 +72,15 @@ impl Endpoint for AzureEndpoint {
     fn embeddings_url(&self, model: &str) -> Result<reqwest::Url, Error> {
         self.parsed(model, "embeddings")
     }
+    fn responses_url(&self, _model: &str) -> Result<reqwest::Url, Error> {
+        reqwest::Url::parse(&format!("{}/openai/v1/responses", self.base)).map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                Side::Gateway,
+                format!("cannot build the Azure Responses URL: {e}"),
+            )
+        })
+    }
     fn model_in_body(&self) -> bool {
         self.style == ApiStyle::V1
     }
@@ -115,6 +124,7 @@ pub fn build(cfg: &AzureConfig, http: reqwest::Client) -> Result<Arc<dyn Provide
         stream_usage: cfg.stream_usage.unwrap_or(true),
         tool_call_ids: crate::openai_compat::ToolCallIds::AsIs,
         timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
+        wire_api: cfg.wire_api,
     };
     Ok(Arc::new(Family::new(endpoint, http, opts)))
 }

@@ -37,6 +37,18 @@ pub enum ToolCallIds {
     Mistral,
 }
 
+/// Which OpenAI API chat requests are sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WireApi {
+    /// `/chat/completions`.
+    #[default]
+    Chat,
+    /// `/responses`: the Responses API (models served only there; reasoning carried across
+    /// turns as encrypted reasoning items).
+    Responses,
+}
+
 /// `type = "openai_compat"`: OpenAI and every server that speaks its Chat Completions API.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +68,9 @@ pub struct OpenAiCompatConfig {
     pub stream_usage: Option<bool>,
     /// Total time one attempt may take, in seconds.
     pub timeout_secs: Option<u64>,
+    /// `chat` (default) or `responses`.
+    #[serde(default)]
+    pub wire_api: WireApi,
 }
 
 /// What a preset implies; explicit config fields override it.

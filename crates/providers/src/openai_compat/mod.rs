@@ -7,6 +7,7 @@
 mod config;
 mod convert;
 pub(crate) mod error;
+mod responses;
 mod stream;
 mod wire;
 
@@ -18,7 +19,7 @@ use relais_core::{
     Secret, StreamEvent,
 };
 
-pub use config::{MaxTokensField, OpenAiCompatConfig, Preset, ToolCallIds};
+pub use config::{MaxTokensField, OpenAiCompatConfig, Preset, ToolCallIds, WireApi};
 
 use crate::sse::{SseDecode, SseEvent};
 use convert::{EncodeOptions, encode_request};
@@ -32,6 +33,8 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 pub(crate) trait Endpoint: Send + Sync + 'static {
     fn chat_url(&self, model: &str) -> Result<reqwest::Url, Error>;
     fn embeddings_url(&self, model: &str) -> Result<reqwest::Url, Error>;
+    /// Where the Responses API is (`wire_api = "responses"`); the body always names the model.
+    fn responses_url(&self, model: &str) -> Result<reqwest::Url, Error>;
     /// Whether the body names the model (false when the URL does, as in Azure deployments).
     fn model_in_body(&self) -> bool;
     fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder;
@@ -44,6 +47,7 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
 pub(crate) struct BaseUrl {
     chat: reqwest::Url,
     embeddings: reqwest::Url,
+    responses: reqwest::Url,
     api_key: Option<Secret>,
     authorization: Option<http::HeaderValue>,
 }
@@ -68,6 +72,7 @@ impl BaseUrl {
         Ok(Self {
             chat: parse("chat/completions")?,
             embeddings: parse("embeddings")?,
+            responses: parse("responses")?,
             api_key,
             authorization,
         })
@@ -80,6 +85,9 @@ impl Endpoint for BaseUrl {
     }
     fn embeddings_url(&self, _model: &str) -> Result<reqwest::Url, Error> {
         Ok(self.embeddings.clone())
+    }
+    fn responses_url(&self, _model: &str) -> Result<reqwest::Url, Error> {
+        Ok(self.responses.clone())
     }
     fn model_in_body(&self) -> bool {
         true
@@ -103,6 +111,7 @@ pub(crate) struct FamilyOptions {
     pub stream_usage: bool,
     pub tool_call_ids: ToolCallIds,
     pub timeout: Duration,
+    pub wire_api: WireApi,
 }
 
 /// A provider speaking the OpenAI wire format through some [`Endpoint`].
@@ -160,6 +169,7 @@ pub fn build(
             .or(defaults.as_ref().map(|d| d.tool_call_ids))
             .unwrap_or(ToolCallIds::AsIs),
         timeout: Duration::from_secs(cfg.timeout_secs.unwrap_or(600)),
+        wire_api: cfg.wire_api,
     };
     let endpoint = BaseUrl::new(&base, cfg.api_key.clone())?;
     Ok(std::sync::Arc::new(Family::new(endpoint, http, opts)))
@@ -195,7 +205,28 @@ impl<E: Endpoint> Family<E> {
             .map_err(|r| error::from_response(r.status, &r.headers, &r.body, &self.secrets()))
     }
 
+    /// A chat request through the Responses API (`wire_api = "responses"`).
+    async fn responses_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
+        let body = serde_json::to_vec(&responses::encode(req, model)?)
+            .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
+        let resp = self.post(self.endpoint.responses_url(model)?, body).await?;
+        if req.stream && is_sse(&resp) {
+            return Ok(crate::sse::sse_stream(
+                resp,
+                responses::ResponsesDecoder::default(),
+            ));
+        }
+        let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
+        let events = responses::decode_whole(&body)?;
+        Ok(Box::pin(futures_util::stream::iter(
+            events.into_iter().map(Ok),
+        )))
+    }
+
     async fn chat_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
+        if self.opts.wire_api == WireApi::Responses {
+            return self.responses_inner(model, req).await;
+        }
         let opts = EncodeOptions {
             model: self.endpoint.model_in_body().then_some(model),
             stream: req.stream,
@@ -206,12 +237,7 @@ impl<E: Endpoint> Family<E> {
         let body = serde_json::to_vec(&encode_request(req, &opts)?)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
         let resp = self.post(self.endpoint.chat_url(model)?, body).await?;
-        let is_sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if req.stream && is_sse {
+        if req.stream && is_sse(&resp) {
             let decoder = ChunkDecoder::forwarding(req.passthrough);
             return Ok(crate::sse::sse_stream(resp, decoder));
         }
@@ -266,6 +292,13 @@ impl<E: Endpoint> Provider for Family<E> {
     ) -> BoxFuture<'a, Result<EmbedResponse, Error>> {
         Box::pin(self.embed_inner(model, request))
     }
+}
+
+fn is_sse(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
 /// Undecodable upstream output. Retryable: when it happens before the first event reached the

@@ -46,7 +46,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/v1/models/{target}",
             post(gemini::call).get(models::retrieve),
         )
-        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses",
+            post(responses::create).get(responses::websocket),
+        )
         .route("/v1/responses/input_tokens", post(responses::input_tokens))
         .route(
             "/v1/responses/{id}",

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::StreamExt;
 use relais_core::{Error, ErrorKind};
 use relais_dialects::responses::{ResponseMeta, ResponsesRequest, parse_responses, with_history};
 use relais_router::RouteKind;
@@ -19,10 +21,11 @@ use crate::caller::Caller;
 use crate::clock::unix_secs;
 use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
+use crate::listen::{Busy, Connection};
 use crate::live::Live;
 use crate::pipeline::admit;
 use crate::pipeline::respond::json_or_sse;
-use crate::responses::{Save, history, new_response_id, record};
+use crate::responses::{Conversations, Save, history, new_response_id, record};
 use crate::state::AppState;
 
 /// `POST /v1/responses`.
@@ -30,6 +33,17 @@ pub(super) async fn create(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    turn(app, headers, body, None).await
+}
+
+/// One response, over HTTP or as one `response.create` of a WebSocket (`socket`: that
+/// session's conversations).
+async fn turn(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    socket: Option<&Arc<Conversations>>,
 ) -> Response {
     let ctx = Ctx::for_dialect(&headers, Dialect::Responses);
     let live = app.live();
@@ -41,7 +55,7 @@ pub(super) async fn create(
     let earlier = or_refuse!(
         app,
         ctx,
-        continue_from(&app, &live, &caller, &mut turn).await
+        continue_from(&app, &live, &caller, &mut turn, socket).await
     );
     let id = new_response_id();
     let retention = live.runtime.responses.retention_secs;
@@ -49,17 +63,26 @@ pub(super) async fn create(
     if !stored {
         turn.echo.insert("store".into(), false.into());
     }
-    let keep = stored.then(|| {
-        let rec = record(
+    // A socket keeps even an unstored response, for its own next turn, while it lives.
+    let rec = |kept_for| {
+        record(
             &id,
             &turn.chat.model,
             caller.payer(),
-            retention,
+            kept_for,
             earlier,
             &turn.input,
-        );
-        Save::new(app.responses.clone(), &live, rec).into_keep()
-    });
+        )
+    };
+    let save = match (stored, socket) {
+        (true, None) => Some(Save::new(app.responses.clone(), &live, rec(retention))),
+        (true, Some(s)) => {
+            Some(Save::new(app.responses.clone(), &live, rec(retention)).also_in(s.clone()))
+        }
+        (false, Some(s)) => Some(Save::new(s.clone(), &live, rec(86_400))),
+        (false, None) => None,
+    };
+    let keep = save.map(Save::into_keep);
     let answer = Turn {
         meta: ResponseMeta {
             id,
@@ -109,23 +132,28 @@ async fn continue_from(
     live: &Live,
     caller: &Caller<'_>,
     turn: &mut ResponsesRequest,
+    socket: Option<&Arc<Conversations>>,
 ) -> Result<Vec<Value>, Error> {
     let Some(previous) = turn.previous_response_id.clone() else {
         return Ok(Vec::new());
     };
-    let stored = app
-        .responses
-        .get(live, &previous, caller.payer())
-        .await
-        .map_err(|e| {
-            if e.kind == ErrorKind::NotFound {
-                Error::bad_request(format!("Previous response with id '{previous}' not found."))
-                    .with_param("previous_response_id")
-                    .with_code("previous_response_not_found")
-            } else {
-                e
-            }
-        })?;
+    let on_socket = match socket {
+        Some(s) => s.get(live, &previous, caller.payer()).await.ok(),
+        None => None,
+    };
+    let found = match on_socket {
+        Some(r) => Ok(r),
+        None => app.responses.get(live, &previous, caller.payer()).await,
+    };
+    let stored = found.map_err(|e| {
+        if e.kind == ErrorKind::NotFound {
+            Error::bad_request(format!("Previous response with id '{previous}' not found."))
+                .with_param("previous_response_id")
+                .with_code("previous_response_not_found")
+        } else {
+            e
+        }
+    })?;
     let items = history(&stored)?;
     with_history(turn, &items)?;
     Ok(items)
@@ -300,13 +328,145 @@ pub(super) async fn input_tokens(
     or_refuse!(
         app,
         ctx,
-        continue_from(&app, &live, &caller, &mut turn).await
+        continue_from(&app, &live, &caller, &mut turn, None).await
     );
     let n = turn.chat.estimate_input_tokens();
     json(
         &ctx,
         json!({"object": "response.input_tokens", "input_tokens": n}).to_string(),
     )
+}
+
+/// `GET /v1/responses` with a WebSocket upgrade: OpenAI's WebSocket mode. Each
+/// `response.create` message (the body of a `POST /v1/responses`, `stream` implied) runs as a
+/// response of its own through the same pipeline (key, limits, ledger, failover), one at a
+/// time, its events sent as text messages; a refusal is an `error` event with its status. The
+/// key is checked at the handshake and again for each response. A socket silent for the
+/// listener's idle timeout between responses is closed.
+pub(super) async fn websocket(
+    State(app): State<Arc<AppState>>,
+    connection: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let ctx = Ctx::for_dialect(&headers, Dialect::Responses);
+    let live = app.live();
+    or_refuse!(app, ctx, live.authenticate(&headers).await);
+    let limit = live.runtime.max_body_bytes;
+    let idle = live.runtime.client_limits.idle_timeout;
+    drop(live);
+    upgrade.max_message_size(limit).on_upgrade(move |socket| {
+        // The socket is this handler's now: the listener's deadlines step aside.
+        let hold = connection.map(|Extension(c)| c.hold());
+        session(app, headers, socket, idle, hold)
+    })
+}
+
+async fn session(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    mut socket: WebSocket,
+    idle: Duration,
+    _hold: Option<Busy>,
+) {
+    let conversations = Arc::new(Conversations::socket(&app.live().runtime.responses));
+    loop {
+        let message = match tokio::time::timeout(idle, socket.recv()).await {
+            Ok(Some(Ok(m))) => m,
+            Err(_) => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            Ok(None | Some(Err(_))) => return,
+        };
+        let text = match message {
+            Message::Text(t) => t,
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(_) => {
+                let e = Error::bad_request(
+                    "binary messages are not supported; send response.create as text",
+                );
+                if send_error(&mut socket, &e, 400).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let body = match ws_request(&text) {
+            Ok(b) => b,
+            Err(e) => {
+                if send_error(&mut socket, &e, 400).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let resp = turn(
+            app.clone(),
+            headers.clone(),
+            Body::from(body),
+            Some(&conversations),
+        )
+        .await;
+        if forward(&mut socket, resp).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A `response.create` message as the body of `POST /v1/responses`.
+fn ws_request(text: &str) -> Result<Vec<u8>, Error> {
+    let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(text) else {
+        return Err(Error::bad_request("a message must be a JSON object"));
+    };
+    match m.remove("type") {
+        Some(Value::String(t)) if t == "response.create" => {}
+        other => {
+            return Err(Error::bad_request(format!(
+                "unsupported message type {}: send response.create",
+                other.unwrap_or(Value::Null)
+            ))
+            .with_param("type"));
+        }
+    }
+    // Responses are always streamed on a socket.
+    m.insert("stream".into(), true.into());
+    serde_json::to_vec(&m).map_err(|e| Error::internal(format!("cannot encode the request: {e}")))
+}
+
+async fn send_error(socket: &mut WebSocket, e: &Error, status: u16) -> Result<(), axum::Error> {
+    let body: Value =
+        serde_json::from_slice(&relais_dialects::openai::error_body(e)).unwrap_or(Value::Null);
+    let event = json!({"type": "error", "status": status, "error": body["error"]});
+    socket.send(Message::Text(event.to_string().into())).await
+}
+
+/// A response as socket messages: each SSE event's data, or an `error` event for a refusal.
+async fn forward(socket: &mut WebSocket, resp: Response) -> Result<(), axum::Error> {
+    let status = resp.status();
+    let mut body = resp.into_body().into_data_stream();
+    if !status.is_success() {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.map_err(axum::Error::new)?);
+        }
+        let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let event = json!({"type": "error", "status": status.as_u16(), "error": err["error"]});
+        return socket.send(Message::Text(event.to_string().into())).await;
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk.map_err(axum::Error::new)?);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let frame = String::from_utf8_lossy(&frame);
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) {
+                socket.send(Message::Text(data.to_owned().into())).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

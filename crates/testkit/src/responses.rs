@@ -1,0 +1,266 @@
+//! The mock's OpenAI Responses API (`/v1/responses`, Azure's `/openai/v1/responses`): the
+//! request is read into the Chat Completions view the shared behaviour decides on, and answered
+//! as a response object or the typed event stream. A request that asks for reasoning gets a
+//! reasoning item with encrypted content first, so tests can check it comes back next turn.
+
+use serde_json::{Value, json};
+
+use crate::behaviour::{self, Reply};
+
+/// The encrypted content of the mock's reasoning item.
+pub const MOCK_ENCRYPTED_REASONING: &str = "gAAAAmock-encrypted-reasoning";
+
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// The request as the Chat Completions view the behaviour reads.
+fn openai_view(req: &Value) -> Value {
+    let mut messages = Vec::new();
+    if let Some(i) = req.get("instructions").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": i}));
+    }
+    let items = match req.get("input") {
+        Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    for item in &items {
+        match item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+        {
+            "message" => messages.push(json!({
+                "role": item.get("role").cloned().unwrap_or_else(|| json!("user")),
+                "content": text_of(item.get("content")),
+            })),
+            "function_call" => messages.push(json!({"role": "assistant", "tool_calls": [{
+                "id": item["call_id"], "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]}}]})),
+            "function_call_output" => messages.push(json!({
+                "role": "tool", "tool_call_id": item["call_id"],
+                "content": item.get("output").map(|o| text_of(Some(o))).unwrap_or_default()})),
+            _ => {}
+        }
+    }
+    let tools: Vec<Value> = req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
+        .map(|t| json!({"type": "function", "function": {"name": t["name"], "parameters": t["parameters"]}}))
+        .collect();
+    let mut view = json!({"messages": messages});
+    if !tools.is_empty() {
+        view["tools"] = Value::Array(tools);
+    }
+    match req.get("tool_choice") {
+        Some(Value::Object(c)) => {
+            view["tool_choice"] = json!({"type": "function", "function": {"name": c.get("name")}});
+        }
+        Some(v) => view["tool_choice"] = v.clone(),
+        None => {}
+    }
+    if let Some(p) = req.get("parallel_tool_calls") {
+        view["parallel_tool_calls"] = p.clone();
+    }
+    if let Some(n) = req.get("max_output_tokens") {
+        view["max_tokens"] = n.clone();
+    }
+    match req.pointer("/text/format/type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            view["response_format"] = json!({"type": "json_schema",
+                "json_schema": {"schema": req.pointer("/text/format/schema")}});
+        }
+        Some("json_object") => view["response_format"] = json!({"type": "json_object"}),
+        _ => {}
+    }
+    view
+}
+
+/// The reply to a Responses request, its prompt size, and whether it asked for reasoning.
+pub(crate) fn answer(req: &Value) -> (Reply, u64, bool) {
+    let view = openai_view(req);
+    let reasoning = req.get("reasoning").is_some_and(|r| !r.is_null());
+    (
+        behaviour::reply_for(&view),
+        behaviour::prompt_tokens(&view),
+        reasoning,
+    )
+}
+
+fn usage(prompt: u64, completion: u64, reasoning: bool) -> Value {
+    let thought = if reasoning { 5 } else { 0 };
+    json!({"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+           "output_tokens": completion + thought, "output_tokens_details": {"reasoning_tokens": thought},
+           "total_tokens": prompt + completion + thought})
+}
+
+fn reasoning_item() -> Value {
+    json!({"id": "rs_mock_0", "type": "reasoning",
+           "summary": [{"type": "summary_text", "text": "Mock reasoning."}],
+           "encrypted_content": MOCK_ENCRYPTED_REASONING})
+}
+
+fn output(reply: &Reply) -> Vec<Value> {
+    match reply {
+        Reply::Text { words, .. } => vec![
+            json!({"id": "msg_mock_1", "type": "message", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": words.concat(), "annotations": []}]}),
+        ],
+        Reply::Tools(calls) => calls
+            .iter()
+            .enumerate()
+            .map(|(i, (id, name, args))| {
+                json!({"id": format!("fc_mock_{i}"), "type": "function_call",
+                "status": "completed", "call_id": id, "name": name, "arguments": args})
+            })
+            .collect(),
+    }
+}
+
+fn object(reply: &Reply, model: &str, prompt: u64, reasoning: bool, done: bool) -> Value {
+    let truncated = matches!(
+        reply,
+        Reply::Text {
+            truncated: true,
+            ..
+        }
+    );
+    let mut out = Vec::new();
+    if done {
+        if reasoning {
+            out.push(reasoning_item());
+        }
+        out.extend(output(reply));
+    }
+    json!({
+        "id": "resp_mock", "object": "response", "created_at": 1_700_000_000,
+        "status": if !done { "in_progress" } else if truncated { "incomplete" } else { "completed" },
+        "incomplete_details": if done && truncated { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        "error": null, "model": model, "output": out,
+        "usage": if done { usage(prompt, behaviour::completion_tokens(reply), reasoning) } else { Value::Null },
+    })
+}
+
+/// A whole response object.
+pub(crate) fn response_json(reply: &Reply, model: &str, prompt: u64, reasoning: bool) -> Value {
+    object(reply, model, prompt, reasoning, true)
+}
+
+/// The typed event stream, one SSE frame per event.
+pub(crate) fn stream_frames(
+    reply: &Reply,
+    model: &str,
+    prompt: u64,
+    reasoning: bool,
+) -> Vec<String> {
+    let mut frames = Vec::new();
+    let mut seq = 0u64;
+    let mut emit = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        frames.push(format!("event: {kind}\ndata: {data}\n\n"));
+    };
+    let start = object(reply, model, prompt, reasoning, false);
+    emit("response.created", json!({"response": start.clone()}));
+    emit("response.in_progress", json!({"response": start}));
+    let mut index = 0;
+    if reasoning {
+        emit(
+            "response.output_item.added",
+            json!({"output_index": 0,
+            "item": {"id": "rs_mock_0", "type": "reasoning", "summary": []}}),
+        );
+        emit(
+            "response.reasoning_summary_text.delta",
+            json!({"item_id": "rs_mock_0",
+            "output_index": 0, "summary_index": 0, "delta": "Mock reasoning."}),
+        );
+        emit(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": reasoning_item()}),
+        );
+        index = 1;
+    }
+    match reply {
+        Reply::Text { words, .. } => {
+            let item = json!({"id": "msg_mock_1", "type": "message", "status": "in_progress",
+                "role": "assistant", "content": []});
+            emit(
+                "response.output_item.added",
+                json!({"output_index": index, "item": item}),
+            );
+            for w in words {
+                emit(
+                    "response.output_text.delta",
+                    json!({"item_id": "msg_mock_1",
+                    "output_index": index, "content_index": 0, "delta": w}),
+                );
+            }
+            emit(
+                "response.output_text.done",
+                json!({"item_id": "msg_mock_1",
+                "output_index": index, "content_index": 0, "text": words.concat()}),
+            );
+            emit(
+                "response.output_item.done",
+                json!({"output_index": index,
+                "item": output(reply)[0]}),
+            );
+        }
+        Reply::Tools(_) => {
+            for (i, item) in output(reply).into_iter().enumerate() {
+                let at = index + i;
+                let id = item["id"].clone();
+                let args = item["arguments"].as_str().unwrap_or_default().to_owned();
+                let mut added = item.clone();
+                added["arguments"] = json!("");
+                added["status"] = json!("in_progress");
+                emit(
+                    "response.output_item.added",
+                    json!({"output_index": at, "item": added}),
+                );
+                let mid = args
+                    .char_indices()
+                    .nth(args.chars().count() / 2)
+                    .map_or(0, |(b, _)| b);
+                for piece in [&args[..mid], &args[mid..]] {
+                    emit(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": id,
+                        "output_index": at, "delta": piece}),
+                    );
+                }
+                emit(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id,
+                    "output_index": at, "arguments": args}),
+                );
+                emit(
+                    "response.output_item.done",
+                    json!({"output_index": at, "item": item}),
+                );
+            }
+        }
+    }
+    let done = object(reply, model, prompt, reasoning, true);
+    let kind = if done["status"] == "incomplete" {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    emit(kind, json!({"response": done}));
+    frames
+}
