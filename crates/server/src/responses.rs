@@ -32,6 +32,9 @@ pub struct Conversations {
     socket: bool,
 }
 
+/// Responses a WebSocket session keeps for its next turns (the newest).
+const SOCKET_RESPONSES: usize = 4;
+
 #[derive(Default)]
 struct Memory {
     map: HashMap<String, Arc<StoredResponse>>,
@@ -99,7 +102,14 @@ impl Conversations {
             return;
         }
         let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
-        while m.bytes + n > self.limit_bytes {
+        // A socket continues from its latest responses: it keeps only a few (each holds the
+        // whole conversation before it), so many open sockets cannot pile up old turns.
+        let most = if self.socket {
+            SOCKET_RESPONSES
+        } else {
+            usize::MAX
+        };
+        while m.bytes + n > self.limit_bytes || m.map.len() >= most {
             let Some(old) = m.order.pop_front() else {
                 break;
             };
@@ -355,6 +365,18 @@ mod tests {
         assert!(m.bytes <= 3_000);
         assert!(!m.map.contains_key("r0") && m.map.contains_key("r4"));
         assert_eq!(m.order.len(), m.map.len());
+        drop(m);
+        let socket = Conversations {
+            memory: Mutex::default(),
+            limit_bytes: usize::MAX,
+            socket: true,
+        };
+        for i in 0..10 {
+            socket.remember(stored(&format!("s{i}"), None, 10));
+        }
+        let m = socket.memory.lock().unwrap();
+        assert_eq!(m.map.len(), SOCKET_RESPONSES);
+        assert!(m.map.contains_key("s9") && !m.map.contains_key("s5"));
     }
 
     #[test]
