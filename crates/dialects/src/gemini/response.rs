@@ -134,6 +134,9 @@ pub fn render_generate(r: &ChatResponse, model: &str, id: &str) -> Vec<u8> {
 pub struct GeminiStreamEncoder {
     model: String,
     id: String,
+    /// What follows a text part in every content chunk (`}]},"index":0}],"modelVersion":...`),
+    /// written once: a text delta is the hot path of a stream.
+    tail: String,
     sse: bool,
     written: usize,
     signature: Option<String>,
@@ -145,7 +148,13 @@ pub struct GeminiStreamEncoder {
 
 impl GeminiStreamEncoder {
     pub fn new(model: String, id: String, sse: bool) -> Self {
+        let tail = format!(
+            "}}]}},\"index\":0}}],\"modelVersion\":{},\"responseId\":{}}}",
+            Value::String(model.clone()),
+            Value::String(id.clone())
+        );
         Self {
+            tail,
             model,
             id,
             sse,
@@ -172,10 +181,25 @@ impl GeminiStreamEncoder {
         self.written += 1;
     }
 
-    fn part(&mut self, mut part: Value, out: &mut Vec<u8>) {
-        sign(&mut part, self.signature.take());
-        let c = chunk(vec![part], None, None, &self.model, &self.id);
-        self.write(&c, out);
+    /// A text chunk, written straight out.
+    fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if self.sse {
+            out.extend_from_slice(b"data: ");
+        } else {
+            out.extend_from_slice(if self.written == 0 { b"[" } else { b",\r\n" });
+        }
+        out.extend_from_slice(br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"#);
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+        if let Some(sig) = self.signature.take() {
+            out.extend_from_slice(br#","thoughtSignature":"#);
+            let _ = serde_json::to_writer(&mut *out, &sig);
+        }
+        out.extend_from_slice(self.tail.as_bytes());
+        if self.sse {
+            out.extend_from_slice(b"\r\n\r\n");
+        }
+        self.written += 1;
     }
 
     pub fn event(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
@@ -183,7 +207,7 @@ impl GeminiStreamEncoder {
             StreamEvent::Start { .. } | StreamEvent::Raw(_) => {}
             StreamEvent::TextDelta(t) | StreamEvent::RefusalDelta(t) => {
                 if !t.is_empty() {
-                    self.part(json!({ "text": t }), out);
+                    self.text(t, out);
                 }
             }
             StreamEvent::ReasoningDelta { text, signature } => {

@@ -243,6 +243,8 @@ enum Open {
 /// Writes canonical events as the Responses API's typed SSE events, numbering them.
 pub struct ResponsesStreamEncoder {
     meta: ResponseMeta,
+    /// The response id without `resp_`, the stem of every item id.
+    base: String,
     seq: u64,
     started: bool,
     /// Output items by output index, `None` while still open.
@@ -258,7 +260,9 @@ pub struct ResponsesStreamEncoder {
 
 impl ResponsesStreamEncoder {
     pub fn new(meta: ResponseMeta) -> Self {
+        let base = meta.id.strip_prefix("resp_").unwrap_or(&meta.id).to_owned();
         Self {
+            base,
             meta,
             seq: 0,
             started: false,
@@ -285,13 +289,56 @@ impl ResponsesStreamEncoder {
         out.extend_from_slice(b"\n\n");
     }
 
+    /// A delta event, the hot path of a stream: written straight out, no JSON tree built.
+    /// `fields` goes between the output index and the delta (`,"content_index":0`), `tail`
+    /// after it (`,"logprobs":[]`).
+    fn emit_delta(
+        &mut self,
+        kind: &str,
+        (prefix, index): (&str, usize),
+        fields: &str,
+        delta: &str,
+        tail: &str,
+        out: &mut Vec<u8>,
+    ) {
+        use std::io::Write as _;
+        let seq = self.seq;
+        self.seq += 1;
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{seq},\"item_id\":\"{prefix}_{}_{index}\",\"output_index\":{index}{fields},\"delta\":",
+            self.base
+        );
+        let _ = serde_json::to_writer(&mut *out, delta);
+        out.extend_from_slice(tail.as_bytes());
+        out.extend_from_slice(b"}\n\n");
+    }
+
     fn start(&mut self, out: &mut Vec<u8>) {
         if std::mem::replace(&mut self.started, true) {
             return;
         }
+        // The response object is serialised once for both events.
         let obj = self.meta.object("in_progress", Vec::new(), &End::default());
-        self.emit("response.created", json!({ "response": obj.clone() }), out);
-        self.emit("response.in_progress", json!({ "response": obj }), out);
+        let obj = serde_json::to_string(&obj).unwrap_or_default();
+        for kind in ["response.created", "response.in_progress"] {
+            let seq = self.seq;
+            self.seq += 1;
+            for piece in [
+                "event: ",
+                kind,
+                "\ndata: {\"type\":\"",
+                kind,
+                "\",\"sequence_number\":",
+                &seq.to_string(),
+                ",\"response\":",
+                &obj,
+                "}\n\n",
+            ] {
+                out.extend_from_slice(piece.as_bytes());
+            }
+        }
     }
 
     fn new_item(&mut self) -> usize {
@@ -405,8 +452,8 @@ impl ResponsesStreamEncoder {
         }
         let first = so_far.is_empty();
         so_far.push_str(text);
-        let id = self.meta.item_id("rs", index);
         if first {
+            let id = self.meta.item_id("rs", index);
             self.emit(
                 "response.reasoning_summary_part.added",
                 json!({"item_id": id, "output_index": index, "summary_index": 0,
@@ -414,9 +461,12 @@ impl ResponsesStreamEncoder {
                 out,
             );
         }
-        self.emit(
+        self.emit_delta(
             "response.reasoning_summary_text.delta",
-            json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": text}),
+            ("rs", index),
+            ",\"summary_index\":0",
+            text,
+            "",
             out,
         );
     }
@@ -444,9 +494,9 @@ impl ResponsesStreamEncoder {
             return;
         };
         let (index, content_index) = (*index, parts.len());
-        let item_id = self.meta.item_id("msg", index);
         if part.is_none() {
             *part = Some((refusal, String::new()));
+            let item_id = self.meta.item_id("msg", index);
             let p = if refusal {
                 refusal_part("")
             } else {
@@ -465,12 +515,29 @@ impl ResponsesStreamEncoder {
         {
             text.push_str(delta);
         }
-        let mut d = json!({"item_id": item_id, "output_index": index, "content_index": content_index, "delta": delta});
-        if refusal {
-            self.emit("response.refusal.delta", d, out);
+        let fields: std::borrow::Cow<'static, str> = if content_index == 0 {
+            ",\"content_index\":0".into()
         } else {
-            d["logprobs"] = json!([]);
-            self.emit("response.output_text.delta", d, out);
+            format!(",\"content_index\":{content_index}").into()
+        };
+        if refusal {
+            self.emit_delta(
+                "response.refusal.delta",
+                ("msg", index),
+                &fields,
+                delta,
+                "",
+                out,
+            );
+        } else {
+            self.emit_delta(
+                "response.output_text.delta",
+                ("msg", index),
+                &fields,
+                delta,
+                ",\"logprobs\":[]",
+                out,
+            );
         }
     }
 
@@ -507,10 +574,12 @@ impl ResponsesStreamEncoder {
         if self.meta.is_custom(&call.name) {
             return;
         }
-        let item_id = self.meta.item_id("fc", index);
-        self.emit(
+        self.emit_delta(
             "response.function_call_arguments.delta",
-            json!({"item_id": item_id, "output_index": index, "delta": delta}),
+            ("fc", index),
+            "",
+            delta,
+            "",
             out,
         );
     }
