@@ -15,7 +15,7 @@ fn last_message(req: &Value) -> Option<&Value> {
         .and_then(|m| m.last())
 }
 
-fn text_of(content: Option<&Value>) -> String {
+pub(crate) fn text_of(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts

@@ -5,22 +5,10 @@
 
 use serde_json::{Value, json};
 
-use crate::behaviour::{self, Reply};
+use crate::behaviour::{self, Reply, text_of};
 
 /// The encrypted content of the mock's reasoning item.
 pub const MOCK_ENCRYPTED_REASONING: &str = "gAAAAmock-encrypted-reasoning";
-
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
 
 /// The request as the Chat Completions view the behaviour reads.
 fn openai_view(req: &Value) -> Value {
