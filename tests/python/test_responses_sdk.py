@@ -278,3 +278,35 @@ def test_the_websocket_needs_a_key(relais_url):
             conn.send({"type": "response.create", "model": "gpt-4o-mini", "input": "x"})
             conn.recv()
     assert "401" in str(e.value) or "rejected" in str(e.value).lower(), e.value
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_hosted_tools_pass_through_to_a_responses_upstream(client, mock, stream):
+    """A Responses client on a route whose upstream speaks the Responses API: the request goes
+    through whole (the hosted web_search tool included) and so does the answer (the
+    web_search_call item, the citation on the text), which relais still stores and continues."""
+    kw = dict(model="gpt-5-responses", input="what is new?", tools=[{"type": "web_search"}])
+    if stream:
+        with client.responses.stream(**kw) as s:
+            kinds = [e.type for e in s]
+            r = s.get_final_response()
+        assert "response.web_search_call.completed" in kinds
+        assert "response.output_text.annotation.added" in kinds
+    else:
+        r = client.responses.create(**kw)
+    assert [o.type for o in r.output] == ["web_search_call", "message"]
+    assert r.output[1].content[0].annotations[0].url == "https://example.com/mock-source"
+    assert r.output_text == "Hello from mock! You said: what is new?"
+    sent = mock.requests()[-1]["body"]
+    assert sent["tools"] == [{"type": "web_search"}] and sent["store"] is False
+    assert "previous_response_id" not in sent
+    # The next turn, through relais's stored conversation, carries the hosted call back.
+    r2 = client.responses.create(model="gpt-5-responses", input="more?", previous_response_id=r.id,
+                                 tools=[{"type": "web_search"}])
+    assert r2.output_text.endswith("more?")
+    kinds = [i.get("type") for i in mock.requests()[-1]["body"]["input"]]
+    assert kinds == ["message", "web_search_call", "message", "message"], kinds
+    # The same request on a route that may reach another API is refused by name.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", tools=[{"type": "web_search"}])
+    assert "web_search" in e.value.message

@@ -75,6 +75,10 @@ pub enum StreamEvent {
     /// It only ever holds content the decoder could have turned into the events above; usage,
     /// finish reasons, tool calls and errors always arrive decoded.
     Raw(RawChunk),
+    /// A Responses API event (its JSON text) from an upstream that speaks the client's
+    /// Responses API natively, forwarded as it came (see
+    /// [`crate::ChatRequest::responses_body`]); usage, finish and errors still arrive decoded.
+    Native(String),
 }
 
 /// One OpenAI `chat.completion.chunk` as the upstream sent it (its JSON text), with the byte
@@ -103,6 +107,9 @@ pub struct ChatResponse {
     pub tool_calls: Vec<ToolCall>,
     pub usage: Option<Usage>,
     pub finish: Option<FinishReason>,
+    /// The output items of a natively answered Responses API request, as the upstream sent
+    /// them (from its `response.output_item.done` events).
+    pub native_items: Vec<serde_json::Value>,
 }
 
 /// Folds events into a [`ChatResponse`]. Used for non-streaming answers, for the ledger of a
@@ -166,6 +173,17 @@ impl Collector {
                 None => r.usage = Some(*u),
             },
             StreamEvent::Finish(f) => r.finish = Some(*f),
+            StreamEvent::Native(json) => {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                    if v.get("type").and_then(serde_json::Value::as_str)
+                        == Some("response.output_item.done")
+                    {
+                        if let Some(item) = v.get("item") {
+                            r.native_items.push(item.clone());
+                        }
+                    }
+                }
+            }
             StreamEvent::Raw(_) => {
                 // Only streams to an OpenAI client carry these, and those are never folded.
                 return Err(Error::internal(

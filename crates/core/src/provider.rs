@@ -85,6 +85,12 @@ pub trait Provider: Send + Sync {
         request: &'a EmbedRequest,
     ) -> BoxFuture<'a, Result<EmbedResponse, Error>>;
 
+    /// Whether this provider speaks the OpenAI Responses API natively, so a Responses client's
+    /// request reaches it whole (see [`crate::ChatRequest::responses_body`]).
+    fn speaks_responses(&self) -> bool {
+        false
+    }
+
     /// What `model` can serve; see [`Capabilities`].
     fn capabilities(&self, _model: &str) -> Capabilities {
         Capabilities::default()

@@ -38,6 +38,13 @@ pub struct ChatRequest {
     /// `anthropic-beta` header): forwarded only to an upstream of `extra_family`, dropped with a
     /// debug log for the others.
     pub vendor_beta: Option<String>,
+    /// A Responses API client's own request (its conversation expanded into `input`), for an
+    /// upstream that speaks the Responses API natively
+    /// ([`crate::Provider::speaks_responses`]): that upstream gets it whole, hosted tools
+    /// included, and answers with [`crate::StreamEvent::Native`] events. Every other upstream
+    /// reads the canonical fields. Whoever needs the answer's text (a fold, a comparison)
+    /// clears it.
+    pub responses_body: Option<std::sync::Arc<Map<String, Value>>>,
 }
 
 impl ChatRequest {

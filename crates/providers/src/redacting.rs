@@ -71,6 +71,10 @@ impl Provider for Redacting {
         })
     }
 
+    fn speaks_responses(&self) -> bool {
+        self.inner.speaks_responses()
+    }
+
     fn capabilities(&self, model: &str) -> Capabilities {
         self.inner.capabilities(model)
     }

@@ -687,13 +687,17 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
         .map(str::to_owned)
         .or_else(|| req.get("model").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| "mock-model".into());
-    let (reply, prompt, reasoning) = match flavor {
+    let (reply, prompt, extras) = match flavor {
         Flavor::Anthropic => {
             let (reply, prompt) = anthropic::answer(&req);
-            (reply, prompt, false)
+            (reply, prompt, responses::Extras::default())
         }
         Flavor::Responses => responses::answer(&req),
-        Flavor::OpenAi | Flavor::Azure => (reply_for(&req), behaviour::prompt_tokens(&req), false),
+        Flavor::OpenAi | Flavor::Azure => (
+            reply_for(&req),
+            behaviour::prompt_tokens(&req),
+            responses::Extras::default(),
+        ),
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if stream {
@@ -704,7 +708,7 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
         let mut frames = if flavor == Flavor::Anthropic {
             anthropic::stream_frames(&reply, &model, prompt)
         } else if flavor == Flavor::Responses {
-            responses::stream_frames(&reply, &model, prompt, reasoning)
+            responses::stream_frames(&reply, &model, prompt, extras)
         } else {
             behaviour::stream_frames(
                 &reply,
@@ -785,7 +789,7 @@ async fn chat(s: &MockState, killer: &Killer, call: Call, flavor: Flavor) -> Res
     } else if flavor == Flavor::Anthropic {
         anthropic::message_json(&reply, &model, prompt).to_string()
     } else if flavor == Flavor::Responses {
-        responses::response_json(&reply, &model, prompt, reasoning).to_string()
+        responses::response_json(&reply, &model, prompt, extras).to_string()
     } else {
         behaviour::completion_json(&reply, &model, prompt).to_string()
     };

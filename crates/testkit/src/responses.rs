@@ -76,15 +76,48 @@ fn openai_view(req: &Value) -> Value {
     view
 }
 
-/// The reply to a Responses request, its prompt size, and whether it asked for reasoning.
-pub(crate) fn answer(req: &Value) -> (Reply, u64, bool) {
+/// What a Responses request gets besides the shared behaviour's reply: a reasoning item first
+/// when it asked for reasoning, a web search (a `web_search_call` item, and a citation on the
+/// text) when it offered the hosted `web_search` tool.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Extras {
+    pub reasoning: bool,
+    pub web_search: bool,
+}
+
+/// The reply to a Responses request, its prompt size, and its extras.
+pub(crate) fn answer(req: &Value) -> (Reply, u64, Extras) {
     let view = openai_view(req);
-    let reasoning = req.get("reasoning").is_some_and(|r| !r.is_null());
+    let web_search = req.get("tools").and_then(Value::as_array).is_some_and(|t| {
+        t.iter()
+            .any(|t| t.get("type").and_then(Value::as_str) == Some("web_search"))
+    });
+    let extras = Extras {
+        reasoning: req.get("reasoning").is_some_and(|r| !r.is_null()),
+        web_search,
+    };
     (
         behaviour::reply_for(&view),
         behaviour::prompt_tokens(&view),
-        reasoning,
+        extras,
     )
+}
+
+fn web_search_item() -> Value {
+    json!({"id": "ws_mock_0", "type": "web_search_call", "status": "completed",
+           "action": {"type": "search", "query": "mock search"}})
+}
+
+/// The citation a web-searched answer carries.
+pub const MOCK_CITATION_URL: &str = "https://example.com/mock-source";
+
+fn annotations(web_search: bool) -> Value {
+    if web_search {
+        json!([{"type": "url_citation", "url": MOCK_CITATION_URL, "title": "Mock source",
+                "start_index": 0, "end_index": 5}])
+    } else {
+        json!([])
+    }
 }
 
 fn usage(prompt: u64, completion: u64, reasoning: bool) -> Value {
@@ -100,11 +133,12 @@ fn reasoning_item() -> Value {
            "encrypted_content": MOCK_ENCRYPTED_REASONING})
 }
 
-fn output(reply: &Reply) -> Vec<Value> {
+fn output(reply: &Reply, web_search: bool) -> Vec<Value> {
     match reply {
         Reply::Text { words, .. } => vec![
             json!({"id": "msg_mock_1", "type": "message", "status": "completed",
-            "role": "assistant", "content": [{"type": "output_text", "text": words.concat(), "annotations": []}]}),
+            "role": "assistant", "content": [{"type": "output_text", "text": words.concat(),
+            "annotations": annotations(web_search)}]}),
         ],
         Reply::Tools(calls) => calls
             .iter()
@@ -117,7 +151,8 @@ fn output(reply: &Reply) -> Vec<Value> {
     }
 }
 
-fn object(reply: &Reply, model: &str, prompt: u64, reasoning: bool, done: bool) -> Value {
+fn object(reply: &Reply, model: &str, prompt: u64, extras: Extras, done: bool) -> Value {
+    let reasoning = extras.reasoning;
     let truncated = matches!(
         reply,
         Reply::Text {
@@ -130,7 +165,10 @@ fn object(reply: &Reply, model: &str, prompt: u64, reasoning: bool, done: bool) 
         if reasoning {
             out.push(reasoning_item());
         }
-        out.extend(output(reply));
+        if extras.web_search {
+            out.push(web_search_item());
+        }
+        out.extend(output(reply, extras.web_search));
     }
     json!({
         "id": "resp_mock", "object": "response", "created_at": 1_700_000_000,
@@ -142,8 +180,8 @@ fn object(reply: &Reply, model: &str, prompt: u64, reasoning: bool, done: bool) 
 }
 
 /// A whole response object.
-pub(crate) fn response_json(reply: &Reply, model: &str, prompt: u64, reasoning: bool) -> Value {
-    object(reply, model, prompt, reasoning, true)
+pub(crate) fn response_json(reply: &Reply, model: &str, prompt: u64, extras: Extras) -> Value {
+    object(reply, model, prompt, extras, true)
 }
 
 /// The typed event stream, one SSE frame per event.
@@ -151,8 +189,9 @@ pub(crate) fn stream_frames(
     reply: &Reply,
     model: &str,
     prompt: u64,
-    reasoning: bool,
+    extras: Extras,
 ) -> Vec<String> {
+    let reasoning = extras.reasoning;
     let mut frames = Vec::new();
     let mut seq = 0u64;
     let mut emit = |kind: &str, mut data: Value| {
@@ -161,7 +200,7 @@ pub(crate) fn stream_frames(
         seq += 1;
         frames.push(format!("event: {kind}\ndata: {data}\n\n"));
     };
-    let start = object(reply, model, prompt, reasoning, false);
+    let start = object(reply, model, prompt, extras, false);
     emit("response.created", json!({"response": start.clone()}));
     emit("response.in_progress", json!({"response": start}));
     let mut index = 0;
@@ -182,6 +221,23 @@ pub(crate) fn stream_frames(
         );
         index = 1;
     }
+    if extras.web_search {
+        let mut added = web_search_item();
+        added["status"] = json!("in_progress");
+        emit(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        );
+        emit(
+            "response.web_search_call.completed",
+            json!({"output_index": index, "item_id": "ws_mock_0"}),
+        );
+        emit(
+            "response.output_item.done",
+            json!({"output_index": index, "item": web_search_item()}),
+        );
+        index += 1;
+    }
     match reply {
         Reply::Text { words, .. } => {
             let item = json!({"id": "msg_mock_1", "type": "message", "status": "in_progress",
@@ -189,6 +245,11 @@ pub(crate) fn stream_frames(
             emit(
                 "response.output_item.added",
                 json!({"output_index": index, "item": item}),
+            );
+            emit(
+                "response.content_part.added",
+                json!({"item_id": "msg_mock_1", "output_index": index, "content_index": 0,
+                       "part": {"type": "output_text", "text": "", "annotations": []}}),
             );
             for w in words {
                 emit(
@@ -203,13 +264,25 @@ pub(crate) fn stream_frames(
                 "output_index": index, "content_index": 0, "text": words.concat()}),
             );
             emit(
+                "response.content_part.done",
+                json!({"item_id": "msg_mock_1", "output_index": index, "content_index": 0,
+                       "part": output(reply, extras.web_search)[0]["content"][0]}),
+            );
+            if extras.web_search {
+                emit(
+                    "response.output_text.annotation.added",
+                    json!({"item_id": "msg_mock_1", "output_index": index, "content_index": 0,
+                           "annotation_index": 0, "annotation": annotations(true)[0]}),
+                );
+            }
+            emit(
                 "response.output_item.done",
                 json!({"output_index": index,
-                "item": output(reply)[0]}),
+                "item": output(reply, extras.web_search)[0]}),
             );
         }
         Reply::Tools(_) => {
-            for (i, item) in output(reply).into_iter().enumerate() {
+            for (i, item) in output(reply, false).into_iter().enumerate() {
                 let at = index + i;
                 let id = item["id"].clone();
                 let args = item["arguments"].as_str().unwrap_or_default().to_owned();
@@ -243,7 +316,7 @@ pub(crate) fn stream_frames(
             }
         }
     }
-    let done = object(reply, model, prompt, reasoning, true);
+    let done = object(reply, model, prompt, extras, true);
     let kind = if done["status"] == "incomplete" {
         "response.incomplete"
     } else {

@@ -397,6 +397,7 @@ fn parse(body: &[u8], require_max_tokens: bool) -> Result<ChatRequest, Error> {
         extra: raw.extra,
         extra_family: Some(FAMILY),
         vendor_beta: None,
+        responses_body: None,
     })
 }
 

@@ -349,7 +349,8 @@ impl MessagesStreamEncoder {
             StreamEvent::Finish(f) => self.finish = Some(*f),
             // Forwarded chunks are OpenAI's wire format and only requests from OpenAI clients
             // ask for them (`ChatRequest::passthrough`); an Anthropic client never gets one.
-            StreamEvent::Raw(_) => {}
+            // Only a Responses client's request is answered natively.
+            StreamEvent::Raw(_) | StreamEvent::Native(_) => {}
             // A refusal is text in Anthropic's format; next to other text it joins its block.
             StreamEvent::TextDelta(text) | StreamEvent::RefusalDelta(text) => {
                 if text.is_empty() {
@@ -1021,6 +1022,7 @@ mod tests {
                 reasoning_tokens: 20,
             }),
             finish: Some(FinishReason::ToolCalls),
+            native_items: Vec::new(),
         };
         let body: Value =
             serde_json::from_slice(&render_message(&resp, "msg_abc", "route")).unwrap();

@@ -204,7 +204,7 @@ impl GeminiStreamEncoder {
 
     pub fn event(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
         match ev {
-            StreamEvent::Start { .. } | StreamEvent::Raw(_) => {}
+            StreamEvent::Start { .. } | StreamEvent::Raw(_) | StreamEvent::Native(_) => {}
             StreamEvent::TextDelta(t) | StreamEvent::RefusalDelta(t) => {
                 if !t.is_empty() {
                     self.text(t, out);

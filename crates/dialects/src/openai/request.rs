@@ -338,6 +338,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, Error> {
         extra: raw.extra,
         extra_family: Some("openai"),
         vendor_beta: None,
+        responses_body: None,
     })
 }
 

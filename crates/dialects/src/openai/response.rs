@@ -331,6 +331,8 @@ impl ChatStreamEncoder {
                 self.ensure_started(out);
                 self.raw(raw, out);
             }
+            // Only a Responses client's request is answered natively.
+            StreamEvent::Native(_) => {}
         }
     }
 

@@ -36,6 +36,42 @@ pub struct ResponsesRequest {
     /// The request's settings echoed in the response object (instructions, tools, text,
     /// reasoning, sampling, metadata, ...), as the client sent them.
     pub echo: Map<String, Value>,
+    /// The body as the client sent it, for an upstream that speaks this API natively
+    /// (see [`native_body`]).
+    pub body: Map<String, Value>,
+}
+
+/// The request for an upstream that speaks the Responses API natively: the client's body
+/// whole (hosted tools and all), its conversation expanded (`history`, the stored items, then
+/// this turn's input) in place of `previous_response_id`, which that upstream does not hold.
+/// Ids relais gave stored items are left out (a stateless upstream would look them up); a
+/// reasoning item keeps its id, which its encrypted content is tied to.
+pub fn native_body(req: &ResponsesRequest, history: &[Value]) -> Map<String, Value> {
+    let mut body = req.body.clone();
+    for key in [
+        "previous_response_id",
+        "store",
+        "stream",
+        "stream_options",
+        "background",
+    ] {
+        body.remove(key);
+    }
+    let mut input: Vec<Value> = history
+        .iter()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Value::Object(m) = &mut item {
+                if m.get("type").and_then(Value::as_str) != Some("reasoning") {
+                    m.remove("id");
+                }
+            }
+            item
+        })
+        .collect();
+    input.extend(req.input.iter().cloned());
+    body.insert("input".into(), Value::Array(input));
+    body
 }
 
 /// The request fields echoed in the response object when the client sent them.
@@ -97,6 +133,7 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, Error> {
     };
     let mut out = ResponsesRequest {
         store: true,
+        body: body.clone(),
         ..ResponsesRequest::default()
     };
     for key in ECHOED {
@@ -248,7 +285,26 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, Error> {
 /// Put the stored conversation (`items`: the earlier turns' input and output) in front of this
 /// turn's input; instructions stay first, as they are not carried over from turn to turn.
 pub fn with_history(req: &mut ResponsesRequest, items: &[Value]) -> Result<(), Error> {
-    let history = messages(items, "previous_response_id").map_err(|mut e| {
+    // A hosted tool's record (a web search an upstream ran) reaches a Responses upstream whole
+    // (see `native_body`); in the canonical conversation, for any other vendor, it has no
+    // form, and the answer built on it stays.
+    let items: Vec<Value> = items
+        .iter()
+        .filter(|i| {
+            let kind = i.get("type").and_then(Value::as_str).unwrap_or("message");
+            matches!(
+                kind,
+                "message"
+                    | "function_call"
+                    | "function_call_output"
+                    | "custom_tool_call"
+                    | "custom_tool_call_output"
+                    | "reasoning"
+            )
+        })
+        .cloned()
+        .collect();
+    let history = messages(&items, "previous_response_id").map_err(|mut e| {
         e.message = format!("the stored conversation cannot be read: {}", e.message);
         e
     })?;

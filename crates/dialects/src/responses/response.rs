@@ -221,7 +221,13 @@ pub fn render_response(meta: &ResponseMeta, r: &ChatResponse) -> Value {
         error: None,
         incomplete,
     };
-    meta.object(status, output_items(meta, r), &end)
+    // A natively answered request: the upstream's own items, as they came.
+    let output = if r.native_items.is_empty() {
+        output_items(meta, r)
+    } else {
+        r.native_items.clone()
+    };
+    meta.object(status, output, &end)
 }
 
 /// The item being streamed that is not a tool call.
@@ -339,6 +345,32 @@ impl ResponsesStreamEncoder {
                 out.extend_from_slice(piece.as_bytes());
             }
         }
+    }
+
+    /// An event of an upstream that speaks this API too: forwarded as it came, numbered in
+    /// this stream; its finished items are kept for the final response object.
+    fn native(&mut self, json: &str, out: &mut Vec<u8>) {
+        let Ok(v) = serde_json::from_str::<Value>(json) else {
+            return;
+        };
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let index = v
+            .get("output_index")
+            .and_then(Value::as_u64)
+            .and_then(|i| usize::try_from(i).ok());
+        if let Some(i) = index {
+            if self.items.len() <= i {
+                self.items.resize(i + 1, None);
+            }
+            if kind == "response.output_item.done" {
+                self.items[i] = v.get("item").cloned();
+            }
+        }
+        self.emit(&kind, v, out);
     }
 
     fn new_item(&mut self) -> usize {
@@ -616,6 +648,7 @@ impl ResponsesStreamEncoder {
         self.start(out);
         match ev {
             StreamEvent::Start { .. } | StreamEvent::Raw(_) => {}
+            StreamEvent::Native(json) => self.native(json, out),
             StreamEvent::TextDelta(t) => self.content(false, t, out),
             StreamEvent::RefusalDelta(t) => self.content(true, t, out),
             StreamEvent::ReasoningDelta { text, signature } => {

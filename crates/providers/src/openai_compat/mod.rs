@@ -207,17 +207,23 @@ impl<E: Endpoint> Family<E> {
 
     /// A chat request through the Responses API (`wire_api = "responses"`).
     async fn responses_inner(&self, model: &str, req: &ChatRequest) -> Result<EventStream, Error> {
-        let body = serde_json::to_vec(&responses::encode(req, model)?)
+        // A Responses client's request goes through whole; any other is encoded.
+        let native = req.responses_body.is_some();
+        let body = match &req.responses_body {
+            Some(b) => responses::native(b, req, model),
+            None => responses::encode(req, model)?,
+        };
+        let body = serde_json::to_vec(&body)
             .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
         let resp = self.post(self.endpoint.responses_url(model)?, body).await?;
         if req.stream && is_sse(&resp) {
             return Ok(crate::sse::sse_stream(
                 resp,
-                responses::ResponsesDecoder::default(),
+                responses::ResponsesDecoder::forwarding(native),
             ));
         }
         let body = crate::http::read_limited(resp, MAX_RESPONSE_BODY).await?;
-        let events = responses::decode_whole(&body)?;
+        let events = responses::decode_whole(&body, native)?;
         Ok(Box::pin(futures_util::stream::iter(
             events.into_iter().map(Ok),
         )))
@@ -275,6 +281,10 @@ impl<E: Endpoint> Family<E> {
 impl<E: Endpoint> Provider for Family<E> {
     fn kind(&self) -> &'static str {
         self.opts.kind
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.opts.wire_api == WireApi::Responses
     }
 
     fn chat<'a>(

@@ -273,6 +273,25 @@ pub(crate) fn encode(req: &ChatRequest, model: &str) -> Result<Value, Error> {
     Ok(Value::Object(body))
 }
 
+/// A Responses client's own request, for this upstream: whole (hosted tools, annotations,
+/// every field it sent), with the model this deployment names, stateless like every request
+/// here (`store: false`, encrypted reasoning asked for), and streaming as the client asked.
+pub(crate) fn native(body: &Map<String, Value>, req: &ChatRequest, model: &str) -> Value {
+    let mut body = body.clone();
+    body.insert("model".into(), model.into());
+    body.insert("stream".into(), req.stream.into());
+    body.insert("store".into(), false.into());
+    let include = body
+        .entry("include")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(list) = include {
+        if !list.iter().any(|v| v == "reasoning.encrypted_content") {
+            list.push("reasoning.encrypted_content".into());
+        }
+    }
+    Value::Object(body)
+}
+
 fn usage(u: &Value) -> Usage {
     let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Usage {
@@ -333,6 +352,9 @@ fn unwrap_parallel(arguments: &str) -> Option<Vec<(String, String)>> {
 /// Decodes a Responses API answer, streamed or whole, into canonical events.
 #[derive(Default)]
 pub(crate) struct ResponsesDecoder {
+    /// Forward the answer's events as they came ([`StreamEvent::Native`]), decoding only the
+    /// start, usage, finish and errors: the client speaks this API too.
+    native: bool,
     started: bool,
     finished: bool,
     /// Tool calls by item id, until their item is done.
@@ -341,6 +363,42 @@ pub(crate) struct ResponsesDecoder {
 }
 
 impl ResponsesDecoder {
+    pub(crate) fn forwarding(native: bool) -> Self {
+        Self {
+            native,
+            ..Self::default()
+        }
+    }
+
+    /// A natively answered event: the lifecycle decoded, the rest forwarded.
+    fn forward(
+        &mut self,
+        ev: &Value,
+        data: String,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<bool, Error> {
+        match ev.get("type").and_then(Value::as_str).unwrap_or_default() {
+            "response.created" | "response.in_progress" => self.start(ev.get("response"), out),
+            "response.completed" | "response.incomplete" => {
+                let response = ev.get("response").unwrap_or(&Value::Null);
+                self.start(Some(response), out);
+                self.end(response, out)?;
+                return Ok(true);
+            }
+            "response.failed" => return Err(failure(ev.pointer("/response/error"))),
+            "error" => return Err(failure(ev.get("error").or(Some(ev)))),
+            kind => {
+                self.start(None, out);
+                if kind == "response.output_item.added" && is_call(ev.get("item")) {
+                    // Counted for the finish reason only.
+                    self.next_call += 1;
+                }
+                out.push(StreamEvent::Native(data));
+            }
+        }
+        Ok(false)
+    }
+
     fn start(&mut self, response: Option<&Value>, out: &mut Vec<StreamEvent>) {
         if std::mem::replace(&mut self.started, true) {
             return;
@@ -653,6 +711,10 @@ impl SseDecode for ResponsesDecoder {
             return Ok(false);
         }
         match parse_event(&ev.data) {
+            Ok(v) if self.native => {
+                let data = std::mem::take(&mut ev.data);
+                self.forward(&v, data, out)
+            }
             Ok(v) => self.decode(&v, out),
             Err(e) => Err(protocol(format!(
                 "upstream sent an invalid Responses event: {e}"
@@ -685,8 +747,16 @@ fn parse_event(data: &str) -> Result<Value, serde_json::Error> {
     Err(first)
 }
 
-/// A whole (non-streaming) response object as events.
-pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
+fn is_call(item: Option<&Value>) -> bool {
+    matches!(
+        item.and_then(|i| i.get("type")).and_then(Value::as_str),
+        Some("function_call" | "custom_tool_call")
+    )
+}
+
+/// A whole (non-streaming) response object as events; `native`: its output items forwarded
+/// as they came (as `response.output_item.done` events).
+pub(crate) fn decode_whole(body: &[u8], native: bool) -> Result<Vec<StreamEvent>, Error> {
     let response: Value = serde_json::from_slice(body)
         .map_err(|e| protocol(format!("upstream sent an invalid Responses body: {e}")))?;
     if response.get("output").is_none() {
@@ -698,13 +768,17 @@ pub(crate) fn decode_whole(body: &[u8]) -> Result<Vec<StreamEvent>, Error> {
     let mut d = ResponsesDecoder::default();
     let mut out = Vec::new();
     d.start(Some(&response), &mut out);
-    for item in response
-        .get("output")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        d.item(item, &mut out);
+    let output = response.get("output").and_then(Value::as_array);
+    for (i, item) in output.into_iter().flatten().enumerate() {
+        if !native {
+            d.item(item, &mut out);
+            continue;
+        }
+        if is_call(Some(item)) {
+            d.next_call += 1;
+        }
+        let ev = json!({"type": "response.output_item.done", "output_index": i, "item": item});
+        out.push(StreamEvent::Native(ev.to_string()));
     }
     d.end(&response, &mut out)?;
     Ok(out)
@@ -752,7 +826,10 @@ mod tests {
     }
 
     fn whole(rel: &str) -> Result<Vec<StreamEvent>, Error> {
-        decode_whole(&std::fs::read(super::super::tests::fixture(rel)).unwrap())
+        decode_whole(
+            &std::fs::read(super::super::tests::fixture(rel)).unwrap(),
+            false,
+        )
     }
 
     /// Every recording of the Responses API decodes: the streams to the same answer as their
@@ -836,6 +913,69 @@ mod tests {
         let custom = fold(&whole("openai-responses/openai-custom-tool.1.json").unwrap());
         let args: Value = serde_json::from_str(&custom.tool_calls[0].arguments).unwrap();
         assert!(args["input"].is_string());
+    }
+
+    /// A Responses client's request answered by a Responses upstream: every event forwarded
+    /// as it came (hosted tools' items and citations included), with usage and the finish
+    /// still decoded for the ledger.
+    #[test]
+    fn a_native_answer_is_forwarded_whole() {
+        let text = std::fs::read_to_string(super::super::tests::fixture(
+            "openai-responses/openai-web-search-tool.1.chunks.txt",
+        ))
+        .unwrap();
+        let mut d = ResponsesDecoder::forwarding(true);
+        let mut out = Vec::new();
+        let mut forwarded = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut ev = SseEvent {
+                event: None,
+                data: line.to_owned(),
+            };
+            let kind: Value = serde_json::from_str(line).unwrap();
+            if !matches!(
+                kind["type"].as_str(),
+                Some("response.created" | "response.in_progress" | "response.completed")
+            ) {
+                forwarded += 1;
+            }
+            if d.event(&mut ev, &mut out).unwrap() {
+                break;
+            }
+        }
+        let natives: Vec<&String> = out
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Native(j) => Some(j),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(natives.len(), forwarded);
+        assert!(natives.iter().any(|j| j.contains("web_search_call")));
+        assert!(natives.iter().any(|j| j.contains("url_citation")));
+        let r = fold(&out);
+        assert_eq!(r.finish, Some(FinishReason::Stop));
+        assert!(r.usage.is_some());
+        assert!(
+            r.native_items
+                .iter()
+                .any(|i| i["type"] == "web_search_call")
+        );
+        let whole = decode_whole(
+            &std::fs::read(super::super::tests::fixture(
+                "openai-responses/openai-web-search-tool.1.json",
+            ))
+            .unwrap(),
+            true,
+        )
+        .unwrap();
+        let w = fold(&whole);
+        let kinds: Vec<&str> = w
+            .native_items
+            .iter()
+            .filter_map(|i| i["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["web_search_call", "web_search_call", "message"]);
     }
 
     #[test]

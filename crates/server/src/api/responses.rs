@@ -12,7 +12,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::StreamExt;
 use relais_core::{Error, ErrorKind};
-use relais_dialects::responses::{ResponseMeta, ResponsesRequest, parse_responses, with_history};
+use relais_dialects::responses::{
+    ResponseMeta, ResponsesRequest, native_body, parse_responses, with_history,
+};
 use relais_router::RouteKind;
 use serde_json::{Value, json};
 
@@ -51,12 +53,17 @@ async fn turn(
         or_refuse!(app, ctx, admit::gate(&app, &live, &headers, body).await);
     let mut turn = or_refuse!(app, ctx, parse_responses(&bytes));
     drop((bytes, decoding));
-    or_refuse!(app, ctx, canonical_only(&turn));
+    let native = natively(&live, &turn.chat.model);
+    or_refuse!(app, ctx, canonical_only(&turn, native));
     let earlier = or_refuse!(
         app,
         ctx,
         continue_from(&app, &live, &caller, &mut turn, socket).await
     );
+    if native.is_some() {
+        // A deployment that speaks the Responses API gets the client's request whole.
+        turn.chat.responses_body = Some(Arc::new(native_body(&turn, &earlier)));
+    }
     let id = new_response_id();
     let retention = live.runtime.responses.retention_secs;
     let stored = turn.store && retention > 0;
@@ -106,18 +113,31 @@ async fn turn(
     .await
 }
 
-/// What only an upstream speaking the Responses API natively can do is refused by name.
-fn canonical_only(turn: &ResponsesRequest) -> Result<(), Error> {
+/// How the route's deployments take a Responses request: `Some(true)` all speak the Responses
+/// API natively, `Some(false)` some do, `None` none does (or no such route).
+fn natively(live: &Live, route: &str) -> Option<bool> {
+    let deployments = &live.entries.get(route)?.route.deployments;
+    let native = deployments
+        .iter()
+        .filter(|d| d.provider.speaks_responses())
+        .count();
+    (native > 0).then_some(native == deployments.len())
+}
+
+/// What only an upstream speaking the Responses API natively can do (hosted tools) is refused
+/// by name on a route that may send the request elsewhere; background mode everywhere (every
+/// upstream request is stateless).
+fn canonical_only(turn: &ResponsesRequest, native: Option<bool>) -> Result<(), Error> {
     let route = &turn.chat.model;
     if turn.background {
-        return Err(Error::unsupported(format!(
-            "background mode is not supported: route '{route}' has no upstream that speaks the Responses API natively"
-        ))
+        return Err(Error::unsupported(
+            "background mode is not supported: relais keeps every upstream request stateless",
+        )
         .with_param("background"));
     }
-    if !turn.hosted_tools.is_empty() {
+    if !turn.hosted_tools.is_empty() && native != Some(true) {
         return Err(Error::unsupported(format!(
-            "hosted tools are not supported ({}): route '{route}' has no upstream that speaks the Responses API natively; offer them as function tools",
+            "hosted tools are not supported ({}): route '{route}' has an upstream that does not speak the Responses API natively; offer them as function tools",
             turn.hosted_tools.join(", ")
         ))
         .with_param("tools"));

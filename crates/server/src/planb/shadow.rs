@@ -283,8 +283,9 @@ async fn run(job: Job, stats: &ShadowStats, samples: &SampleSender) {
         ledger,
         config,
     } = job;
-    // The copy is folded, never forwarded.
+    // The copy is folded, never forwarded: its answer is decoded, whatever the client spoke.
     req.passthrough = false;
+    req.responses_body = None;
     let shadow = &sampled.shadow;
     for &i in &sampled.backups {
         let Some(d) = shadow.backups.get(i) else {
