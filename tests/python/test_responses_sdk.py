@@ -93,7 +93,7 @@ def test_store_false_keeps_nothing(client):
     [
         ({"tools": [{"type": "web_search"}]}, "tools", "web_search"),
         ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools", "code_interpreter"),
-        ({"background": True}, "background", "background"),
+        ({"background": True, "store": False}, "background", "background"),
         ({"truncation": "auto"}, "truncation", "truncation"),
         ({"include": ["message.output_text.logprobs"]}, "include[0]", "logprobs"),
         ({"extra_body": {"conversation": "conv_1"}}, "conversation", "previous_response_id"),
@@ -310,3 +310,30 @@ def test_hosted_tools_pass_through_to_a_responses_upstream(client, mock, stream)
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model="gpt-4o-mini", input="x", tools=[{"type": "web_search"}])
     assert "web_search" in e.value.message
+
+
+def test_background_mode_runs_in_relais_for_any_vendor(client, mock):
+    """background: true on a route to Anthropic: answered `queued` at once, run by relais, the
+    answer found with GET; a failure becomes a `failed` response with its error."""
+    import time
+
+    def settle(rid):
+        for _ in range(200):
+            got = client.responses.retrieve(rid)
+            if got.status not in ("queued", "in_progress"):
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"{rid} still {got.status}")
+
+    r = client.responses.create(model="claude-sonnet-4-5", input="hi there", background=True)
+    assert r.status == "queued" and r.background is True and not r.output
+    done = settle(r.id)
+    assert done.status == "completed" and done.output_text == "Hello from mock! You said: hi there"
+    assert done.id == r.id
+    # It continues like any stored response.
+    nxt = client.responses.create(model="gpt-4o-mini", input="and?", previous_response_id=r.id)
+    assert nxt.output_text.endswith("and?")
+    mock.fault(status=400, times=2)
+    bad = client.responses.create(model="errors", input="x", background=True)
+    failed = settle(bad.id)
+    assert failed.status == "failed" and failed.error.message

@@ -117,11 +117,13 @@ impl Conversations {
                 m.bytes -= size(&gone);
             }
         }
+        if let Some(replaced) = m.map.remove(&r.id) {
+            m.bytes -= size(&replaced);
+            m.order.retain(|i| *i != r.id);
+        }
         m.bytes += n;
         m.order.push_back(r.id.clone());
-        if let Some(replaced) = m.map.insert(r.id.clone(), r) {
-            m.bytes -= size(&replaced);
-        }
+        m.map.insert(r.id.clone(), r);
     }
 
     fn forget(&self, id: &str) -> bool {

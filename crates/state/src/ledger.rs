@@ -197,7 +197,8 @@ pub trait LedgerStore: Send + Sync {
         since_ms: i64,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<ShadowSample>, StoreError>>;
-    /// Store a Responses API response; an id already stored is left as it is.
+    /// Store a Responses API response, replacing one of the same id (a background response's
+    /// queued state by its answer; ids are the gateway's own, never a client's).
     fn put_response<'a>(&'a self, r: &'a StoredResponse) -> BoxFuture<'a, Result<(), StoreError>>;
     /// A stored response by id, if present and not expired at `now_ms`.
     fn get_response<'a>(
@@ -233,7 +234,8 @@ pub struct StoredResponse {
 
 pub(crate) const PUT_RESPONSE: &str = "INSERT INTO relais_responses \
     (id, at_ms, expires_ms, key_id, team_id, route, items, response) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
+    expires_ms = excluded.expires_ms, items = excluded.items, response = excluded.response";
 pub(crate) const GET_RESPONSE: &str = "SELECT id, at_ms, expires_ms, key_id, team_id, route, \
     items, response FROM relais_responses WHERE id = $1 AND expires_ms > $2";
 pub(crate) const DELETE_RESPONSE: &str = "DELETE FROM relais_responses WHERE id = $1";

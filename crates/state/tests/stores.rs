@@ -310,7 +310,7 @@ async fn planb_suite(store: &dyn LedgerStore) {
     );
 }
 
-/// Stored responses: put, get (an expired one is gone), an id stored twice keeps the first,
+/// Stored responses: put, get (an expired one is gone), an id stored again is replaced,
 /// delete, and the purge of expired ones.
 async fn responses_suite(store: &dyn LedgerStore) {
     let r = |id: &str, expires_ms: i64| StoredResponse {
@@ -326,11 +326,11 @@ async fn responses_suite(store: &dyn LedgerStore) {
     store.put_response(&r("resp_live", 10_000)).await.unwrap();
     store.put_response(&r("resp_old", 2_000)).await.unwrap();
     let mut twice = r("resp_live", 10_000);
-    twice.response = "{}".to_owned();
+    twice.response = "{\"status\":\"completed\"}".to_owned();
     store.put_response(&twice).await.unwrap();
     assert_eq!(
         store.get_response("resp_live", 5_000).await.unwrap(),
-        Some(r("resp_live", 10_000))
+        Some(twice)
     );
     assert_eq!(store.get_response("resp_old", 5_000).await.unwrap(), None);
     assert_eq!(store.get_response("resp_none", 0).await.unwrap(), None);

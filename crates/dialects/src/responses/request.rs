@@ -44,8 +44,8 @@ pub struct ResponsesRequest {
 /// The request for an upstream that speaks the Responses API natively: the client's body
 /// whole (hosted tools and all), its conversation expanded (`history`, the stored items, then
 /// this turn's input) in place of `previous_response_id`, which that upstream does not hold.
-/// Ids relais gave stored items are left out (a stateless upstream would look them up); a
-/// reasoning item keeps its id, which its encrypted content is tied to.
+/// The ids relais gave stored input items are left out (a stateless upstream would look them
+/// up); every other id (the upstream's own, the client's) stays, as items are sent back whole.
 pub fn native_body(req: &ResponsesRequest, history: &[Value]) -> Map<String, Value> {
     let mut body = req.body.clone();
     for key in [
@@ -62,7 +62,10 @@ pub fn native_body(req: &ResponsesRequest, history: &[Value]) -> Map<String, Val
         .map(|item| {
             let mut item = item.clone();
             if let Value::Object(m) = &mut item {
-                if m.get("type").and_then(Value::as_str) != Some("reasoning") {
+                if m.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(given_by_relais)
+                {
                     m.remove("id");
                 }
             }
@@ -680,6 +683,21 @@ fn reasoning_signature(obj: &Map<String, Value>) -> Option<String> {
     }
 }
 
+/// Whether an item id is one relais gave a stored input item: `{msg,fco,item}_<32 hex>_in<n>`.
+fn given_by_relais(id: &str) -> bool {
+    let Some((head, n)) = id.rsplit_once("_in") else {
+        return false;
+    };
+    let Some((prefix, hex)) = head.split_once('_') else {
+        return false;
+    };
+    matches!(prefix, "msg" | "fco" | "item")
+        && hex.len() == 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The tool a call item names, qualified by its namespace if it has one.
 fn call_name(obj: &Map<String, Value>, path: &str) -> Result<String, Error> {
     let name = field(obj, path, "name")?;
@@ -851,6 +869,29 @@ mod tests {
             let e = parse(body.clone()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn a_native_body_expands_the_conversation_and_drops_only_relais_ids() {
+        let r = parse(
+            json!({"model": "m", "input": "next", "previous_response_id": "resp_1",
+            "store": true, "tools": [{"type": "web_search"}]}),
+        )
+        .unwrap();
+        let relais = format!("msg_{}_in0", "a".repeat(32));
+        let body = native_body(
+            &r,
+            &[
+                json!({"id": relais, "type": "message", "role": "user", "content": "first"}),
+                json!({"id": "ws_1", "type": "web_search_call", "status": "completed"}),
+            ],
+        );
+        assert!(!body.contains_key("previous_response_id") && !body.contains_key("store"));
+        assert_eq!(body["tools"], json!([{"type": "web_search"}]));
+        let input = body["input"].as_array().unwrap();
+        assert_eq!(input.len(), 3);
+        assert!(input[0].get("id").is_none());
+        assert_eq!(input[1]["id"], "ws_1");
     }
 
     #[test]

@@ -36,16 +36,20 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    turn(app, headers, body, None).await
+    turn(app, headers, body, None, None).await
 }
 
 /// One response, over HTTP or as one `response.create` of a WebSocket (`socket`: that
 /// session's conversations).
+///
+/// `background_id`: this is the background run of the response of that id, already answered
+/// `queued` (see [`background`]).
 async fn turn(
     app: Arc<AppState>,
     headers: HeaderMap,
     body: Body,
     socket: Option<&Arc<Conversations>>,
+    background_id: Option<String>,
 ) -> Response {
     let ctx = Ctx::for_dialect(&headers, Dialect::Responses);
     let live = app.live();
@@ -64,9 +68,27 @@ async fn turn(
         // A deployment that speaks the Responses API gets the client's request whole.
         turn.chat.responses_body = Some(Arc::new(native_body(&turn, &earlier)));
     }
-    let id = new_response_id();
+    let id = background_id.unwrap_or_else(new_response_id);
     let retention = live.runtime.responses.retention_secs;
     let stored = turn.store && retention > 0;
+    if turn.background {
+        if !stored || turn.chat.stream || socket.is_some() {
+            let e = Error::unsupported(
+                "background mode needs a stored response (store: true, not over a WebSocket) and is not streamed",
+            )
+            .with_param("background");
+            return crate::pipeline::admit::refuse(&app, &ctx, &e);
+        }
+        let rec = record(
+            &id,
+            &turn.chat.model,
+            caller.payer(),
+            retention,
+            earlier,
+            &turn.input,
+        );
+        return background(&app, &ctx, &live, &headers, turn, id, rec).await;
+    }
     if !stored {
         turn.echo.insert("store".into(), false.into());
     }
@@ -124,17 +146,71 @@ fn natively(live: &Live, route: &str) -> Option<bool> {
     (native > 0).then_some(native == deployments.len())
 }
 
+/// Background mode, run by relais for any vendor: the response is answered `queued` and kept
+/// at once; the same request then runs in a task of its own through the whole pipeline (key,
+/// limits, routing, ledger), and its answer replaces the queued one in the store (or, if it
+/// fails, a `failed` response with the error does). `GET /v1/responses/{id}` shows where it is.
+async fn background(
+    app: &Arc<AppState>,
+    ctx: &Ctx,
+    live: &Live,
+    headers: &HeaderMap,
+    turn: ResponsesRequest,
+    id: String,
+    rec: relais_state::StoredResponse,
+) -> Response {
+    let mut echo = turn.echo.clone();
+    echo.insert("background".into(), true.into());
+    let meta = ResponseMeta {
+        id: id.clone(),
+        model: turn.chat.model.clone(),
+        created_at: unix_secs(),
+        echo,
+        custom_tools: Vec::new(),
+        namespaced: Vec::new(),
+    };
+    let queued = meta.object(
+        "queued",
+        Vec::new(),
+        &relais_dialects::responses::End::default(),
+    );
+    Save::new(app.responses.clone(), live, rec.clone()).into_keep()(&queued).await;
+    let on_failure = Save::new(app.responses.clone(), live, rec).into_keep();
+    let mut body = turn.body;
+    body.remove("background");
+    let body = Value::Object(body).to_string();
+    let (app, headers) = (app.clone(), headers.clone());
+    let mut failed = queued.clone();
+    tokio::spawn(async move {
+        let resp = turn_boxed(app, headers, Body::from(body), id).await;
+        if resp.status().is_success() {
+            return;
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let err: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        failed["status"] = "failed".into();
+        failed["error"] = json!({"code": err["error"]["code"], "message": err["error"]["message"]});
+        on_failure(&failed).await;
+    });
+    json(ctx, queued.to_string())
+}
+
+/// [`turn`] as a boxed future, for the task a background response runs in.
+fn turn_boxed(
+    app: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    id: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+    Box::pin(async move { turn(app, headers, body, None, Some(id)).await })
+}
+
 /// What only an upstream speaking the Responses API natively can do (hosted tools) is refused
-/// by name on a route that may send the request elsewhere; background mode everywhere (every
-/// upstream request is stateless).
+/// by name on a route that may send the request elsewhere.
 fn canonical_only(turn: &ResponsesRequest, native: Option<bool>) -> Result<(), Error> {
     let route = &turn.chat.model;
-    if turn.background {
-        return Err(Error::unsupported(
-            "background mode is not supported: relais keeps every upstream request stateless",
-        )
-        .with_param("background"));
-    }
     if !turn.hosted_tools.is_empty() && native != Some(true) {
         return Err(Error::unsupported(format!(
             "hosted tools are not supported ({}): route '{route}' has an upstream that does not speak the Responses API natively; offer them as function tools",
@@ -427,6 +503,7 @@ async fn session(
             headers.clone(),
             Body::from(body),
             Some(&conversations),
+            None,
         )
         .await;
         if forward(&mut socket, resp).await.is_err() {
