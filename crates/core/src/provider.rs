@@ -91,6 +91,14 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Whether a request field the client's API has and relais has no canonical form for
+    /// (Gemini's `safetySettings`, ...), carried in [`crate::ChatRequest::extra`], is sent on to
+    /// this provider's upstream, so a route whose deployments do not all forward it refuses
+    /// it instead of dropping it.
+    fn forwards_extra(&self, _field: &str) -> bool {
+        false
+    }
+
     /// What `model` can serve; see [`Capabilities`].
     fn capabilities(&self, _model: &str) -> Capabilities {
         Capabilities::default()

@@ -71,6 +71,10 @@ impl Provider for Redacting {
         })
     }
 
+    fn forwards_extra(&self, field: &str) -> bool {
+        self.inner.forwards_extra(field)
+    }
+
     fn speaks_responses(&self) -> bool {
         self.inner.speaks_responses()
     }

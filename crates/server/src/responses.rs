@@ -102,6 +102,11 @@ impl Conversations {
             return;
         }
         let mut m = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        // A response stored again (a background response's answer) takes its old place's room.
+        if let Some(replaced) = m.map.remove(&r.id) {
+            m.bytes -= size(&replaced);
+            m.order.retain(|i| *i != r.id);
+        }
         // A socket continues from its latest responses: it keeps only a few (each holds the
         // whole conversation before it), so many open sockets cannot pile up old turns.
         let most = if self.socket {
@@ -116,10 +121,6 @@ impl Conversations {
             if let Some(gone) = m.map.remove(&old) {
                 m.bytes -= size(&gone);
             }
-        }
-        if let Some(replaced) = m.map.remove(&r.id) {
-            m.bytes -= size(&replaced);
-            m.order.retain(|i| *i != r.id);
         }
         m.bytes += n;
         m.order.push_back(r.id.clone());
@@ -297,22 +298,7 @@ pub(crate) fn record(
     input: &[Value],
 ) -> StoredResponse {
     let at_ms = unix_ms();
-    let base = id.strip_prefix("resp_").unwrap_or(id);
-    let mut items = history;
-    for (n, item) in input.iter().enumerate() {
-        let mut item = item.clone();
-        if let Value::Object(m) = &mut item {
-            if !m.contains_key("id") {
-                let prefix = match m.get("type").and_then(Value::as_str) {
-                    None | Some("message") => "msg",
-                    Some("function_call_output") => "fco",
-                    Some(_) => "item",
-                };
-                m.insert("id".into(), Value::String(format!("{prefix}_{base}_in{n}")));
-            }
-        }
-        items.push(item);
-    }
+    let items = relais_dialects::responses::conversation_items(history, input, id);
     let retention = i64::try_from(retention_secs.saturating_mul(1_000)).unwrap_or(i64::MAX);
     StoredResponse {
         id: id.to_owned(),
@@ -328,14 +314,8 @@ pub(crate) fn record(
 
 /// The conversation a stored response continues with: its items, then its output.
 pub(crate) fn history(r: &StoredResponse) -> Result<Vec<Value>, Error> {
-    let broken =
-        |what: &str| Error::internal(format!("stored response '{}' has unreadable {what}", r.id));
-    let mut items: Vec<Value> = serde_json::from_str(&r.items).map_err(|_| broken("items"))?;
-    let response: Value = serde_json::from_str(&r.response).map_err(|_| broken("output"))?;
-    if let Some(Value::Array(output)) = response.get("output") {
-        items.extend(output.iter().cloned());
-    }
-    Ok(items)
+    relais_dialects::responses::continuation(&r.items, &r.response)
+        .ok_or_else(|| Error::internal(format!("stored response '{}' cannot be read", r.id)))
 }
 
 #[cfg(test)]

@@ -10,5 +10,7 @@
 mod request;
 mod response;
 
-pub use request::{ResponsesRequest, native_body, parse_responses, with_history};
+pub use request::{
+    ResponsesRequest, continuation, conversation_items, native_body, parse_responses, with_history,
+};
 pub use response::{End, ResponseMeta, ResponsesStreamEncoder, output_items, render_response};

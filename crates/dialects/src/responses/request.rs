@@ -36,9 +36,6 @@ pub struct ResponsesRequest {
     /// The request's settings echoed in the response object (instructions, tools, text,
     /// reasoning, sampling, metadata, ...), as the client sent them.
     pub echo: Map<String, Value>,
-    /// The body as the client sent it, for an upstream that speaks this API natively
-    /// (see [`native_body`]).
-    pub body: Map<String, Value>,
 }
 
 /// The request for an upstream that speaks the Responses API natively: the client's body
@@ -46,8 +43,15 @@ pub struct ResponsesRequest {
 /// this turn's input) in place of `previous_response_id`, which that upstream does not hold.
 /// The ids relais gave stored input items are left out (a stateless upstream would look them
 /// up); every other id (the upstream's own, the client's) stays, as items are sent back whole.
-pub fn native_body(req: &ResponsesRequest, history: &[Value]) -> Map<String, Value> {
-    let mut body = req.body.clone();
+///
+/// `raw` is the request body as the client sent it (read again from its bytes, only for a route
+/// that has such an upstream), `req` the same request parsed.
+pub fn native_body(
+    raw: &[u8],
+    req: &ResponsesRequest,
+    history: &[Value],
+) -> Result<Map<String, Value>, Error> {
+    let mut body: Map<String, Value> = parse_json(raw)?;
     for key in [
         "previous_response_id",
         "store",
@@ -74,7 +78,7 @@ pub fn native_body(req: &ResponsesRequest, history: &[Value]) -> Map<String, Val
         .collect();
     input.extend(req.input.iter().cloned());
     body.insert("input".into(), Value::Array(input));
-    body
+    Ok(body)
 }
 
 /// The request fields echoed in the response object when the client sent them.
@@ -136,7 +140,6 @@ pub fn parse_responses(body: &[u8]) -> Result<ResponsesRequest, Error> {
     };
     let mut out = ResponsesRequest {
         store: true,
-        body: body.clone(),
         ..ResponsesRequest::default()
     };
     for key in ECHOED {
@@ -683,6 +686,40 @@ fn reasoning_signature(obj: &Map<String, Value>) -> Option<String> {
     }
 }
 
+/// The conversation to store with a response: the items before this turn, then this turn's
+/// input, each input item without an id given one (`{msg,fco,item}_<response>_in<n>`, the form
+/// [`given_by_relais`] knows), so `input_items` can list them.
+pub fn conversation_items(history: Vec<Value>, input: &[Value], response_id: &str) -> Vec<Value> {
+    let base = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    let mut items = history;
+    for (n, item) in input.iter().enumerate() {
+        let mut item = item.clone();
+        if let Value::Object(m) = &mut item {
+            if !m.contains_key("id") {
+                let prefix = match m.get("type").and_then(Value::as_str) {
+                    None | Some("message") => "msg",
+                    Some("function_call_output") => "fco",
+                    Some(_) => "item",
+                };
+                m.insert("id".into(), Value::String(format!("{prefix}_{base}_in{n}")));
+            }
+        }
+        items.push(item);
+    }
+    items
+}
+
+/// The conversation a stored response continues with: its stored items, then the output of
+/// its response object (both JSON text); `None` when either cannot be read.
+pub fn continuation(items: &str, response: &str) -> Option<Vec<Value>> {
+    let mut items: Vec<Value> = serde_json::from_str(items).ok()?;
+    let response: Value = serde_json::from_str(response).ok()?;
+    if let Some(Value::Array(output)) = response.get("output") {
+        items.extend(output.iter().cloned());
+    }
+    Some(items)
+}
+
 /// Whether an item id is one relais gave a stored input item: `{msg,fco,item}_<32 hex>_in<n>`.
 fn given_by_relais(id: &str) -> bool {
     let Some((head, n)) = id.rsplit_once("_in") else {
@@ -879,13 +916,18 @@ mod tests {
         )
         .unwrap();
         let relais = format!("msg_{}_in0", "a".repeat(32));
+        let raw = json!({"model": "m", "input": "next", "previous_response_id": "resp_1",
+            "store": true, "tools": [{"type": "web_search"}]})
+        .to_string();
         let body = native_body(
+            raw.as_bytes(),
             &r,
             &[
                 json!({"id": relais, "type": "message", "role": "user", "content": "first"}),
                 json!({"id": "ws_1", "type": "web_search_call", "status": "completed"}),
             ],
-        );
+        )
+        .unwrap();
         assert!(!body.contains_key("previous_response_id") && !body.contains_key("store"));
         assert_eq!(body["tools"], json!([{"type": "web_search"}]));
         let input = body["input"].as_array().unwrap();

@@ -44,6 +44,11 @@ const FORWARDED_EXTRAS: [&str; 2] = ["safetySettings", "cachedContent"];
 /// Vertex also takes billing `labels`; AI Studio rejects the field.
 const FORWARDED_EXTRAS_VERTEX: [&str; 1] = ["labels"];
 
+/// Whether `field` of `extra` reaches a Gemini upstream (Vertex's or AI Studio's).
+pub(crate) fn forwards(field: &str, vertex: bool) -> bool {
+    FORWARDED_EXTRAS.contains(&field) || (vertex && FORWARDED_EXTRAS_VERTEX.contains(&field))
+}
+
 pub(crate) struct EncodeOptions {
     /// Vertex AI rather than AI Studio.
     pub vertex: bool,
@@ -129,9 +134,7 @@ pub(crate) fn encode_request<'a>(
 
     let mut extra = Map::new();
     for (key, value) in &req.extra {
-        let forwarded = FORWARDED_EXTRAS.contains(&key.as_str())
-            || (opts.vertex && FORWARDED_EXTRAS_VERTEX.contains(&key.as_str()));
-        if forwarded {
+        if forwards(key, opts.vertex) {
             extra.insert(key.clone(), value.clone());
         } else {
             tracing::debug!(field = %key, "request field dropped: not a Gemini request field");

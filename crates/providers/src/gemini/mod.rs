@@ -36,7 +36,7 @@ pub use config::{GeminiConfig, VertexConfig};
 use crate::openai_compat::parse_headers;
 use crate::sse::{SseDecode, SseEvent};
 use auth::{ServiceAccount, TokenSource};
-use convert::{EncodeOptions, encode_request};
+use convert::{EncodeOptions, encode_request, forwards};
 use stream::ChunkDecoder;
 use wire::{GeminiEmbeddings, GeminiResponse, VertexPredictions};
 
@@ -344,6 +344,10 @@ impl Gemini {
 impl Provider for Gemini {
     fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    fn forwards_extra(&self, field: &str) -> bool {
+        forwards(field, self.is_vertex())
     }
 
     fn chat<'a>(

@@ -1,7 +1,6 @@
 //! What the admin endpoints share: reading an admin body, answering in JSON, the key ring,
 //! query parameters and usage queries. A leaf of the admin API.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
+pub(crate) use crate::http::query_params;
 use crate::http::{ADMIN_BODY, Ctx, plain, read_body};
 use crate::live::Live;
 use crate::state::AppState;
@@ -140,41 +140,4 @@ pub(crate) fn usage_query_of(
             get("route").map(str::to_owned),
         ],
     )
-}
-
-/// `a=1&b=x%20y` as a map (the last value of a repeated name wins).
-pub(crate) fn query_params(query: &str) -> BTreeMap<String, String> {
-    pub(crate) fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    match std::str::from_utf8(&bytes[i + 1..i + 3])
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }

@@ -17,47 +17,15 @@ use serde_json::{Value, json};
 
 use super::chat::serve;
 use crate::dialect::Dialect;
-use crate::http::Ctx;
+use crate::http::{Ctx, query_params};
 use crate::live::Live;
 use crate::pipeline::admit;
 use crate::pipeline::respond::json_or_sse;
 use crate::state::AppState;
 
-/// The query's `name=value` pairs, percent-decoded.
-fn query_value<'q>(q: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v))
-}
-
-fn percent_decode(v: &str) -> std::borrow::Cow<'_, str> {
-    if !v.contains('%') && !v.contains('+') {
-        return v.into();
-    }
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
+/// A query parameter, percent-decoded.
+fn query_value(q: Option<&str>, name: &str) -> Option<String> {
+    query_params(q.unwrap_or_default()).remove(name)
 }
 
 /// Whether a client on a path both APIs share (`GET /v1/models`) is a Gemini client: it
@@ -93,7 +61,7 @@ pub(super) async fn call(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let sse = query_value(q.as_deref(), "alt").as_deref() == Some("sse");
+    let sse = query_value(q.as_deref(), "alt").is_some_and(|a| a == "sse");
     let headers = with_query_key(headers, q.as_deref());
     let ctx = Ctx::for_dialect(&headers, Dialect::Gemini { sse });
     let Some((model, method)) = target.rsplit_once(':') else {
@@ -122,8 +90,8 @@ pub(super) async fn call(
     serve(&app, &ctx, &live, &caller, &headers, req, None).await
 }
 
-/// `safetySettings` and `cachedContent` only a Gemini upstream can honour: refused, naming the
-/// deployment, on a route that may send the request elsewhere.
+/// `safetySettings` and `cachedContent`, which only an upstream that forwards them can honour:
+/// refused, naming the deployment, on a route that may send the request elsewhere.
 fn gemini_only_fields(live: &Live, req: &relais_core::ChatRequest) -> Result<(), Error> {
     let Some(field) = gemini::GEMINI_ONLY
         .iter()
@@ -138,7 +106,7 @@ fn gemini_only_fields(live: &Live, req: &relais_core::ChatRequest) -> Result<(),
         .route
         .deployments
         .iter()
-        .find(|d| !matches!(d.provider.kind(), "gemini" | "vertex"))
+        .find(|d| !d.provider.forwards_extra(field))
     {
         None => Ok(()),
         Some(d) => Err(Error::unsupported(format!(
@@ -228,6 +196,5 @@ mod tests {
         given.insert("x-goog-api-key", HeaderValue::from_static("header"));
         let h = with_query_key(given, Some("key=query"));
         assert_eq!(h["x-goog-api-key"], "header");
-        assert_eq!(percent_decode("a%zzb"), "a%zzb");
     }
 }

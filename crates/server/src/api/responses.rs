@@ -22,7 +22,7 @@ use super::chat::serve;
 use crate::caller::Caller;
 use crate::clock::unix_secs;
 use crate::dialect::{Dialect, Turn};
-use crate::http::Ctx;
+use crate::http::{Ctx, query_params};
 use crate::listen::{Busy, Connection};
 use crate::live::Live;
 use crate::pipeline::admit;
@@ -56,7 +56,7 @@ async fn turn(
     let (caller, bytes, decoding) =
         or_refuse!(app, ctx, admit::gate(&app, &live, &headers, body).await);
     let mut turn = or_refuse!(app, ctx, parse_responses(&bytes));
-    drop((bytes, decoding));
+    drop(decoding);
     let native = natively(&live, &turn.chat.model);
     or_refuse!(app, ctx, canonical_only(&turn, native));
     let earlier = or_refuse!(
@@ -66,7 +66,8 @@ async fn turn(
     );
     if native.is_some() {
         // A deployment that speaks the Responses API gets the client's request whole.
-        turn.chat.responses_body = Some(Arc::new(native_body(&turn, &earlier)));
+        let body = or_refuse!(app, ctx, native_body(&bytes, &turn, &earlier));
+        turn.chat.responses_body = Some(Arc::new(body));
     }
     let id = background_id.unwrap_or_else(new_response_id);
     let retention = live.runtime.responses.retention_secs;
@@ -87,7 +88,8 @@ async fn turn(
             earlier,
             &turn.input,
         );
-        return background(&app, &ctx, &live, &headers, turn, id, rec).await;
+        let queued = background(&app, &live, &headers, &bytes, turn, id, rec).await;
+        return json(&ctx, queued.to_string());
     }
     if !stored {
         turn.echo.insert("store".into(), false.into());
@@ -112,6 +114,7 @@ async fn turn(
         (false, None) => None,
     };
     let keep = save.map(Save::into_keep);
+    drop(bytes);
     let answer = Turn {
         meta: ResponseMeta {
             id,
@@ -150,15 +153,16 @@ fn natively(live: &Live, route: &str) -> Option<bool> {
 /// at once; the same request then runs in a task of its own through the whole pipeline (key,
 /// limits, routing, ledger), and its answer replaces the queued one in the store (or, if it
 /// fails, a `failed` response with the error does). `GET /v1/responses/{id}` shows where it is.
+/// Returns the queued response object.
 async fn background(
     app: &Arc<AppState>,
-    ctx: &Ctx,
     live: &Live,
     headers: &HeaderMap,
+    raw: &[u8],
     turn: ResponsesRequest,
     id: String,
     rec: relais_state::StoredResponse,
-) -> Response {
+) -> Value {
     let mut echo = turn.echo.clone();
     echo.insert("background".into(), true.into());
     let meta = ResponseMeta {
@@ -176,7 +180,8 @@ async fn background(
     );
     Save::new(app.responses.clone(), live, rec.clone()).into_keep()(&queued).await;
     let on_failure = Save::new(app.responses.clone(), live, rec).into_keep();
-    let mut body = turn.body;
+    // The same request, run in the foreground of its task.
+    let mut body: serde_json::Map<String, Value> = serde_json::from_slice(raw).unwrap_or_default();
     body.remove("background");
     let body = Value::Object(body).to_string();
     let (app, headers) = (app.clone(), headers.clone());
@@ -194,7 +199,7 @@ async fn background(
         failed["error"] = json!({"code": err["error"]["code"], "message": err["error"]["message"]});
         on_failure(&failed).await;
     });
-    json(ctx, queued.to_string())
+    queued
 }
 
 /// [`turn`] as a boxed future, for the task a background response runs in.
@@ -261,13 +266,6 @@ fn json(ctx: &Ctx, body: impl Into<Body>) -> Response {
     resp
 }
 
-/// The query's `name=value` pairs (ids, numbers and words: nothing here needs decoding).
-fn query_pairs(q: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-}
-
 /// `GET /v1/responses/{id}`.
 pub(super) async fn get(
     State(app): State<Arc<AppState>>,
@@ -278,7 +276,10 @@ pub(super) async fn get(
     let ctx = Ctx::for_dialect(&headers, Dialect::Responses);
     let live = app.live();
     let caller = or_refuse!(app, ctx, live.authenticate(&headers).await);
-    if query_pairs(q.as_deref()).any(|(k, v)| k == "stream" && v == "true") {
+    if query_params(q.as_deref().unwrap_or_default())
+        .get("stream")
+        .is_some_and(|v| v == "true")
+    {
         let e = Error::unsupported("replaying a stored response as a stream is not supported")
             .with_param("stream");
         return crate::pipeline::admit::refuse(&app, &ctx, &e);
@@ -350,8 +351,8 @@ impl Page {
             ascending: false,
             after: None,
         };
-        for (k, v) in query_pairs(q) {
-            match k {
+        for (k, v) in query_params(q.unwrap_or_default()) {
+            match k.as_str() {
                 "limit" => {
                     page.limit = v
                         .parse()
@@ -363,7 +364,7 @@ impl Page {
                         })?;
                 }
                 "order" => {
-                    page.ascending = match v {
+                    page.ascending = match v.as_str() {
                         "asc" => true,
                         "desc" => false,
                         _ => {
@@ -372,7 +373,7 @@ impl Page {
                         }
                     };
                 }
-                "after" => page.after = Some(v.to_owned()),
+                "after" => page.after = Some(v),
                 _ => {}
             }
         }
