@@ -120,6 +120,74 @@ fn outside<'a>(team: &Option<Vec<String>>, key: &'a Option<Vec<String>>) -> Opti
     k.iter().find(|x| !t.contains(x))
 }
 
+/// What a key is given: routes, limits and reach; never more than its team holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub routes: Option<Vec<String>>,
+    pub limits: Limits,
+    pub reach: Reach,
+}
+
+/// Refuse a grant beyond team `t`'s: a route, vendor or data class outside its lists, or a
+/// limit above its own.
+fn within_team(t: &Team, grant: &Grant) -> Result<(), Error> {
+    for (what, field, extra) in [
+        ("route", "routes", outside(&t.routes, &grant.routes)),
+        (
+            "vendor",
+            "vendors",
+            outside(&t.reach.vendors, &grant.reach.vendors),
+        ),
+        (
+            "data class",
+            "data_classes",
+            outside(&t.reach.data_classes, &grant.reach.data_classes),
+        ),
+    ] {
+        if let Some(extra) = extra {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                Side::Client,
+                format!("{what} '{extra}' is not allowed to team '{}'", t.name),
+            )
+            .with_param(field));
+        }
+    }
+    let show = |what: &str, v: u64| {
+        if what.starts_with("budget") {
+            crate::money::usd(v)
+        } else {
+            v.to_string()
+        }
+    };
+    let (tl, kl) = (&t.limits, &grant.limits);
+    for (what, team_limit, key_limit) in [
+        ("rpm", tl.rpm, kl.rpm),
+        ("tpm", tl.tpm, kl.tpm),
+        ("max_concurrent", tl.max_concurrent, kl.max_concurrent),
+        ("budget_day", tl.budget_day, kl.budget_day),
+        ("budget_month", tl.budget_month, kl.budget_month),
+        ("budget_total", tl.budget_total, kl.budget_total),
+    ] {
+        if let (Some(tl), Some(kl)) = (team_limit, key_limit) {
+            if kl > tl {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    Side::Client,
+                    format!(
+                        "{what} {} is above team '{}''s {}",
+                        show(what, kl),
+                        t.name,
+                        show(what, tl)
+                    ),
+                )
+                .with_param(what));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct Cache {
     by_hash: HashMap<String, Arc<StoredKey>>,
@@ -343,6 +411,16 @@ impl KeyRing {
                 "this API key has been revoked",
             ));
         }
+        if key
+            .expires_at
+            .is_some_and(|at| at <= crate::calendar::unix_secs())
+        {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                Side::Client,
+                "this API key has expired",
+            ));
+        }
         let team = team.ok_or_else(|| Error::internal("a key's team is missing from the store"))?;
         Ok(Some(Access { key, team }))
     }
@@ -382,82 +460,46 @@ impl KeyRing {
         self.store.keys().await.map_err(store_error)
     }
 
+    /// The team named `team`, or with that id.
+    pub async fn team(&self, team: &str) -> Result<Team, Error> {
+        let teams = self.store.teams().await.map_err(store_error)?;
+        teams
+            .into_iter()
+            .find(|t| t.name == team || t.id == team)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    Side::Client,
+                    format!("no team named '{team}'"),
+                )
+                .with_param("team")
+            })
+    }
+
+    /// The key with this id, revoked or not.
+    pub async fn key(&self, id: &str) -> Result<StoredKey, Error> {
+        let keys = self.store.keys().await.map_err(store_error)?;
+        keys.into_iter().find(|k| k.id == id).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, Side::Client, format!("no key '{id}'"))
+        })
+    }
+
     /// Issue a key for the team named (or with the id) `team`. A key can never be given more
     /// than its team holds: its routes must be within the team's, its limits no higher.
     pub async fn create_key(
         &self,
         team: &str,
         name: &str,
-        routes: Option<Vec<String>>,
-        limits: Limits,
-        reach: Reach,
+        grant: Grant,
+        expires_at: Option<i64>,
     ) -> Result<IssuedKey, Error> {
-        let teams = self.store.teams().await.map_err(store_error)?;
-        let Some(t) = teams.iter().find(|t| t.name == team || t.id == team) else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                Side::Client,
-                format!("no team named '{team}'"),
-            )
-            .with_param("team"));
-        };
-        for (what, field, extra) in [
-            ("route", "routes", outside(&t.routes, &routes)),
-            (
-                "vendor",
-                "vendors",
-                outside(&t.reach.vendors, &reach.vendors),
-            ),
-            (
-                "data class",
-                "data_classes",
-                outside(&t.reach.data_classes, &reach.data_classes),
-            ),
-        ] {
-            if let Some(extra) = extra {
-                return Err(Error::new(
-                    ErrorKind::PermissionDenied,
-                    Side::Client,
-                    format!("{what} '{extra}' is not allowed to team '{}'", t.name),
-                )
-                .with_param(field));
-            }
-        }
-        let show = |what: &str, v: u64| {
-            if what.starts_with("budget") {
-                crate::money::usd(v)
-            } else {
-                v.to_string()
-            }
-        };
-        for (what, team_limit, key_limit) in [
-            ("rpm", t.limits.rpm, limits.rpm),
-            ("tpm", t.limits.tpm, limits.tpm),
-            (
-                "max_concurrent",
-                t.limits.max_concurrent,
-                limits.max_concurrent,
-            ),
-            ("budget_day", t.limits.budget_day, limits.budget_day),
-            ("budget_month", t.limits.budget_month, limits.budget_month),
-            ("budget_total", t.limits.budget_total, limits.budget_total),
-        ] {
-            if let (Some(tl), Some(kl)) = (team_limit, key_limit) {
-                if kl > tl {
-                    return Err(Error::new(
-                        ErrorKind::PermissionDenied,
-                        Side::Client,
-                        format!(
-                            "{what} {} is above team '{}''s {}",
-                            show(what, kl),
-                            t.name,
-                            show(what, tl)
-                        ),
-                    )
-                    .with_param(what));
-                }
-            }
-        }
+        let t = self.team(team).await?;
+        within_team(&t, &grant)?;
+        let Grant {
+            routes,
+            limits,
+            reach,
+        } = grant;
         let routes = match (&t.routes, routes) {
             // Unrestricted key in a restricted team: it gets the team's list.
             (Some(tr), None) => Some(tr.clone()),
@@ -473,6 +515,7 @@ impl KeyRing {
             routes,
             created_at: crate::calendar::unix_secs(),
             revoked_at: None,
+            expires_at,
             limits,
             reach,
         };
@@ -485,6 +528,50 @@ impl KeyRing {
         }
         self.active.store(true, Ordering::Relaxed);
         Ok(IssuedKey { key, stored })
+    }
+
+    /// Write a key's new name, routes, limits, reach, budget reset and expiry (held within its
+    /// team as when it was issued); in force at once here, within a refresh on other instances.
+    pub async fn update_key(&self, key: &StoredKey) -> Result<(), Error> {
+        let t = self.team(&key.team_id).await?;
+        within_team(
+            &t,
+            &Grant {
+                routes: key.routes.clone(),
+                limits: key.limits,
+                reach: key.reach.clone(),
+            },
+        )?;
+        self.store.update_key(key).await.map_err(store_error)?;
+        self.refresh().await
+    }
+
+    /// Write a team's new name, routes, limits, reach and budget reset. Its keys stay as they
+    /// are: a request must be within both the key's and the team's, so narrowing a team
+    /// narrows its keys.
+    pub async fn update_team(&self, team: &Team) -> Result<(), Error> {
+        if team.name.trim().is_empty() {
+            return Err(Error::bad_request("a team needs a name").with_param("name"));
+        }
+        self.store.update_team(team).await.map_err(store_error)?;
+        self.refresh().await
+    }
+
+    /// Append an admin change to the audit log.
+    pub async fn audit(&self, entry: &relais_state::AuditEntry) -> Result<(), Error> {
+        self.store.put_audit(entry).await.map_err(store_error)
+    }
+
+    /// The newest `limit` audit entries before `before_ms`, newest first.
+    pub async fn audit_log(
+        &self,
+        limit: u32,
+        before_ms: Option<i64>,
+    ) -> Result<Vec<relais_state::AuditEntry>, Error> {
+        self.store
+            .audit(limit, before_ms)
+            .await
+            .map_err(store_error)
     }
 
     /// Revoke a key: refused at once on this instance, within a refresh on others.
@@ -566,6 +653,18 @@ mod tests {
         fn rotate_key<'a>(&'a self, id: &'a str, prefix: &'a str, hash: &'a str) -> Fut<'a, ()> {
             self.inner.rotate_key(id, prefix, hash)
         }
+        fn update_team<'a>(&'a self, team: &'a Team) -> Fut<'a, ()> {
+            self.inner.update_team(team)
+        }
+        fn update_key<'a>(&'a self, key: &'a StoredKey) -> Fut<'a, ()> {
+            self.inner.update_key(key)
+        }
+        fn put_audit<'a>(&'a self, e: &'a relais_state::AuditEntry) -> Fut<'a, ()> {
+            self.inner.put_audit(e)
+        }
+        fn audit(&self, limit: u32, before: Option<i64>) -> Fut<'_, Vec<relais_state::AuditEntry>> {
+            self.inner.audit(limit, before)
+        }
     }
 
     #[tokio::test]
@@ -588,7 +687,7 @@ mod tests {
         .await
         .unwrap();
         let issued = elsewhere
-            .create_key("t", "k", None, Limits::default(), Reach::default())
+            .create_key("t", "k", Grant::default(), None)
             .await
             .unwrap();
 

@@ -606,9 +606,16 @@ mod tests {
             subject: &'a str,
             day_ms: i64,
             month_ms: i64,
+            since_ms: i64,
         ) -> relais_core::BoxFuture<'a, Result<relais_state::Spend, relais_state::StoreError>>
         {
-            self.inner.spend(subject, day_ms, month_ms)
+            self.inner.spend(subject, day_ms, month_ms, since_ms)
+        }
+        fn requests<'a>(
+            &'a self,
+            q: &'a relais_state::RowQuery,
+        ) -> relais_core::BoxFuture<'a, Result<Vec<LedgerRow>, relais_state::StoreError>> {
+            self.inner.requests(q)
         }
         fn rows_of<'a>(
             &'a self,

@@ -214,6 +214,7 @@ impl From<LimitArgs> for relais_governance::Limits {
             budget_day: a.budget_day,
             budget_month: a.budget_month,
             budget_total: a.budget_total,
+            budget_reset_ms: None,
         }
     }
 }
@@ -483,8 +484,11 @@ fn check(config: Option<PathBuf>) -> Result<()> {
             }
         }
     }
-    if runtime.admin_key.is_some() {
-        println!("admin API: on (/admin/)");
+    if runtime.admin.is_on() {
+        println!(
+            "admin API and console: on (/admin/, /ui/), {} credential(s)",
+            runtime.admin.credentials.len()
+        );
     }
     for w in &runtime.warnings {
         println!("warning: {w}");
@@ -541,7 +545,16 @@ fn keys(config: Option<PathBuf>, action: KeysCmd) -> Result<()> {
                 limits,
             } => {
                 let issued = ring
-                    .create_key(&team, &name, routes, limits.clone().into(), limits.reach())
+                    .create_key(
+                        &team,
+                        &name,
+                        relais_governance::Grant {
+                            routes,
+                            limits: limits.clone().into(),
+                            reach: limits.reach(),
+                        },
+                        None,
+                    )
                     .await
                     .map_err(|e| anyhow!(e.message))?;
                 println!("{}", issued.key.expose());

@@ -112,10 +112,49 @@ pub struct ClientKey {
     pub routes: Option<Vec<String>>,
 }
 
+/// An admin credential in force.
+#[derive(Debug, Clone)]
+pub struct AdminCredential {
+    pub name: String,
+    pub key: Secret,
+    pub role: Role,
+    /// The team (name or id) of a `team_admin`.
+    pub team: Option<String>,
+}
+
+/// The admin API's credentials (`admin.key` first, as `admin`), console sessions and the
+/// client-certificate requirement. No credential: the admin API and the console are off.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    pub credentials: Vec<AdminCredential>,
+    pub session: Duration,
+    /// The admin API asks for a verified client certificate too.
+    pub client_cert: bool,
+}
+
+impl AdminAccess {
+    /// Whether the admin API is on.
+    pub fn is_on(&self) -> bool {
+        !self.credentials.is_empty()
+    }
+
+    /// The credential `presented` is, compared in constant time with every one.
+    pub fn find(&self, presented: &str) -> Option<&AdminCredential> {
+        let mut found = None;
+        for c in &self.credentials {
+            if crate::http::constant_time_eq(c.key.expose().as_bytes(), presented.as_bytes()) {
+                found = found.or(Some(c));
+            }
+        }
+        found
+    }
+}
+
 /// The validated, built form the server runs on.
 pub struct Runtime {
     pub listen: SocketAddr,
-    pub admin_key: Option<Secret>,
+    /// Who may use the admin API and the console.
+    pub admin: AdminAccess,
     /// Virtual keys and teams, when `[governance]` is configured; opened by the caller with
     /// [`open_governance`] (it is async) and kept across reloads.
     pub keyring: Option<Arc<relais_governance::KeyRing>>,
@@ -141,8 +180,6 @@ pub struct Runtime {
     pub max_decoding_bytes: usize,
     /// TLS on the listener, loaded (fixed at start; the certificate files are watched).
     pub tls: Option<Arc<crate::tls::Tls>>,
-    /// The admin API asks for a verified client certificate too.
-    pub admin_client_cert: bool,
     pub keys: Vec<ClientKey>,
     pub routes: BTreeMap<String, Arc<Route>>,
     /// Providers by name, with the settings they were built from (a reload keeps unchanged ones).

@@ -23,6 +23,7 @@ mod background;
 pub mod bill;
 mod caller;
 mod clock;
+mod console;
 pub mod config;
 mod dialect;
 mod http;

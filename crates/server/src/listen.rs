@@ -88,13 +88,13 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
             a = listener.accept() => a,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => {
+        let (tcp, peer) = match accepted {
+            Ok((tcp, peer)) => {
                 if !backoff.is_zero() {
                     tracing::info!("accepting connections again");
                     backoff = Duration::ZERO;
                 }
-                tcp
+                (tcp, peer)
             }
             Err(e) => {
                 drop(slot);
@@ -122,7 +122,10 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(tcp, app, limits, false, &mut stop).await,
+                None => {
+                    let peer = Peer { addr: peer, tls: false };
+                    serve_connection(tcp, app, limits, false, peer, &mut stop).await;
+                }
                 Some(tls) => {
                     // The handshake is bounded like a request head.
                     let shake = tokio::time::timeout(
@@ -135,7 +138,9 @@ pub(crate) async fn serve(
                             // With a client CA configured, a certificate that was presented
                             // has been verified by the handshake.
                             let verified = stream.get_ref().1.peer_certificates().is_some();
-                            serve_connection(stream, app, limits, verified, &mut stop).await;
+                            let peer = Peer { addr: peer, tls: true };
+                            serve_connection(stream, app, limits, verified, peer, &mut stop)
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -166,6 +171,7 @@ async fn serve_connection<T>(
     app: Router,
     limits: ClientLimits,
     client_cert: bool,
+    peer: Peer,
     stop: &mut watch::Receiver<bool>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -177,6 +183,7 @@ async fn serve_connection<T>(
         watch,
         body_read_timeout: limits.body_read_timeout,
         client_cert,
+        peer,
     };
     // With upgrades: a WebSocket (`GET /v1/responses`) takes the connection over. HTTP/1.1
     // alone unless cleartext HTTP/2 is configured (auto-detection reads the preface).
@@ -390,6 +397,16 @@ struct ConnService {
     body_read_timeout: Duration,
     /// The connection's client certificate was verified.
     client_cert: bool,
+    peer: Peer,
+}
+
+/// Who is at the other end of a connection, and whether it is TLS: set on admin and console
+/// requests only (the audit log's address, the session cookie's `Secure`), so the hot path
+/// allocates no extension map for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
 }
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
@@ -411,6 +428,10 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
         }
         if req.headers().contains_key(http::header::UPGRADE) {
             req.extensions_mut().insert(Connection(self.watch.clone()));
+        }
+        let path = req.uri().path();
+        if path.starts_with("/admin") || path.starts_with("/ui") {
+            req.extensions_mut().insert(self.peer);
         }
         let deadline = Instant::now() + self.body_read_timeout;
         let req = req.map(|body| Body::new(TimedBody::new(body, deadline)));

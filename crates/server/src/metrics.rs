@@ -184,6 +184,8 @@ pub struct Global {
     pub inflight: AtomicI64,
     /// Requests refused before reaching a route (bad input, auth, unknown route), by class.
     rejected: [AtomicU64; KINDS],
+    /// Admin changes made whose audit entry could not be written.
+    pub audit_failures: AtomicU64,
 }
 
 impl Global {
@@ -203,6 +205,16 @@ pub fn render<'a>(p: &mut Prom, global: &Global, series: impl Iterator<Item = &'
         "relais_inflight_requests",
         "",
         global.inflight.load(Ordering::Relaxed),
+    );
+    p.family(
+        "relais_audit_write_failures_total",
+        "counter",
+        "Admin changes made whose audit log entry could not be written to the store.",
+    );
+    p.sample(
+        "relais_audit_write_failures_total",
+        "",
+        global.audit_failures.load(Ordering::Relaxed),
     );
     p.family(
         "relais_rejected_total",

@@ -35,6 +35,10 @@ pub struct AppState {
     pub(crate) decoding: Arc<Semaphore>,
     /// Stored Responses API responses (the memory part sized at start).
     pub(crate) responses: Arc<Conversations>,
+    /// Console sessions signed out here, and the sign-in throttle.
+    pub(crate) sessions: crate::admin::Sessions,
+    /// The audit log when there is no governance store.
+    pub(crate) audit: crate::admin::AuditMemory,
 }
 
 impl AppState {
@@ -45,6 +49,8 @@ impl AppState {
         let responses = Arc::new(Conversations::new(&runtime.responses));
         Self {
             responses,
+            sessions: crate::admin::Sessions::default(),
+            audit: crate::admin::AuditMemory::default(),
             decoding,
             planb,
             promoted: Mutex::default(),

@@ -135,6 +135,21 @@ impl UsageQuery {
     }
 }
 
+/// Which requests to list: attempt-0 rows of one category in `[from_ms, to_ms)`, optionally
+/// of one key, team, route or vendor, only failures when `errors`, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub category: String,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub route: Option<String>,
+    pub vendor: Option<String>,
+    pub errors: bool,
+    pub limit: u32,
+}
+
 /// One group of a usage summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UsageLine {
@@ -164,13 +179,18 @@ pub trait LedgerStore: Send + Sync {
     /// they are. Returns how many were new.
     fn insert_rows<'a>(&'a self, rows: &'a [LedgerRow]) -> BoxFuture<'a, Result<u64, StoreError>>;
     fn usage<'a>(&'a self, q: &'a UsageQuery) -> BoxFuture<'a, Result<Vec<UsageLine>, StoreError>>;
-    /// Live spend of a key or team (by its id) since `day_ms` and `month_ms`, and in total.
+    /// Live spend of a key or team (by its id) since `day_ms` and `month_ms`, and in total;
+    /// nothing before `since_ms` counts (a budget reset).
     fn spend<'a>(
         &'a self,
         subject: &'a str,
         day_ms: i64,
         month_ms: i64,
+        since_ms: i64,
     ) -> BoxFuture<'a, Result<Spend, StoreError>>;
+    /// Requests (attempt-0 rows) matching `q`, newest first: the console's request list and
+    /// the points of its charts.
+    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
     /// Every row of a request, by the gateway's id or the id the client saw, oldest request
     /// first, attempts in order (for audits: "what happened to request X").
     fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
@@ -332,7 +352,17 @@ pub(crate) const SPEND_SQL: &str = "SELECT \
     CAST(COALESCE(SUM(CASE WHEN at_ms >= $2 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
     CAST(COALESCE(SUM(CASE WHEN at_ms >= $3 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
     CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
-    FROM relais_ledger WHERE attempt = 0 AND category = 'live' AND (key_id = $1 OR team_id = $1)";
+    FROM relais_ledger WHERE attempt = 0 AND category = 'live' AND (key_id = $1 OR team_id = $1) \
+    AND at_ms >= $4";
+
+pub(crate) fn requests_sql() -> String {
+    format!(
+        "SELECT {LEDGER_COLUMNS} FROM relais_ledger WHERE attempt = 0 AND category = $1 \
+         AND at_ms >= $2 AND at_ms < $3 AND ($4 = '' OR key_id = $4) AND ($5 = '' OR team_id = $5) \
+         AND ($6 = '' OR route = $6) AND ($7 = '' OR vendor = $7) AND ($8 = 0 OR status >= 400) \
+         ORDER BY at_ms DESC, id DESC LIMIT $9"
+    )
+}
 
 pub(crate) fn rows_of_sql() -> String {
     format!(

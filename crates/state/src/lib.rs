@@ -12,8 +12,8 @@ mod sqlite;
 use relais_core::BoxFuture;
 
 pub use ledger::{
-    GroupBy, LedgerRow, LedgerStore, PlanEvent, ShadowSample, Spend, StoredResponse, UsageLine,
-    UsageQuery,
+    GroupBy, LedgerRow, LedgerStore, PlanEvent, RowQuery, ShadowSample, Spend, StoredResponse,
+    UsageLine, UsageQuery,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -33,6 +33,9 @@ pub struct Limits {
     pub budget_month: Option<u64>,
     /// Spend over the subject's whole life, in pico-USD.
     pub budget_total: Option<u64>,
+    /// When an operator last reset the budgets (Unix milliseconds): spend before it no longer
+    /// counts against any of them.
+    pub budget_reset_ms: Option<i64>,
 }
 
 impl Limits {
@@ -82,9 +85,27 @@ pub struct StoredKey {
     pub routes: Option<Vec<String>>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// Unix seconds after which the key no longer authenticates; never when `None`.
+    pub expires_at: Option<i64>,
     pub limits: Limits,
     /// Within its team's.
     pub reach: Reach,
+}
+
+/// One admin change, as the audit log keeps it: who (the admin credential's name and role),
+/// from which address, what (`key.create`, `team.update`, `route.promote`, ...), on what, and
+/// the object before and after as JSON (never a secret: keys appear by prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub address: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,11 +141,24 @@ pub trait KeyStore: Send + Sync {
         prefix: &'a str,
         hash: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Write a team's name, routes, limits and reach; `NotFound` when no such team exists.
+    fn update_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Write a key's name, routes, limits, reach and expiry (never its secret, team or
+    /// revocation); `NotFound` when no such key exists.
+    fn update_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Append to the audit log.
+    fn put_audit<'a>(&'a self, entry: &'a AuditEntry) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The newest `limit` audit entries before `before_ms` (all when `None`), newest first.
+    fn audit(
+        &self,
+        limit: u32,
+        before_ms: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
 }
 
-/// Limits as stored: six nullable BIGINT columns (rpm, tpm, max_concurrent, budget_day,
-/// budget_month, budget_total).
-fn limits_to_sql(l: &Limits) -> [Option<i64>; 6] {
+/// Limits as stored: seven nullable BIGINT columns (rpm, tpm, max_concurrent, budget_day,
+/// budget_month, budget_total, budget_reset_ms).
+fn limits_to_sql(l: &Limits) -> [Option<i64>; 7] {
     let c = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     [
         c(l.rpm),
@@ -133,10 +167,11 @@ fn limits_to_sql(l: &Limits) -> [Option<i64>; 6] {
         c(l.budget_day),
         c(l.budget_month),
         c(l.budget_total),
+        l.budget_reset_ms,
     ]
 }
 
-fn limits_from_sql(v: [Option<i64>; 6]) -> Limits {
+fn limits_from_sql(v: [Option<i64>; 7]) -> Limits {
     let c = |n: Option<i64>| n.map(|n| u64::try_from(n).unwrap_or(0));
     Limits {
         rpm: c(v[0]),
@@ -145,6 +180,7 @@ fn limits_from_sql(v: [Option<i64>; 6]) -> Limits {
         budget_day: c(v[3]),
         budget_month: c(v[4]),
         budget_total: c(v[5]),
+        budget_reset_ms: v[6],
     }
 }
 

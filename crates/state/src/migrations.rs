@@ -100,32 +100,84 @@ pub(crate) const STEPS: &[&str] = &[
         response TEXT NOT NULL
     );
     CREATE INDEX relais_responses_expiry ON relais_responses (expires_ms)",
+    // Operators: budget resets, key expiry, and the audit log of admin changes.
+    "ALTER TABLE relais_teams ADD COLUMN budget_reset_ms BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN budget_reset_ms BIGINT;
+     ALTER TABLE relais_keys ADD COLUMN expires_at BIGINT;
+     CREATE TABLE relais_audit (
+        id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        address TEXT,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        old_value TEXT,
+        new_value TEXT
+    );
+    CREATE INDEX relais_audit_at ON relais_audit (at_ms)",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS relais_schema (version BIGINT PRIMARY KEY)";
 
-pub(crate) const INSERT_TEAM: &str = "INSERT INTO relais_teams \
-    (id, name, routes, created_at, rpm, tpm, max_concurrent, budget_day, budget_month, \
-    budget_total, reach) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-pub(crate) const SELECT_TEAMS: &str = "SELECT id, name, routes, created_at, rpm, tpm, \
-    max_concurrent, budget_day, budget_month, budget_total, reach FROM relais_teams \
-    ORDER BY created_at, id";
-pub(crate) const INSERT_KEY: &str = "INSERT INTO relais_keys \
-    (id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, max_concurrent, \
-    budget_day, budget_month, budget_total, reach) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
-pub(crate) const SELECT_KEYS: &str = "SELECT id, name, team_id, prefix, hash, routes, created_at, \
-    revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total, reach \
-    FROM relais_keys ORDER BY created_at, id";
-pub(crate) const SELECT_KEY_BY_HASH: &str = "SELECT id, name, team_id, prefix, hash, routes, \
-    created_at, revoked_at, rpm, tpm, max_concurrent, budget_day, budget_month, budget_total, \
-    reach FROM relais_keys WHERE hash = $1";
+/// A team's columns in the order of [`INSERT_TEAM`] and [`SELECT_TEAMS`] (a macro, so that
+/// `concat!` can take it).
+macro_rules! team_columns {
+    () => {
+        "id, name, routes, created_at, rpm, tpm, max_concurrent, budget_day, budget_month, \
+         budget_total, budget_reset_ms, reach"
+    };
+}
+/// A key's columns in the order of [`INSERT_KEY`] and the key selects.
+macro_rules! key_columns {
+    () => {
+        "id, name, team_id, prefix, hash, routes, created_at, revoked_at, rpm, tpm, \
+         max_concurrent, budget_day, budget_month, budget_total, budget_reset_ms, reach, expires_at"
+    };
+}
+
+pub(crate) const INSERT_TEAM: &str = concat!(
+    "INSERT INTO relais_teams (",
+    team_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+);
+pub(crate) const SELECT_TEAMS: &str = concat!(
+    "SELECT ",
+    team_columns!(),
+    " FROM relais_teams ORDER BY created_at, id"
+);
+/// Everything but the id and creation time.
+pub(crate) const UPDATE_TEAM: &str = "UPDATE relais_teams SET name = $2, routes = $3, rpm = $4, \
+    tpm = $5, max_concurrent = $6, budget_day = $7, budget_month = $8, budget_total = $9, \
+    budget_reset_ms = $10, reach = $11 WHERE id = $1";
+pub(crate) const INSERT_KEY: &str = concat!(
+    "INSERT INTO relais_keys (",
+    key_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+);
+pub(crate) const SELECT_KEYS: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM relais_keys ORDER BY created_at, id"
+);
+pub(crate) const SELECT_KEY_BY_HASH: &str =
+    concat!("SELECT ", key_columns!(), " FROM relais_keys WHERE hash = $1");
+/// What an operator may change of a key: never its secret, team or revocation.
+pub(crate) const UPDATE_KEY: &str = "UPDATE relais_keys SET name = $2, routes = $3, rpm = $4, \
+    tpm = $5, max_concurrent = $6, budget_day = $7, budget_month = $8, budget_total = $9, \
+    budget_reset_ms = $10, reach = $11, expires_at = $12 WHERE id = $1";
 /// Revoking twice keeps the first time.
 pub(crate) const REVOKE_KEY: &str =
     "UPDATE relais_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
 pub(crate) const ROTATE_KEY: &str =
     "UPDATE relais_keys SET prefix = $2, hash = $3 WHERE id = $1 AND revoked_at IS NULL";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO relais_audit \
+    (id, at_ms, actor, role, address, action, target, old_value, new_value) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// `$1`: entries before this time (Unix ms), `$2`: how many.
+pub(crate) const SELECT_AUDIT: &str = "SELECT id, at_ms, actor, role, address, action, target, \
+    old_value, new_value FROM relais_audit WHERE at_ms < $1 ORDER BY at_ms DESC, id DESC LIMIT $2";
 
 /// How many of [`STEPS`] a database at schema version `applied` already has; an error when it
 /// is newer than this build (an older relais must not run on a newer schema).

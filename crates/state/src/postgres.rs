@@ -17,17 +17,18 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
     DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore,
-    PURGE_RESPONSES, PUT_EVENT, PUT_RESPONSE, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL,
-    ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64,
-    to_u64, usage_sql,
+    PURGE_RESPONSES, PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL,
+    ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, requests_sql, rows_of_sql,
+    to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
-    CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
-    SELECT_KEYS, SELECT_TEAMS, STEPS, steps_to_apply,
+    CREATE_SCHEMA_TABLE, INSERT_AUDIT, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY,
+    SELECT_AUDIT, SELECT_KEY_BY_HASH, SELECT_KEYS, SELECT_TEAMS, STEPS, UPDATE_KEY, UPDATE_TEAM,
+    steps_to_apply,
 };
 use crate::{
-    KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
-    reach_to_text, routes_from_text, routes_to_text,
+    AuditEntry, KeyStore, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql,
+    reach_from_text, reach_to_text, routes_from_text, routes_to_text,
 };
 
 /// Keys and teams in PostgreSQL.
@@ -60,7 +61,7 @@ fn db_error(e: tokio_postgres::Error) -> StoreError {
 }
 
 fn limits_from_row(r: &Row, first: usize) -> Result<crate::Limits, StoreError> {
-    let mut v = [None; 6];
+    let mut v = [None; 7];
     for (i, slot) in v.iter_mut().enumerate() {
         *slot = r.try_get(first + i).map_err(db_error)?;
     }
@@ -78,8 +79,49 @@ fn key_from_row(r: &Row) -> Result<StoredKey, StoreError> {
         created_at: r.try_get(6).map_err(db_error)?,
         revoked_at: r.try_get(7).map_err(db_error)?,
         limits: limits_from_row(r, 8)?,
-        reach: reach_from_text(r.try_get(14).map_err(db_error)?)?,
+        reach: reach_from_text(r.try_get(15).map_err(db_error)?)?,
+        expires_at: r.try_get(16).map_err(db_error)?,
     })
+}
+
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// A team's values in the order of `INSERT_TEAM`.
+fn team_values(t: &Team) -> Vec<Param> {
+    let mut v: Vec<Param> = vec![
+        Box::new(t.id.clone()),
+        Box::new(t.name.clone()),
+        Box::new(routes_to_text(&t.routes)),
+        Box::new(t.created_at),
+    ];
+    v.extend(limits_to_sql(&t.limits).map(|n| Box::new(n) as Param));
+    v.push(Box::new(reach_to_text(&t.reach)));
+    v
+}
+
+/// A key's values in the order of `INSERT_KEY`.
+fn key_values(k: &StoredKey) -> Vec<Param> {
+    let mut v: Vec<Param> = vec![
+        Box::new(k.id.clone()),
+        Box::new(k.name.clone()),
+        Box::new(k.team_id.clone()),
+        Box::new(k.prefix.clone()),
+        Box::new(k.hash.clone()),
+        Box::new(routes_to_text(&k.routes)),
+        Box::new(k.created_at),
+        Box::new(k.revoked_at),
+    ];
+    v.extend(limits_to_sql(&k.limits).map(|n| Box::new(n) as Param));
+    v.push(Box::new(reach_to_text(&k.reach)));
+    v.push(Box::new(k.expires_at));
+    v
+}
+
+fn refs(values: &[Param]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    values
+        .iter()
+        .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
 }
 
 /// Open one connection, its I/O driven by a task of its own.
@@ -214,27 +256,9 @@ impl KeyStore for PostgresStore {
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&team.limits);
-            self.timed(
-                &c,
-                c.execute(
-                    INSERT_TEAM,
-                    &[
-                        &team.id,
-                        &team.name,
-                        &routes_to_text(&team.routes),
-                        &team.created_at,
-                        &rpm,
-                        &tpm,
-                        &concurrent,
-                        &day,
-                        &month,
-                        &total,
-                        &reach_to_text(&team.reach),
-                    ],
-                ),
-            )
-            .await?;
+            let values = team_values(team);
+            self.timed(&c, c.execute(INSERT_TEAM, &refs(&values)))
+                .await?;
             Ok(())
         })
     }
@@ -251,7 +275,7 @@ impl KeyStore for PostgresStore {
                         routes: routes_from_text(r.try_get(2).map_err(db_error)?)?,
                         created_at: r.try_get(3).map_err(db_error)?,
                         limits: limits_from_row(r, 4)?,
-                        reach: reach_from_text(r.try_get(10).map_err(db_error)?)?,
+                        reach: reach_from_text(r.try_get(11).map_err(db_error)?)?,
                     })
                 })
                 .collect()
@@ -261,31 +285,9 @@ impl KeyStore for PostgresStore {
     fn insert_key<'a>(&'a self, k: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let c = self.client().await?;
-            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&k.limits);
-            self.timed(
-                &c,
-                c.execute(
-                    INSERT_KEY,
-                    &[
-                        &k.id,
-                        &k.name,
-                        &k.team_id,
-                        &k.prefix,
-                        &k.hash,
-                        &routes_to_text(&k.routes),
-                        &k.created_at,
-                        &k.revoked_at,
-                        &rpm,
-                        &tpm,
-                        &concurrent,
-                        &day,
-                        &month,
-                        &total,
-                        &reach_to_text(&k.reach),
-                    ],
-                ),
-            )
-            .await?;
+            let values = key_values(k);
+            self.timed(&c, c.execute(INSERT_KEY, &refs(&values)))
+                .await?;
             Ok(())
         })
     }
@@ -338,6 +340,92 @@ impl KeyStore for PostgresStore {
             }
             Ok(())
         })
+    }
+
+    fn update_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut values = team_values(team);
+            values.remove(3); // created_at is not updated
+            self.update_one(UPDATE_TEAM, values, || format!("team {}", team.id))
+                .await
+        })
+    }
+
+    fn update_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // id, then name, routes, limits, reach, expiry (never team, secret or revocation).
+            let mut values = key_values(key);
+            values.drain(2..8);
+            values.insert(2, Box::new(routes_to_text(&key.routes)));
+            self.update_one(UPDATE_KEY, values, || format!("key {}", key.id))
+                .await
+        })
+    }
+
+    fn put_audit<'a>(&'a self, e: &'a AuditEntry) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            self.timed(
+                &c,
+                c.execute(
+                    INSERT_AUDIT,
+                    &[
+                        &e.id, &e.at_ms, &e.actor, &e.role, &e.address, &e.action, &e.target,
+                        &e.before, &e.after,
+                    ],
+                ),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn audit(
+        &self,
+        limit: u32,
+        before_ms: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let before = before_ms.unwrap_or(i64::MAX);
+            let rows = self
+                .timed(&c, c.query(SELECT_AUDIT, &[&before, &i64::from(limit)]))
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let g = |i: usize| r.try_get::<_, String>(i).map_err(db_error);
+                    let o = |i: usize| r.try_get::<_, Option<String>>(i).map_err(db_error);
+                    Ok(AuditEntry {
+                        id: g(0)?,
+                        at_ms: r.try_get(1).map_err(db_error)?,
+                        actor: g(2)?,
+                        role: g(3)?,
+                        address: o(4)?,
+                        action: g(5)?,
+                        target: g(6)?,
+                        before: o(7)?,
+                        after: o(8)?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Run an `UPDATE ... WHERE id = $1`; `NotFound` when it matched no row.
+    async fn update_one(
+        &self,
+        statement: &str,
+        values: Vec<Param>,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = self.timed(&c, c.execute(statement, &refs(&values))).await?;
+        if n == 0 {
+            return Err(StoreError::NotFound(what()));
+        }
+        Ok(())
     }
 }
 
@@ -502,11 +590,15 @@ impl LedgerStore for PostgresStore {
         subject: &'a str,
         day_ms: i64,
         month_ms: i64,
+        since_ms: i64,
     ) -> BoxFuture<'a, Result<Spend, StoreError>> {
         Box::pin(async move {
             let c = self.client().await?;
             let r = self
-                .timed(&c, c.query_one(SPEND_SQL, &[&subject, &day_ms, &month_ms]))
+                .timed(
+                    &c,
+                    c.query_one(SPEND_SQL, &[&subject, &day_ms, &month_ms, &since_ms]),
+                )
                 .await?;
             let u = |i: usize| r.try_get::<_, i64>(i).map(to_u64).map_err(db_error);
             Ok(Spend {
@@ -514,6 +606,36 @@ impl LedgerStore for PostgresStore {
                 month: u(1)?,
                 total: u(2)?,
             })
+        })
+    }
+
+    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+        Box::pin(async move {
+            let c = self.client().await?;
+            let text = |v: &Option<String>| v.clone().unwrap_or_default();
+            let (key, team, route, vendor) =
+                (text(&q.key_id), text(&q.team_id), text(&q.route), text(&q.vendor));
+            let (errors, limit) = (i64::from(q.errors), i64::from(q.limit));
+            let rows = self
+                .timed(
+                    &c,
+                    c.query(
+                        &requests_sql(),
+                        &[
+                            &q.category,
+                            &q.from_ms,
+                            &q.to_ms,
+                            &key,
+                            &team,
+                            &route,
+                            &vendor,
+                            &errors,
+                            &limit,
+                        ],
+                    ),
+                )
+                .await?;
+            rows.iter().map(ledger_row).collect()
         })
     }
 

@@ -10,17 +10,18 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::ledger::{
     DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LedgerRow, LedgerStore, PURGE_RESPONSES,
-    PUT_EVENT, PUT_RESPONSE, PlanEvent, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
-    Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, rows_of_sql, to_i64, to_u64,
-    usage_sql,
+    PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
+    Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, requests_sql, rows_of_sql, to_i64,
+    to_u64, usage_sql,
 };
 use crate::migrations::{
-    CREATE_SCHEMA_TABLE, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY, SELECT_KEY_BY_HASH,
-    SELECT_KEYS, SELECT_TEAMS, STEPS, steps_to_apply,
+    CREATE_SCHEMA_TABLE, INSERT_AUDIT, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY,
+    SELECT_AUDIT, SELECT_KEY_BY_HASH, SELECT_KEYS, SELECT_TEAMS, STEPS, UPDATE_KEY, UPDATE_TEAM,
+    steps_to_apply,
 };
 use crate::{
-    KeyStore, Reach, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql, reach_from_text,
-    reach_to_text, routes_from_text, routes_to_text,
+    AuditEntry, KeyStore, Reach, StoreError, StoredKey, Team, limits_from_sql, limits_to_sql,
+    reach_from_text, reach_to_text, routes_from_text, routes_to_text,
 };
 
 /// Keys and teams in a SQLite file.
@@ -80,6 +81,7 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
             routes: None,
             created_at: r.get(6)?,
             revoked_at: r.get(7)?,
+            expires_at: r.get(16)?,
             limits: limits_from_sql([
                 r.get(8)?,
                 r.get(9)?,
@@ -87,12 +89,62 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
                 r.get(11)?,
                 r.get(12)?,
                 r.get(13)?,
+                r.get(14)?,
             ]),
             reach: Reach::default(),
         },
         r.get(5)?,
-        r.get(14)?,
+        r.get(15)?,
     ))
+}
+
+/// A team's values in the order of `INSERT_TEAM` (`UPDATE_TEAM` takes `[0..2] + [4..]`).
+fn team_values(t: &Team) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    let mut v = vec![
+        Value::from(t.id.clone()),
+        Value::from(t.name.clone()),
+        Value::from(routes_to_text(&t.routes)),
+        Value::from(t.created_at),
+    ];
+    v.extend(limits_to_sql(&t.limits).map(Value::from));
+    v.push(Value::from(reach_to_text(&t.reach)));
+    v
+}
+
+/// A key's values in the order of `INSERT_KEY`.
+fn key_values(k: &StoredKey) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    let mut v = vec![
+        Value::from(k.id.clone()),
+        Value::from(k.name.clone()),
+        Value::from(k.team_id.clone()),
+        Value::from(k.prefix.clone()),
+        Value::from(k.hash.clone()),
+        Value::from(routes_to_text(&k.routes)),
+        Value::from(k.created_at),
+        Value::from(k.revoked_at),
+    ];
+    v.extend(limits_to_sql(&k.limits).map(Value::from));
+    v.push(Value::from(reach_to_text(&k.reach)));
+    v.push(Value::from(k.expires_at));
+    v
+}
+
+/// Run an `UPDATE ... WHERE id = $1`; `NotFound` when it matched no row.
+fn update_one(
+    c: &Connection,
+    statement: &str,
+    values: Vec<rusqlite::types::Value>,
+    what: String,
+) -> Result<(), StoreError> {
+    let n = c
+        .execute(&sql(statement), rusqlite::params_from_iter(values))
+        .map_err(db_error)?;
+    if n == 0 {
+        return Err(StoreError::NotFound(what));
+    }
+    Ok(())
 }
 
 fn parsed_key((mut k, routes, reach): KeyRow) -> Result<StoredKey, StoreError> {
@@ -159,26 +211,10 @@ impl KeyStore for SqliteStore {
     }
 
     fn create_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
-        let team = team.clone();
+        let values = team_values(team);
         Box::pin(self.run(move |c| {
-            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&team.limits);
-            c.execute(
-                &sql(INSERT_TEAM),
-                params![
-                    team.id,
-                    team.name,
-                    routes_to_text(&team.routes),
-                    team.created_at,
-                    rpm,
-                    tpm,
-                    concurrent,
-                    day,
-                    month,
-                    total,
-                    reach_to_text(&team.reach)
-                ],
-            )
-            .map_err(db_error)?;
+            c.execute(&sql(INSERT_TEAM), rusqlite::params_from_iter(values))
+                .map_err(db_error)?;
             Ok(())
         }))
     }
@@ -200,8 +236,9 @@ impl KeyStore for SqliteStore {
                             r.get(7)?,
                             r.get(8)?,
                             r.get(9)?,
+                            r.get(10)?,
                         ]),
-                        r.get::<_, Option<String>>(10)?,
+                        r.get::<_, Option<String>>(11)?,
                     ))
                 })
                 .map_err(db_error)?;
@@ -222,30 +259,10 @@ impl KeyStore for SqliteStore {
     }
 
     fn insert_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
-        let k = key.clone();
+        let values = key_values(key);
         Box::pin(self.run(move |c| {
-            let [rpm, tpm, concurrent, day, month, total] = limits_to_sql(&k.limits);
-            c.execute(
-                &sql(INSERT_KEY),
-                params![
-                    k.id,
-                    k.name,
-                    k.team_id,
-                    k.prefix,
-                    k.hash,
-                    routes_to_text(&k.routes),
-                    k.created_at,
-                    k.revoked_at,
-                    rpm,
-                    tpm,
-                    concurrent,
-                    day,
-                    month,
-                    total,
-                    reach_to_text(&k.reach)
-                ],
-            )
-            .map_err(db_error)?;
+            c.execute(&sql(INSERT_KEY), rusqlite::params_from_iter(values))
+                .map_err(db_error)?;
             Ok(())
         }))
     }
@@ -304,6 +321,66 @@ impl KeyStore for SqliteStore {
                 return Err(StoreError::NotFound(format!("active key {id}")));
             }
             Ok(())
+        }))
+    }
+
+    fn update_team<'a>(&'a self, team: &'a Team) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut values = team_values(team);
+        values.remove(3); // created_at is not updated
+        let what = format!("team {}", team.id);
+        Box::pin(self.run(move |c| update_one(c, UPDATE_TEAM, values, what)))
+    }
+
+    fn update_key<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        // id, then name, routes, limits, reach, expiry (never team, secret or revocation).
+        let mut values = key_values(key);
+        values.drain(2..8);
+        values.insert(2, rusqlite::types::Value::from(routes_to_text(&key.routes)));
+        let what = format!("key {}", key.id);
+        Box::pin(self.run(move |c| update_one(c, UPDATE_KEY, values, what)))
+    }
+
+    fn put_audit<'a>(&'a self, e: &'a AuditEntry) -> BoxFuture<'a, Result<(), StoreError>> {
+        let e = e.clone();
+        Box::pin(self.run(move |c| {
+            c.execute(
+                &sql(INSERT_AUDIT),
+                params![
+                    e.id, e.at_ms, e.actor, e.role, e.address, e.action, e.target, e.before,
+                    e.after
+                ],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        }))
+    }
+
+    fn audit(
+        &self,
+        limit: u32,
+        before_ms: Option<i64>,
+    ) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare(&sql(SELECT_AUDIT)).map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![before_ms.unwrap_or(i64::MAX), i64::from(limit)],
+                    |r| {
+                        Ok(AuditEntry {
+                            id: r.get(0)?,
+                            at_ms: r.get(1)?,
+                            actor: r.get(2)?,
+                            role: r.get(3)?,
+                            address: r.get(4)?,
+                            action: r.get(5)?,
+                            target: r.get(6)?,
+                            before: r.get(7)?,
+                            after: r.get(8)?,
+                        })
+                    },
+                )
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         }))
     }
 }
@@ -430,17 +507,46 @@ impl LedgerStore for SqliteStore {
         subject: &'a str,
         day_ms: i64,
         month_ms: i64,
+        since_ms: i64,
     ) -> BoxFuture<'a, Result<Spend, StoreError>> {
         let subject = subject.to_owned();
         Box::pin(self.run(move |c| {
-            c.query_row(&sql(SPEND_SQL), params![subject, day_ms, month_ms], |r| {
-                Ok(Spend {
-                    day: to_u64(r.get(0)?),
-                    month: to_u64(r.get(1)?),
-                    total: to_u64(r.get(2)?),
-                })
-            })
+            c.query_row(
+                &sql(SPEND_SQL),
+                params![subject, day_ms, month_ms, since_ms],
+                |r| {
+                    Ok(Spend {
+                        day: to_u64(r.get(0)?),
+                        month: to_u64(r.get(1)?),
+                        total: to_u64(r.get(2)?),
+                    })
+                },
+            )
             .map_err(db_error)
+        }))
+    }
+
+    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+        let q = q.clone();
+        Box::pin(self.run(move |c| {
+            let mut stmt = c.prepare(&sql(&requests_sql())).map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        q.category,
+                        q.from_ms,
+                        q.to_ms,
+                        q.key_id.unwrap_or_default(),
+                        q.team_id.unwrap_or_default(),
+                        q.route.unwrap_or_default(),
+                        q.vendor.unwrap_or_default(),
+                        i64::from(q.errors),
+                        i64::from(q.limit)
+                    ],
+                    ledger_row,
+                )
+                .map_err(db_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
         }))
     }
 

@@ -87,6 +87,7 @@ fn team(name: &str) -> Team {
             budget_day: None,
             budget_month: Some(50_000_000_000_000),
             budget_total: None,
+            budget_reset_ms: None,
         },
         reach: relais_state::Reach {
             vendors: Some(vec!["openai".to_owned(), "local".to_owned()]),
@@ -105,6 +106,7 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
         routes: None,
         created_at: 1_700_000_100,
         revoked_at: None,
+        expires_at: Some(1_900_000_000),
         limits: Limits {
             rpm: None,
             tpm: Some(100_000),
@@ -112,6 +114,7 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
             budget_day: Some(5_000_000_000_000),
             budget_month: None,
             budget_total: Some(u64::try_from(i64::MAX).unwrap()),
+            budget_reset_ms: Some(1_700_000_200_000),
         },
         reach: relais_state::Reach {
             vendors: None,
@@ -183,6 +186,64 @@ async fn suite(store: &dyn KeyStore) {
         store.rotate_key("k2", "rk-x", "ee55").await,
         Err(StoreError::NotFound(_))
     ));
+
+    // An update writes what an operator may change, and nothing else: the secret, team,
+    // creation and revocation stay.
+    let mut edited = rotated.clone();
+    edited.name = "renamed".into();
+    edited.routes = None;
+    edited.limits.rpm = Some(7);
+    edited.limits.budget_reset_ms = Some(1_750_000_000_000);
+    edited.reach.vendors = Some(vec!["anthropic".into()]);
+    edited.expires_at = None;
+    let mut tampered = edited.clone();
+    tampered.hash = "ff66".into();
+    tampered.team_id = "team_ads".into();
+    tampered.revoked_at = Some(5);
+    store.update_key(&tampered).await.unwrap();
+    assert_eq!(store.key_by_hash("dd44").await.unwrap(), Some(edited));
+    assert!(matches!(
+        store.update_key(&key("nope", "ads", "x")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let mut t = team("ads");
+    t.name = "ads-renamed".into();
+    t.routes = None;
+    t.limits.budget_day = Some(1);
+    t.limits.budget_reset_ms = Some(1_760_000_000_000);
+    t.reach.data_classes = Some(vec!["public".into()]);
+    store.update_team(&t).await.unwrap();
+    assert!(store.teams().await.unwrap().contains(&t));
+    assert!(matches!(
+        store.update_team(&team("nobody")).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // The audit log: newest first, paged by time.
+    for i in 0..5i64 {
+        store
+            .put_audit(&relais_state::AuditEntry {
+                id: format!("aud_{i}"),
+                at_ms: 1_000 + i,
+                actor: "ops".into(),
+                role: "admin".into(),
+                address: (i % 2 == 0).then(|| "127.0.0.1".to_owned()),
+                action: "key.update".into(),
+                target: "k1".into(),
+                before: Some(format!("{{\"rpm\":{i}}}")),
+                after: None,
+            })
+            .await
+            .unwrap();
+    }
+    let newest = store.audit(2, None).await.unwrap();
+    let ids: Vec<_> = newest.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["aud_4", "aud_3"]);
+    assert_eq!(newest[0].address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(newest[1].before.as_deref(), Some("{\"rpm\":3}"));
+    let older = store.audit(10, Some(1_003)).await.unwrap();
+    let ids: Vec<_> = older.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["aud_2", "aud_1", "aud_0"]);
 }
 
 #[tokio::test]
@@ -413,7 +474,7 @@ async fn ledger_suite(store: &dyn LedgerStore) {
 
     // Spend of a key and of its team, since a day and a month, and in total.
     let spend = store
-        .spend("key_a", day * DAY_MS, (day - 22) * DAY_MS)
+        .spend("key_a", day * DAY_MS, (day - 22) * DAY_MS, 0)
         .await
         .unwrap();
     let since = |from: i64| -> u64 {
@@ -430,8 +491,39 @@ async fn ledger_suite(store: &dyn LedgerStore) {
             total: expected_a
         }
     );
-    let team = store.spend("team_t", 0, 0).await.unwrap();
+    let team = store.spend("team_t", 0, 0, 0).await.unwrap();
     assert_eq!(team.total, (0..600u64).map(|i| 1_000_000 + i).sum::<u64>());
+    // After a budget reset nothing before it counts, in total too.
+    let reset = (day - 10) * DAY_MS;
+    let after_reset = store
+        .spend("key_a", day * DAY_MS, reset, reset)
+        .await
+        .unwrap();
+    assert_eq!(after_reset.total, since(day - 10));
+    assert_eq!(after_reset.month, since(day - 10));
+
+    // The request list: attempt 0 only, newest first, filtered, bounded.
+    let list = |key: Option<&str>, errors: bool, limit: u32| relais_state::RowQuery {
+        from_ms: 0,
+        to_ms: end,
+        category: "live".into(),
+        key_id: key.map(str::to_owned),
+        team_id: None,
+        route: None,
+        vendor: None,
+        errors,
+        limit,
+    };
+    let rows = store.requests(&list(Some("key_a"), false, 1000)).await.unwrap();
+    assert_eq!(rows.len(), 200, "i % 3 == 0 of 600");
+    assert!(rows.iter().all(|r| r.attempt == 0 && r.key_id.as_deref() == Some("key_a")));
+    assert!(rows.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+    assert_eq!(store.requests(&list(None, false, 7)).await.unwrap().len(), 7);
+    assert!(store.requests(&list(None, true, 1000)).await.unwrap().is_empty());
+    let mut refused = row("rfail", 0, "key_b", "team_t", day, 0);
+    refused.status = 429;
+    store.insert_rows(&[refused.clone()]).await.unwrap();
+    assert_eq!(store.requests(&list(None, true, 1000)).await.unwrap(), [refused]);
 }
 
 #[tokio::test]

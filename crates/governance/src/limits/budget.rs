@@ -8,10 +8,25 @@
 //! reservation fits, so no number of concurrent requests can overrun it. Settlement adds the
 //! real cost to the period it ends in and frees the reservation.
 
-use relais_state::{Limits, Spend};
+use relais_state::{LedgerStore, Limits, Spend, StoreError};
 
 use super::subject::Period;
-use crate::calendar::{day_of, month_of};
+use crate::calendar::{day_of, month_of, period_starts};
+
+/// A subject's spend in the ledger as its budgets count it: since the start of the UTC day, of
+/// the month and ever, none of it before the subject's last budget reset.
+pub async fn spend_in_ledger(
+    store: &dyn LedgerStore,
+    subject: &str,
+    limits: &Limits,
+    now_secs: i64,
+) -> Result<Spend, StoreError> {
+    let (day, month) = period_starts(now_secs);
+    let since = limits.budget_reset_ms.unwrap_or(0);
+    store
+        .spend(subject, day.max(since), month.max(since), since)
+        .await
+}
 
 /// A subject's spend in this process: seeded from the ledger the first time the subject is
 /// seen with a budget, then kept up to date by settlements.
@@ -24,10 +39,13 @@ pub(crate) struct Spent {
     spent_total: u64,
     /// Worst-case cost of the subject's requests in flight.
     pub(crate) reserved: u64,
+    /// The budget reset this spend counts from (`Limits::budget_reset_ms` when seeded): a newer
+    /// reset makes it stale.
+    reset_ms: Option<i64>,
 }
 
 impl Spent {
-    pub(crate) fn seeded(s: Spend, now_secs: i64) -> Self {
+    pub(crate) fn seeded(s: Spend, now_secs: i64, reset_ms: Option<i64>) -> Self {
         let day = day_of(now_secs);
         Self {
             day,
@@ -36,7 +54,13 @@ impl Spent {
             spent_month: s.month,
             spent_total: s.total,
             reserved: 0,
+            reset_ms,
         }
+    }
+
+    /// Whether this spend counts from the reset in force (else it must be read again).
+    pub(crate) fn current(&self, l: &Limits) -> bool {
+        self.reset_ms == l.budget_reset_ms
     }
 
     /// A new day or month starts from zero.
@@ -123,6 +147,7 @@ mod tests {
                 total: 200,
             },
             t0,
+            None,
         );
         s.reserved = 10;
         assert_eq!(s.over(&l, 40, t0), None);

@@ -11,9 +11,9 @@ use relais_core::{Error, ErrorKind, Side};
 use relais_state::LedgerStore;
 use tokio::time::Instant;
 
-use super::budget::Spent;
+use super::budget::{Spent, spend_in_ledger};
 use super::subject::{Subject, refuse, refuse_budget};
-use crate::calendar::{period_starts, unix_secs};
+use crate::calendar::unix_secs;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -91,9 +91,9 @@ impl Limiter {
         }
     }
 
-    /// Read the spend of subjects seen for the first time with a budget. Two requests racing
-    /// here both read; the first to come back seeds, which is the same number (no request of
-    /// an unseeded subject can have been admitted).
+    /// Read the spend of subjects seen for the first time with a budget, or whose budgets were
+    /// reset since. Two requests racing here both read; the first to come back seeds, which is
+    /// the same number (no request of an unseeded subject can have been admitted).
     pub(crate) async fn seed(&self, subjects: &[Subject<'_>]) -> Result<(), Error> {
         for (id, _, limits) in subjects {
             if !limits.has_budget() {
@@ -104,29 +104,31 @@ impl Limiter {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(*id)
-                .is_some_and(|t| t.spent.is_some());
+                .and_then(|t| t.spent.as_ref())
+                .is_some_and(|s| s.current(limits));
             if known {
                 continue;
             }
             let now = unix_secs();
             let spend = match &self.ledger {
                 None => relais_state::Spend::default(),
-                Some(store) => {
-                    let (day, month) = period_starts(now);
-                    store.spend(id, day, month).await.map_err(|e| {
-                        tracing::warn!(error = %e, "cannot read spend from the ledger; refusing requests with budgets until it answers");
-                        Error::new(
-                            ErrorKind::Unavailable,
-                            Side::Gateway,
-                            "the ledger store is unreachable, so budgets cannot be checked; try again shortly",
-                        )
-                    })?
-                }
+                Some(store) => spend_in_ledger(store.as_ref(), id, limits, now).await.map_err(|e| {
+                    tracing::warn!(error = %e, "cannot read spend from the ledger; refusing requests with budgets until it answers");
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        Side::Gateway,
+                        "the ledger store is unreachable, so budgets cannot be checked; try again shortly",
+                    )
+                })?,
             };
             let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
             let tally = map.entry((*id).to_owned()).or_default();
-            if tally.spent.is_none() {
-                tally.spent = Some(Spent::seeded(spend, now));
+            if !tally.spent.as_ref().is_some_and(|s| s.current(limits)) {
+                // Requests in flight keep their reservations across a reset.
+                let reserved = tally.spent.as_ref().map_or(0, |s| s.reserved);
+                let mut fresh = Spent::seeded(spend, now, limits.budget_reset_ms);
+                fresh.reserved = reserved;
+                tally.spent = Some(fresh);
             }
         }
         Ok(())

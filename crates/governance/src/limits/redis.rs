@@ -17,7 +17,8 @@ use relais_core::{Error, ErrorKind, Side};
 use relais_state::LedgerStore;
 
 use super::subject::{Period, Subject, refuse, refuse_budget};
-use crate::calendar::{day_of, month_of, period_starts};
+use super::budget::spend_in_ledger;
+use crate::calendar::{day_of, month_of};
 use crate::money::PICO_PER_NANO;
 
 /// How long one Redis call may take before the store counts as down. A Redis that answers
@@ -144,6 +145,16 @@ impl RedisLimiter {
         format!("{}:{subject}:{part}", self.prefix)
     }
 
+    /// The spend HASH of a subject since its last budget reset: a reset starts a new one,
+    /// seeded from the ledger without what came before (the old one is left behind: a few
+    /// bytes per reset).
+    fn spend_key(&self, subject: &str, reset_ms: Option<i64>) -> String {
+        match reset_ms {
+            None => self.key(subject, "spend"),
+            Some(at) => format!("{}:{subject}:spend@{at}", self.prefix),
+        }
+    }
+
     pub(crate) async fn admit(
         self: &Arc<Self>,
         subjects: &[Subject<'_>],
@@ -156,11 +167,11 @@ impl RedisLimiter {
             self.next.fetch_add(1, Ordering::Relaxed)
         );
         let mut inv = self.admit.prepare_invoke();
-        for (sid, _, _) in subjects {
+        for (sid, _, l) in subjects {
             inv.key(self.key(sid, "log"))
                 .key(self.key(sid, "tok"))
                 .key(self.key(sid, "cur"))
-                .key(self.key(sid, "spend"))
+                .key(self.spend_key(sid, l.budget_reset_ms))
                 .key(self.key(sid, "res"));
         }
         inv.arg(&id)
@@ -184,10 +195,10 @@ impl RedisLimiter {
                 break;
             }
             let index = r.first().and_then(|i| usize::try_from(*i).ok());
-            let Some((sid, _, _)) = index.and_then(|i| subjects.get(i)) else {
+            let Some((sid, _, limits)) = index.and_then(|i| subjects.get(i)) else {
                 break;
             };
-            self.seed_spend(sid).await?;
+            self.seed_spend(sid, limits).await?;
             seeded += 1;
             result = self.call(&inv).await;
         }
@@ -213,7 +224,10 @@ impl RedisLimiter {
             r.get(2).copied().unwrap_or(0),
         );
         if index < 0 {
-            let ids = subjects.iter().map(|(s, _, _)| (*s).to_owned()).collect();
+            let ids = subjects
+                .iter()
+                .map(|(s, _, l)| ((*s).to_owned(), l.budget_reset_ms))
+                .collect();
             return Ok(Some(RedisTicket {
                 limiter: self.clone(),
                 id,
@@ -288,7 +302,11 @@ impl RedisLimiter {
     }
 
     /// Seed a subject's spend in Redis from the ledger store.
-    async fn seed_spend(self: &Arc<Self>, subject: &str) -> Result<(), Error> {
+    async fn seed_spend(
+        self: &Arc<Self>,
+        subject: &str,
+        limits: &relais_state::Limits,
+    ) -> Result<(), Error> {
         let unreadable = |what: String| {
             tracing::warn!(error = %what, "cannot seed a budget's spend; refusing its requests until it can");
             Error::new(
@@ -300,17 +318,13 @@ impl RedisLimiter {
         let now = crate::calendar::unix_secs();
         let spend = match &self.ledger {
             None => relais_state::Spend::default(),
-            Some(store) => {
-                let (day, month) = period_starts(now);
-                store
-                    .spend(subject, day, month)
-                    .await
-                    .map_err(|e| unreadable(e.to_string()))?
-            }
+            Some(store) => spend_in_ledger(store.as_ref(), subject, limits, now)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?,
         };
         let day = day_of(now);
         let mut inv = self.seed.prepare_invoke();
-        inv.key(self.key(subject, "spend"))
+        inv.key(self.spend_key(subject, limits.budget_reset_ms))
             .arg(cost_nano(spend.total))
             .arg(cost_nano(spend.day))
             .arg(day)
@@ -329,14 +343,19 @@ impl RedisLimiter {
     /// The request ended: free its place in flight and its budget reservation and, when the
     /// usage is known (tokens, cost in pico-USD), count it instead of the reservation. One
     /// call, off the request's path.
-    pub(crate) fn finish(&self, id: &str, subjects: &[String], used: Option<(u64, u64)>) {
+    pub(crate) fn finish(
+        &self,
+        id: &str,
+        subjects: &[(String, Option<i64>)],
+        used: Option<(u64, u64)>,
+    ) {
         let keys = subjects
             .iter()
-            .flat_map(|s| {
+            .flat_map(|(s, reset)| {
                 [
                     self.key(s, "tok"),
                     self.key(s, "cur"),
-                    self.key(s, "spend"),
+                    self.spend_key(s, *reset),
                     self.key(s, "res"),
                 ]
             })
@@ -424,7 +443,8 @@ async fn watch(limiter: std::sync::Weak<RedisLimiter>) {
 pub(crate) struct RedisTicket {
     limiter: Arc<RedisLimiter>,
     id: String,
-    subjects: Vec<String>,
+    /// Subject ids, each with the budget reset its spend counts from.
+    subjects: Vec<(String, Option<i64>)>,
     /// Tokens reported at settlement; `u64::MAX` until settled.
     used: AtomicU64,
     /// Cost at settlement, pico-USD.

@@ -12,6 +12,8 @@ use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
 pub(crate) use crate::http::query_params;
+use super::auth::Principal;
+use crate::config::Role;
 use crate::http::{ADMIN_BODY, Ctx, plain, read_body};
 use crate::live::Live;
 use crate::state::AppState;
@@ -94,6 +96,18 @@ pub(crate) struct Admin {
     pub app: Arc<AppState>,
     pub live: Arc<Live>,
     pub headers: HeaderMap,
+    /// Who is calling (the layer established it).
+    pub who: Principal,
+}
+
+impl Admin {
+    /// The team a `team_admin` is confined to, as stored (`None` for the other roles).
+    pub(crate) async fn own_team(&self) -> Result<Option<relais_state::Team>, Error> {
+        match (&self.who.role, &self.who.team) {
+            (Role::TeamAdmin, Some(team)) => Ok(Some(keyring(&self.live)?.team(team).await?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Admin {
@@ -103,10 +117,18 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        // Never missing behind the layer; were it, the caller would get the least rights.
+        let who = parts.extensions.get::<Principal>().cloned().unwrap_or(Principal {
+            name: "unknown".to_owned(),
+            role: Role::Viewer,
+            team: None,
+            address: None,
+        });
         Ok(Self {
             app: app.clone(),
             live: app.live(),
             headers: parts.headers.clone(),
+            who,
         })
     }
 }

@@ -5,11 +5,15 @@
 //!
 //! Depends on live, state, reports, reload (promotions) and planb; never on the pipeline.
 
+mod audit;
+pub(crate) mod auth;
 mod common;
 mod keys;
 mod openapi;
 mod planb;
+mod requests;
 mod routes;
+mod session;
 mod usage;
 
 use std::sync::Arc;
@@ -22,26 +26,40 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use relais_core::{Error, ErrorKind, Side};
 
-use crate::http::{Ctx, bearer, constant_time_eq, header_str};
-use crate::live::Live;
+pub(crate) use audit::AuditMemory;
+pub(crate) use auth::Sessions;
+
+use crate::http::{Ctx, header_str};
+use crate::listen::Peer;
 use crate::state::AppState;
-use keys::{admin_key_action, admin_keys, admin_teams};
+use audit::admin_audit;
+use keys::{admin_key, admin_key_action, admin_keys, admin_team, admin_team_action, admin_teams};
 use openapi::admin_openapi;
 use planb::{
     admin_dependency, admin_drill, admin_drill_stop, admin_drills, admin_promote, admin_readiness,
 };
+use requests::{admin_requests, admin_series};
 use routes::admin_routes;
+use session::{admin_session, sign_in, sign_out};
 use usage::{admin_ledger, admin_usage};
 
-/// The admin API's routes. The credential is checked once, by a layer in front of all of them,
-/// before any handler runs or any body is read: no endpoint can forget it.
+/// The admin API's routes. The caller is established once, by a layer in front of all of
+/// them but sign-in and sign-out, before any handler runs or any body is read: no endpoint can
+/// forget it. Every path is in the OpenAPI document (a test compares the two).
 pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
+    let guarded = Router::new()
+        .route("/admin/session", get(admin_session))
         .route("/admin/routes", get(admin_routes))
         .route("/admin/teams", get(admin_teams).post(admin_teams))
+        .route("/admin/teams/{id}", axum::routing::patch(admin_team))
+        .route("/admin/teams/{id}/{action}", post(admin_team_action))
         .route("/admin/keys", get(admin_keys).post(admin_keys))
+        .route("/admin/keys/{id}", axum::routing::patch(admin_key))
         .route("/admin/keys/{id}/{action}", post(admin_key_action))
         .route("/admin/usage", get(admin_usage))
+        .route("/admin/requests", get(admin_requests))
+        .route("/admin/series", get(admin_series))
+        .route("/admin/audit", get(admin_audit))
         .route("/admin/readiness", get(admin_readiness))
         .route("/admin/promote", post(admin_promote))
         .route("/admin/drills", get(admin_drills).post(admin_drills))
@@ -50,32 +68,60 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/admin/dependency", get(admin_dependency))
         .route("/admin/ledger/{id}", get(admin_ledger))
         .route("/admin/openapi.json", get(admin_openapi))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .route_layer(axum::middleware::from_fn_with_state(state, require_admin));
+    Router::new()
+        .route("/admin/sign-in", post(sign_in))
+        .route("/admin/sign-out", post(sign_out))
+        .merge(guarded)
 }
 
-/// The layer of [`router`]: the request goes on only with the admin credential.
+/// The layer of [`router`]: the request goes on only from a known caller whose role allows
+/// it, with the [`auth::Principal`] (and, for a session, its CSRF token) on the request.
 async fn require_admin(
     State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match admin_auth(&app.live(), &headers) {
-        Ok(()) => next.run(request).await,
-        Err(e) => Ctx::new(&headers).error(&e, Duration::ZERO),
+    let live = app.live();
+    let headers = request.headers();
+    let address = request
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.addr.ip().to_string());
+    let checked = gate(&live.runtime.admin, headers).and_then(|()| {
+        let (who, session) = app.sessions.principal(
+            &live.runtime.admin,
+            request.method(),
+            headers,
+            address,
+            crate::clock::unix_secs(),
+        )?;
+        auth::allowed(who.role, request.method(), request.uri().path())?;
+        Ok((who, session))
+    });
+    match checked {
+        Ok((who, session)) => {
+            request.extensions_mut().insert(who);
+            if let Some(s) = session {
+                request.extensions_mut().insert(session::Current(s));
+            }
+            next.run(request).await
+        }
+        Err(e) => Ctx::new(request.headers()).error(&e, Duration::ZERO),
     }
 }
 
-fn admin_auth(live: &Live, headers: &HeaderMap) -> Result<(), Error> {
-    let Some(admin) = &live.runtime.admin_key else {
+/// What comes before any credential: the admin API is on, and the client certificate is there
+/// when one is required.
+pub(super) fn gate(access: &crate::config::AdminAccess, headers: &HeaderMap) -> Result<(), Error> {
+    if !access.is_on() {
         return Err(Error::new(
             ErrorKind::NotFound,
             Side::Client,
             "the admin API is off: set admin.key in the config",
         ));
-    };
-    if live.runtime.admin_client_cert
-        && header_str(headers, crate::listen::CLIENT_CERT_HEADER) != Some("verified")
+    }
+    if access.client_cert && header_str(headers, crate::listen::CLIENT_CERT_HEADER) != Some("verified")
     {
         return Err(Error::new(
             ErrorKind::PermissionDenied,
@@ -83,16 +129,7 @@ fn admin_auth(live: &Live, headers: &HeaderMap) -> Result<(), Error> {
             "the admin API needs a client certificate signed by server.tls.client_ca_file",
         ));
     }
-    let presented = bearer(headers).or_else(|| header_str(headers, "x-api-key"));
-    if presented.is_some_and(|p| constant_time_eq(admin.expose().as_bytes(), p.as_bytes())) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Auth,
-            Side::Client,
-            "invalid or missing admin key",
-        ))
-    }
+    Ok(())
 }
 
 #[cfg(test)]

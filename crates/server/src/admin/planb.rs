@@ -8,6 +8,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
+use super::audit::record;
 use super::common::{Admin, admin_answer, admin_body, query_params, string_field, usage_query_of};
 use crate::http::{ADMIN_BODY, read_body};
 
@@ -29,11 +30,15 @@ pub(crate) async fn admin_readiness(Admin { live, headers, .. }: Admin, uri: Uri
     .await
 }
 
-/// `POST /admin/promote` with `{"route", "to", "by", "dry_run"}` makes `to` the route's
-/// primary (a dry run only forecasts), or with `{"route", "undo": true, "by"}` undoes it.
-pub(crate) async fn admin_promote(Admin { app, live, headers }: Admin, body: Body) -> Response {
-    admin_answer(&headers, async {
-        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+/// `POST /admin/promote` with `{"route", "to", "dry_run"}` makes `to` the route's primary (a
+/// dry run only forecasts), or with `{"route", "undo": true}` undoes it. `by` (optional) is
+/// recorded with the promotion; the audit log has the caller whatever it says.
+pub(crate) async fn admin_promote(admin: Admin, body: Body) -> Response {
+    let Admin {
+        app, live, headers, ..
+    } = &admin;
+    admin_answer(headers, async {
+        let (bytes, _) = read_body(body, headers, ADMIN_BODY, None).await?;
         let body = admin_body(&bytes)?;
         let route = string_field(&body, "route")?;
         let flag = |k: &str| {
@@ -41,23 +46,26 @@ pub(crate) async fn admin_promote(Admin { app, live, headers }: Admin, body: Bod
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false)
         };
+        let by = match body.get("by") {
+            None => admin.who.name.clone(),
+            Some(_) => string_field(&body, "by")?.to_owned(),
+        };
+        let before = serde_json::json!({"primary": app.promotions().get(route)});
         if flag("undo") {
-            let by = string_field(&body, "by")?;
-            return Ok((
-                StatusCode::OK,
-                crate::reload::promote(&app, route, None, by).await?,
-            ));
+            let done = crate::reload::promote(app, route, None, &by).await?;
+            record(&admin, "route.promote_undo", route, Some(&before), Some(&done)).await;
+            return Ok((StatusCode::OK, done));
         }
         let to = string_field(&body, "to")?;
-        let forecast = crate::planb::forecast(&live, route, to).await?;
+        let forecast = crate::planb::forecast(live, route, to).await?;
         if flag("dry_run") {
             return Ok((
                 StatusCode::OK,
                 serde_json::json!({"dry_run": true, "forecast": forecast}),
             ));
         }
-        let by = string_field(&body, "by")?;
-        let mut done = crate::reload::promote(&app, route, Some(to), by).await?;
+        let mut done = crate::reload::promote(app, route, Some(to), &by).await?;
+        record(&admin, "route.promote", route, Some(&before), Some(&done)).await;
         done["forecast"] = forecast;
         Ok((StatusCode::OK, done))
     })
@@ -65,21 +73,21 @@ pub(crate) async fn admin_promote(Admin { app, live, headers }: Admin, body: Bod
 }
 
 /// `POST /admin/drills` starts a drill; `GET` lists this instance's drills.
-pub(crate) async fn admin_drills(
-    Admin { app, live, headers }: Admin,
-    method: Method,
-    body: Body,
-) -> Response {
-    admin_answer(&headers, async {
+pub(crate) async fn admin_drills(admin: Admin, method: Method, body: Body) -> Response {
+    let Admin {
+        app, live, headers, ..
+    } = &admin;
+    admin_answer(headers, async {
         if method == Method::GET {
             let list: Vec<_> = app.planb.drills.list().iter().map(|d| d.json()).collect();
             return Ok((StatusCode::OK, serde_json::json!({ "drills": list })));
         }
-        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+        let (bytes, _) = read_body(body, headers, ADMIN_BODY, None).await?;
         let req: crate::planb::DrillRequest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::bad_request(format!("invalid drill: {e}")))?;
-        let drill = app.planb.drills.start(&live, req)?;
-        crate::planb::record_drill(&live, &drill).await;
+        let drill = app.planb.drills.start(live, req)?;
+        crate::planb::record_drill(live, &drill).await;
+        record(&admin, "drill.start", &drill.id, None, Some(&drill.json())).await;
         // Ends it at its time (unless it was aborted or stopped first) and records the end.
         let (app2, d) = (app.clone(), drill.clone());
         tokio::spawn(async move {
@@ -108,7 +116,9 @@ pub(crate) fn no_drill(id: &str) -> Error {
 
 /// `GET /admin/drills/{id}`: the drill's report, its counters beside the ledger's rows.
 pub(crate) async fn admin_drill(
-    Admin { app, live, headers }: Admin,
+    Admin {
+        app, live, headers, ..
+    }: Admin,
     Path(id): Path<String>,
 ) -> Response {
     admin_answer(&headers, async {
@@ -120,21 +130,27 @@ pub(crate) async fn admin_drill(
 
 /// `POST /admin/drills/{id}/stop` (body `{"by": "..."}`): end a drill early.
 pub(crate) async fn admin_drill_stop(
-    Admin { app, live, headers }: Admin,
+    admin: Admin,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    admin_answer(&headers, async {
+    let Admin {
+        app, live, headers, ..
+    } = &admin;
+    admin_answer(headers, async {
         let d = app.planb.drills.get(&id).ok_or_else(|| no_drill(&id))?;
-        let (bytes, _) = read_body(body, &headers, ADMIN_BODY, None).await?;
+        let (bytes, _) = read_body(body, headers, ADMIN_BODY, None).await?;
         let by = if bytes.is_empty() {
-            "admin".to_owned()
+            admin.who.name.clone()
         } else {
             string_field(&admin_body(&bytes)?, "by")?.to_owned()
         };
+        let before = d.json();
         d.end(crate::planb::DrillState::Stopped { by });
-        crate::planb::record_drill(&live, &d).await;
-        Ok((StatusCode::OK, d.json()))
+        crate::planb::record_drill(live, &d).await;
+        let after = d.json();
+        record(&admin, "drill.stop", &id, Some(&before), Some(&after)).await;
+        Ok((StatusCode::OK, after))
     })
     .await
 }

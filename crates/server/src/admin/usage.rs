@@ -10,10 +10,15 @@ use super::common::{Admin, admin_answer, usage_query_of};
 /// `GET /admin/usage?by=key&from=2026-11-01&to=2026-11-23&key=..&team=..&route=..`: spend
 /// and tokens from the ledger, grouped; every row recorded before the call is counted (the
 /// write-ahead file is shipped first).
-pub(crate) async fn admin_usage(Admin { live, headers, .. }: Admin, uri: Uri) -> Response {
-    admin_answer(&headers, async {
+pub(crate) async fn admin_usage(admin: Admin, uri: Uri) -> Response {
+    let Admin { live, headers, .. } = &admin;
+    admin_answer(headers, async {
         let ledger = live.ledger()?;
-        let q = usage_query_of(&uri, None)?;
+        let mut q = usage_query_of(&uri, None)?;
+        // A team_admin reads its own team's usage, whatever the URL says.
+        if let Some(own) = admin.own_team().await? {
+            q.team_id = Some(own.id);
+        }
         ledger.flush().await?;
         let lines = ledger.store().usage(&q).await.map_err(|e| {
             Error::new(
@@ -29,20 +34,21 @@ pub(crate) async fn admin_usage(Admin { live, headers, .. }: Admin, uri: Uri) ->
 
 /// `GET /admin/ledger/{id}`: every ledger row of a request, by the gateway's id or the
 /// `x-request-id` the client saw (attempt 0 is the request, 1.. its upstream attempts).
-pub(crate) async fn admin_ledger(
-    Admin { live, headers, .. }: Admin,
-    Path(id): Path<String>,
-) -> Response {
-    admin_answer(&headers, async {
+pub(crate) async fn admin_ledger(admin: Admin, Path(id): Path<String>) -> Response {
+    let Admin { live, headers, .. } = &admin;
+    admin_answer(headers, async {
         let ledger = live.ledger()?;
         ledger.flush().await?;
-        let rows = ledger.store().rows_of(&id).await.map_err(|e| {
+        let mut rows = ledger.store().rows_of(&id).await.map_err(|e| {
             Error::new(
                 ErrorKind::Unavailable,
                 Side::Gateway,
                 format!("ledger store: {e}"),
             )
         })?;
+        if let Some(own) = admin.own_team().await? {
+            rows.retain(|r| r.team_id.as_deref() == Some(own.id.as_str()));
+        }
         Ok((StatusCode::OK, serde_json::json!({ "rows": rows })))
     })
     .await

@@ -14,7 +14,7 @@ use super::deployment::Providers;
 use super::plan_b::build_plan_b;
 use super::raw::*;
 use super::routes::{RouteParts, build_route};
-use super::{ClientKey, ConfigError, Runtime, line_of};
+use super::{AdminAccess, AdminCredential, ClientKey, ConfigError, Runtime, line_of};
 
 pub(super) fn build_from(
     raw: &RawConfig,
@@ -79,7 +79,7 @@ pub(super) fn build_from(
     relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
     Ok(Runtime {
         listen,
-        admin_key: raw.admin.key.clone(),
+        admin: admin_access(&raw.admin, origin)?,
         keyring: previous.and_then(|p| p.keyring.clone()),
         rate_limits: previous.map_or_else(Default::default, |p| p.rate_limits.clone()),
         ledger: previous.and_then(|p| p.ledger.clone()),
@@ -102,7 +102,6 @@ pub(super) fn build_from(
         metrics_key: raw.server.metrics_key.clone(),
         max_decoding_bytes: raw.server.max_decoding_bytes,
         tls,
-        admin_client_cert: raw.admin.require_client_cert,
         keys,
         routes,
         provider_kinds,
@@ -193,14 +192,65 @@ fn server_part(
         )));
     }
 
-    if let Some(admin) = &raw.admin.key {
-        if admin.expose().len() < 16 {
-            return Err(ConfigError(format!(
-                "{origin}: admin.key: must be at least 16 characters"
-            )));
+    Ok((listen, tls, http))
+}
+
+/// `[admin]`: the credentials (each at least 16 characters, names and keys distinct, a team
+/// for each `team_admin` and for no other role) and the session length.
+fn admin_access(raw: &AdminConfig, origin: &str) -> Result<AdminAccess, ConfigError> {
+    let mut credentials: Vec<AdminCredential> = raw
+        .key
+        .iter()
+        .map(|key| AdminCredential {
+            name: "admin".to_owned(),
+            key: key.clone(),
+            role: Role::Admin,
+            team: None,
+        })
+        .collect();
+    credentials.extend(raw.credentials.iter().map(|c| AdminCredential {
+        name: c.name.clone(),
+        key: c.key.clone(),
+        role: c.role,
+        team: c.team.clone(),
+    }));
+    for (i, c) in credentials.iter().enumerate() {
+        let field = if raw.key.is_some() && i == 0 {
+            "admin.key".to_owned()
+        } else {
+            format!("admin.credentials '{}'", c.name)
+        };
+        let bad = |what: &str| Err(ConfigError(format!("{origin}: {field}: {what}")));
+        if c.key.expose().len() < 16 {
+            return bad("the key must be at least 16 characters");
+        }
+        if c.name.trim().is_empty() {
+            return bad("needs a name");
+        }
+        if credentials[..i].iter().any(|o| o.name == c.name) {
+            return bad("another credential has this name");
+        }
+        if credentials[..i].iter().any(|o| o.key.expose() == c.key.expose()) {
+            return bad("another credential has this key");
+        }
+        match (c.role, &c.team) {
+            (Role::TeamAdmin, None) => return bad("a team_admin needs a team"),
+            (Role::Admin | Role::Viewer, Some(_)) => {
+                return bad("only a team_admin has a team");
+            }
+            _ => {}
         }
     }
-    Ok((listen, tls, http))
+    if raw.session_secs < 60 {
+        return Err(ConfigError(format!(
+            "{origin}: admin.session_secs: must be at least 60"
+        )));
+    }
+    Ok(AdminAccess {
+        credentials,
+        session: Duration::from_secs(raw.session_secs),
+        client_cert: raw.require_client_cert,
+    })
 }
 
 /// The providers, with each one's kind; one whose settings did not change is kept from

@@ -141,14 +141,71 @@ pub(super) fn shipped_prices() -> BTreeMap<String, PriceConfig> {
         .unwrap_or_default()
 }
 
-/// The admin API (`/admin/...`). Off unless a key is set.
-#[derive(Debug, Deserialize, Default)]
+/// The admin API (`/admin/...`) and the console (`/ui/`). Off unless a credential is set.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// The `admin` role's credential, named `admin` in the audit log.
     pub key: Option<Secret>,
     /// The admin API also asks for a client certificate signed by `server.tls.client_ca_file`.
     #[serde(default)]
     pub require_client_cert: bool,
+    /// More credentials, each named and with a role.
+    #[serde(default)]
+    pub credentials: Vec<AdminCredentialConfig>,
+    /// How long a console sign-in lasts, in seconds (8 hours).
+    #[serde(default = "default_session_secs")]
+    pub session_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            require_client_cert: false,
+            credentials: Vec::new(),
+            session_secs: default_session_secs(),
+        }
+    }
+}
+
+fn default_session_secs() -> u64 {
+    8 * 3600
+}
+
+/// One `[[admin.credentials]]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCredentialConfig {
+    /// Who this is, in the audit log and the console.
+    pub name: String,
+    pub key: Secret,
+    pub role: Role,
+    /// The team (name or id) a `team_admin` manages.
+    pub team: Option<String>,
+}
+
+/// What an admin credential may do.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read everything, change nothing.
+    Viewer,
+    /// One team's keys (create, edit within the team's limits, rotate, revoke, reset their
+    /// budgets), and that team's usage and requests; nothing else.
+    TeamAdmin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+            Self::TeamAdmin => "team_admin",
+        }
+    }
 }
 
 /// A price as TOML gives it: a number (`0.15`) or a string (`"0.15"`), read as an exact decimal.
