@@ -479,9 +479,9 @@ impl KeyRing {
     /// The key with this id, revoked or not.
     pub async fn key(&self, id: &str) -> Result<StoredKey, Error> {
         let keys = self.store.keys().await.map_err(store_error)?;
-        keys.into_iter().find(|k| k.id == id).ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, Side::Client, format!("no key '{id}'"))
-        })
+        keys.into_iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, Side::Client, format!("no key '{id}'")))
     }
 
     /// Issue a key for the team named (or with the id) `team`. A key can never be given more

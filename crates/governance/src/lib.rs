@@ -13,8 +13,6 @@ mod money;
 pub use calendar::{date_of_day, parse_date, period_starts};
 pub use keys::{Access, Grant, IssuedKey, KEY_PREFIX, KeyRing, hash_key};
 pub use ledger::{Ledger, LedgerStats};
-pub use limits::{
-    Holder, Limiter, RateLimits, RedisLimiter, Subject, Ticket, spend_in_ledger,
-};
+pub use limits::{Holder, Limiter, RateLimits, RedisLimiter, Subject, Ticket, spend_in_ledger};
 pub use money::{parse_usd, usd, usd_plain};
 pub use relais_state::{LedgerRow, Limits, Reach};

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use relais_core::Error;
 
+pub use budget::spend_in_ledger;
 pub use local::Limiter;
 pub use redis::RedisLimiter;
-pub use budget::spend_in_ledger;
 pub use subject::{Holder, Subject};
 
 /// An admitted request's place under its limits: it holds the concurrency slots until dropped,

@@ -374,6 +374,13 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     if let Some(l) = &listen {
         raw.server.listen.clone_from(l);
     }
+    // The built-in defaults have no config to hold an admin key: the environment may give one,
+    // which turns the admin API and the console on.
+    if path.is_none() && raw.admin.key.is_none() {
+        if let Ok(key) = std::env::var("RELAIS_ADMIN_KEY") {
+            raw.admin.key = Some(relais_core::Secret::new(key));
+        }
+    }
     init_logging(raw.server.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -407,6 +414,12 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
             tracing::warn!(config = %origin, "{w}");
         }
         tracing::info!(%addr, config = %origin, routes = runtime.routes.len(), "relais listening");
+        let console = format!("http://{addr}/ui/");
+        if runtime.admin.is_on() {
+            tracing::info!(%console, "console: open it and sign in with an admin credential ([admin] key or [[admin.credentials]])");
+        } else {
+            tracing::info!(%console, "console: off until an admin credential is set: [admin] key in a config, or RELAIS_ADMIN_KEY=<16 or more characters> with the built-in defaults");
+        }
         // A config file is watched (and re-read on SIGHUP); the built-in defaults have none.
         let reload = path.map(|path| relais_server::Reload {
             path,

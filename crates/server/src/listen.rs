@@ -123,7 +123,10 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    let peer = Peer { addr: peer, tls: false };
+                    let peer = Peer {
+                        addr: peer,
+                        tls: false,
+                    };
                     serve_connection(tcp, app, limits, false, peer, &mut stop).await;
                 }
                 Some(tls) => {
@@ -138,9 +141,11 @@ pub(crate) async fn serve(
                             // With a client CA configured, a certificate that was presented
                             // has been verified by the handshake.
                             let verified = stream.get_ref().1.peer_certificates().is_some();
-                            let peer = Peer { addr: peer, tls: true };
-                            serve_connection(stream, app, limits, verified, peer, &mut stop)
-                                .await;
+                            let peer = Peer {
+                                addr: peer,
+                                tls: true,
+                            };
+                            serve_connection(stream, app, limits, verified, peer, &mut stop).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),

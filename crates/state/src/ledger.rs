@@ -190,7 +190,8 @@ pub trait LedgerStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Spend, StoreError>>;
     /// Requests (attempt-0 rows) matching `q`, newest first: the console's request list and
     /// the points of its charts.
-    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
+    fn requests<'a>(&'a self, q: &'a RowQuery)
+    -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
     /// Every row of a request, by the gateway's id or the id the client saw, oldest request
     /// first, attempts in order (for audits: "what happened to request X").
     fn rows_of<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>>;
@@ -359,7 +360,7 @@ pub(crate) fn requests_sql() -> String {
     format!(
         "SELECT {LEDGER_COLUMNS} FROM relais_ledger WHERE attempt = 0 AND category = $1 \
          AND at_ms >= $2 AND at_ms < $3 AND ($4 = '' OR key_id = $4) AND ($5 = '' OR team_id = $5) \
-         AND ($6 = '' OR route = $6) AND ($7 = '' OR vendor = $7) AND ($8 = 0 OR status >= 400) \
+         AND ($6 = '' OR route = $6) AND ($7 = '' OR vendor = $7) AND (CAST($8 AS BIGINT) = 0 OR status >= 400) \
          ORDER BY at_ms DESC, id DESC LIMIT $9"
     )
 }

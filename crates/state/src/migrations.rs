@@ -161,8 +161,11 @@ pub(crate) const SELECT_KEYS: &str = concat!(
     key_columns!(),
     " FROM relais_keys ORDER BY created_at, id"
 );
-pub(crate) const SELECT_KEY_BY_HASH: &str =
-    concat!("SELECT ", key_columns!(), " FROM relais_keys WHERE hash = $1");
+pub(crate) const SELECT_KEY_BY_HASH: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    " FROM relais_keys WHERE hash = $1"
+);
 /// What an operator may change of a key: never its secret, team or revocation.
 pub(crate) const UPDATE_KEY: &str = "UPDATE relais_keys SET name = $2, routes = $3, rpm = $4, \
     tpm = $5, max_concurrent = $6, budget_day = $7, budget_month = $8, budget_total = $9, \

@@ -17,9 +17,9 @@ use tokio_postgres::{Client, Config, NoTls, Row};
 
 use crate::ledger::{
     DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LEDGER_WIDTH, LedgerRow, LedgerStore,
-    PURGE_RESPONSES, PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL,
-    ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, requests_sql, rows_of_sql,
-    to_i64, to_u64, usage_sql,
+    PURGE_RESPONSES, PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES,
+    SPEND_SQL, ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql,
+    requests_sql, rows_of_sql, to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_AUDIT, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY,
@@ -609,12 +609,19 @@ impl LedgerStore for PostgresStore {
         })
     }
 
-    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+    fn requests<'a>(
+        &'a self,
+        q: &'a RowQuery,
+    ) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
         Box::pin(async move {
             let c = self.client().await?;
             let text = |v: &Option<String>| v.clone().unwrap_or_default();
-            let (key, team, route, vendor) =
-                (text(&q.key_id), text(&q.team_id), text(&q.route), text(&q.vendor));
+            let (key, team, route, vendor) = (
+                text(&q.key_id),
+                text(&q.team_id),
+                text(&q.route),
+                text(&q.vendor),
+            );
             let (errors, limit) = (i64::from(q.errors), i64::from(q.limit));
             let rows = self
                 .timed(

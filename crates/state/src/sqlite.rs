@@ -10,9 +10,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::ledger::{
     DELETE_RESPONSE, GET_RESPONSE, INSERT_SAMPLE, LedgerRow, LedgerStore, PURGE_RESPONSES,
-    PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL, ShadowSample,
-    Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, requests_sql, rows_of_sql, to_i64,
-    to_u64, usage_sql,
+    PUT_EVENT, PUT_RESPONSE, PlanEvent, RowQuery, SELECT_EVENTS, SELECT_SAMPLES, SPEND_SQL,
+    ShadowSample, Spend, StoredResponse, UsageLine, UsageQuery, insert_sql, requests_sql,
+    rows_of_sql, to_i64, to_u64, usage_sql,
 };
 use crate::migrations::{
     CREATE_SCHEMA_TABLE, INSERT_AUDIT, INSERT_KEY, INSERT_TEAM, REVOKE_KEY, ROTATE_KEY,
@@ -526,7 +526,10 @@ impl LedgerStore for SqliteStore {
         }))
     }
 
-    fn requests<'a>(&'a self, q: &'a RowQuery) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
+    fn requests<'a>(
+        &'a self,
+        q: &'a RowQuery,
+    ) -> BoxFuture<'a, Result<Vec<LedgerRow>, StoreError>> {
         let q = q.clone();
         Box::pin(self.run(move |c| {
             let mut stmt = c.prepare(&sql(&requests_sql())).map_err(db_error)?;

@@ -514,16 +514,34 @@ async fn ledger_suite(store: &dyn LedgerStore) {
         errors,
         limit,
     };
-    let rows = store.requests(&list(Some("key_a"), false, 1000)).await.unwrap();
+    let rows = store
+        .requests(&list(Some("key_a"), false, 1000))
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 200, "i % 3 == 0 of 600");
-    assert!(rows.iter().all(|r| r.attempt == 0 && r.key_id.as_deref() == Some("key_a")));
+    assert!(
+        rows.iter()
+            .all(|r| r.attempt == 0 && r.key_id.as_deref() == Some("key_a"))
+    );
     assert!(rows.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
-    assert_eq!(store.requests(&list(None, false, 7)).await.unwrap().len(), 7);
-    assert!(store.requests(&list(None, true, 1000)).await.unwrap().is_empty());
+    assert_eq!(
+        store.requests(&list(None, false, 7)).await.unwrap().len(),
+        7
+    );
+    assert!(
+        store
+            .requests(&list(None, true, 1000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let mut refused = row("rfail", 0, "key_b", "team_t", day, 0);
     refused.status = 429;
     store.insert_rows(&[refused.clone()]).await.unwrap();
-    assert_eq!(store.requests(&list(None, true, 1000)).await.unwrap(), [refused]);
+    assert_eq!(
+        store.requests(&list(None, true, 1000)).await.unwrap(),
+        [refused]
+    );
 }
 
 #[tokio::test]

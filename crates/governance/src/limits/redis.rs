@@ -16,8 +16,8 @@ use relais_core::{Error, ErrorKind, Side};
 
 use relais_state::LedgerStore;
 
-use super::subject::{Period, Subject, refuse, refuse_budget};
 use super::budget::spend_in_ledger;
+use super::subject::{Period, Subject, refuse, refuse_budget};
 use crate::calendar::{day_of, month_of};
 use crate::money::PICO_PER_NANO;
 

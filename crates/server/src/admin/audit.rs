@@ -108,7 +108,12 @@ pub(crate) async fn admin_audit(admin: Admin, uri: Uri) -> Response {
         let entries = match &admin.live.runtime.keyring {
             Some(ring) => ring.audit_log(limit, before).await?,
             None => {
-                let log = admin.app.audit.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let log = admin
+                    .app
+                    .audit
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 log.iter()
                     .rev()
                     .filter(|e| before.is_none_or(|b| e.at_ms < b))

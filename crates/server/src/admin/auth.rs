@@ -150,7 +150,12 @@ impl Sessions {
 
     /// The session of a cookie value, when its signature holds, it has not expired and it was
     /// not signed out here.
-    fn session<'a>(&self, access: &'a AdminAccess, value: &'a str, now: u64) -> Option<Session<'a>> {
+    fn session<'a>(
+        &self,
+        access: &'a AdminAccess,
+        value: &'a str,
+        now: u64,
+    ) -> Option<Session<'a>> {
         let mut parts = value.split('.');
         let (name, expires, nonce, mac) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -167,7 +172,10 @@ impl Sessions {
         if expires <= now {
             return None;
         }
-        let out = self.signed_out.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = self
+            .signed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if out.contains_key(nonce) {
             return None;
         }
@@ -186,7 +194,10 @@ impl Sessions {
         let Some(s) = self.session(access, value, now) else {
             return;
         };
-        let mut out = self.signed_out.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = self
+            .signed_out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         out.retain(|_, exp| *exp > now);
         if out.len() >= MAX_SIGNED_OUT {
             if let Some(oldest) = out.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
@@ -305,7 +316,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             "cookie",
-            format!("other=1; {SESSION_COOKIE}={value}").parse().unwrap(),
+            format!("other=1; {SESSION_COOKIE}={value}")
+                .parse()
+                .unwrap(),
         );
         if let Some(t) = csrf {
             h.insert(CSRF_HEADER, t.parse().unwrap());
@@ -332,8 +345,14 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::PermissionDenied);
         }
         assert!(
-            s.principal(&a, &Method::POST, &with_cookie(&value, Some(&csrf)), None, 200)
-                .is_ok()
+            s.principal(
+                &a,
+                &Method::POST,
+                &with_cookie(&value, Some(&csrf)),
+                None,
+                200
+            )
+            .is_ok()
         );
         // Tampering with the name, expiry or signature, or waiting past the expiry: refused.
         let forged = value.replacen(&hex(b"viewer"), &hex(b"admin"), 1);
@@ -361,10 +380,7 @@ mod tests {
     fn failed_sign_ins_are_throttled() {
         let (a, s) = (access(), Sessions::default());
         for _ in 0..FAILED_SIGN_INS_PER_SEC {
-            assert_eq!(
-                s.sign_in(&a, "nope", 5).unwrap_err().kind,
-                ErrorKind::Auth
-            );
+            assert_eq!(s.sign_in(&a, "nope", 5).unwrap_err().kind, ErrorKind::Auth);
         }
         let e = s.sign_in(&a, "admin-key-0123456789", 5).unwrap_err();
         assert_eq!(e.kind, ErrorKind::RateLimited);

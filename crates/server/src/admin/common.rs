@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use relais_core::{Error, ErrorKind, Side};
 
-pub(crate) use crate::http::query_params;
 use super::auth::Principal;
 use crate::config::Role;
+pub(crate) use crate::http::query_params;
 use crate::http::{ADMIN_BODY, Ctx, plain, read_body};
 use crate::live::Live;
 use crate::state::AppState;
@@ -118,12 +118,16 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         // Never missing behind the layer; were it, the caller would get the least rights.
-        let who = parts.extensions.get::<Principal>().cloned().unwrap_or(Principal {
-            name: "unknown".to_owned(),
-            role: Role::Viewer,
-            team: None,
-            address: None,
-        });
+        let who = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .unwrap_or(Principal {
+                name: "unknown".to_owned(),
+                role: Role::Viewer,
+                team: None,
+                address: None,
+            });
         Ok(Self {
             app: app.clone(),
             live: app.live(),

@@ -183,16 +183,15 @@ async fn with_spend(
         if !limits.has_budget() {
             continue;
         }
-        let s =
-            relais_governance::spend_in_ledger(ledger.store().as_ref(), &id, &limits, now)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Unavailable,
-                        Side::Gateway,
-                        format!("ledger store: {e}"),
-                    )
-                })?;
+        let s = relais_governance::spend_in_ledger(ledger.store().as_ref(), &id, &limits, now)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    Side::Gateway,
+                    format!("ledger store: {e}"),
+                )
+            })?;
         let usd = relais_governance::usd_plain;
         item["spend"] =
             serde_json::json!({"day": usd(s.day), "month": usd(s.month), "total": usd(s.total)});
@@ -281,7 +280,14 @@ pub(crate) async fn admin_team_action(
         team.limits.budget_reset_ms = Some(crate::clock::now_ms());
         ring.update_team(&team).await?;
         let (before, after) = (team_json(&old), team_json(&team));
-        record(&admin, "team.reset_budget", &team.id, Some(&before), Some(&after)).await;
+        record(
+            &admin,
+            "team.reset_budget",
+            &team.id,
+            Some(&before),
+            Some(&after),
+        )
+        .await;
         Ok((StatusCode::OK, after))
     })
     .await
@@ -301,10 +307,22 @@ pub(crate) async fn admin_keys(admin: Admin, method: Method, body: Body) -> Resp
                 .filter(|k| own.as_ref().is_none_or(|o| o.id == k.team_id))
                 .collect();
             let mut list: Vec<_> = keys.iter().map(key_json).collect();
-            with_spend(&admin, &mut list, keys.iter().map(|k| (k.id.clone(), k.limits))).await?;
+            with_spend(
+                &admin,
+                &mut list,
+                keys.iter().map(|k| (k.id.clone(), k.limits)),
+            )
+            .await?;
             return Ok((StatusCode::OK, serde_json::json!({ "keys": list })));
         };
-        let mut fields = vec!["team", "name", "routes", "vendors", "data_classes", "expires_at"];
+        let mut fields = vec![
+            "team",
+            "name",
+            "routes",
+            "vendors",
+            "data_classes",
+            "expires_at",
+        ];
         fields.extend(LIMIT_FIELDS);
         only(&body, &fields)?;
         let team = match (&own, body.get("team")) {
@@ -316,7 +334,10 @@ pub(crate) async fn admin_keys(admin: Admin, method: Method, body: Body) -> Resp
                 return Err(Error::new(
                     ErrorKind::PermissionDenied,
                     Side::Client,
-                    format!("a team_admin of '{}' creates keys in that team only", o.name),
+                    format!(
+                        "a team_admin of '{}' creates keys in that team only",
+                        o.name
+                    ),
                 )
                 .with_param("team"));
             }
@@ -390,7 +411,10 @@ pub(crate) async fn admin_key_action(
                 ring.revoke_key(&id).await?;
                 let after = key_json(&ring.key(&id).await?);
                 record(&admin, "key.revoke", &id, Some(&before), Some(&after)).await;
-                Ok((StatusCode::OK, serde_json::json!({"id": id, "revoked": true})))
+                Ok((
+                    StatusCode::OK,
+                    serde_json::json!({"id": id, "revoked": true}),
+                ))
             }
             "rotate" => {
                 let issued = ring.rotate_key(&id).await?;
@@ -424,12 +448,21 @@ mod tests {
     #[test]
     fn expiry_reads_seconds_dates_and_times() {
         assert_eq!(expiry_of(&Value::Null).unwrap(), None);
-        assert_eq!(expiry_of(&serde_json::json!(1_800_000_000)).unwrap(), Some(1_800_000_000));
+        assert_eq!(
+            expiry_of(&serde_json::json!(1_800_000_000)).unwrap(),
+            Some(1_800_000_000)
+        );
         // 2026-11-23 is day 20,780.
         let day = 20_780 * 86_400;
         assert_eq!(expiry_of(&"2026-11-23".into()).unwrap(), Some(day));
-        assert_eq!(expiry_of(&"2026-11-23T18:30".into()).unwrap(), Some(day + 66_600));
-        assert_eq!(expiry_of(&"2026-11-23T18:30:05Z".into()).unwrap(), Some(day + 66_605));
+        assert_eq!(
+            expiry_of(&"2026-11-23T18:30".into()).unwrap(),
+            Some(day + 66_600)
+        );
+        assert_eq!(
+            expiry_of(&"2026-11-23T18:30:05Z".into()).unwrap(),
+            Some(day + 66_605)
+        );
         for bad in ["tomorrow", "2026-11-23T25:00", "2026-02-30", "2026-11-23T1"] {
             assert!(expiry_of(&bad.into()).is_err(), "{bad}");
         }

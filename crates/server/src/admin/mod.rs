@@ -121,7 +121,8 @@ pub(super) fn gate(access: &crate::config::AdminAccess, headers: &HeaderMap) -> 
             "the admin API is off: set admin.key in the config",
         ));
     }
-    if access.client_cert && header_str(headers, crate::listen::CLIENT_CERT_HEADER) != Some("verified")
+    if access.client_cert
+        && header_str(headers, crate::listen::CLIENT_CERT_HEADER) != Some("verified")
     {
         return Err(Error::new(
             ErrorKind::PermissionDenied,

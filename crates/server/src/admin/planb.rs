@@ -53,7 +53,14 @@ pub(crate) async fn admin_promote(admin: Admin, body: Body) -> Response {
         let before = serde_json::json!({"primary": app.promotions().get(route)});
         if flag("undo") {
             let done = crate::reload::promote(app, route, None, &by).await?;
-            record(&admin, "route.promote_undo", route, Some(&before), Some(&done)).await;
+            record(
+                &admin,
+                "route.promote_undo",
+                route,
+                Some(&before),
+                Some(&done),
+            )
+            .await;
             return Ok((StatusCode::OK, done));
         }
         let to = string_field(&body, "to")?;
@@ -129,11 +136,7 @@ pub(crate) async fn admin_drill(
 }
 
 /// `POST /admin/drills/{id}/stop` (body `{"by": "..."}`): end a drill early.
-pub(crate) async fn admin_drill_stop(
-    admin: Admin,
-    Path(id): Path<String>,
-    body: Body,
-) -> Response {
+pub(crate) async fn admin_drill_stop(admin: Admin, Path(id): Path<String>, body: Body) -> Response {
     let Admin {
         app, live, headers, ..
     } = &admin;

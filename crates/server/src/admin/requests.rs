@@ -55,7 +55,9 @@ async fn row_query(admin: &Admin, uri: &Uri, limit: u32) -> Result<RowQuery, Err
         None => limit,
         Some(v) => v
             .parse::<u32>()
-            .map_err(|_| Error::bad_request("limit must be a positive integer").with_param("limit"))?
+            .map_err(|_| {
+                Error::bad_request("limit must be a positive integer").with_param("limit")
+            })?
             .clamp(1, limit),
     };
     Ok(RowQuery {
@@ -66,7 +68,9 @@ async fn row_query(admin: &Admin, uri: &Uri, limit: u32) -> Result<RowQuery, Err
         team_id,
         route: text("route"),
         vendor: text("vendor"),
-        errors: params.get("errors").is_some_and(|v| v == "1" || v == "true"),
+        errors: params
+            .get("errors")
+            .is_some_and(|v| v == "1" || v == "true"),
         limit,
     })
 }
@@ -151,8 +155,10 @@ pub(crate) async fn admin_series(admin: Admin, uri: Uri) -> Response {
             }
         };
         if span / bucket_ms > 10_000 {
-            return Err(Error::bad_request("more than 10,000 buckets: choose a larger bucket")
-                .with_param("bucket"));
+            return Err(
+                Error::bad_request("more than 10,000 buckets: choose a larger bucket")
+                    .with_param("bucket"),
+            );
         }
         let by = params.get("by").map_or("vendor", String::as_str);
         let group_of = |r: &LedgerRow| -> String {
@@ -181,7 +187,11 @@ pub(crate) async fn admin_series(admin: Admin, uri: Uri) -> Response {
         }
         let mut order: Vec<_> = counts.into_iter().collect();
         order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let kept: Vec<String> = order.iter().take(MAX_GROUPS).map(|(g, _)| g.clone()).collect();
+        let kept: Vec<String> = order
+            .iter()
+            .take(MAX_GROUPS)
+            .map(|(g, _)| g.clone())
+            .collect();
         let mut groups: BTreeMap<String, BTreeMap<i64, Bucket>> = BTreeMap::new();
         let mut total: BTreeMap<i64, Bucket> = BTreeMap::new();
         for r in &rows {
@@ -189,7 +199,11 @@ pub(crate) async fn admin_series(admin: Admin, uri: Uri) -> Response {
             total.entry(t).or_default().add(r);
             if by != "none" {
                 let g = group_of(r);
-                let g = if kept.contains(&g) { g } else { "other".to_owned() };
+                let g = if kept.contains(&g) {
+                    g
+                } else {
+                    "other".to_owned()
+                };
                 groups.entry(g).or_default().entry(t).or_default().add(r);
             }
         }

@@ -83,13 +83,18 @@ pub(crate) async fn sign_out(
 
 /// `GET /admin/session`: who the caller is, and for a console session its CSRF token.
 pub(crate) async fn admin_session(
+    State(app): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     current: Option<Extension<Current>>,
     headers: HeaderMap,
 ) -> Response {
     admin_answer(&headers, async {
+        let live = app.live();
+        // What the console can show: pages over the ledger need `[governance]`.
+        let features = serde_json::json!({"governance": live.runtime.keyring.is_some(),
+            "shadow": !live.runtime.shadows.is_empty()});
         let mut value = serde_json::json!({"name": who.name, "role": who.role.as_str(),
-            "team": who.team});
+            "team": who.team, "features": features});
         if let Some(Extension(Current((csrf, expires)))) = current {
             value["csrf"] = csrf.into();
             value["csrf_header"] = CSRF_HEADER.into();

@@ -230,7 +230,10 @@ fn admin_access(raw: &AdminConfig, origin: &str) -> Result<AdminAccess, ConfigEr
         if credentials[..i].iter().any(|o| o.name == c.name) {
             return bad("another credential has this name");
         }
-        if credentials[..i].iter().any(|o| o.key.expose() == c.key.expose()) {
+        if credentials[..i]
+            .iter()
+            .any(|o| o.key.expose() == c.key.expose())
+        {
             return bad("another credential has this key");
         }
         match (c.role, &c.team) {

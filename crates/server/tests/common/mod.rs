@@ -299,18 +299,30 @@ pub async fn store(kind: &str) -> (String, Box<dyn Fn(bool) -> String + Send + S
 }
 
 pub async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    admin_as(gw, ADMIN, method, path, body).await
+}
+
+/// An admin call with credential `key`.
+pub async fn admin_as(
+    gw: &Gateway,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let c = Gateway::client();
     let url = format!("{}{path}", gw.url);
-    let rb = if method == "GET" {
-        c.get(url)
-    } else {
-        c.post(url)
+    let rb = match method {
+        "GET" => c.get(url),
+        "PATCH" => c.patch(url),
+        "DELETE" => c.delete(url),
+        _ => c.post(url),
     };
     let rb = match body {
         Some(b) => rb.json(&b),
         None => rb,
     };
-    let resp = rb.bearer_auth(ADMIN).send().await.unwrap();
+    let resp = rb.bearer_auth(key).send().await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
