@@ -22,7 +22,8 @@ function niceMax(v) {
 function fmtTick(v) {
   if (v >= 1e6) return `${(v / 1e6).toFixed(1)}M`;
   if (v >= 1e3) return `${(v / 1e3).toFixed(1)}k`;
-  return Number.isInteger(v) ? String(v) : v.toFixed(v < 1 ? 3 : 1);
+  if (Number.isInteger(v)) return String(v);
+  return v < 0.01 ? v.toPrecision(2) : v.toFixed(v < 1 ? 3 : 1);
 }
 
 /**
@@ -56,8 +57,9 @@ export function lineChart(title, series, { unit = '', width = 560, height = 200 
     label.textContent = fmtTick(v);
     root.append(label);
   }
-  for (const [i, t] of [[0, t0], [1, t1]]) {
-    const label = svg('text', { x: x(t), y: height - 6, 'text-anchor': i ? 'end' : 'start', class: 'tick' });
+  for (const [i, t] of t1 === t0 ? [[0, t0]] : [[0, t0], [1, t1]]) {
+    const anchor = t1 === t0 ? 'middle' : i ? 'end' : 'start';
+    const label = svg('text', { x: x(t), y: height - 6, 'text-anchor': anchor, class: 'tick' });
     label.textContent = new Date(t).toISOString().slice(5, 16).replace('T', ' ');
     root.append(label);
   }

@@ -47,7 +47,7 @@ export async function overview(root) {
     try {
       const d = await get('/admin/dependency');
       const shares = (d.overall.vendors || []).map((v) => ({
-        label: v.vendor, value: v.request_share, text: `${(v.request_share * 100).toFixed(1)}% of requests`,
+        label: v.vendor, value: v.request_share, text: `${Number(v.request_share).toFixed(1)}% of requests`,
       }));
       const days = (d.days || []).map((x) => [Date.parse(x.date), x.hhi_requests]);
       dep.replaceChildren(card(`Dependency index: HHI ${d.overall.hhi_requests} (requests), ${d.overall.hhi_spend} (spend)`,
