@@ -376,9 +376,11 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
     }
     // The built-in defaults have no config to hold an admin key: the environment may give one,
     // which turns the admin API and the console on.
+    let mut admin_from_env = false;
     if path.is_none() && raw.admin.key.is_none() {
         if let Ok(key) = std::env::var("RELAIS_ADMIN_KEY") {
             raw.admin.key = Some(relais_core::Secret::new(key));
+            admin_from_env = true;
         }
     }
     init_logging(raw.server.log_format);
@@ -415,7 +417,9 @@ fn serve(config: Option<PathBuf>, listen: Option<String>) -> Result<()> {
         }
         tracing::info!(%addr, config = %origin, routes = runtime.routes.len(), "relais listening");
         let console = format!("http://{addr}/ui/");
-        if runtime.admin.is_on() {
+        if admin_from_env {
+            tracing::info!(%console, "console: open it and sign in with the key in RELAIS_ADMIN_KEY");
+        } else if runtime.admin.is_on() {
             tracing::info!(%console, "console: open it and sign in with an admin credential ([admin] key or [[admin.credentials]])");
         } else {
             tracing::info!(%console, "console: off until an admin credential is set: [admin] key in a config, or RELAIS_ADMIN_KEY=<16 or more characters> with the built-in defaults");
