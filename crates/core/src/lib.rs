@@ -10,6 +10,7 @@ mod event;
 mod provider;
 mod request;
 mod secret;
+pub mod trace;
 mod usage;
 
 pub use env::{EnvString, expand_env};

@@ -103,8 +103,12 @@ pub(crate) struct Rejected {
 /// Send a request. A transport failure is a typed error; a non-2xx answer comes back as
 /// [`Rejected`] so each provider maps it with its own `error::from_response`.
 pub(crate) async fn send(
-    rb: reqwest::RequestBuilder,
+    mut rb: reqwest::RequestBuilder,
 ) -> Result<Result<reqwest::Response, Rejected>, relais_core::Error> {
+    // A traced request tells the vendor its attempt's span (W3C trace context).
+    if let Some(tp) = relais_core::trace::upstream_traceparent() {
+        rb = rb.header("traceparent", tp);
+    }
     let resp = rb.send().await.map_err(|e| from_transport(&e, false))?;
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {

@@ -213,6 +213,8 @@ pub struct FailedAttempt {
     pub route: String,
     pub deployment: usize,
     pub error: Error,
+    /// When the attempt started, and how long it took to fail.
+    pub started: Instant,
     pub elapsed: Duration,
 }
 
@@ -225,6 +227,8 @@ pub struct Routed {
     pub failed: Vec<FailedAttempt>,
     /// Time spent waiting on upstreams until the first event, all attempts included.
     pub upstream_wait: Duration,
+    /// When the serving attempt started.
+    pub attempt_started: Instant,
 }
 
 /// The request failed on every deployment it was allowed to try.
@@ -390,13 +394,14 @@ impl Route {
         let mut hops = 0;
         loop {
             match route.chat_here(req, allow, deadline, &mut failed).await {
-                Ok((deployment, stream)) => {
+                Ok((deployment, stream, attempt_started)) => {
                     return Ok(Routed {
                         route,
                         deployment,
                         stream,
                         failed,
                         upstream_wait: start.elapsed(),
+                        attempt_started,
                     });
                 }
                 Err(error) => {
@@ -436,7 +441,7 @@ impl Route {
         allow: Option<Allow<'_>>,
         deadline: Option<Instant>,
         failed: &mut Vec<FailedAttempt>,
-    ) -> Result<(usize, EventStream), Error> {
+    ) -> Result<(usize, EventStream, Instant), Error> {
         let needs = Needs::of(req).with_allow(allow);
         let limits = self.attempt_limits(deadline);
         self.attempts(&needs, deadline, failed, |i, guard| {
@@ -474,7 +479,7 @@ impl Route {
         self: &Arc<Self>,
         req: &EmbedRequest,
         allow: Option<Allow<'_>>,
-    ) -> Result<(usize, EmbedResponse, Vec<FailedAttempt>, Duration), Exhausted> {
+    ) -> Result<(usize, EmbedResponse, Vec<FailedAttempt>, Duration, Instant), Exhausted> {
         let start = Instant::now();
         let deadline = self.timeouts.request.map(|d| start + d);
         let limits = self.attempt_limits(deadline);
@@ -506,7 +511,7 @@ impl Route {
             })
             .await;
         match outcome {
-            Ok((i, resp)) => Ok((i, resp, failed, start.elapsed())),
+            Ok((i, resp, started)) => Ok((i, resp, failed, start.elapsed(), started)),
             Err(error) => Err(Exhausted {
                 error,
                 failed,
@@ -532,7 +537,7 @@ impl Route {
         deadline: Option<Instant>,
         failed: &mut Vec<FailedAttempt>,
         mut run: F,
-    ) -> Result<(usize, T), Error>
+    ) -> Result<(usize, T, Instant), Error>
     where
         F: FnMut(usize, AttemptGuard) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
@@ -591,9 +596,11 @@ impl Route {
             d.health.begin(Instant::now(), tokens, attempt > 0);
             let guard = AttemptGuard::new(self.clone(), pick.index, pick.probe);
             let started = Instant::now();
+            // Upstream calls made by this attempt carry its span in their `traceparent`.
+            relais_core::trace::set_attempt(u32::try_from(failed.len()).unwrap_or(u32::MAX));
             let outcome = run(pick.index, guard).await;
             match outcome {
-                Ok(value) => return Ok((pick.index, value)),
+                Ok(value) => return Ok((pick.index, value, started)),
                 Err(error) => {
                     let now = Instant::now();
                     self.record_failure(pick.index, &error, now);
@@ -612,6 +619,7 @@ impl Route {
                         route: self.name.clone(),
                         deployment: pick.index,
                         error,
+                        started,
                         elapsed: now.saturating_duration_since(started),
                     });
                     if !again {

@@ -191,6 +191,12 @@ pub struct Runtime {
     pub plan_b: PlanBSettings,
     /// Responses API storage: retention and memory (fixed at start for the memory).
     pub responses: raw::ResponsesConfig,
+    /// `[alerts]`: the webhook and how often conditions are checked.
+    pub(crate) alerts: AlertsConfig,
+    /// The shared upstream client (also used for trace export and alert webhooks).
+    pub(crate) http: relais_providers::HttpClient,
+    /// Trace export, when `[otel]` is configured (rebuilt by a reload only if it changed).
+    pub(crate) otel: Option<Arc<crate::otel::Tracer>>,
     /// The config text this was built from and where it came from, so a promotion can
     /// rebuild it the way a reload does.
     pub source: Arc<str>,

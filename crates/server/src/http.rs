@@ -53,6 +53,8 @@ pub(crate) struct Ctx {
     pub(crate) id: String,
     /// The client's API: errors are rendered in its shape.
     pub(crate) dialect: Dialect,
+    /// The client's W3C `traceparent`, when it sent a valid one.
+    pub(crate) traceparent: Option<relais_core::trace::TraceParent>,
 }
 
 impl Ctx {
@@ -65,6 +67,10 @@ impl Ctx {
             start: Instant::now(),
             id: request_id(headers),
             dialect,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(relais_core::trace::TraceParent::parse),
         }
     }
 

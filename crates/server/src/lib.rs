@@ -17,6 +17,7 @@
 //! It depends on every other crate and is depended on only by the binary.
 
 mod admin;
+mod alerts;
 mod api;
 mod app;
 mod background;
@@ -32,6 +33,7 @@ mod live;
 mod memory;
 mod metrics;
 mod ops;
+mod otel;
 mod pipeline;
 pub mod planb;
 mod reload;
@@ -107,6 +109,8 @@ pub async fn serve_with_reload(
     let _stop_checker = background::AbortOnDrop(Some(checker));
     let purger = tokio::spawn(background::purge_responses(state.clone()));
     let _stop_purger = background::AbortOnDrop(Some(purger));
+    let alerter = tokio::spawn(alerts::watch(state.clone()));
+    let _stop_alerter = background::AbortOnDrop(Some(alerter));
     let trimmer = tokio::spawn(memory::trim_after_spikes());
     let _stop_trimmer = background::AbortOnDrop(Some(trimmer));
     let app = router(state.clone());

@@ -154,6 +154,10 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
     }
     app.planb.shadower.stats.render(&mut p);
     app.planb.alerts.render(&mut p);
+    app.alerting.render(&mut p);
+    if let Some(t) = &live.runtime.otel {
+        t.render(&mut p);
+    }
     let body = p.finish();
     plain(&headers, StatusCode::OK, "text/plain; version=0.0.4", body)
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub(crate) sessions: crate::admin::Sessions,
     /// The audit log when there is no governance store.
     pub(crate) audit: crate::admin::AuditMemory,
+    /// Alerts firing, and the webhook's queue.
+    pub(crate) alerting: crate::alerts::Alerting,
 }
 
 impl AppState {
@@ -51,6 +53,7 @@ impl AppState {
             responses,
             sessions: crate::admin::Sessions::default(),
             audit: crate::admin::AuditMemory::default(),
+            alerting: crate::alerts::Alerting::default(),
             decoding,
             planb,
             promoted: Mutex::default(),

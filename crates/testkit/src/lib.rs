@@ -26,6 +26,7 @@ mod fast;
 pub mod fuzz;
 mod gemini;
 pub mod responses;
+mod sink;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -50,6 +51,7 @@ use tokio::sync::Notify;
 pub use behaviour::{Reply, completion_tokens, prompt_tokens, reply_for};
 pub use fast::{FastOptions, serve_fast};
 pub use gemini::{TOKEN_FAULT_MODEL, vertex_test_key};
+pub use sink::{OtlpSpan, Posted, Sink, otlp_spans};
 
 /// One injected fault, applied to the next `times` requests whose model matches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use crate::caller::Caller;
 use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
 use crate::live::Live;
+use crate::otel::RequestTrace;
 use crate::pipeline::{admit, respond, route};
 use crate::planb::Admission;
 use crate::state::AppState;
@@ -95,8 +96,14 @@ pub(super) async fn serve(
     };
     let allow = |d: &relais_router::Deployment| caller.may_use(d, class);
     settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
+    let trace = live.runtime.otel.as_ref().map(|t| {
+        let (tc, spans) = RequestTrace::begin(t, ctx.traceparent, "chat", &req.model, Some(&req));
+        settlement.set_trace(spans);
+        tc
+    });
     // 2. Route: the first deployment that produces a first event.
-    let routed = match route::chat(&entry.route, &req, caller, class, settlement.down()).await {
+    let down = settlement.down();
+    let routed = match route::chat(&entry.route, &req, caller, class, down, trace).await {
         Ok(r) => r,
         Err(ex) => return respond::exhausted(ctx, &req.model, settlement, &ex),
     };

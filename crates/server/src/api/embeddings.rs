@@ -11,6 +11,7 @@ use relais_dialects::openai;
 use relais_router::RouteKind;
 
 use crate::http::Ctx;
+use crate::otel::RequestTrace;
 use crate::pipeline::{End, admit, respond, route};
 use crate::state::AppState;
 
@@ -60,13 +61,19 @@ async fn embeddings(
         ctx,
         admit::settlement(&app, &live, &ctx, &caller, key, worst).await
     );
+    let trace = live.runtime.otel.as_ref().map(|t| {
+        let (tc, spans) = RequestTrace::begin(t, ctx.traceparent, "embeddings", &req.model, None);
+        settlement.set_trace(spans);
+        tc
+    });
     // 2. Route.
-    let (i, answer, failed, waited) = match route::embed(&entry.route, &req, &caller, class).await {
+    let routed = route::embed(&entry.route, &req, &caller, class, trace).await;
+    let (i, answer, failed, waited, started) = match routed {
         Ok(r) => r,
         Err(ex) => return respond::exhausted(&ctx, &req.model, settlement, &ex),
     };
     // 3. Respond, 4. settle.
-    settlement.served(entry.route.clone(), i, failed, None);
+    settlement.served(entry.route.clone(), i, failed, None, started);
     settlement.add_usage(&answer.usage);
     settlement.finish(End::Answered);
     let body = openai::render_embeddings(&answer, &req.model, base64);

@@ -60,6 +60,19 @@ pub(super) fn build_from(
 
     let keys = client_keys(raw, &routes, origin, &at)?;
 
+    alerts_part(raw, origin)?;
+    let otel = match &raw.otel {
+        Some(cfg) => {
+            crate::otel::validate(cfg).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+            Some(crate::otel::Tracer::build(
+                cfg,
+                &http,
+                previous.and_then(|p| p.otel.as_ref()),
+            ))
+        }
+        None => None,
+    };
+
     if let Some(p) = previous {
         if p.governance != raw.governance {
             warnings.push(
@@ -108,9 +121,38 @@ pub(super) fn build_from(
         shadows,
         plan_b,
         responses: raw.responses,
+        otel,
+        alerts: raw.alerts.clone(),
+        http,
         source: Arc::from(source),
         origin: origin.to_owned(),
     })
+}
+
+/// Check `[alerts]`: the webhook is an http(s) URL, its headers are header names.
+fn alerts_part(raw: &RawConfig, origin: &str) -> Result<(), ConfigError> {
+    let a = &raw.alerts;
+    if let Some(url) = &a.webhook_url {
+        let u = url.expose();
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "{origin}: alerts.webhook_url: must be an http:// or https:// URL"
+            )));
+        }
+    }
+    for name in a.webhook_headers.keys() {
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError(format!(
+                "{origin}: alerts.webhook_headers: '{name}' is not a header name"
+            )));
+        }
+    }
+    if a.webhook_attempts == 0 || a.check_secs == 0 {
+        return Err(ConfigError(format!(
+            "{origin}: alerts.webhook_attempts and alerts.check_secs: must be at least 1"
+        )));
+    }
+    Ok(())
 }
 
 /// The `[server]`, `[admin]` and `[upstream]` sections: the listen address, TLS (a reload

@@ -33,6 +33,107 @@ pub struct RawConfig {
     pub plan_b: PlanBConfig,
     #[serde(default)]
     pub responses: ResponsesConfig,
+    /// OpenTelemetry trace export (OTLP/HTTP); off unless an endpoint is set.
+    pub otel: Option<OtelConfig>,
+    /// Alerts: always a metric and a log line; a webhook when a URL is set.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// `[otel]`: traces of every sampled request (a span per request and one per upstream attempt,
+/// GenAI semantic conventions) sent to an OTLP/HTTP collector as JSON.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OtelConfig {
+    /// The collector's base URL (`http://127.0.0.1:4318`); `/v1/traces` is appended unless the
+    /// URL already ends with it.
+    pub endpoint: Secret,
+    /// Extra headers on every export (`authorization = "Bearer ${OTLP_TOKEN}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Share of requests without a sampled parent that are traced (0.0 to 1.0). A client's
+    /// `traceparent` decides for its own requests.
+    #[serde(default = "default_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "default_service")]
+    pub service_name: String,
+    /// Record the prompt and the answer text (`gen_ai.input.messages`, `gen_ai.output.messages`),
+    /// with key-like tokens redacted and each cut at 16 KiB.
+    #[serde(default)]
+    pub payloads: bool,
+    /// Requests' spans waiting for export; when full, new ones are dropped and counted.
+    #[serde(default = "default_otel_queue")]
+    pub queue_size: usize,
+    /// Spans per export request.
+    #[serde(default = "default_otel_batch")]
+    pub batch_size: usize,
+    /// The longest a span waits for its batch to fill, in milliseconds.
+    #[serde(default = "default_otel_flush")]
+    pub flush_ms: u64,
+    /// One export request's time limit, in seconds.
+    #[serde(default = "default_otel_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_ratio() -> f64 {
+    1.0
+}
+fn default_service() -> String {
+    "relais".to_owned()
+}
+fn default_otel_queue() -> usize {
+    4096
+}
+fn default_otel_batch() -> usize {
+    512
+}
+fn default_otel_flush() -> u64 {
+    1000
+}
+fn default_otel_timeout() -> u64 {
+    10
+}
+
+/// `[alerts]`: what is worth waking someone for. Each alert is a gauge in `/metrics` and a
+/// structured log line when it fires and when it clears; with `webhook_url`, also a JSON POST.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub webhook_url: Option<Secret>,
+    /// Extra headers on every webhook POST (`authorization = "Bearer ${HOOK_TOKEN}"`).
+    #[serde(default)]
+    pub webhook_headers: BTreeMap<String, Secret>,
+    /// Deliveries tried per alert (backoff 0.5 s, doubling, up to 30 s between tries).
+    #[serde(default = "default_webhook_attempts")]
+    pub webhook_attempts: u32,
+    /// How often budgets, readiness and the limit store are checked, in seconds.
+    #[serde(default = "default_alert_check")]
+    pub check_secs: u64,
+    /// An alert that cleared and fires again within this many seconds is not sent again.
+    #[serde(default = "default_alert_repeat")]
+    pub repeat_secs: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_headers: BTreeMap::new(),
+            webhook_attempts: default_webhook_attempts(),
+            check_secs: default_alert_check(),
+            repeat_secs: default_alert_repeat(),
+        }
+    }
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+fn default_alert_check() -> u64 {
+    15
+}
+fn default_alert_repeat() -> u64 {
+    3600
 }
 
 /// Responses API conversation state (`/v1/responses` with `store`, `previous_response_id`).

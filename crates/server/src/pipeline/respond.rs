@@ -27,7 +27,13 @@ pub(crate) async fn chat(
     turn: Option<Turn>,
 ) -> Response {
     let ttft = ctx.start.elapsed();
-    settlement.served(routed.route, routed.deployment, routed.failed, Some(ttft));
+    settlement.served(
+        routed.route,
+        routed.deployment,
+        routed.failed,
+        Some(ttft),
+        routed.attempt_started,
+    );
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_secs();

@@ -3,10 +3,12 @@
 //! drill's "down" deployment narrow the deployments tried. Nothing is written to the client
 //! and nothing is settled here.
 
+use relais_core::trace::TraceContext;
 use relais_core::{ChatRequest, EmbedRequest, EmbedResponse};
 use relais_router::{Allow, Deployment, Exhausted, FailedAttempt, Route, Routed};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::caller::Caller;
 
@@ -17,15 +19,19 @@ pub(crate) async fn chat(
     caller: &Caller<'_>,
     class: Option<&str>,
     down: Option<&str>,
+    trace: Option<TraceContext>,
 ) -> Result<Routed, Exhausted> {
     let allow = |d: &Deployment| caller.may_use(d, class) && down != Some(d.id.as_str());
     let policy = (caller.restricts(class) || down.is_some()).then_some(&allow as Allow<'_>);
-    route.chat_within(req, policy).await
+    match trace {
+        Some(t) => relais_core::trace::scope(t, route.chat_within(req, policy)).await,
+        None => route.chat_within(req, policy).await,
+    }
 }
 
-/// An embeddings answer: the deployment index that served, the answer, the failed attempts
-/// and the time spent waiting on upstreams.
-pub(crate) type Embedded = (usize, EmbedResponse, Vec<FailedAttempt>, Duration);
+/// An embeddings answer: the deployment index that served, the answer, the failed attempts,
+/// the time spent waiting on upstreams and when the serving attempt started.
+pub(crate) type Embedded = (usize, EmbedResponse, Vec<FailedAttempt>, Duration, Instant);
 
 /// Route an embeddings request.
 pub(crate) async fn embed(
@@ -33,8 +39,12 @@ pub(crate) async fn embed(
     req: &EmbedRequest,
     caller: &Caller<'_>,
     class: Option<&str>,
+    trace: Option<TraceContext>,
 ) -> Result<Embedded, Exhausted> {
     let allow = |d: &Deployment| caller.may_use(d, class);
     let policy = caller.restricts(class).then_some(&allow as Allow<'_>);
-    route.embed(req, policy).await
+    match trace {
+        Some(t) => relais_core::trace::scope(t, route.embed(req, policy)).await,
+        None => route.embed(req, policy).await,
+    }
 }

@@ -28,6 +28,7 @@ use crate::bill::{Bill, Served, cost_at};
 use crate::clock::Instant;
 use crate::live::Live;
 use crate::metrics::Series;
+use crate::otel::{RequestTrace, TraceEnd};
 use crate::planb::{RequestTap, TapEnd, TapOutcome};
 use crate::state::AppState;
 
@@ -50,6 +51,8 @@ struct Serving {
     deployment: usize,
     series: Option<Arc<Series>>,
     ttft: Option<Duration>,
+    /// When the serving attempt started.
+    started: Instant,
 }
 
 /// What must happen once when the request ends; see the module doc.
@@ -63,6 +66,8 @@ pub(crate) struct Settlement {
     serving: Option<Serving>,
     failed: Vec<FailedAttempt>,
     usage: Option<Usage>,
+    /// The request's spans in the making, when it is traced and sampled.
+    trace: Option<Box<RequestTrace>>,
     done: bool,
 }
 
@@ -86,6 +91,7 @@ impl Settlement {
             serving: None,
             failed: Vec::new(),
             usage: None,
+            trace: None,
             done: false,
         }
     }
@@ -103,6 +109,11 @@ impl Settlement {
         self.tap = tap;
     }
 
+    /// Trace the request (see [`crate::otel`]).
+    pub(crate) fn set_trace(&mut self, trace: Option<Box<RequestTrace>>) {
+        self.trace = trace;
+    }
+
     /// The deployment a drill treats as down for this request.
     pub(crate) fn down(&self) -> Option<&str> {
         self.tap.as_ref().and_then(|t| t.down())
@@ -116,6 +127,7 @@ impl Settlement {
         deployment: usize,
         failed: Vec<FailedAttempt>,
         ttft: Option<Duration>,
+        started: Instant,
     ) {
         self.live.record_failed(&failed);
         let series = self.live.series_of(&route.name, deployment).cloned();
@@ -128,6 +140,7 @@ impl Settlement {
             deployment,
             series,
             ttft,
+            started,
         });
     }
 
@@ -159,6 +172,9 @@ impl Settlement {
             self.add_usage(u);
         }
         if let Some(t) = &mut self.tap {
+            t.observe(ev);
+        }
+        if let Some(t) = &mut self.trace {
             t.observe(ev);
         }
     }
@@ -243,6 +259,44 @@ impl Settlement {
             };
             bill.record(&self.live, failed, served, status, error);
             step("ledger rows written");
+        }
+        // 3b. The trace, when the request is sampled: spans built and queued, never waited on.
+        if let Some(trace) = self.trace.take() {
+            let (failed, status, error) = match &end {
+                End::Answered => (&self.failed[..], 200, None),
+                End::Failed { error, status } => (
+                    &self.failed[..],
+                    *status,
+                    Some((error.kind.as_str(), error.message.as_str())),
+                ),
+                End::Exhausted { ex, status } => (
+                    &ex.failed[..],
+                    *status,
+                    Some((ex.error.kind.as_str(), ex.error.message.as_str())),
+                ),
+                End::Canceled => (
+                    &self.failed[..],
+                    499,
+                    Some(("canceled", "the client closed the request")),
+                ),
+            };
+            let serving = self.serving.as_ref().and_then(|s| {
+                s.route
+                    .deployments
+                    .get(s.deployment)
+                    .map(|d| (d, s.started))
+            });
+            trace.finish(&TraceEnd {
+                status,
+                error,
+                serving,
+                failed,
+                usage: self.usage.as_ref(),
+                cost_pusd: cost,
+                elapsed,
+                live: &self.live,
+            });
+            step("spans queued");
         }
         // 4. Plan B.
         if let Some(tap) = self.tap.take() {
@@ -356,7 +410,13 @@ mod tests {
             return s;
         }
         let route = live.entries["r"].route.clone();
-        s.served(route, 0, Vec::new(), Some(Duration::from_millis(1)));
+        s.served(
+            route,
+            0,
+            Vec::new(),
+            Some(Duration::from_millis(1)),
+            Instant::now(),
+        );
         s.observe(&StreamEvent::Usage(Usage {
             input_tokens: 10,
             output_tokens: 5,

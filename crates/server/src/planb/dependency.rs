@@ -140,6 +140,16 @@ impl Alerts {
         }
     }
 
+    /// Routes alerting now: route, top vendor, its share in percent.
+    pub(crate) fn firing(&self) -> Vec<(String, String, f64)> {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .iter()
+            .filter(|(_, c)| c.alert)
+            .map(|(r, c)| (r.clone(), c.top_vendor.clone(), c.top_share))
+            .collect()
+    }
+
     /// Whether `route` is alerting now (for tests and the CLI).
     pub fn alerting(&self, route: &str) -> Option<bool> {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);

@@ -265,7 +265,7 @@ async fn embedding_similarity(config: &Live, route: &str, a: &str, b: &str) -> O
         input: vec![a.to_owned(), b.to_owned()],
         ..EmbedRequest::default()
     };
-    let (_, resp, _, _) = entry.route.embed(&req, None).await.ok()?;
+    let (_, resp, ..) = entry.route.embed(&req, None).await.ok()?;
     match resp.embeddings.as_slice() {
         [x, y] => relais_planb::compare::cosine(x, y),
         _ => None,
