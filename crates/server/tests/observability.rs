@@ -578,3 +578,100 @@ fn issue20_the_grafana_dashboard_queries_series_relais_exports() {
     }
     assert!(names >= 20, "{names}");
 }
+
+/// Plan B's alerts: a route whose only backup was ready loses it (`backup_readiness_lost`),
+/// and with no ready backup one vendor carries it (`dependency`); both reach the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue20_readiness_lost_and_dependency_alerts_reach_the_webhook() {
+    let sink = Sink::start().await;
+    let (section, dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        r#"{section}ledger_ship_ms = 100
+[admin]
+key = "{ADMIN}"
+
+[plan_b]
+check_secs = 1
+
+[plan_b.thresholds]
+min_samples = 8
+
+[routes.shadowed]
+deployments = [{{ provider = "up", model = "live-model" }}, {{ provider = "backup", model = "backup-model" }}]
+
+[routes.shadowed.shadow]
+sample_rate = 1.0
+{}"#,
+        alerts(&sink)
+    ))
+    .await;
+    let ask_shadowed = |i: usize| {
+        let url = format!("{}/v1/chat/completions", gw.url);
+        async move {
+            let resp = Gateway::client()
+                .post(url)
+                .json(&json!({"model": "shadowed",
+                    "messages": [{"role": "user", "content": format!("question {i}")}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    let verdict = |n: u64| {
+        let gw = &gw;
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let (_, body) = admin(gw, "GET", "/admin/readiness?route=shadowed", None).await;
+                let b = body["backups"][0].clone();
+                if b["samples"].as_u64() == Some(n) {
+                    return b["verdict"].as_str().unwrap_or("").to_owned();
+                }
+                assert!(t0.elapsed() < Duration::from_secs(20), "{body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for i in 0..10 {
+        ask_shadowed(i).await;
+    }
+    assert_eq!(verdict(10).await, "ready");
+    // Let a check see the ready backup.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let none = sink.wait_for(Duration::ZERO, |_| true).await;
+    assert!(
+        firing(&none, "backup_readiness_lost:shadowed", "firing").is_empty()
+            && firing(&none, "dependency:shadowed", "firing").is_empty(),
+        "{none:#?}"
+    );
+    // The backup starts failing: not ready any more.
+    gw.mock.push_fault(Fault {
+        model: Some("backup-model".into()),
+        status: Some(500),
+        times: Some(0),
+        ..Fault::default()
+    });
+    for i in 10..20 {
+        ask_shadowed(i).await;
+    }
+    assert_eq!(verdict(20).await, "not_ready");
+    let posts = wait_alert(&sink, "backup_readiness_lost:shadowed", "firing").await;
+    let p = firing(&posts, "backup_readiness_lost:shadowed", "firing")[0];
+    assert_eq!(p.body["details"]["backups"], json!(["backup/backup-model"]));
+    let posts = wait_alert(&sink, "dependency:shadowed", "firing").await;
+    let p = firing(&posts, "dependency:shadowed", "firing")[0];
+    assert_eq!(p.body["details"]["vendor"], "up");
+    let metrics = gw.get_text("/metrics").await;
+    assert!(
+        metrics.contains(
+            "relais_alert_active{alert=\"backup_readiness_lost\",subject=\"route shadowed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("relais_alert_active{alert=\"dependency\",subject=\"route shadowed\"} 1")
+    );
+    drop(gw);
+    dump(true);
+}
