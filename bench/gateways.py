@@ -206,6 +206,54 @@ def start_relais(mock_port, auth, binary=None, name=None):
                  {"authorization": f"Bearer {KEY}"} if auth else {}, time.time() - t0)
 
 
+OBSERVED_ADMIN_KEY = "bench-admin-key-0123456789"
+
+
+def console_poller(base, stop):
+    """What an open console costs the gateway, and more: its assets once, then the Routes page's
+    polls (/admin/routes, /admin/session) and /metrics every second (the console polls every 5 s)."""
+    import urllib.request
+    hdr = {"authorization": f"Bearer {OBSERVED_ADMIN_KEY}"}
+    def get(path):
+        try:
+            urllib.request.urlopen(urllib.request.Request(base + path, headers=hdr), timeout=5).read()
+        except Exception:
+            pass
+    for asset in ("/ui/", "/ui/app.js", "/ui/api.js", "/ui/pages.js", "/ui/chart.js", "/ui/style.css"):
+        get(asset)
+    while not stop.wait(1.0):
+        for path in ("/admin/routes", "/admin/session", "/metrics"):
+            get(path)
+
+
+def start_relais_observed(mock_port):
+    """relais (bare routing) with OpenTelemetry export at ratio 1.0 (every request's spans batched
+    and POSTed to an OTLP endpoint: the mock, which answers any POST) and the console open."""
+    import threading
+    port = free_port()
+    cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-otel-")) / "relais.toml"
+    cfg.write_text(bench_config(port, mock_port) + f"""[admin]
+key = "{OBSERVED_ADMIN_KEY}"
+[otel]
+endpoint = "http://127.0.0.1:{mock_port}"
+sample_ratio = 1.0
+""")
+    t0 = time.time()
+    proc = subprocess.Popen(pinned([str(TARGET / "release/relais"), "serve", "--config", str(cfg)], GATEWAY_CPUS),
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, RELAIS_LOG="warn"))
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    startup = time.time() - t0
+    stop = threading.Event()
+    poller = threading.Thread(target=console_poller, args=(f"http://127.0.0.1:{port}", stop), daemon=True)
+    poller.start()
+
+    def cleanup():
+        stop.set()
+        poller.join(timeout=5)
+    return Setup("relais + OTel 1.0 + console", f"http://127.0.0.1:{port}/v1/chat/completions", proc, {},
+                 startup, cleanup)
+
+
 # Plan B: every request (RELAIS_BENCH_SHADOW_RATE, default 1.0: the most expensive case) sampled
 # and copied to a backup (the same mock under another model name). The copies run off the live path, four at a time, 256 queued; what does not
 # fit is dropped and counted, so this shows what sampling, folding and queueing cost the client.
@@ -336,6 +384,8 @@ def main():
                     help="with --probe: add the relais setups with virtual keys and limits (SQLite; PG + Redis)")
     ap.add_argument("--shadow", action="store_true",
                     help="with --probe: add the governed SQLite setup with and without shadow traffic at 100%%")
+    ap.add_argument("--observed", action="store_true",
+                    help="with --probe: add relais with OpenTelemetry export at ratio 1.0 and the console open")
     ap.add_argument("--baseline", metavar="BIN",
                     help="with --probe: also run this relais binary (an earlier build) bare, before the current one")
     ap.add_argument("--baseline-last", action="store_true",
@@ -364,6 +414,8 @@ def main():
             starters += [lambda: start_relais_governed(mock_port, False)]
         if args.shadow or not (args.quick or args.probe):
             starters += [lambda: start_relais_governed(mock_port, False, shadow=True)]
+        if args.observed or not (args.quick or args.probe):
+            starters += [lambda: start_relais_observed(mock_port)]
         if not (args.quick or args.probe):
             starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
                          lambda: start_litellm(mock_port)]
@@ -475,6 +527,21 @@ def report(results, info, quick, duration, probe=False, flight=None):
               f"oha, {duration} s per row, 64 connections, open loop with latency correction (\"max\" = closed loop). "
               f"relais binary {relais_bin.stat().st_size / 1e6:.1f} MB. Date: {datetime.date.today()}.")
     table = header + "\n\n" + "\n".join(lines)
+    observed = {(m, r): f for (s, m, r, f) in results if s == "relais + OTel 1.0 + console"}
+    bare = {(m, r): f for (s, m, r, f) in results if s == "relais (bare routing)"}
+    if observed and bare:
+        obs = ["", "Observability's cost (relais + OTel 1.0 + console against relais (bare routing), same run):", ""]
+        for m in ("json", "sse"):
+            if (m, "max") in observed and (m, "max") in bare:
+                ratio = observed[(m, "max")]["rps"] / bare[(m, "max")]["rps"]
+                obs.append(f"- {m} closed-loop max: {observed[(m, 'max')]['rps']:.0f} vs {bare[(m, 'max')]['rps']:.0f} req/s "
+                           f"({ratio:.1%} of bare)")
+            for r in sorted(k[1] for k in observed if k[0] == m and k[1] != "max"):
+                if (m, r) in bare:
+                    d99 = observed[(m, r)]["p99_ms"] - bare[(m, r)]["p99_ms"]
+                    obs.append(f"- {m} at {r} req/s: p99 {observed[(m, r)]['p99_ms']:.3f} vs {bare[(m, r)]['p99_ms']:.3f} ms "
+                               f"({d99:+.3f} ms)")
+        table += "\n" + "\n".join(obs)
     if flight:
         table += "\n\n" + in_flight_table(flight)
     print(table)
