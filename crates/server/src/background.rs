@@ -38,6 +38,13 @@ pub(crate) async fn flush_ledger(state: &AppState) {
     }
 }
 
+/// Send the spans still queued for export before exiting (a few seconds at most).
+pub(crate) async fn flush_traces(state: &AppState) {
+    if let Some(tracer) = state.live().runtime.otel.clone() {
+        tracer.flush(Duration::from_secs(5)).await;
+    }
+}
+
 /// Reload keys and teams from the store now and then, so revocations and keys made by other
 /// instances (or by `relais keys` on the same file) arrive.
 pub(crate) async fn refresh_keys(ring: Arc<relais_governance::KeyRing>, every: Duration) {

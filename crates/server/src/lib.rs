@@ -157,5 +157,6 @@ pub async fn serve_with_reload(
         }
     };
     background::flush_ledger(&state).await;
+    background::flush_traces(&state).await;
     served
 }

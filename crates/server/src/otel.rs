@@ -43,8 +43,14 @@ pub(crate) struct OtelStats {
 /// The configured exporter: sampling, payload policy and the queue to the export task.
 pub(crate) struct Tracer {
     config: OtelConfig,
-    tx: mpsc::Sender<Vec<Span>>,
+    tx: mpsc::Sender<Msg>,
     pub(crate) stats: Arc<OtelStats>,
+}
+
+/// What the exporter task is sent: a request's spans, or "send what you hold now" (at exit).
+enum Msg {
+    Spans(Vec<Span>),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for Tracer {
@@ -149,8 +155,22 @@ impl Tracer {
     /// Queue a request's spans; dropped and counted when the queue is full.
     fn submit(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
-        if self.tx.try_send(spans).is_err() {
+        if self.tx.try_send(Msg::Spans(spans)).is_err() {
             self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Export what is queued now, waiting at most `limit` (at shutdown: the spans of the last
+    /// requests are not left behind).
+    pub(crate) async fn flush(&self, limit: Duration) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let flushed = async {
+            if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout(limit, flushed).await.is_err() {
+            tracing::warn!("OTLP export: spans still queued at exit are dropped");
         }
     }
 
@@ -283,19 +303,25 @@ struct Exporter {
 impl Exporter {
     /// Batch and send until every sender is gone (the config was replaced), then send what is
     /// left and stop.
-    async fn run(self, mut rx: mpsc::Receiver<Vec<Span>>) {
+    async fn run(self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Span> = Vec::new();
         loop {
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            batch.extend(first);
+            match rx.recv().await {
+                None => return,
+                Some(Msg::Flush(done)) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Some(Msg::Spans(first)) => batch.extend(first),
+            }
             let deadline = tokio::time::Instant::now() + self.flush;
             let mut closed = false;
+            let mut flushed = None;
             while batch.len() < self.batch {
                 tokio::select! {
                     more = rx.recv() => match more {
-                        Some(spans) => batch.extend(spans),
+                        Some(Msg::Spans(spans)) => batch.extend(spans),
+                        Some(Msg::Flush(done)) => { flushed = Some(done); break; }
                         None => { closed = true; break; }
                     },
                     () = tokio::time::sleep_until(deadline) => break,
@@ -305,6 +331,9 @@ impl Exporter {
                 let n = batch.len().min(self.batch);
                 let chunk: Vec<Span> = batch.drain(..n).collect();
                 self.send(&chunk).await;
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
             }
             if closed {
                 return;

@@ -160,6 +160,25 @@ async fn issue20_a_failover_exports_two_attempt_spans_under_one_request_span() {
     assert!(metrics.contains("relais_otel_spans_dropped_total{reason=\"queue_full\"} 0"));
 }
 
+/// Spans still waiting for their batch when the gateway stops are exported before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue20_spans_queued_at_shutdown_are_exported() {
+    let sink = Sink::start().await;
+    let mut gw = Gateway::start(&format!(
+        "[otel]\nendpoint = \"{}\"\nflush_ms = 600000\n",
+        sink.url()
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(ask(&gw, "gpt-4o-mini", false, None).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sink.spans().is_empty(), "exported before the batch filled");
+    gw.stop();
+    gw.task.take().unwrap().await.unwrap().unwrap();
+    assert_eq!(sink.spans().len(), 6, "{:#?}", sink.spans());
+}
+
 /// A stream's spans: the serving attempt lasts until the stream ends and carries the usage and
 /// finish reason the stream reported; a new trace is started when the client sent none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
