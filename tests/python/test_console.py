@@ -71,6 +71,9 @@ output = "0.60"
 [prices."mistral-small"]
 input = "0.10"
 output = "0.30"
+
+[alerts]
+check_secs = 1
 """
 
 
@@ -107,7 +110,10 @@ def admin_call(url, method, path, body=None, key=ADMIN):
 
 
 def seed(url):
-    """Two teams, a key each, and 40 requests through the SDK on two routes."""
+    """Two teams, a key each, and 40 requests through the SDK on two routes; then a third team
+    spends and has its budget cut below that, so its budget alerts fire (the overview lists
+    them)."""
+    import time
     admin_call(url, "POST", "/admin/teams", {"name": "search", "budget_day": "5"})
     admin_call(url, "POST", "/admin/teams", {"name": "ads"})
     keys = [admin_call(url, "POST", "/admin/keys", {"team": t, "name": f"{t}-svc", "budget_day": "1"})["key"]
@@ -116,6 +122,15 @@ def seed(url):
         client = OpenAI(base_url=f"{url}/v1", api_key=keys[i % 2], max_retries=0)
         model = "chat" if i % 4 else "other"
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"seed {i}"}])
+    interns = admin_call(url, "POST", "/admin/teams", {"name": "interns"})
+    intern = admin_call(url, "POST", "/admin/keys", {"team": "interns", "name": "intern-svc"})["key"]
+    OpenAI(base_url=f"{url}/v1", api_key=intern, max_retries=0).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "one question"}])
+    admin_call(url, "PATCH", f"/admin/teams/{interns['id']}", {"budget_day": "0.000001"})
+    deadline = time.time() + 20
+    while not any(a["alert"] == "budget" for a in admin_call(url, "GET", "/admin/alerts")["alerts"]):
+        assert time.time() < deadline, "no budget alert fired"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +199,9 @@ def test_every_page_loads_clean_and_draws_from_the_ledger(gateway, browser):
     points = w.page.eval_on_selector_all("figure.chart", "els => els.map(e => Number(e.dataset.points))")
     assert len(points) >= 5 and all(n > 0 for n in points[:4]), points
     assert "HHI" in w.page.inner_text("#page")
+    # The alerts firing: the interns team's budget, at 80% and at 100%.
+    alerts = w.page.inner_text("#alerts")
+    assert "Alerts firing: 2" in alerts and "team interns" in alerts and "budget" in alerts, alerts
     # Routes show each deployment's live state; usage adds up to the seeded requests.
     w.open("routes")
     assert "up/gpt-4o-mini" in w.page.inner_text("#page") and "healthy" in w.page.inner_text("#page")

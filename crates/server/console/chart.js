@@ -23,6 +23,8 @@ function fmtTick(v) {
   if (v >= 1e6) return `${(v / 1e6).toFixed(1)}M`;
   if (v >= 1e3) return `${(v / 1e3).toFixed(1)}k`;
   if (Number.isInteger(v)) return String(v);
+  // Small amounts (USD per bucket) in millionths, so the axis label fits its margin.
+  if (v < 0.001) return `${Number((v * 1e6).toPrecision(3))}µ`;
   return v < 0.01 ? v.toPrecision(2) : v.toFixed(v < 1 ? 3 : 1);
 }
 

@@ -24,7 +24,9 @@ export async function overview(root) {
       h('option', { value: v, selected: v === 24 }, l)));
   const body = h('div', { class: 'grid' });
   const dep = h('div');
-  root.replaceChildren(h('h1', {}, 'Overview'), h('div', { class: 'toolbar' }, by, span), body, dep);
+  const alerts = h('div', { id: 'alerts' });
+  root.replaceChildren(h('h1', {}, 'Overview'), alerts, h('div', { class: 'toolbar' }, by, span), body, dep);
+  if (session.role !== 'team_admin') await drawAlerts(alerts);
   if (!session.features.governance) {
     body.replaceChildren(notice('Traffic over time, spend and the dependency index read the ledger: add a [governance] section to the config. The Routes page shows the live state meanwhile.'));
     return;
@@ -59,6 +61,26 @@ export async function overview(root) {
   by.addEventListener('change', draw);
   span.addEventListener('change', draw);
   await draw();
+}
+
+/** The alerts firing now (budgets, breakers, readiness, dependency, stores). */
+async function drawAlerts(box) {
+  try {
+    const a = await get('/admin/alerts');
+    const where = a.webhook ? 'also posted to the webhook' : 'no webhook configured';
+    if (!a.alerts.length) {
+      box.replaceChildren(notice(`No alert is firing (checked every ${a.check_secs} s; ${where}).`, 'ok'));
+      return;
+    }
+    box.replaceChildren(card(`Alerts firing: ${a.alerts.length}`,
+      h('p', { class: 'hint' }, `Checked every ${a.check_secs} s; ${where}.`),
+      table([
+        { label: 'Since', value: (r) => fmtTime(r.started_at_ms) },
+        { label: 'Alert', value: (r) => h('span', { class: 'bad' }, r.alert) },
+        { label: 'Subject', value: (r) => r.subject },
+        { label: 'What', value: (r) => r.summary },
+      ], a.alerts)));
+  } catch (e) { failure(box, e); }
 }
 
 export async function routes(root) {

@@ -190,6 +190,20 @@ impl Alerting {
         }
     }
 
+    /// The alerts firing now, oldest first, as `GET /admin/alerts` lists them.
+    pub(crate) fn list(&self) -> Vec<Value> {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<&Active> = active.values().collect();
+        list.sort_by_key(|a| a.since_ms);
+        list.iter()
+            .map(|a| {
+                json!({"alert": a.alert.kind, "id": a.alert.id, "subject": a.alert.subject,
+                    "summary": a.alert.summary, "details": a.alert.details,
+                    "started_at_ms": a.since_ms})
+            })
+            .collect()
+    }
+
     pub(crate) fn render(&self, p: &mut Prom) {
         p.family(
             "relais_alert_active",
@@ -389,7 +403,12 @@ async fn budgets(live: &Live) -> Result<Vec<Alert>, String> {
                 id: format!("budget:{id}:{period}:{threshold}"),
                 subject: format!("{what} {name}"),
                 summary: format!(
-                    "{what} '{name}' has spent {percent:.0}% of its {period} budget (USD {} of {})",
+                    "{what} '{name}' is at {threshold}% of its {} budget: USD {} of {} spent ({percent:.0}%)",
+                    match period {
+                        "day" => "daily",
+                        "month" => "monthly",
+                        _ => "total",
+                    },
                     usd(spent),
                     usd(budget)
                 ),

@@ -1,5 +1,6 @@
 //! The admin API under `/admin/`: keys and teams, usage and the ledger, readiness, promotion,
-//! drills, the dependency index, the routes' live state and the OpenAPI document. Its own
+//! drills, the dependency index, the routes' live state, the alerts firing and the OpenAPI
+//! document. Its own
 //! router, with the admin credential checked once in front of every endpoint
 //! (`admin.key`, and a client certificate when `admin.require_client_cert` is set).
 //!
@@ -39,7 +40,7 @@ use planb::{
     admin_dependency, admin_drill, admin_drill_stop, admin_drills, admin_promote, admin_readiness,
 };
 use requests::{admin_requests, admin_series};
-use routes::admin_routes;
+use routes::{admin_alerts, admin_routes};
 use session::{admin_session, sign_in, sign_out};
 use usage::{admin_ledger, admin_usage};
 
@@ -50,6 +51,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let guarded = Router::new()
         .route("/admin/session", get(admin_session))
         .route("/admin/routes", get(admin_routes))
+        .route("/admin/alerts", get(admin_alerts))
         .route("/admin/teams", get(admin_teams).post(admin_teams))
         .route("/admin/teams/{id}", axum::routing::patch(admin_team))
         .route("/admin/teams/{id}/{action}", post(admin_team_action))

@@ -59,3 +59,19 @@ pub(crate) async fn admin_routes(Admin { live, headers, .. }: Admin) -> Response
     let body = serde_json::json!({ "routes": routes }).to_string();
     plain(&headers, StatusCode::OK, "application/json", body)
 }
+
+/// `GET /admin/alerts`: the alerts firing now (see [`crate::alerts`]), and whether a webhook
+/// receives them.
+pub(crate) async fn admin_alerts(
+    Admin {
+        app, live, headers, ..
+    }: Admin,
+) -> Response {
+    let body = serde_json::json!({
+        "alerts": app.alerting.list(),
+        "webhook": live.runtime.alerts.webhook_url.is_some(),
+        "check_secs": live.runtime.alerts.check_secs,
+    })
+    .to_string();
+    plain(&headers, StatusCode::OK, "application/json", body)
+}

@@ -84,7 +84,7 @@ fn documented() -> Vec<(String, String)> {
         .into_iter()
         .filter(|(_, p)| p.starts_with("/admin/") && !p.starts_with("/admin/sign-"))
         .collect();
-    assert_eq!(out.len(), 25, "{out:?}");
+    assert_eq!(out.len(), 26, "{out:?}");
     out
 }
 
