@@ -23,5 +23,5 @@ pub use request::{
     CacheControl, ChatRequest, ContentPart, ImageSource, Message, Reasoning, ResponseFormat, Role,
     Tool, ToolChoice,
 };
-pub use secret::{Secret, clip, redact, redact_error};
+pub use secret::{Secret, clip, hex, redact, redact_error};
 pub use usage::{Price, Usage};

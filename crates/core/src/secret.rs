@@ -72,6 +72,17 @@ pub fn redact(message: &str, secrets: &[&Secret]) -> String {
     result
 }
 
+/// Lowercase hex of `bytes` (key hashes, signatures, nonces).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
 /// Cut `text` to at most `max` bytes (at a character boundary), marked with `...` when cut.
 pub fn clip(text: &mut String, max: usize) {
     if text.len() > max {
@@ -113,6 +124,12 @@ fn looks_like_key(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_and_whole() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn masked_never_shows_whole_key() {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use relais_core::{Error, ErrorKind, Secret, Side};
+use relais_core::{Error, ErrorKind, Secret, Side, hex};
 use relais_state::{KeyStore, Limits, Reach, StoreError, StoredKey, Team};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,16 +26,6 @@ const SHOWN: usize = 10;
 /// Lowercase hex SHA-256 of a presented key: what the store keeps.
 pub fn hash_key(key: &str) -> String {
     hex(digest::digest(&digest::SHA256, key.as_bytes()).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
 }
 
 fn random_hex(n: usize) -> Result<String, Error> {

@@ -12,7 +12,7 @@
 //! - Scope `{yyyymmdd}/{region}/bedrock/aws4_request`: the signing name is `bedrock`, not the
 //!   endpoint prefix `bedrock-runtime`.
 
-use relais_core::Secret;
+use relais_core::{Secret, hex};
 use ring::{digest, hmac};
 
 /// The service name in the credential scope (`signingName` in the service model).
@@ -198,17 +198,6 @@ pub(crate) fn uri_encode(input: &str, keep_slash: bool) -> String {
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(digest::digest(&digest::SHA256, bytes).as_ref())
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(LOWER_HEX[usize::from(b >> 4)]));
-        out.push(char::from(LOWER_HEX[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a time in seconds since the epoch, UTC.
@@ -414,8 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_lowercase() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    fn sha256_hex_is_lowercase() {
         assert_eq!(
             sha256_hex(b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

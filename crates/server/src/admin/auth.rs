@@ -17,7 +17,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, Method};
-use relais_core::{Error, ErrorKind, Side};
+use relais_core::{Error, ErrorKind, Side, hex};
 use ring::hmac;
 
 use crate::config::{AdminAccess, AdminCredential, Role};
@@ -58,14 +58,6 @@ struct Session<'a> {
     credential: &'a AdminCredential,
     expires: u64,
     nonce: &'a str,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn unhex(s: &str) -> Option<String> {
