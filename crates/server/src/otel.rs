@@ -44,6 +44,8 @@ pub(crate) struct OtelStats {
 pub(crate) struct Tracer {
     config: OtelConfig,
     tx: mpsc::Sender<Msg>,
+    /// Wakes the exporter before its tick when the queue is half full.
+    wake: Arc<tokio::sync::Notify>,
     pub(crate) stats: Arc<OtelStats>,
 }
 
@@ -103,6 +105,7 @@ impl Tracer {
         }
         let stats = previous.map_or_else(Arc::default, |p| p.stats.clone());
         let (tx, rx) = mpsc::channel(config.queue_size);
+        let wake = Arc::new(tokio::sync::Notify::new());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let exporter = Exporter {
                 url: traces_url(config.endpoint.expose()),
@@ -111,22 +114,21 @@ impl Tracer {
                 timeout: Duration::from_secs(config.timeout_secs),
                 batch: config.batch_size,
                 flush: Duration::from_millis(config.flush_ms.max(1)),
-                resource: json!([
-                    kv("service.name", &Attr::S(config.service_name.clone())),
-                    kv(
-                        "service.version",
-                        &Attr::S(env!("CARGO_PKG_VERSION").into())
-                    ),
-                    kv("telemetry.sdk.name", &Attr::S("relais".into())),
-                    kv("telemetry.sdk.language", &Attr::S("rust".into())),
+                resource: encode_resource(&[
+                    ("service.name", Attr::S(config.service_name.clone())),
+                    ("service.version", Attr::S(env!("CARGO_PKG_VERSION").into())),
+                    ("telemetry.sdk.name", Attr::S("relais".into())),
+                    ("telemetry.sdk.language", Attr::S("rust".into())),
                 ]),
                 stats: stats.clone(),
+                wake: wake.clone(),
             };
             handle.spawn(exporter.run(rx));
         }
         Arc::new(Self {
             config: config.clone(),
             tx,
+            wake,
             stats,
         })
     }
@@ -157,6 +159,9 @@ impl Tracer {
         let n = spans.len() as u64;
         if self.tx.try_send(Msg::Spans(spans)).is_err() {
             self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
+        } else if self.tx.capacity() * 2 < self.tx.max_capacity() {
+            // Half full: export now rather than at the next tick.
+            self.wake.notify_one();
         }
     }
 
@@ -166,6 +171,7 @@ impl Tracer {
         let (done, wait) = tokio::sync::oneshot::channel();
         let flushed = async {
             if self.tx.send(Msg::Flush(done)).await.is_ok() {
+                self.wake.notify_one();
                 let _ = wait.await;
             }
         };
@@ -240,53 +246,127 @@ pub(crate) struct Span {
     error: Option<String>,
 }
 
-fn kv(key: &str, value: &Attr) -> Value {
-    let v = match value {
-        Attr::S(s) => json!({ "stringValue": s }),
+/// A JSON string literal (quoted, escaped) appended to `out`.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// One OTLP `KeyValue` appended to `out`, written directly: no `Value` tree is built (the
+/// export path encodes every span of every sampled request).
+fn write_kv(out: &mut Vec<u8>, key: &str, value: &Attr) {
+    use std::io::Write;
+    out.extend_from_slice(b"{\"key\":");
+    json_str(out, key);
+    out.extend_from_slice(b",\"value\":{");
+    match value {
+        Attr::S(s) => {
+            out.extend_from_slice(b"\"stringValue\":");
+            json_str(out, s);
+        }
         // proto3's JSON mapping writes 64-bit integers as strings.
-        Attr::I(i) => json!({ "intValue": i.to_string() }),
-        Attr::F(f) => json!({ "doubleValue": f }),
-        Attr::B(b) => json!({ "boolValue": b }),
-        Attr::A(items) => json!({ "arrayValue": { "values":
-            items.iter().map(|s| json!({ "stringValue": s })).collect::<Vec<_>>() } }),
-    };
-    json!({ "key": key, "value": v })
+        Attr::I(i) => {
+            let _ = write!(out, "\"intValue\":\"{i}\"");
+        }
+        Attr::F(f) if f.is_finite() => {
+            let _ = write!(out, "\"doubleValue\":{f}");
+        }
+        Attr::F(_) => out.extend_from_slice(b"\"stringValue\":\"NaN\""),
+        Attr::B(b) => {
+            let _ = write!(out, "\"boolValue\":{b}");
+        }
+        Attr::A(items) => {
+            out.extend_from_slice(b"\"arrayValue\":{\"values\":[");
+            for (i, s) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"stringValue\":");
+                json_str(out, s);
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+    out.extend_from_slice(b"}}");
 }
 
 impl Span {
-    fn to_json(&self) -> Value {
-        let mut span = json!({
-            "traceId": format!("{:032x}", self.trace_id),
-            "spanId": format!("{:016x}", self.span_id),
-            "name": self.name,
-            "kind": self.kind,
-            "startTimeUnixNano": self.start_ns.to_string(),
-            "endTimeUnixNano": self.end_ns.to_string(),
-            "attributes": self.attrs.iter().map(|(k, v)| kv(k, v)).collect::<Vec<_>>(),
-            "status": match &self.error {
-                Some(m) => json!({ "code": 2, "message": m }),
-                None => json!({ "code": 1 }),
-            },
-        });
-        if let (Some(p), Some(obj)) = (self.parent, span.as_object_mut()) {
-            obj.insert("parentSpanId".into(), Value::String(format!("{p:016x}")));
+    /// The span as an OTLP JSON `Span` object, appended to `out`.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "{{\"traceId\":\"{:032x}\",\"spanId\":\"{:016x}\",",
+            self.trace_id, self.span_id
+        );
+        if let Some(p) = self.parent {
+            let _ = write!(out, "\"parentSpanId\":\"{p:016x}\",");
         }
-        span
+        out.extend_from_slice(b"\"name\":");
+        json_str(out, &self.name);
+        let _ = write!(
+            out,
+            ",\"kind\":{},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+            self.kind, self.start_ns, self.end_ns
+        );
+        for (i, (k, v)) in self.attrs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_kv(out, k, v);
+        }
+        out.extend_from_slice(b"],\"status\":");
+        match &self.error {
+            Some(m) => {
+                out.extend_from_slice(b"{\"code\":2,\"message\":");
+                json_str(out, m);
+                out.push(b'}');
+            }
+            None => out.extend_from_slice(b"{\"code\":1}"),
+        }
+        out.push(b'}');
     }
 }
 
-/// Encode spans as one OTLP `ExportTraceServiceRequest` (JSON).
-fn encode(resource: &Value, spans: &[Span]) -> Vec<u8> {
-    let body = json!({
-        "resourceSpans": [{
-            "resource": { "attributes": resource },
-            "scopeSpans": [{
-                "scope": { "name": "relais", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans.iter().map(Span::to_json).collect::<Vec<_>>(),
-            }],
-        }],
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+/// Spans encoded between two yields to the runtime: a large batch never holds a worker for
+/// long (on a one-core gateway that would be the requests' tail latency).
+const ENCODE_CHUNK: usize = 32;
+
+/// Encode spans as one OTLP `ExportTraceServiceRequest` (JSON), yielding between chunks.
+async fn encode(resource: &[u8], spans: &[Span]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + spans.len() * 640);
+    out.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":");
+    out.extend_from_slice(resource);
+    out.extend_from_slice(b"},\"scopeSpans\":[{\"scope\":{\"name\":\"relais\",\"version\":");
+    json_str(&mut out, env!("CARGO_PKG_VERSION"));
+    out.extend_from_slice(b"},\"spans\":[");
+    for (n, chunk) in spans.chunks(ENCODE_CHUNK).enumerate() {
+        if n > 0 {
+            tokio::task::yield_now().await;
+        }
+        for (i, s) in chunk.iter().enumerate() {
+            if n > 0 || i > 0 {
+                out.push(b',');
+            }
+            s.write_json(&mut out);
+        }
+    }
+    out.extend_from_slice(b"]}]}]}");
+    out
+}
+
+/// The resource's attributes, encoded once per exporter.
+fn encode_resource(attrs: &[(&str, Attr)]) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_kv(&mut out, k, v);
+    }
+    out.push(b']');
+    out
 }
 
 struct Exporter {
@@ -296,43 +376,47 @@ struct Exporter {
     timeout: Duration,
     batch: usize,
     flush: Duration,
-    resource: Value,
+    resource: Vec<u8>,
     stats: Arc<OtelStats>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Exporter {
-    /// Batch and send until every sender is gone (the config was replaced), then send what is
-    /// left and stop.
+    /// Every `flush_ms` (sooner when the queue is half full or a flush is asked for), take
+    /// everything queued and send it in batches of `batch_size`; stop once every sender is gone
+    /// (the config was replaced) and the queue is empty.
+    ///
+    /// The task never waits on the queue itself: a request queuing its spans wakes nobody
+    /// (one task wake-up per request would cost as much as encoding its spans).
     async fn run(self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Span> = Vec::new();
+        let mut flushed = Vec::new();
         loop {
-            match rx.recv().await {
-                None => return,
-                Some(Msg::Flush(done)) => {
-                    let _ = done.send(());
-                    continue;
-                }
-                Some(Msg::Spans(first)) => batch.extend(first),
+            tokio::select! {
+                () = tokio::time::sleep(self.flush) => {}
+                () = self.wake.notified() => {}
             }
-            let deadline = tokio::time::Instant::now() + self.flush;
             let mut closed = false;
-            let mut flushed = None;
-            while batch.len() < self.batch {
-                tokio::select! {
-                    more = rx.recv() => match more {
-                        Some(Msg::Spans(spans)) => batch.extend(spans),
-                        Some(Msg::Flush(done)) => { flushed = Some(done); break; }
-                        None => { closed = true; break; }
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Spans(spans)) => batch.extend(spans),
+                    Ok(Msg::Flush(done)) => flushed.push(done),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+                if batch.len() >= self.batch {
+                    let chunk: Vec<Span> = batch.drain(..).collect();
+                    self.send(&chunk).await;
                 }
             }
-            while !batch.is_empty() {
-                let n = batch.len().min(self.batch);
-                let chunk: Vec<Span> = batch.drain(..n).collect();
+            if !batch.is_empty() {
+                let chunk: Vec<Span> = batch.drain(..).collect();
                 self.send(&chunk).await;
             }
-            if let Some(done) = flushed {
+            for done in flushed.drain(..) {
                 let _ = done.send(());
             }
             if closed {
@@ -343,7 +427,7 @@ impl Exporter {
 
     /// One export, tried up to three times (0.2 s, then 0.8 s apart) when the failure may pass.
     async fn send(&self, spans: &[Span]) {
-        let body = bytes::Bytes::from(encode(&self.resource, spans));
+        let body = bytes::Bytes::from(encode(&self.resource, spans).await);
         let mut wait = Duration::from_millis(200);
         for attempt in 0..3 {
             let mut rb = self
@@ -747,36 +831,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn spans_encode_as_otlp_json() {
-        let span = Span {
+    #[tokio::test]
+    async fn spans_encode_as_otlp_json() {
+        let span = |i: u64| Span {
             trace_id: 1,
-            span_id: 2,
+            span_id: i,
             parent: Some(3),
-            name: "chat m".into(),
+            name: "chat \"m\"\n\u{e9}".into(),
             kind: 3,
             start_ns: 10,
             end_ns: 20,
             attrs: vec![
                 ("a", Attr::S("x".into())),
-                ("b", Attr::I(5)),
-                ("c", Attr::A(vec!["stop".into()])),
+                ("b", Attr::I(-5)),
+                ("c", Attr::A(vec!["stop".into(), "length".into()])),
+                ("d", Attr::F(0.25)),
+                ("e", Attr::B(true)),
             ],
-            error: Some("boom".into()),
+            error: (i == 2).then(|| "boom".into()),
         };
-        let body: Value = serde_json::from_slice(&encode(&json!([]), &[span])).unwrap();
-        let s = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        let spans: Vec<Span> = (1..=70).map(span).collect();
+        let resource = encode_resource(&[("service.name", Attr::S("relais".into()))]);
+        let body: Value = serde_json::from_slice(&encode(&resource, &spans).await).unwrap();
+        let rs = &body["resourceSpans"][0];
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "relais"
+        );
+        let all = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+        assert_eq!(all.len(), 70);
+        let s = &all[1];
         assert_eq!(s["traceId"], "00000000000000000000000000000001");
         assert_eq!(s["spanId"], "0000000000000002");
         assert_eq!(s["parentSpanId"], "0000000000000003");
+        assert_eq!(s["name"], "chat \"m\"\n\u{e9}");
+        assert_eq!(s["kind"], 3);
         assert_eq!(s["startTimeUnixNano"], "10");
-        assert_eq!(s["attributes"][1]["value"]["intValue"], "5");
+        assert_eq!(s["attributes"][1]["value"]["intValue"], "-5");
         assert_eq!(
-            s["attributes"][2]["value"]["arrayValue"]["values"][0]["stringValue"],
-            "stop"
+            s["attributes"][2]["value"]["arrayValue"]["values"][1]["stringValue"],
+            "length"
         );
+        assert_eq!(s["attributes"][3]["value"]["doubleValue"], 0.25);
+        assert_eq!(s["attributes"][4]["value"]["boolValue"], true);
         assert_eq!(s["status"]["code"], 2);
         assert_eq!(s["status"]["message"], "boom");
+        assert_eq!(all[0]["status"]["code"], 1);
+        assert!(all[0]["status"].get("message").is_none());
     }
 
     #[test]
