@@ -51,7 +51,8 @@ pub(crate) struct Tracer {
 
 /// What the exporter task is sent: a request's spans, or "send what you hold now" (at exit).
 enum Msg {
-    Spans(Vec<Span>),
+    /// A request's spans, encoded (comma-separated JSON objects), and how many.
+    Spans(Vec<u8>, u64),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -114,12 +115,7 @@ impl Tracer {
                 timeout: Duration::from_secs(config.timeout_secs),
                 batch: config.batch_size,
                 flush: Duration::from_millis(config.flush_ms.max(1)),
-                resource: encode_resource(&[
-                    ("service.name", Attr::S(config.service_name.clone())),
-                    ("service.version", Attr::S(env!("CARGO_PKG_VERSION").into())),
-                    ("telemetry.sdk.name", Attr::S("relais".into())),
-                    ("telemetry.sdk.language", Attr::S("rust".into())),
-                ]),
+                resource: encode_resource(&config.service_name),
                 stats: stats.clone(),
                 wake: wake.clone(),
             };
@@ -155,9 +151,8 @@ impl Tracer {
     }
 
     /// Queue a request's spans; dropped and counted when the queue is full.
-    fn submit(&self, spans: Vec<Span>) {
-        let n = spans.len() as u64;
-        if self.tx.try_send(Msg::Spans(spans)).is_err() {
+    fn submit(&self, spans: Vec<u8>, n: u64) {
+        if self.tx.try_send(Msg::Spans(spans, n)).is_err() {
             self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
         } else if self.tx.capacity() * 2 < self.tx.max_capacity() {
             // Half full: export now rather than at the next tick.
@@ -220,30 +215,12 @@ impl Tracer {
     }
 }
 
-/// An attribute value.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Attr {
-    S(String),
-    I(i64),
-    F(f64),
-    B(bool),
-    A(Vec<String>),
-}
-
-/// A finished span, ready to encode.
-#[derive(Debug, Clone)]
-pub(crate) struct Span {
-    trace_id: u128,
-    span_id: u64,
-    parent: Option<u64>,
-    name: String,
-    /// OTLP `SpanKind`: 2 server, 3 client.
-    kind: u8,
-    start_ns: u64,
-    end_ns: u64,
-    attrs: Vec<(&'static str, Attr)>,
-    /// An error status with its message.
-    error: Option<String>,
+/// Lowercase hex of `v`'s `digits` low nibbles, appended (trace and span ids).
+fn push_hex(out: &mut Vec<u8>, v: u128, digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
+    }
 }
 
 /// A JSON string literal (quoted, escaped) appended to `out`.
@@ -252,120 +229,172 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// One OTLP `KeyValue` appended to `out`, written directly: no `Value` tree is built (the
-/// export path encodes every span of every sampled request).
-fn write_kv(out: &mut Vec<u8>, key: &str, value: &Attr) {
+fn push_num(out: &mut Vec<u8>, n: impl std::fmt::Display) {
     use std::io::Write;
-    out.extend_from_slice(b"{\"key\":");
-    json_str(out, key);
-    out.extend_from_slice(b",\"value\":{");
-    match value {
-        Attr::S(s) => {
-            out.extend_from_slice(b"\"stringValue\":");
-            json_str(out, s);
-        }
-        // proto3's JSON mapping writes 64-bit integers as strings.
-        Attr::I(i) => {
-            let _ = write!(out, "\"intValue\":\"{i}\"");
-        }
-        Attr::F(f) if f.is_finite() => {
-            let _ = write!(out, "\"doubleValue\":{f}");
-        }
-        Attr::F(_) => out.extend_from_slice(b"\"stringValue\":\"NaN\""),
-        Attr::B(b) => {
-            let _ = write!(out, "\"boolValue\":{b}");
-        }
-        Attr::A(items) => {
-            out.extend_from_slice(b"\"arrayValue\":{\"values\":[");
-            for (i, s) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"stringValue\":");
-                json_str(out, s);
-                out.push(b'}');
-            }
-            out.extend_from_slice(b"]}");
-        }
-    }
-    out.extend_from_slice(b"}}");
+    let _ = write!(out, "{n}");
 }
 
-impl Span {
-    /// The span as an OTLP JSON `Span` object, appended to `out`.
-    fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "{{\"traceId\":\"{:032x}\",\"spanId\":\"{:016x}\",",
-            self.trace_id, self.span_id
-        );
-        if let Some(p) = self.parent {
-            let _ = write!(out, "\"parentSpanId\":\"{p:016x}\",");
+/// Writes one OTLP JSON `Span` straight into a buffer: the request path builds no tree of
+/// values and allocates nothing per attribute (every sampled request writes its spans).
+struct SpanWriter<'a> {
+    out: &'a mut Vec<u8>,
+    attrs: usize,
+}
+
+/// The identity and timing of a span to write.
+struct SpanHead<'a> {
+    trace_id: u128,
+    span_id: u64,
+    parent: Option<u64>,
+    /// `{operation} {model}`, as the GenAI conventions name spans.
+    operation: &'a str,
+    model: &'a str,
+    /// OTLP `SpanKind`: 2 server, 3 client.
+    kind: u8,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+impl<'a> SpanWriter<'a> {
+    /// Start a span (a `,` first when `out` already holds one).
+    fn start(out: &'a mut Vec<u8>, h: &SpanHead<'_>) -> Self {
+        if out.last().is_some_and(|b| *b == b'}') {
+            out.push(b',');
         }
-        out.extend_from_slice(b"\"name\":");
-        json_str(out, &self.name);
-        let _ = write!(
-            out,
-            ",\"kind\":{},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
-            self.kind, self.start_ns, self.end_ns
-        );
-        for (i, (k, v)) in self.attrs.iter().enumerate() {
+        out.extend_from_slice(b"{\"traceId\":\"");
+        push_hex(out, h.trace_id, 32);
+        out.extend_from_slice(b"\",\"spanId\":\"");
+        push_hex(out, u128::from(h.span_id), 16);
+        if let Some(p) = h.parent {
+            out.extend_from_slice(b"\",\"parentSpanId\":\"");
+            push_hex(out, u128::from(p), 16);
+        }
+        out.extend_from_slice(b"\",\"name\":");
+        let name_len = h.operation.len() + 1 + h.model.len();
+        if name_len < 256 {
+            let mut name = [0u8; 256];
+            name[..h.operation.len()].copy_from_slice(h.operation.as_bytes());
+            name[h.operation.len()] = b' ';
+            name[h.operation.len() + 1..name_len].copy_from_slice(h.model.as_bytes());
+            json_str(
+                out,
+                std::str::from_utf8(&name[..name_len]).unwrap_or(h.operation),
+            );
+        } else {
+            json_str(out, &format!("{} {}", h.operation, h.model));
+        }
+        out.extend_from_slice(b",\"kind\":");
+        push_num(out, h.kind);
+        out.extend_from_slice(b",\"startTimeUnixNano\":\"");
+        push_num(out, h.start_ns);
+        out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
+        push_num(out, h.end_ns);
+        out.extend_from_slice(b"\",\"attributes\":[");
+        Self { out, attrs: 0 }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.attrs > 0 {
+            self.out.push(b',');
+        }
+        self.attrs += 1;
+        self.out.extend_from_slice(b"{\"key\":");
+        json_str(self.out, key);
+        self.out.extend_from_slice(b",\"value\":{");
+    }
+
+    fn str(&mut self, key: &str, v: &str) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(b"\"stringValue\":");
+        json_str(self.out, v);
+        self.out.extend_from_slice(b"}}");
+        self
+    }
+
+    /// proto3's JSON mapping writes 64-bit integers as strings.
+    fn int(&mut self, key: &str, v: i64) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(b"\"intValue\":\"");
+        push_num(self.out, v);
+        self.out.extend_from_slice(b"\"}}");
+        self
+    }
+
+    fn float(&mut self, key: &str, v: f64) -> &mut Self {
+        if v.is_finite() {
+            self.key(key);
+            self.out.extend_from_slice(b"\"doubleValue\":");
+            push_num(self.out, v);
+            self.out.extend_from_slice(b"}}");
+        }
+        self
+    }
+
+    fn bool(&mut self, key: &str, v: bool) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(if v {
+            b"\"boolValue\":true}}"
+        } else {
+            b"\"boolValue\":false}}"
+        });
+        self
+    }
+
+    fn strs(&mut self, key: &str, items: &[&str]) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(b"\"arrayValue\":{\"values\":[");
+        for (i, s) in items.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                self.out.push(b',');
             }
-            write_kv(out, k, v);
+            self.out.extend_from_slice(b"{\"stringValue\":");
+            json_str(self.out, s);
+            self.out.push(b'}');
         }
-        out.extend_from_slice(b"],\"status\":");
-        match &self.error {
+        self.out.extend_from_slice(b"]}}}");
+        self
+    }
+
+    /// Close the span with status OK, or ERROR and its message.
+    fn end(self, error: Option<&str>) {
+        self.out.extend_from_slice(b"],\"status\":");
+        match error {
             Some(m) => {
-                out.extend_from_slice(b"{\"code\":2,\"message\":");
-                json_str(out, m);
-                out.push(b'}');
+                self.out.extend_from_slice(b"{\"code\":2,\"message\":");
+                json_str(self.out, m);
+                self.out.extend_from_slice(b"}}");
             }
-            None => out.extend_from_slice(b"{\"code\":1}"),
+            None => self.out.extend_from_slice(b"{\"code\":1}}"),
         }
-        out.push(b'}');
     }
 }
 
-/// Spans encoded between two yields to the runtime: a large batch never holds a worker for
-/// long (on a one-core gateway that would be the requests' tail latency).
-const ENCODE_CHUNK: usize = 32;
+/// The resource's attributes as a JSON array, encoded once per exporter.
+fn encode_resource(service: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = SpanWriter {
+        out: &mut out,
+        attrs: 0,
+    };
+    w.out.push(b'[');
+    w.str("service.name", service)
+        .str("service.version", env!("CARGO_PKG_VERSION"))
+        .str("telemetry.sdk.name", "relais")
+        .str("telemetry.sdk.language", "rust");
+    out.push(b']');
+    out
+}
 
-/// Encode spans as one OTLP `ExportTraceServiceRequest` (JSON), yielding between chunks.
-async fn encode(resource: &[u8], spans: &[Span]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + spans.len() * 640);
+/// One OTLP `ExportTraceServiceRequest` (JSON) around spans already encoded.
+fn export_body(resource: &[u8], spans: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + resource.len() + spans.len());
     out.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":");
     out.extend_from_slice(resource);
     out.extend_from_slice(b"},\"scopeSpans\":[{\"scope\":{\"name\":\"relais\",\"version\":");
     json_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.extend_from_slice(b"},\"spans\":[");
-    for (n, chunk) in spans.chunks(ENCODE_CHUNK).enumerate() {
-        if n > 0 {
-            tokio::task::yield_now().await;
-        }
-        for (i, s) in chunk.iter().enumerate() {
-            if n > 0 || i > 0 {
-                out.push(b',');
-            }
-            s.write_json(&mut out);
-        }
-    }
+    out.extend_from_slice(spans);
     out.extend_from_slice(b"]}]}]}");
-    out
-}
-
-/// The resource's attributes, encoded once per exporter.
-fn encode_resource(attrs: &[(&str, Attr)]) -> Vec<u8> {
-    let mut out = vec![b'['];
-    for (i, (k, v)) in attrs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_kv(&mut out, k, v);
-    }
-    out.push(b']');
     out
 }
 
@@ -389,7 +418,8 @@ impl Exporter {
     /// The task never waits on the queue itself: a request queuing its spans wakes nobody
     /// (one task wake-up per request would cost as much as encoding its spans).
     async fn run(self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Span> = Vec::new();
+        let mut batch: Vec<u8> = Vec::new();
+        let mut count: u64 = 0;
         let mut flushed = Vec::new();
         loop {
             tokio::select! {
@@ -399,7 +429,13 @@ impl Exporter {
             let mut closed = false;
             loop {
                 match rx.try_recv() {
-                    Ok(Msg::Spans(spans)) => batch.extend(spans),
+                    Ok(Msg::Spans(spans, n)) => {
+                        if count > 0 {
+                            batch.push(b',');
+                        }
+                        batch.extend_from_slice(&spans);
+                        count += n;
+                    }
                     Ok(Msg::Flush(done)) => flushed.push(done),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -407,15 +443,19 @@ impl Exporter {
                         break;
                     }
                 }
-                if batch.len() >= self.batch {
-                    let chunk: Vec<Span> = batch.drain(..).collect();
-                    self.send(&chunk).await;
+                if count >= self.batch as u64 {
+                    self.send(&batch, count).await;
+                    batch.clear();
+                    count = 0;
                 }
             }
-            if !batch.is_empty() {
-                let chunk: Vec<Span> = batch.drain(..).collect();
-                self.send(&chunk).await;
+            if count > 0 {
+                self.send(&batch, count).await;
+                batch.clear();
+                count = 0;
             }
+            // A burst leaves a large buffer behind: give it back.
+            batch.shrink_to(64 * 1024);
             for done in flushed.drain(..) {
                 let _ = done.send(());
             }
@@ -426,8 +466,8 @@ impl Exporter {
     }
 
     /// One export, tried up to three times (0.2 s, then 0.8 s apart) when the failure may pass.
-    async fn send(&self, spans: &[Span]) {
-        let body = bytes::Bytes::from(encode(&self.resource, spans).await);
+    async fn send(&self, spans: &[u8], count: u64) {
+        let body = bytes::Bytes::from(export_body(&self.resource, spans));
         let mut wait = Duration::from_millis(200);
         for attempt in 0..3 {
             let mut rb = self
@@ -441,9 +481,7 @@ impl Exporter {
             let outcome = rb.body(body.clone()).send().await;
             let retry = match outcome {
                 Ok(r) if r.status().is_success() => {
-                    self.stats
-                        .exported
-                        .fetch_add(spans.len() as u64, Ordering::Relaxed);
+                    self.stats.exported.fetch_add(count, Ordering::Relaxed);
                     return;
                 }
                 Ok(r) => {
@@ -465,9 +503,9 @@ impl Exporter {
         }
         self.stats
             .dropped_failed
-            .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            .fetch_add(count, Ordering::Relaxed);
         tracing::warn!(
-            spans = spans.len(),
+            spans = count,
             "OTLP export failed: spans dropped (see relais_otel_spans_dropped_total)"
         );
     }
@@ -557,20 +595,29 @@ fn finish_name(f: FinishReason) -> &'static str {
 }
 
 /// `gen_ai.provider.name` for a deployment (the semantic conventions' well-known values).
-fn provider_name(d: &Deployment) -> String {
+fn provider_name(d: &Deployment) -> &str {
     match d.provider.kind() {
-        "azure" => "azure.ai.openai".into(),
-        "bedrock" => "aws.bedrock".into(),
-        "gemini" => "gcp.gemini".into(),
-        "vertex" => "gcp.vertex_ai".into(),
-        "local" => "relais.local".into(),
-        "anthropic" => "anthropic".into(),
+        "azure" => "azure.ai.openai",
+        "bedrock" => "aws.bedrock",
+        "gemini" => "gcp.gemini",
+        "vertex" => "gcp.vertex_ai",
+        "local" => "relais.local",
+        "anthropic" => "anthropic",
         _ => match d.vendor.as_str() {
-            "mistral" => "mistral_ai".into(),
-            "xai" => "x_ai".into(),
-            v => v.to_owned(),
+            "mistral" => "mistral_ai",
+            "xai" => "x_ai",
+            v => v,
         },
     }
+}
+
+/// What the client asked for, as the request span reports it.
+#[derive(Default)]
+struct Asked {
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stream: Option<bool>,
 }
 
 /// A sampled request's trace while it runs: what its spans will say.
@@ -581,7 +628,7 @@ pub(crate) struct RequestTrace {
     operation: &'static str,
     /// The model (route) the client asked for.
     requested: String,
-    request_attrs: Vec<(&'static str, Attr)>,
+    asked: Asked,
     input: Option<String>,
     /// Answer text, when payloads are recorded.
     output: Option<String>,
@@ -603,6 +650,10 @@ pub(crate) struct TraceEnd<'a> {
     pub(crate) live: &'a crate::live::Live,
 }
 
+fn tokens(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl RequestTrace {
     /// Start tracing a request, if `tracer` samples it; the context is returned either way so
     /// upstreams are told the trace.
@@ -617,31 +668,20 @@ impl RequestTrace {
         if !ctx.sampled {
             return (ctx, None);
         }
-        let mut request_attrs = Vec::new();
         let payloads = tracer.config.payloads;
-        let mut input = None;
-        if let Some(req) = chat {
-            if let Some(n) = req.max_output_tokens {
-                request_attrs.push(("gen_ai.request.max_tokens", Attr::I(i64::from(n))));
-            }
-            if let Some(t) = req.temperature {
-                request_attrs.push(("gen_ai.request.temperature", Attr::F(t)));
-            }
-            if let Some(p) = req.top_p {
-                request_attrs.push(("gen_ai.request.top_p", Attr::F(p)));
-            }
-            request_attrs.push(("relais.stream", Attr::B(req.stream)));
-            if payloads {
-                input = Some(input_messages(req));
-            }
-        }
+        let asked = chat.map_or_else(Asked::default, |req| Asked {
+            max_tokens: req.max_output_tokens,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            stream: Some(req.stream),
+        });
         let trace = Box::new(Self {
             tracer: tracer.clone(),
             ctx,
             operation,
             requested: requested.to_owned(),
-            request_attrs,
-            input,
+            asked,
+            input: chat.filter(|_| payloads).map(input_messages),
             output: payloads.then(String::new),
             response_id: None,
             response_model: None,
@@ -686,132 +726,155 @@ impl RequestTrace {
         }
     }
 
-    /// Build the request's spans and queue them.
+    /// The attributes every attempt span has.
+    fn attempt_attrs(&self, w: &mut SpanWriter<'_>, d: &Deployment, n: u32) {
+        w.str("gen_ai.operation.name", self.operation)
+            .str("gen_ai.provider.name", provider_name(d))
+            .str("gen_ai.request.model", &d.model)
+            .str("relais.deployment", &d.id)
+            .str("relais.vendor", &d.vendor)
+            .int("relais.attempt", i64::from(n));
+    }
+
+    /// Write the request's spans (failed attempts, the serving attempt, the request) into one
+    /// buffer and queue it.
     pub(crate) fn finish(self: Box<Self>, end: &TraceEnd<'_>) {
         let now = now_ns();
         let tokio_now = tokio::time::Instant::now();
         let at = |t: tokio::time::Instant| ns_before(now, tokio_now.saturating_duration_since(t));
         let ctx = self.ctx;
-        let mut spans = Vec::with_capacity(end.failed.len() + 2);
-        let deployment_of = |route: &str, i: usize| {
-            end.live
-                .entries
-                .get(route)
-                .and_then(|e| e.route.deployments.get(i))
-        };
-        let base = |d: &Deployment| {
-            vec![
-                ("gen_ai.operation.name", Attr::S(self.operation.into())),
-                ("gen_ai.provider.name", Attr::S(provider_name(d))),
-                ("gen_ai.request.model", Attr::S(d.model.clone())),
-                ("relais.deployment", Attr::S(d.id.clone())),
-                ("relais.vendor", Attr::S(d.vendor.clone())),
-            ]
-        };
+        let mut out = Vec::with_capacity(1024 * (end.failed.len() + 2));
         let mut n: u32 = 0;
         for f in end.failed {
-            let mut attrs = deployment_of(&f.route, f.deployment)
-                .map(base)
-                .unwrap_or_default();
-            attrs.push(("error.type", Attr::S(f.error.kind.as_str().into())));
-            if let Some(s) = f.error.upstream_status {
-                attrs.push(("http.response.status_code", Attr::I(i64::from(s))));
+            let d = end
+                .live
+                .entries
+                .get(&f.route)
+                .and_then(|e| e.route.deployments.get(f.deployment));
+            let start_ns = at(f.started);
+            let mut w = SpanWriter::start(
+                &mut out,
+                &SpanHead {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.attempt_span_id(n),
+                    parent: Some(ctx.span_id),
+                    operation: self.operation,
+                    model: d.map_or("", |d| d.model.as_str()),
+                    kind: 3,
+                    start_ns,
+                    end_ns: start_ns
+                        .saturating_add(u64::try_from(f.elapsed.as_nanos()).unwrap_or(0)),
+                },
+            );
+            if let Some(d) = d {
+                self.attempt_attrs(&mut w, d, n);
             }
-            attrs.push(("relais.attempt", Attr::I(i64::from(n))));
-            let model = deployment_of(&f.route, f.deployment).map_or("", |d| d.model.as_str());
-            let start = at(f.started);
-            spans.push(Span {
-                trace_id: ctx.trace_id,
-                span_id: ctx.attempt_span_id(n),
-                parent: Some(ctx.span_id),
-                name: format!("{} {model}", self.operation),
-                kind: 3,
-                start_ns: start,
-                end_ns: start.saturating_add(u64::try_from(f.elapsed.as_nanos()).unwrap_or(0)),
-                attrs,
-                error: Some(f.error.message.clone()),
-            });
+            w.str("error.type", f.error.kind.as_str());
+            if let Some(s) = f.error.upstream_status {
+                w.int("http.response.status_code", i64::from(s));
+            }
+            w.end(Some(&f.error.message));
             n += 1;
         }
         let request_start = ns_before(now, end.elapsed);
-        let mut req_attrs = vec![
-            ("gen_ai.operation.name", Attr::S(self.operation.into())),
-            ("gen_ai.request.model", Attr::S(self.requested.clone())),
-            ("http.response.status_code", Attr::I(i64::from(end.status))),
-            (
-                "relais.attempts",
-                Attr::I(i64::from(n) + i64::from(end.serving.is_some())),
-            ),
-        ];
-        req_attrs.extend(self.request_attrs.iter().cloned());
-        if let Some(input) = &self.input {
-            req_attrs.push(("gen_ai.input.messages", Attr::S(input.clone())));
-        }
+        let response_model = match (&self.response_model, end.serving) {
+            (Some(m), _) => Some(m.as_str()),
+            (None, Some((d, _))) => Some(d.model.as_str()),
+            (None, None) => None,
+        };
         if let Some((d, started)) = end.serving {
-            let mut attrs = base(d);
-            attrs.push(("relais.attempt", Attr::I(i64::from(n))));
-            let response_model = self
-                .response_model
-                .clone()
-                .unwrap_or_else(|| d.model.clone());
-            attrs.push(("gen_ai.response.model", Attr::S(response_model.clone())));
-            if let Some(id) = &self.response_id {
-                attrs.push(("gen_ai.response.id", Attr::S(id.clone())));
-            }
-            let mut usage_attrs = Vec::new();
-            if let Some(u) = end.usage {
-                let i = |v: u64| Attr::I(i64::try_from(v).unwrap_or(i64::MAX));
-                usage_attrs.push(("gen_ai.usage.input_tokens", i(u.input_tokens)));
-                usage_attrs.push(("gen_ai.usage.output_tokens", i(u.output_tokens)));
-            }
-            attrs.extend(usage_attrs.iter().cloned());
-            if !self.finish.is_empty() {
-                let reasons = Attr::A(self.finish.iter().map(|s| (*s).to_owned()).collect());
-                attrs.push(("gen_ai.response.finish_reasons", reasons.clone()));
-                req_attrs.push(("gen_ai.response.finish_reasons", reasons));
-            }
+            let mut w = SpanWriter::start(
+                &mut out,
+                &SpanHead {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.attempt_span_id(n),
+                    parent: Some(ctx.span_id),
+                    operation: self.operation,
+                    model: &d.model,
+                    kind: 3,
+                    start_ns: at(started).max(request_start),
+                    end_ns: now,
+                },
+            );
+            self.attempt_attrs(&mut w, d, n);
+            self.response_attrs(&mut w, response_model, end.usage);
             if let Some((class, _)) = end.error {
-                attrs.push(("error.type", Attr::S(class.into())));
+                w.str("error.type", class);
             }
-            req_attrs.push(("gen_ai.provider.name", Attr::S(provider_name(d))));
-            req_attrs.push(("gen_ai.response.model", Attr::S(response_model)));
-            req_attrs.push(("relais.deployment", Attr::S(d.id.clone())));
-            req_attrs.extend(usage_attrs);
-            if let Some(out) = &self.output {
-                let text = json!([{ "role": "assistant", "parts": [{ "type": "text", "content": redacted(out) }],
-                    "finish_reason": self.finish.first().copied().unwrap_or("stop") }]);
-                req_attrs.push(("gen_ai.output.messages", Attr::S(text.to_string())));
-            }
-            spans.push(Span {
+            w.end(end.error.map(|(_, m)| m));
+        }
+        let mut w = SpanWriter::start(
+            &mut out,
+            &SpanHead {
                 trace_id: ctx.trace_id,
-                span_id: ctx.attempt_span_id(n),
-                parent: Some(ctx.span_id),
-                name: format!("{} {}", self.operation, d.model),
-                kind: 3,
-                start_ns: at(started).max(request_start),
+                span_id: ctx.span_id,
+                parent: ctx.parent_span_id,
+                operation: self.operation,
+                model: &self.requested,
+                kind: 2,
+                start_ns: request_start,
                 end_ns: now,
-                attrs,
-                error: end.error.map(|(_, m)| m.to_owned()),
-            });
+            },
+        );
+        w.str("gen_ai.operation.name", self.operation)
+            .str("gen_ai.request.model", &self.requested)
+            .int("http.response.status_code", i64::from(end.status))
+            .int(
+                "relais.attempts",
+                i64::from(n) + i64::from(end.serving.is_some()),
+            );
+        if let Some(v) = self.asked.max_tokens {
+            w.int("gen_ai.request.max_tokens", i64::from(v));
+        }
+        if let Some(v) = self.asked.temperature {
+            w.float("gen_ai.request.temperature", v);
+        }
+        if let Some(v) = self.asked.top_p {
+            w.float("gen_ai.request.top_p", v);
+        }
+        if let Some(v) = self.asked.stream {
+            w.bool("relais.stream", v);
+        }
+        if let Some((d, _)) = end.serving {
+            w.str("gen_ai.provider.name", provider_name(d))
+                .str("relais.deployment", &d.id);
+            self.response_attrs(&mut w, response_model, end.usage);
         }
         if end.cost_pusd > 0 {
-            req_attrs.push(("relais.cost_usd", Attr::F(end.cost_pusd as f64 / 1e12)));
+            w.float("relais.cost_usd", end.cost_pusd as f64 / 1e12);
+        }
+        if let Some(input) = &self.input {
+            w.str("gen_ai.input.messages", input);
+        }
+        if let (Some(out), Some(_)) = (&self.output, end.serving) {
+            let text = json!([{ "role": "assistant",
+                "parts": [{ "type": "text", "content": redacted(out) }],
+                "finish_reason": self.finish.first().copied().unwrap_or("stop") }]);
+            w.str("gen_ai.output.messages", &text.to_string());
         }
         if let Some((class, _)) = end.error {
-            req_attrs.push(("error.type", Attr::S(class.into())));
+            w.str("error.type", class);
         }
-        spans.push(Span {
-            trace_id: ctx.trace_id,
-            span_id: ctx.span_id,
-            parent: ctx.parent_span_id,
-            name: format!("{} {}", self.operation, self.requested),
-            kind: 2,
-            start_ns: request_start,
-            end_ns: now,
-            attrs: req_attrs,
-            error: end.error.map(|(_, m)| m.to_owned()),
-        });
-        self.tracer.submit(spans);
+        w.end(end.error.map(|(_, m)| m));
+        self.tracer
+            .submit(out, u64::from(n) + u64::from(end.serving.is_some()) + 1);
+    }
+
+    /// What the vendor answered: model, id, usage, finish reasons.
+    fn response_attrs(&self, w: &mut SpanWriter<'_>, model: Option<&str>, usage: Option<&Usage>) {
+        if let Some(m) = model {
+            w.str("gen_ai.response.model", m);
+        }
+        if let Some(id) = &self.response_id {
+            w.str("gen_ai.response.id", id);
+        }
+        if let Some(u) = usage {
+            w.int("gen_ai.usage.input_tokens", tokens(u.input_tokens))
+                .int("gen_ai.usage.output_tokens", tokens(u.output_tokens));
+        }
+        if !self.finish.is_empty() {
+            w.strs("gen_ai.response.finish_reasons", &self.finish);
+        }
     }
 }
 
@@ -831,35 +894,45 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn spans_encode_as_otlp_json() {
-        let span = |i: u64| Span {
-            trace_id: 1,
-            span_id: i,
-            parent: Some(3),
-            name: "chat \"m\"\n\u{e9}".into(),
-            kind: 3,
-            start_ns: 10,
-            end_ns: 20,
-            attrs: vec![
-                ("a", Attr::S("x".into())),
-                ("b", Attr::I(-5)),
-                ("c", Attr::A(vec!["stop".into(), "length".into()])),
-                ("d", Attr::F(0.25)),
-                ("e", Attr::B(true)),
-            ],
-            error: (i == 2).then(|| "boom".into()),
-        };
-        let spans: Vec<Span> = (1..=70).map(span).collect();
-        let resource = encode_resource(&[("service.name", Attr::S("relais".into()))]);
-        let body: Value = serde_json::from_slice(&encode(&resource, &spans).await).unwrap();
+    #[test]
+    fn spans_encode_as_otlp_json() {
+        let mut spans = Vec::new();
+        for i in 1..=3u64 {
+            let mut w = SpanWriter::start(
+                &mut spans,
+                &SpanHead {
+                    trace_id: 1,
+                    span_id: i,
+                    parent: (i > 1).then_some(3),
+                    operation: "chat",
+                    model: "\"m\"\n\u{e9}",
+                    kind: 3,
+                    start_ns: 10,
+                    end_ns: 20,
+                },
+            );
+            w.str("a", "x")
+                .int("b", -5)
+                .strs("c", &["stop", "length"])
+                .float("d", 0.25)
+                .float("nan", f64::NAN)
+                .bool("e", true);
+            w.end((i == 2).then_some("boom"));
+        }
+        let body: Value =
+            serde_json::from_slice(&export_body(&encode_resource("relais"), &spans)).unwrap();
         let rs = &body["resourceSpans"][0];
         assert_eq!(
             rs["resource"]["attributes"][0]["value"]["stringValue"],
             "relais"
         );
+        assert_eq!(
+            rs["resource"]["attributes"][3]["key"],
+            "telemetry.sdk.language"
+        );
         let all = rs["scopeSpans"][0]["spans"].as_array().unwrap();
-        assert_eq!(all.len(), 70);
+        assert_eq!(all.len(), 3);
+        assert!(all[0].get("parentSpanId").is_none());
         let s = &all[1];
         assert_eq!(s["traceId"], "00000000000000000000000000000001");
         assert_eq!(s["spanId"], "0000000000000002");
@@ -867,13 +940,16 @@ mod tests {
         assert_eq!(s["name"], "chat \"m\"\n\u{e9}");
         assert_eq!(s["kind"], 3);
         assert_eq!(s["startTimeUnixNano"], "10");
-        assert_eq!(s["attributes"][1]["value"]["intValue"], "-5");
+        assert_eq!(s["endTimeUnixNano"], "20");
+        let attrs = s["attributes"].as_array().unwrap();
+        assert_eq!(attrs.len(), 5, "a NaN is left out: {attrs:?}");
+        assert_eq!(attrs[1]["value"]["intValue"], "-5");
         assert_eq!(
-            s["attributes"][2]["value"]["arrayValue"]["values"][1]["stringValue"],
+            attrs[2]["value"]["arrayValue"]["values"][1]["stringValue"],
             "length"
         );
-        assert_eq!(s["attributes"][3]["value"]["doubleValue"], 0.25);
-        assert_eq!(s["attributes"][4]["value"]["boolValue"], true);
+        assert_eq!(attrs[3]["value"]["doubleValue"], 0.25);
+        assert_eq!(attrs[4]["value"]["boolValue"], true);
         assert_eq!(s["status"]["code"], 2);
         assert_eq!(s["status"]["message"], "boom");
         assert_eq!(all[0]["status"]["code"], 1);
