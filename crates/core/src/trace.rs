@@ -91,14 +91,27 @@ impl TraceContext {
         }
     }
 
-    /// The `traceparent` value naming `span` as the parent.
+    /// The `traceparent` value naming `span` as the parent: `00-{trace}-{span}-{flags}`, 55
+    /// bytes of ASCII, built without allocating.
+    pub fn header_bytes(&self, span: u64) -> [u8; 55] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        for i in 0..32 {
+            out[3 + i] = DIGITS[((self.trace_id >> ((31 - i) * 4)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            out[36 + i] = DIGITS[((span >> ((15 - i) * 4)) & 0xf) as usize];
+        }
+        out[53] = b'0';
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
+    }
+
+    /// [`TraceContext::header_bytes`] as a string.
     pub fn header(&self, span: u64) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            span,
-            u8::from(self.sampled)
-        )
+        String::from_utf8_lossy(&self.header_bytes(span)).into_owned()
     }
 }
 
@@ -112,16 +125,19 @@ thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
-/// A future with a trace context current while it is polled; see [`scope`].
-pub struct Scoped<F> {
-    inner: Pin<Box<F>>,
-    current: Option<Current>,
+pin_project_lite::pin_project! {
+    /// A future with a trace context current while it is polled; see [`scope`].
+    pub struct Scoped<F> {
+        #[pin]
+        inner: F,
+        current: Option<Current>,
+    }
 }
 
-/// Run `fut` with `ctx` current (one allocation: only traced requests pay it).
+/// Run `fut` with `ctx` current (no allocation: the future is wrapped in place).
 pub fn scope<F: Future>(ctx: TraceContext, fut: F) -> Scoped<F> {
     Scoped {
-        inner: Box::pin(fut),
+        inner: fut,
         current: Some(Current { ctx, attempt: 0 }),
     }
 }
@@ -129,12 +145,12 @@ pub fn scope<F: Future>(ctx: TraceContext, fut: F) -> Scoped<F> {
 impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        let outer = CURRENT.with(|c| c.replace(this.current));
-        let out = this.inner.as_mut().poll(cx);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let outer = CURRENT.with(|c| c.replace(*this.current));
+        let out = this.inner.poll(cx);
         // Keep what the inner future set (the attempt number) for its next poll.
-        this.current = CURRENT.with(|c| c.replace(outer));
+        *this.current = CURRENT.with(|c| c.replace(outer));
         out
     }
 }
@@ -150,10 +166,10 @@ pub fn set_attempt(n: u32) {
 }
 
 /// The `traceparent` to send upstream for the current attempt, if the request is traced.
-pub fn upstream_traceparent() -> Option<String> {
+pub fn upstream_traceparent() -> Option<[u8; 55]> {
     CURRENT
         .with(Cell::get)
-        .map(|cur| cur.ctx.header(cur.ctx.attempt_span_id(cur.attempt)))
+        .map(|cur| cur.ctx.header_bytes(cur.ctx.attempt_span_id(cur.attempt)))
 }
 
 #[cfg(test)]
@@ -208,6 +224,17 @@ mod tests {
             ctx.header(0xab),
             "00-00000000000000000000000000000001-00000000000000ab-01"
         );
+        let full = TraceContext {
+            trace_id: u128::MAX - 1,
+            span_id: 1,
+            parent_span_id: None,
+            sampled: false,
+        };
+        assert_eq!(
+            full.header(u64::MAX),
+            format!("00-{:032x}-{:016x}-00", u128::MAX - 1, u64::MAX)
+        );
+        assert!(TraceParent::parse(&full.header(3)).is_some());
     }
 
     #[test]
@@ -230,9 +257,9 @@ mod tests {
         let Poll::Ready((first, second)) = fut.as_mut().poll(&mut cx) else {
             panic!("the scope did not finish");
         };
-        assert_eq!(first, Some(ctx.header(ctx.attempt_span_id(0))));
-        assert_eq!(second, Some(ctx.header(ctx.attempt_span_id(1))));
-        assert!(first.unwrap().ends_with("-00"));
+        assert_eq!(first, Some(ctx.header_bytes(ctx.attempt_span_id(0))));
+        assert_eq!(second, Some(ctx.header_bytes(ctx.attempt_span_id(1))));
+        assert!(first.unwrap().ends_with(b"-00"));
         assert_eq!(upstream_traceparent(), None);
     }
 }

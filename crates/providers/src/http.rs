@@ -107,7 +107,9 @@ pub(crate) async fn send(
 ) -> Result<Result<reqwest::Response, Rejected>, relais_core::Error> {
     // A traced request tells the vendor its attempt's span (W3C trace context).
     if let Some(tp) = relais_core::trace::upstream_traceparent() {
-        rb = rb.header("traceparent", tp);
+        if let Ok(v) = http::HeaderValue::from_bytes(&tp) {
+            rb = rb.header(http::HeaderName::from_static("traceparent"), v);
+        }
     }
     let resp = rb.send().await.map_err(|e| from_transport(&e, false))?;
     let status = resp.status().as_u16();

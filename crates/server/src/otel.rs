@@ -26,7 +26,6 @@ use relais_core::trace::{TraceContext, TraceParent};
 use relais_core::{ChatRequest, FinishReason, Secret, StreamEvent, Usage};
 use relais_router::Deployment;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::config::OtelConfig;
 use crate::metrics::Prom;
@@ -40,20 +39,43 @@ pub(crate) struct OtelStats {
     export_errors: AtomicU64,
 }
 
-/// The configured exporter: sampling, payload policy and the queue to the export task.
+/// The configured exporter: sampling, payload policy and the batch being filled.
 pub(crate) struct Tracer {
     config: OtelConfig,
-    tx: mpsc::Sender<Msg>,
-    /// Wakes the exporter before its tick when the queue is half full.
-    wake: Arc<tokio::sync::Notify>,
+    queue: Arc<Queue>,
     pub(crate) stats: Arc<OtelStats>,
 }
 
-/// What the exporter task is sent: a request's spans, or "send what you hold now" (at exit).
-enum Msg {
-    /// A request's spans, encoded (comma-separated JSON objects), and how many.
-    Spans(Vec<u8>, u64),
-    Flush(tokio::sync::oneshot::Sender<()>),
+/// The spans waiting for export: one buffer that settling requests write their spans into
+/// (under a lock held for the writing only) and that the exporter takes whole. No per-request
+/// buffer, channel message or task wake-up.
+struct Queue {
+    batch: std::sync::Mutex<Batch>,
+    /// Spans the batch may hold; more are dropped and counted.
+    max_spans: u64,
+    /// Spans that make the exporter send before its tick.
+    send_at: u64,
+    wake: tokio::sync::Notify,
+    /// Flushes asked for (at shutdown), answered once what was queued before is sent.
+    flushes: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// The tracer was replaced or dropped: send what is left and stop.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// The export body so far: its head, then the spans, comma-separated.
+    buf: Vec<u8>,
+    /// The head's length.
+    head: usize,
+    spans: u64,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Relaxed);
+        self.queue.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Tracer {
@@ -105,26 +127,37 @@ impl Tracer {
             return p.clone();
         }
         let stats = previous.map_or_else(Arc::default, |p| p.stats.clone());
-        let (tx, rx) = mpsc::channel(config.queue_size);
-        let wake = Arc::new(tokio::sync::Notify::new());
+        let queue = Arc::new(Queue {
+            batch: std::sync::Mutex::default(),
+            max_spans: config.queue_size as u64,
+            send_at: (config.batch_size as u64).min(config.queue_size as u64),
+            wake: tokio::sync::Notify::new(),
+            flushes: std::sync::Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let resource = encode_resource(&config.service_name);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let exporter = Exporter {
                 url: traces_url(config.endpoint.expose()),
                 headers: config.headers.clone(),
                 client: client.clone(),
                 timeout: Duration::from_secs(config.timeout_secs),
-                batch: config.batch_size,
                 flush: Duration::from_millis(config.flush_ms.max(1)),
-                resource: encode_resource(&config.service_name),
                 stats: stats.clone(),
-                wake: wake.clone(),
+                queue: queue.clone(),
             };
-            handle.spawn(exporter.run(rx));
+            handle.spawn(exporter.run());
         }
+        let mut queue_head = queue
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        queue_head.buf = export_head(&resource);
+        queue_head.head = queue_head.buf.len();
+        drop(queue_head);
         Arc::new(Self {
             config: config.clone(),
-            tx,
-            wake,
+            queue,
             stats,
         })
     }
@@ -150,13 +183,25 @@ impl Tracer {
         }
     }
 
-    /// Queue a request's spans; dropped and counted when the queue is full.
-    fn submit(&self, spans: Vec<u8>, n: u64) {
-        if self.tx.try_send(Msg::Spans(spans, n)).is_err() {
+    /// Write `n` spans into the batch with `write`; when the batch already holds
+    /// `queue_size` spans they are dropped and counted instead.
+    fn submit(&self, n: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let q = &self.queue;
+        let mut b = q
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if b.spans + n > q.max_spans {
+            drop(b);
             self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
-        } else if self.tx.capacity() * 2 < self.tx.max_capacity() {
-            // Half full: export now rather than at the next tick.
-            self.wake.notify_one();
+            return;
+        }
+        write(&mut b.buf);
+        b.spans += n;
+        let full = b.spans >= q.send_at;
+        drop(b);
+        if full {
+            q.wake.notify_one();
         }
     }
 
@@ -164,13 +209,13 @@ impl Tracer {
     /// requests are not left behind).
     pub(crate) async fn flush(&self, limit: Duration) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let flushed = async {
-            if self.tx.send(Msg::Flush(done)).await.is_ok() {
-                self.wake.notify_one();
-                let _ = wait.await;
-            }
-        };
-        if tokio::time::timeout(limit, flushed).await.is_err() {
+        self.queue
+            .flushes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(done);
+        self.queue.wake.notify_one();
+        if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::warn!("OTLP export: spans still queued at exit are dropped");
         }
     }
@@ -225,8 +270,15 @@ fn push_hex(out: &mut Vec<u8>, v: u128, digits: u32) {
 
 /// A JSON string literal (quoted, escaped) appended to `out`.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape (the usual case: names, ids, models).
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn push_num(out: &mut Vec<u8>, n: impl std::fmt::Display) {
@@ -385,78 +437,67 @@ fn encode_resource(service: &str) -> Vec<u8> {
     out
 }
 
-/// One OTLP `ExportTraceServiceRequest` (JSON) around spans already encoded.
-fn export_body(resource: &[u8], spans: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + resource.len() + spans.len());
+/// The start of an OTLP `ExportTraceServiceRequest` (JSON), up to its list of spans.
+fn export_head(resource: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + resource.len());
     out.extend_from_slice(b"{\"resourceSpans\":[{\"resource\":{\"attributes\":");
     out.extend_from_slice(resource);
     out.extend_from_slice(b"},\"scopeSpans\":[{\"scope\":{\"name\":\"relais\",\"version\":");
     json_str(&mut out, env!("CARGO_PKG_VERSION"));
     out.extend_from_slice(b"},\"spans\":[");
-    out.extend_from_slice(spans);
-    out.extend_from_slice(b"]}]}]}");
     out
 }
+
+/// What closes the export body after its spans.
+const EXPORT_TAIL: &[u8] = b"]}]}]}";
 
 struct Exporter {
     url: String,
     headers: std::collections::BTreeMap<String, Secret>,
     client: relais_providers::HttpClient,
     timeout: Duration,
-    batch: usize,
     flush: Duration,
-    resource: Vec<u8>,
     stats: Arc<OtelStats>,
-    wake: Arc<tokio::sync::Notify>,
+    queue: Arc<Queue>,
 }
 
 impl Exporter {
-    /// Every `flush_ms` (sooner when the queue is half full or a flush is asked for), take
-    /// everything queued and send it in batches of `batch_size`; stop once every sender is gone
-    /// (the config was replaced) and the queue is empty.
-    ///
-    /// The task never waits on the queue itself: a request queuing its spans wakes nobody
-    /// (one task wake-up per request would cost as much as encoding its spans).
-    async fn run(self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<u8> = Vec::new();
-        let mut count: u64 = 0;
-        let mut flushed = Vec::new();
+    /// Every `flush_ms` (sooner when `batch_size` spans wait or a flush is asked for), take the
+    /// batch and send it; stop once the tracer is gone and the batch is sent.
+    async fn run(self) {
+        let q = self.queue.clone();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.flush) => {}
-                () = self.wake.notified() => {}
+                () = q.wake.notified() => {}
             }
-            let mut closed = false;
-            loop {
-                match rx.try_recv() {
-                    Ok(Msg::Spans(spans, n)) => {
-                        if count > 0 {
-                            batch.push(b',');
-                        }
-                        batch.extend_from_slice(&spans);
-                        count += n;
-                    }
-                    Ok(Msg::Flush(done)) => flushed.push(done),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
+            let closed = q.closed.load(Ordering::Relaxed);
+            let flushes = std::mem::take(
+                &mut *q
+                    .flushes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            let (mut body, spans) = {
+                let mut b = q
+                    .batch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if b.spans == 0 {
+                    (Vec::new(), 0)
+                } else {
+                    // The next batch starts with the same head, sized like this one.
+                    let mut next = Vec::with_capacity(b.buf.capacity());
+                    next.extend_from_slice(&b.buf[..b.head]);
+                    let spans = std::mem::replace(&mut b.spans, 0);
+                    (std::mem::replace(&mut b.buf, next), spans)
                 }
-                if count >= self.batch as u64 {
-                    self.send(&batch, count).await;
-                    batch.clear();
-                    count = 0;
-                }
+            };
+            if spans > 0 {
+                body.extend_from_slice(EXPORT_TAIL);
+                self.send(body, spans).await;
             }
-            if count > 0 {
-                self.send(&batch, count).await;
-                batch.clear();
-                count = 0;
-            }
-            // A burst leaves a large buffer behind: give it back.
-            batch.shrink_to(64 * 1024);
-            for done in flushed.drain(..) {
+            for done in flushes {
                 let _ = done.send(());
             }
             if closed {
@@ -466,8 +507,8 @@ impl Exporter {
     }
 
     /// One export, tried up to three times (0.2 s, then 0.8 s apart) when the failure may pass.
-    async fn send(&self, spans: &[u8], count: u64) {
-        let body = bytes::Bytes::from(export_body(&self.resource, spans));
+    async fn send(&self, body: Vec<u8>, count: u64) {
+        let body = bytes::Bytes::from(body);
         let mut wait = Duration::from_millis(200);
         for attempt in 0..3 {
             let mut rb = self
@@ -736,14 +777,19 @@ impl RequestTrace {
             .int("relais.attempt", i64::from(n));
     }
 
-    /// Write the request's spans (failed attempts, the serving attempt, the request) into one
-    /// buffer and queue it.
+    /// Queue the request's spans (failed attempts, the serving attempt, the request).
     pub(crate) fn finish(self: Box<Self>, end: &TraceEnd<'_>) {
+        let n = end.failed.len() as u64 + u64::from(end.serving.is_some()) + 1;
+        let tracer = self.tracer.clone();
+        tracer.submit(n, |out| self.write_spans(out, end));
+    }
+
+    /// Write the request's spans into `out`.
+    fn write_spans(&self, out: &mut Vec<u8>, end: &TraceEnd<'_>) {
         let now = now_ns();
         let tokio_now = tokio::time::Instant::now();
         let at = |t: tokio::time::Instant| ns_before(now, tokio_now.saturating_duration_since(t));
         let ctx = self.ctx;
-        let mut out = Vec::with_capacity(1024 * (end.failed.len() + 2));
         let mut n: u32 = 0;
         for f in end.failed {
             let d = end
@@ -753,7 +799,7 @@ impl RequestTrace {
                 .and_then(|e| e.route.deployments.get(f.deployment));
             let start_ns = at(f.started);
             let mut w = SpanWriter::start(
-                &mut out,
+                out,
                 &SpanHead {
                     trace_id: ctx.trace_id,
                     span_id: ctx.attempt_span_id(n),
@@ -784,7 +830,7 @@ impl RequestTrace {
         };
         if let Some((d, started)) = end.serving {
             let mut w = SpanWriter::start(
-                &mut out,
+                out,
                 &SpanHead {
                     trace_id: ctx.trace_id,
                     span_id: ctx.attempt_span_id(n),
@@ -804,7 +850,7 @@ impl RequestTrace {
             w.end(end.error.map(|(_, m)| m));
         }
         let mut w = SpanWriter::start(
-            &mut out,
+            out,
             &SpanHead {
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
@@ -856,8 +902,6 @@ impl RequestTrace {
             w.str("error.type", class);
         }
         w.end(end.error.map(|(_, m)| m));
-        self.tracer
-            .submit(out, u64::from(n) + u64::from(end.serving.is_some()) + 1);
     }
 
     /// What the vendor answered: model, id, usage, finish reasons.
@@ -919,8 +963,10 @@ mod tests {
                 .bool("e", true);
             w.end((i == 2).then_some("boom"));
         }
-        let body: Value =
-            serde_json::from_slice(&export_body(&encode_resource("relais"), &spans)).unwrap();
+        let mut body = export_head(&encode_resource("relais"));
+        body.extend_from_slice(&spans);
+        body.extend_from_slice(EXPORT_TAIL);
+        let body: Value = serde_json::from_slice(&body).unwrap();
         let rs = &body["resourceSpans"][0];
         assert_eq!(
             rs["resource"]["attributes"][0]["value"]["stringValue"],

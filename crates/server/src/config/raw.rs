@@ -61,10 +61,10 @@ pub struct OtelConfig {
     /// with key-like tokens redacted and each cut at 16 KiB.
     #[serde(default)]
     pub payloads: bool,
-    /// Requests' spans waiting for export; when full, new ones are dropped and counted.
+    /// Spans waiting for export; when that many wait, new ones are dropped and counted.
     #[serde(default = "default_otel_queue")]
     pub queue_size: usize,
-    /// Spans per export request.
+    /// Spans waiting that make the exporter send before `flush_ms` is up.
     #[serde(default = "default_otel_batch")]
     pub batch_size: usize,
     /// The longest a span waits for its batch to fill, in milliseconds.
