@@ -62,13 +62,21 @@ struct Queue {
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// The spans waiting, in chunks of [`CHUNK`] bytes: appending never moves what is there (a
+/// growing single buffer would copy megabytes while holding the lock), and the lock is held
+/// for a copy of one request's bytes.
 #[derive(Default)]
 struct Batch {
-    /// The export body so far: its head, then the spans, comma-separated.
-    buf: Vec<u8>,
-    /// The head's length.
-    head: usize,
+    chunks: Vec<Vec<u8>>,
     spans: u64,
+}
+
+/// Bytes per chunk of the batch.
+const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a request's spans are encoded before they are copied into the batch (reused).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Drop for Tracer {
@@ -145,16 +153,10 @@ impl Tracer {
                 flush: Duration::from_millis(config.flush_ms.max(1)),
                 stats: stats.clone(),
                 queue: queue.clone(),
+                head: export_head(&resource),
             };
             handle.spawn(exporter.run());
         }
-        let mut queue_head = queue
-            .batch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        queue_head.buf = export_head(&resource);
-        queue_head.head = queue_head.buf.len();
-        drop(queue_head);
         Arc::new(Self {
             config: config.clone(),
             queue,
@@ -186,23 +188,48 @@ impl Tracer {
     /// Write `n` spans into the batch with `write`; when the batch already holds
     /// `queue_size` spans they are dropped and counted instead.
     fn submit(&self, n: u64, write: impl FnOnce(&mut Vec<u8>)) {
-        let q = &self.queue;
-        let mut b = q
-            .batch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if b.spans + n > q.max_spans {
+        SCRATCH.with(|scratch| {
+            let Ok(mut buf) = scratch.try_borrow_mut() else {
+                return;
+            };
+            buf.clear();
+            write(&mut buf);
+            let q = &self.queue;
+            let mut b = q
+                .batch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.spans + n > q.max_spans {
+                drop(b);
+                self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
+                return;
+            }
+            let comma = usize::from(b.spans > 0);
+            match b.chunks.last_mut() {
+                Some(c) if c.len() + comma + buf.len() <= c.capacity() => {
+                    if comma == 1 {
+                        c.push(b',');
+                    }
+                    c.extend_from_slice(&buf);
+                }
+                _ => {
+                    let mut c = Vec::with_capacity(CHUNK.max(buf.len() + 1));
+                    if comma == 1 {
+                        c.push(b',');
+                    }
+                    c.extend_from_slice(&buf);
+                    b.chunks.push(c);
+                }
+            }
+            b.spans += n;
+            let full = b.spans >= q.send_at;
             drop(b);
-            self.stats.dropped_full.fetch_add(n, Ordering::Relaxed);
-            return;
-        }
-        write(&mut b.buf);
-        b.spans += n;
-        let full = b.spans >= q.send_at;
-        drop(b);
-        if full {
-            q.wake.notify_one();
-        }
+            if full {
+                q.wake.notify_one();
+            }
+            // A request with a huge payload attribute does not keep its buffer.
+            buf.shrink_to(CHUNK);
+        });
     }
 
     /// Export what is queued now, waiting at most `limit` (at shutdown: the spans of the last
@@ -459,6 +486,8 @@ struct Exporter {
     flush: Duration,
     stats: Arc<OtelStats>,
     queue: Arc<Queue>,
+    /// The export body's head (resource and scope).
+    head: Vec<u8>,
 }
 
 impl Exporter {
@@ -478,22 +507,24 @@ impl Exporter {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner),
             );
-            let (mut body, spans) = {
+            let (chunks, spans) = {
                 let mut b = q
                     .batch
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if b.spans == 0 {
-                    (Vec::new(), 0)
-                } else {
-                    // The next batch starts with the same head, sized like this one.
-                    let mut next = Vec::with_capacity(b.buf.capacity());
-                    next.extend_from_slice(&b.buf[..b.head]);
-                    let spans = std::mem::replace(&mut b.spans, 0);
-                    (std::mem::replace(&mut b.buf, next), spans)
-                }
+                (
+                    std::mem::take(&mut b.chunks),
+                    std::mem::replace(&mut b.spans, 0),
+                )
             };
             if spans > 0 {
+                let size: usize = chunks.iter().map(Vec::len).sum();
+                let mut body = Vec::with_capacity(self.head.len() + size + EXPORT_TAIL.len());
+                body.extend_from_slice(&self.head);
+                for c in &chunks {
+                    body.extend_from_slice(c);
+                }
+                drop(chunks);
                 body.extend_from_slice(EXPORT_TAIL);
                 self.send(body, spans).await;
             }
