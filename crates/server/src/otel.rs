@@ -706,7 +706,9 @@ pub(crate) struct RequestTrace {
     output: Option<String>,
     response_id: Option<String>,
     response_model: Option<String>,
-    finish: Vec<&'static str>,
+    /// Finish reasons (one per choice; the first four kept), and how many.
+    finish: [&'static str; 4],
+    finishes: usize,
 }
 
 /// How the request ended, for its spans.
@@ -757,7 +759,8 @@ impl RequestTrace {
             output: payloads.then(String::new),
             response_id: None,
             response_model: None,
-            finish: Vec::new(),
+            finish: [""; 4],
+            finishes: 0,
         });
         (ctx, Some(trace))
     }
@@ -773,7 +776,12 @@ impl RequestTrace {
                     self.response_model.clone_from(model);
                 }
             }
-            StreamEvent::Finish(f) => self.finish.push(finish_name(*f)),
+            StreamEvent::Finish(f) => {
+                if let Some(slot) = self.finish.get_mut(self.finishes) {
+                    *slot = finish_name(*f);
+                    self.finishes += 1;
+                }
+            }
             StreamEvent::TextDelta(t) => {
                 if let Some(out) = &mut self.output {
                     if out.len() < MAX_PAYLOAD {
@@ -912,10 +920,10 @@ impl RequestTrace {
         if let Some(v) = self.asked.stream {
             w.bool("relais.stream", v);
         }
+        // Usage, response model and finish reasons are on the serving attempt's span only: a
+        // backend summing `gen_ai.usage.*` over spans counts each token once.
         if let Some((d, _)) = end.serving {
-            w.str("gen_ai.provider.name", provider_name(d))
-                .str("relais.deployment", &d.id);
-            self.response_attrs(&mut w, response_model, end.usage);
+            w.str("relais.deployment", &d.id);
         }
         if end.cost_pusd > 0 {
             w.float("relais.cost_usd", end.cost_pusd as f64 / 1e12);
@@ -926,7 +934,7 @@ impl RequestTrace {
         if let (Some(out), Some(_)) = (&self.output, end.serving) {
             let text = json!([{ "role": "assistant",
                 "parts": [{ "type": "text", "content": redacted(out) }],
-                "finish_reason": self.finish.first().copied().unwrap_or("stop") }]);
+                "finish_reason": if self.finishes > 0 { self.finish[0] } else { "stop" } }]);
             w.str("gen_ai.output.messages", &text.to_string());
         }
         if let Some((class, _)) = end.error {
@@ -947,8 +955,11 @@ impl RequestTrace {
             w.int("gen_ai.usage.input_tokens", tokens(u.input_tokens))
                 .int("gen_ai.usage.output_tokens", tokens(u.output_tokens));
         }
-        if !self.finish.is_empty() {
-            w.strs("gen_ai.response.finish_reasons", &self.finish);
+        if self.finishes > 0 {
+            w.strs(
+                "gen_ai.response.finish_reasons",
+                &self.finish[..self.finishes],
+            );
         }
     }
 }
