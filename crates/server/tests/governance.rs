@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{ADMIN, Gateway, admin, error_of, store, unique};
+use common::{ADMIN, Gateway, admin, error_of, redis_on, store, unique};
 use relais_testkit::psql;
 use serde_json::{Value, json};
 
@@ -604,20 +604,7 @@ async fn issue7_redis_down_fails_closed_and_recovers_on_its_own() {
     assert_eq!(chat(&open, "gpt-4o-mini", Some(&key)).await.status(), 200);
 
     // Redis comes up: the closed instance connects by itself within a few seconds.
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (.ci/run checks Redis)");
+    let mut redis = redis_on(port);
     // With no traffic at all (a balancer that follows /readyz sends none), the instance finds
     // Redis by itself and says it is ready again.
     let t0 = std::time::Instant::now();

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Gateway, admin, capture_logs, logs, store, unique};
+use common::{ADMIN, Gateway, admin, capture_logs, logs, redis_on, store, unique};
 use relais_testkit::{Fault, OtlpSpan, Posted, Sink};
 use serde_json::{Value, json};
 
@@ -521,20 +521,7 @@ async fn issue20_breaker_and_limit_store_alerts_reach_the_webhook() {
     let posts = wait_alert(&sink, "store_down:limits", "firing").await;
     let p = firing(&posts, "store_down:limits", "firing")[0];
     assert_eq!(p.body["details"]["kind"], "redis");
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (.ci/run checks Redis)");
+    let mut redis = redis_on(port);
     let posts = sink
         .wait_for(Duration::from_secs(20), |ps| {
             !firing(ps, "store_down:limits", "resolved").is_empty()

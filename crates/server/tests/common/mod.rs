@@ -231,6 +231,24 @@ pub async fn error_of(resp: reqwest::Response, status: u16) -> Value {
 
 pub const ADMIN: &str = "admin-key-0123456789abcdef";
 
+/// A throwaway Redis on `port` (loopback, nothing saved), for tests where Redis comes up late.
+pub fn redis_on(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (.ci/run checks Redis)")
+}
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
