@@ -100,6 +100,9 @@ pub(crate) struct Rejected {
     pub body: Vec<u8>,
 }
 
+/// The W3C trace context header, built at compile time.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Send a request. A transport failure is a typed error; a non-2xx answer comes back as
 /// [`Rejected`] so each provider maps it with its own `error::from_response`.
 pub(crate) async fn send(
@@ -108,7 +111,7 @@ pub(crate) async fn send(
     // A traced request tells the vendor its attempt's span (W3C trace context).
     if let Some(tp) = relais_core::trace::upstream_traceparent() {
         if let Ok(v) = http::HeaderValue::from_bytes(&tp) {
-            rb = rb.header(http::HeaderName::from_static("traceparent"), v);
+            rb = rb.header(TRACEPARENT, v);
         }
     }
     let resp = rb.send().await.map_err(|e| from_transport(&e, false))?;

@@ -290,9 +290,40 @@ impl Tracer {
 /// Lowercase hex of `v`'s `digits` low nibbles, appended (trace and span ids).
 fn push_hex(out: &mut Vec<u8>, v: u128, digits: u32) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(DIGITS[((v >> (i * 4)) & 0xf) as usize]);
+    let bytes = v.to_be_bytes();
+    for b in &bytes[16 - (digits as usize / 2)..] {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
     }
+}
+
+/// An unsigned number in decimal, appended without the formatting machinery.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// A key known to need no escaping (the attribute names are ours), quoted.
+fn key_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// A JSON string literal (quoted, escaped) appended to `out`.
@@ -363,11 +394,11 @@ impl<'a> SpanWriter<'a> {
             json_str(out, &format!("{} {}", h.operation, h.model));
         }
         out.extend_from_slice(b",\"kind\":");
-        push_num(out, h.kind);
+        push_u64(out, u64::from(h.kind));
         out.extend_from_slice(b",\"startTimeUnixNano\":\"");
-        push_num(out, h.start_ns);
+        push_u64(out, h.start_ns);
         out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
-        push_num(out, h.end_ns);
+        push_u64(out, h.end_ns);
         out.extend_from_slice(b"\",\"attributes\":[");
         Self { out, attrs: 0 }
     }
@@ -378,7 +409,7 @@ impl<'a> SpanWriter<'a> {
         }
         self.attrs += 1;
         self.out.extend_from_slice(b"{\"key\":");
-        json_str(self.out, key);
+        key_str(self.out, key);
         self.out.extend_from_slice(b",\"value\":{");
     }
 
@@ -394,7 +425,7 @@ impl<'a> SpanWriter<'a> {
     fn int(&mut self, key: &str, v: i64) -> &mut Self {
         self.key(key);
         self.out.extend_from_slice(b"\"intValue\":\"");
-        push_num(self.out, v);
+        push_i64(self.out, v);
         self.out.extend_from_slice(b"\"}}");
         self
     }
@@ -1042,6 +1073,36 @@ mod tests {
         assert_eq!(s["status"]["message"], "boom");
         assert_eq!(all[0]["status"]["code"], 1);
         assert!(all[0]["status"].get("message").is_none());
+    }
+
+    #[test]
+    fn numbers_and_ids_are_written_exactly() {
+        let mut out = Vec::new();
+        for n in [0u64, 7, 10, 1_764_912_000_000_000_000, u64::MAX] {
+            out.clear();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for n in [i64::MIN, -1, 0, 42, i64::MAX] {
+            out.clear();
+            push_i64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for (v, digits) in [
+            (0u128, 16),
+            (0xab, 16),
+            (u128::from(u64::MAX), 16),
+            (u128::MAX - 5, 32),
+            (1, 32),
+        ] {
+            out.clear();
+            push_hex(&mut out, v, digits);
+            let want = format!("{v:0width$x}", width = digits as usize);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                want[want.len() - digits as usize..]
+            );
+        }
     }
 
     #[test]
