@@ -106,6 +106,10 @@ impl Alerting {
         let now_ms = crate::clock::now_ms();
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         let mut cleared = self.cleared.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget clearances older than the repeat window: the map stays as small as the alerts
+        // that could still be held back.
+        let repeat = Duration::from_secs(cfg.repeat_secs);
+        cleared.retain(|_, at| at.elapsed() < repeat);
         let holding: BTreeMap<String, Alert> =
             holding.into_iter().map(|a| (a.id.clone(), a)).collect();
         let gone: Vec<String> = active
@@ -133,9 +137,7 @@ impl Alerting {
                 a.alert = alert;
                 continue;
             }
-            let repeat = cleared
-                .get(&id)
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(cfg.repeat_secs));
+            let repeated = cleared.contains_key(&id);
             if let Some(i) = KINDS.iter().position(|k| *k == alert.kind) {
                 self.fired[i].fetch_add(1, Ordering::Relaxed);
             }
@@ -148,7 +150,7 @@ impl Alerting {
                 "alert: {}",
                 alert.summary
             );
-            if !repeat {
+            if !repeated {
                 self.post(&live, &alert, "firing", now_ms, now_ms);
             }
             active.insert(
@@ -288,12 +290,15 @@ pub(crate) async fn check(state: &AppState) {
 /// closed between two checks still fires, and clears at the next).
 fn breakers(live: &Live, a: &Alerting) -> Vec<Alert> {
     let mut seen = a.ejections.lock().unwrap_or_else(PoisonError::into_inner);
+    // Rebuilt each check: deployments a reload removed are forgotten.
+    let last = std::mem::take(&mut *seen);
     let mut out = Vec::new();
     for (name, entry) in &live.entries {
         for d in &entry.route.deployments {
             let key = format!("{name}/{}", d.id);
             let count = d.health.ejections.load(Ordering::Relaxed);
-            let before = seen.insert(key.clone(), count);
+            let before = last.get(&key).copied();
+            seen.insert(key.clone(), count);
             let new_ejection = before.is_some_and(|b| count > b) || (before.is_none() && count > 0);
             if d.health.is_ejected() || new_ejection {
                 out.push(Alert {

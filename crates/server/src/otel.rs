@@ -147,6 +147,7 @@ impl Tracer {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let exporter = Exporter {
                 url: traces_url(config.endpoint.expose()),
+                endpoint: Secret::new(traces_url(config.endpoint.expose())),
                 headers: config.headers.clone(),
                 client: client.clone(),
                 timeout: Duration::from_secs(config.timeout_secs),
@@ -511,6 +512,8 @@ const EXPORT_TAIL: &[u8] = b"]}]}]}";
 
 struct Exporter {
     url: String,
+    /// The configured endpoint, to redact from error messages.
+    endpoint: Secret,
     headers: std::collections::BTreeMap<String, Secret>,
     client: relais_providers::HttpClient,
     timeout: Duration,
@@ -593,7 +596,8 @@ impl Exporter {
                     s == 429 || s >= 500
                 }
                 Err(e) => {
-                    tracing::debug!(error = %relais_core::redact(&e.to_string(), &[]), "OTLP export failed");
+                    // reqwest's message names the URL, which may carry a token.
+                    tracing::debug!(error = %relais_core::redact(&e.to_string(), &[&self.endpoint]), "OTLP export failed");
                     true
                 }
             };

@@ -475,6 +475,32 @@ async fn issue20_budget_alerts_fire_once_at_80_and_100_percent_and_clear() {
         metrics.contains("relais_alert_webhook_deliveries_total{outcome=\"sent\"} 4"),
         "{metrics}"
     );
+    // Cut again within repeat_secs: the alerts fire again (gauge, counter) but are not posted
+    // a second time.
+    let (status, _) = admin(
+        &gw,
+        "PATCH",
+        &format!("/admin/teams/{team_id}"),
+        Some(json!({"budget_day": "0.00001"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let t0 = Instant::now();
+    while !gw
+        .get_text("/metrics")
+        .await
+        .contains("relais_alerts_fired_total{alert=\"budget\"} 4")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the alerts did not fire again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = sink.wait_for(Duration::ZERO, |_| true).await;
+    assert_eq!(firing(&posts, &id80, "firing").len(), 1, "{posts:#?}");
+    assert_eq!(firing(&posts, &id100, "firing").len(), 1);
     drop(gw);
     dump(true);
 }
