@@ -800,6 +800,12 @@ impl RequestTrace {
         (ctx, Some(trace))
     }
 
+    /// Whether the answer's text is recorded (`payloads = true`): the request must then reach
+    /// the client as decoded events, not as the same-dialect pass-through's vendor chunks.
+    pub(crate) fn records_output(&self) -> bool {
+        self.output.is_some()
+    }
+
     /// An event on its way to the client.
     pub(crate) fn observe(&mut self, ev: &StreamEvent) {
         match ev {
@@ -821,19 +827,6 @@ impl RequestTrace {
                 if let Some(out) = &mut self.output {
                     if out.len() < MAX_PAYLOAD {
                         out.push_str(t);
-                    }
-                }
-            }
-            StreamEvent::Raw(raw) => {
-                if let Some(out) = self.output.as_mut().filter(|o| o.len() < MAX_PAYLOAD) {
-                    // The same-dialect fast path: the text is in the chunk's JSON.
-                    if let Ok(v) = serde_json::from_str::<Value>(&raw.json) {
-                        if let Some(t) = v
-                            .pointer("/choices/0/delta/content")
-                            .and_then(Value::as_str)
-                        {
-                            out.push_str(t);
-                        }
                     }
                 }
             }

@@ -98,6 +98,10 @@ pub(super) async fn serve(
     settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
     let trace = live.runtime.otel.as_ref().map(|t| {
         let (tc, spans) = RequestTrace::begin(t, ctx.traceparent, "chat", &req.model, Some(&req));
+        if spans.as_ref().is_some_and(|s| s.records_output()) {
+            // The answer's text is recorded from decoded events (no vendor format parsed here).
+            req.passthrough = false;
+        }
         settlement.set_trace(spans);
         tc
     });
