@@ -131,6 +131,7 @@ def oha(url, body, rate, duration, headers, connections=64):
         "success": 100.0 * ok / (total + errors),
         "p50_ms": (p["p50"] or 0) * 1000,
         "p99_ms": (p["p99"] or 0) * 1000,
+        "p999_ms": (p.get("p99.9") or 0) * 1000,
     }
 
 
@@ -386,6 +387,11 @@ def main():
                     help="with --probe: add the governed SQLite setup with and without shadow traffic at 100%%")
     ap.add_argument("--observed", action="store_true",
                     help="with --probe: add relais with OpenTelemetry export at ratio 1.0 and the console open")
+    ap.add_argument("--soak", type=int, default=0, metavar="SECS",
+                    help="with --governed: add a JSON row of SECS seconds at 5000 req/s for governed SQLite "
+                         "(ledger commits and WAL checkpoints inside the window)")
+    ap.add_argument("--nginx", action="store_true",
+                    help="with --probe: add nginx, and print relais (bare) against it (issue 21's targets)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="with --probe: also run this relais binary (an earlier build) bare, before the current one")
     ap.add_argument("--baseline-last", action="store_true",
@@ -416,6 +422,8 @@ def main():
             starters += [lambda: start_relais_governed(mock_port, False, shadow=True)]
         if args.observed or not (args.quick or args.probe):
             starters += [lambda: start_relais_observed(mock_port)]
+        if args.nginx and args.probe:
+            starters += [lambda: start_nginx(mock_port)]
         if not (args.quick or args.probe):
             starters += [lambda: start_relais(mock_port, True), lambda: start_nginx(mock_port),
                          lambda: start_litellm(mock_port)]
@@ -444,7 +452,15 @@ def main():
                         fig["cpu_pct"] = 100 * (cpu1 - cpu0) / (time.time() - t0)
                         fig["peak_rss_mb"] = peak
                     results.append((setup.name, mode, rate or "max", fig))
-                    print(f"{setup.name:24} {mode:4} {str(rate or 'max'):>5}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms", file=sys.stderr)
+                    print(f"{setup.name:24} {mode:4} {str(rate or 'max'):>5}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms  p99.9 {fig['p999_ms']:7.3f} ms  cpu {fig.get('cpu_pct', 0):5.1f}%", file=sys.stderr)
+            if args.soak and setup.name == "relais + keys/limits/budget/ledger (SQLite)":
+                cpu0, t0 = proc_stat(setup.proc.pid)[0], time.time()
+                fig = oha(setup.url, BODY, 5000, args.soak, setup.headers)
+                cpu1, _, peak = proc_stat(setup.proc.pid)
+                fig["cpu_pct"], fig["peak_rss_mb"] = 100 * (cpu1 - cpu0) / (time.time() - t0), peak
+                results.append((setup.name, f"json {args.soak} s", 5000, fig))
+                print(f"{setup.name:24} json {args.soak} s 5000: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  "
+                      f"p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms  p99.9 {fig['p999_ms']:7.3f} ms", file=sys.stderr)
             if setup.proc:
                 info["ttfb_ms"] = ttfb(setup.url, STREAM_BODY, setup.headers, 50 if args.quick else 200)
                 if setup.name == "relais (bare routing)":
@@ -499,13 +515,13 @@ def in_flight_table(rows):
 
 def report(results, info, quick, duration, probe=False, flight=None):
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
-    lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setup | mode | offered | achieved req/s | success | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | CPU % | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, m, r, f in results:
-        b = base.get((m if m in ("json", "sse") else "sse", r))
+        b = base.get(("json" if m.startswith("json") else "sse", r))
         add50 = f"{f['p50_ms'] - b['p50_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
         add99 = f"{f['p99_ms'] - b['p99_ms']:+.3f}" if b and s != "direct to mock" and r != "max" else ""
-        lines.append(f"| {s} | {m} | {r} | {f['rps']:.0f} | {f['success']:.2f}% | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | {add50} | {add99} | {f.get('cpu_pct', 0):.0f} | {f.get('peak_rss_mb', 0):.0f} |")
+        lines.append(f"| {s} | {m} | {r} | {f['rps']:.0f} | {f['success']:.2f}% | {f['p50_ms']:.3f} | {f['p99_ms']:.3f} | {f.get('p999_ms', 0):.3f} | {add50} | {add99} | {f.get('cpu_pct', 0):.0f} | {f.get('peak_rss_mb', 0):.0f} |")
     direct_ttfb = info.get("direct to mock", {}).get("ttfb_ms", 0)
     lines += ["", "| setup | startup s | idle RSS MB | stream TTFB p50 ms | added TTFB ms |", "|---|---|---|---|---|"]
     for s, i in info.items():
@@ -542,6 +558,9 @@ def report(results, info, quick, duration, probe=False, flight=None):
                     obs.append(f"- {m} at {r} req/s: p99 {observed[(m, r)]['p99_ms']:.3f} vs {bare[(m, r)]['p99_ms']:.3f} ms "
                                f"({d99:+.3f} ms)")
         table += "\n" + "\n".join(obs)
+    targets = issue21_lines(results)
+    if targets:
+        table += "\n\n" + "\n".join(targets)
     if flight:
         table += "\n\n" + in_flight_table(flight)
     print(table)
@@ -563,6 +582,55 @@ def report(results, info, quick, duration, probe=False, flight=None):
     doc.write_text(text)
 
 
+def issue21_lines(results):
+    """Issue 21's targets, as ratios and differences within this run: relais (bare routing) against
+    nginx, CPU per proxied request, cluster mode against the embedded defaults."""
+    fig = {(s, m, r): f for (s, m, r, f) in results}
+    direct, bare, ngx = "direct to mock", "relais (bare routing)", "nginx (reverse proxy)"
+    sqlite = "relais + keys/limits/budget/ledger (SQLite)"
+    cluster = "relais + keys/limits/budget/ledger (PG + Redis)"
+    out = []
+
+    def added(name, mode, rate, pct):
+        f, d = fig.get((name, mode, rate)), fig.get((direct, mode, rate))
+        return None if not (f and d) else f[pct] - d[pct]
+
+    def cpu_us(name, mode, rate):
+        f = fig.get((name, mode, rate))
+        return None if not f or not f.get("rps") or "cpu_pct" not in f else f["cpu_pct"] / 100 / f["rps"] * 1e6
+
+    if (ngx, "json", "max") in fig and (bare, "json", "max") in fig:
+        out.append("Against nginx and the targets of issue 21 (same run):")
+        out.append("")
+        for mode, target in (("json", 0.75), ("sse", 0.60)):
+            r, n = fig.get((bare, mode, "max")), fig.get((ngx, mode, "max"))
+            if r and n:
+                ratio = r["rps"] / n["rps"]
+                out.append(f"- {mode} closed-loop max: relais {r['rps']:.0f} vs nginx {n['rps']:.0f} req/s = {ratio:.1%} "
+                           f"(target >= {target:.0%}: {'met' if ratio >= target else 'missed'})")
+        for name in (bare, ngx):
+            a50, a99 = added(name, "json", 5000, "p50_ms"), added(name, "json", 5000, "p99_ms")
+            if a50 is not None:
+                out.append(f"- {name}, json at 5000 req/s: added p50 {a50:+.3f} ms, p99 {a99:+.3f} ms, "
+                           f"p99.9 {added(name, 'json', 5000, 'p999_ms'):+.3f} ms")
+            s99 = added(name, "sse", 5000, "p99_ms")
+            if s99 is not None:
+                out.append(f"- {name}, sse at 5000 streams/s: added whole-stream p99 {s99:+.3f} ms")
+        for mode in ("json", "sse"):
+            r, n = cpu_us(bare, mode, 5000), cpu_us(ngx, mode, 5000)
+            if r and n:
+                out.append(f"- {mode} CPU per proxied request at 5000 req/s: relais {r:.1f} us, nginx {n:.1f} us = "
+                           f"{r / n:.2f}x (target <= 1.5x)")
+    if (cluster, "json", "max") in fig and (sqlite, "json", "max") in fig:
+        c, q = fig[(cluster, "json", "max")], fig[(sqlite, "json", "max")]
+        out.append(f"- governed json max: cluster (PG + Redis) {c['rps']:.0f} vs SQLite {q['rps']:.0f} req/s = "
+                   f"{c['rps'] / q['rps']:.1%} (target >= 85%)")
+        a99 = added(cluster, "json", 2000, "p99_ms")
+        if a99 is not None:
+            out.append(f"- governed cluster json at 2000 req/s: added p99 {a99:+.3f} ms (target <= 1.5 ms)")
+    return out
+
+
 def check_regression(results):
     """CI smoke: fail only on a gross regression, never on noise.
 
@@ -576,7 +644,7 @@ def check_regression(results):
     bad = []
     for s, m, r, f in results:
         if s.startswith("relais"):
-            kind = "json" if m == "json" else "sse"
+            kind = "json" if m.startswith("json") else "sse"
             added = f["p50_ms"] - base[(kind, r)]["p50_ms"]
             limit_ms = float(override) if override else limits[kind]
             if f["success"] < 99.9:
@@ -593,7 +661,7 @@ def plot(results):
     base = {(m, r): f for (s, m, r, f) in results if s == "direct to mock"}
     series = {}
     for s, m, r, f in results:
-        kind = "json" if m == "json" else "sse"
+        kind = "json" if m.startswith("json") else "sse"
         if s == "direct to mock" or r == "max" or (kind, r) not in base:
             continue
         series.setdefault(f"{s} {m}", []).append((r, max(0.0, f["p99_ms"] - base[(kind, r)]["p99_ms"])))

@@ -30,7 +30,7 @@ mod dialect;
 mod http;
 mod listen;
 mod live;
-mod memory;
+pub mod memory;
 mod metrics;
 mod ops;
 mod otel;

@@ -1,11 +1,45 @@
-//! Giving memory back after a spike. glibc's malloc keeps what a burst of large requests took
-//! (measured: 880 MiB of a 990 MiB peak still resident minutes later, see docs/benchmarks.md),
-//! because freed chunks stay in its arenas. After a large body was admitted, relais asks it to
-//! return free pages to the OS (`malloc_trim`) once a second for a short while, off the request
-//! path; with only small requests it never runs.
+//! Giving memory back after a spike. An allocator keeps what a burst of large requests took:
+//! glibc's malloc kept 880 MiB of a 990 MiB peak resident minutes later (docs/benchmarks.md),
+//! because freed chunks stay in its arenas; mimalloc (the binary's default allocator) keeps
+//! freed pages in the heap of the thread that used them until that thread collects. After a
+//! large body was admitted, relais asks for free memory to be returned to the OS once a second
+//! for a short while, off the request path: glibc's `malloc_trim` on a blocking thread (it is
+//! process-wide; C libraries such as SQLite allocate there whatever the Rust allocator is), and
+//! the global allocator's own collection ([`set_allocator_trim`]) on that thread and on each
+//! runtime worker the next time it parks ([`worker_parked`]). With only small requests none of
+//! it runs.
 
+use std::cell::Cell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Bumped each time free memory is to be returned; a worker collects when it parks and sees a
+/// value it has not collected for.
+static TRIM_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The global allocator's "return this thread's free memory" (set by the binary that chose it).
+static ALLOCATOR_TRIM: OnceLock<fn()> = OnceLock::new();
+
+/// Register how the global allocator returns the calling thread's free memory to the OS.
+pub fn set_allocator_trim(collect: fn()) {
+    let _ = ALLOCATOR_TRIM.set(collect);
+}
+
+/// A runtime worker thread is about to park (`on_thread_park`): collect its allocator's free
+/// memory if a trim was asked for since it last did. Otherwise one atomic load.
+pub fn worker_parked() {
+    thread_local! {
+        static SEEN: Cell<u64> = const { Cell::new(0) };
+    }
+    let epoch = TRIM_EPOCH.load(Ordering::Relaxed);
+    if SEEN.get() != epoch {
+        SEEN.set(epoch);
+        if let Some(collect) = ALLOCATOR_TRIM.get() {
+            collect();
+        }
+    }
+}
 
 /// When the last large body was admitted, in seconds since the process started (0: never).
 static LAST_LARGE: AtomicU64 = AtomicU64::new(0);
@@ -38,7 +72,14 @@ pub(crate) async fn trim_after_spikes() {
         if last == 0 || uptime_secs().saturating_sub(last) > TRIM_FOR.as_secs() {
             continue;
         }
-        let _ = tokio::task::spawn_blocking(trim).await;
+        TRIM_EPOCH.fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(|| {
+            if let Some(collect) = ALLOCATOR_TRIM.get() {
+                collect();
+            }
+            trim();
+        })
+        .await;
     }
 }
 
