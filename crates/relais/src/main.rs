@@ -13,22 +13,22 @@ use clap::{Parser, Subcommand};
 use relais_server::config::{self, LogFormat};
 
 /// mimalloc: malloc and free were 12-17% of the gateway's CPU with glibc's allocator on the
-/// proxying path; with mimalloc JSON requests/s rose 13% and streams 7% on one core
+/// proxying path; with mimalloc JSON requests/s rose 10% on one core, streams unchanged
 /// (docs/benchmarks.md, issue 21). Memory after a spike is returned by
 /// [`relais_server::memory`], which calls [`mimalloc_collect`].
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_allow_thp` in mimalloc v3's `mi_option_t` (include/mimalloc.h; the -sys crate
-/// does not name it; checked against the header of the locked version).
-#[cfg(feature = "mimalloc")]
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
-
 /// No transparent huge pages for the heap: with them an idle gateway held 25 MiB instead of 17
 /// (glibc: 18), for no measurable gain in requests/s. mimalloc reads its options when it
 /// starts, before `main` (the runtime allocates first), so this runs as an ELF constructor
 /// ahead of mimalloc's own (`.init_array` entries with a priority run before unprioritised ones).
+/// `mi_option_allow_thp` in mimalloc v3's `mi_option_t` (include/mimalloc.h; the -sys crate
+/// does not name it; checked against the header of the locked version, and by a test).
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 #[expect(
     unsafe_code,
@@ -689,4 +689,24 @@ fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(all(test, feature = "mimalloc", target_os = "linux"))]
+mod tests {
+    /// The constructor ran before mimalloc started, and option 43 is the one that allows
+    /// transparent huge pages (1 by default on Linux): it reads 0. Option 15, `purge_delay`
+    /// (10 ms by default), shows the numbering is the header's.
+    #[test]
+    #[expect(unsafe_code, reason = "reads two mimalloc options")]
+    fn mimalloc_starts_without_transparent_huge_pages() {
+        // SAFETY: mi_option_get takes an option number and returns its value; no pointers.
+        let (thp, purge_delay) = unsafe {
+            (
+                libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP),
+                libmimalloc_sys::mi_option_get(15),
+            )
+        };
+        assert_eq!(thp, 0);
+        assert_eq!(purge_delay, 10);
+    }
 }
