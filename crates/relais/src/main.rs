@@ -695,7 +695,7 @@ fn teams(config: Option<PathBuf>, action: TeamsCmd) -> Result<()> {
 mod tests {
     /// The constructor ran before mimalloc started, and option 43 is the one that allows
     /// transparent huge pages (1 by default on Linux): it reads 0. Option 15, `purge_delay`
-    /// (10 ms by default), shows the numbering is the header's.
+    /// (1000 ms by default in v3's options.c), shows the numbering is the header's.
     #[test]
     #[expect(unsafe_code, reason = "reads two mimalloc options")]
     fn mimalloc_starts_without_transparent_huge_pages() {
@@ -707,6 +707,6 @@ mod tests {
             )
         };
         assert_eq!(thp, 0);
-        assert_eq!(purge_delay, 10);
+        assert_eq!(purge_delay, 1000);
     }
 }
