@@ -172,9 +172,14 @@ class Watched:
         assert self.page.get_attribute("#page", "data-page") == name
 
     def confirm(self):
+        # Answered means closed, or closed and opened again with new contents (a created key's
+        # secret reuses the dialog as soon as the server answers, which a fast gateway does
+        # between two polls of "is it closed?"): the answered dialog's title is marked first.
         self.page.wait_for_selector("dialog[open]")
+        self.page.evaluate("() => { document.querySelector('#dialog-body > h2').dataset.answered = '1'; }")
         self.page.click("#dialog-ok")
-        self.page.wait_for_function("() => !document.getElementById('dialog').open")
+        self.page.wait_for_function(
+            "() => !document.getElementById('dialog').open || !document.querySelector('#dialog-body > h2[data-answered]')")
 
     def close(self):
         self.context.close()
