@@ -364,6 +364,7 @@ impl Ledger {
             loop {
                 let Some(mut r) = reader.take() else { break };
                 let (r, batch) = tokio::task::spawn_blocking(move || {
+                    relais_state::background_thread();
                     let batch = r.next_batch(SHIP_BATCH);
                     (r, batch)
                 })

@@ -7,6 +7,7 @@
 mod ledger;
 mod migrations;
 mod postgres;
+mod priority;
 mod sqlite;
 
 use relais_core::BoxFuture;
@@ -16,6 +17,7 @@ pub use ledger::{
     UsageLine, UsageQuery,
 };
 pub use postgres::PostgresStore;
+pub use priority::background_thread;
 pub use sqlite::SqliteStore;
 
 /// Rate limits of a key or a team; `None` is no limit.

@@ -197,6 +197,7 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
+            crate::background_thread();
             let c = conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&c)
         })
