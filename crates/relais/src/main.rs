@@ -20,15 +20,15 @@ use relais_server::config::{self, LogFormat};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// No transparent huge pages for the heap: with them an idle gateway held 25 MiB instead of 17
-/// (glibc: 18), for no measurable gain in requests/s. mimalloc reads its options when it
-/// starts, before `main` (the runtime allocates first), so this runs as an ELF constructor
-/// ahead of mimalloc's own (`.init_array` entries with a priority run before unprioritised ones).
 /// `mi_option_allow_thp` in mimalloc v3's `mi_option_t` (include/mimalloc.h; the -sys crate
 /// does not name it; checked against the header of the locked version, and by a test).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
+/// No transparent huge pages for the heap: with them an idle gateway held 25 MiB instead of 17
+/// (glibc: 18), for no measurable gain in requests/s. mimalloc reads its options when it
+/// starts, before `main` (the runtime allocates first), so this runs as an ELF constructor
+/// ahead of mimalloc's own (`.init_array` entries with a priority run before unprioritised ones).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 #[expect(
     unsafe_code,

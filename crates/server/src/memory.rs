@@ -101,3 +101,45 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        /// Collections made on this thread (a trim elsewhere in the test binary counts there).
+        static COLLECTED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn count() {
+        COLLECTED.set(COLLECTED.get() + 1);
+    }
+
+    /// A worker collects once per trim it has not seen; parking again without a new trim
+    /// costs only the check. (Another test may start a trim meanwhile: the last assertion
+    /// allows for the epoch moving.)
+    #[test]
+    fn a_parking_worker_collects_once_per_trim() {
+        set_allocator_trim(count);
+        let worker = std::thread::spawn(|| {
+            worker_parked();
+            let before = COLLECTED.get();
+            TRIM_EPOCH.fetch_add(1, Ordering::Relaxed);
+            let epoch = TRIM_EPOCH.load(Ordering::Relaxed);
+            worker_parked();
+            assert_eq!(
+                COLLECTED.get(),
+                before + 1,
+                "the first park after a trim collects"
+            );
+            worker_parked();
+            worker_parked();
+            if TRIM_EPOCH.load(Ordering::Relaxed) == epoch {
+                assert_eq!(COLLECTED.get(), before + 1, "no new trim, no collection");
+            }
+        });
+        worker
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
+}
