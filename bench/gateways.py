@@ -135,6 +135,17 @@ def oha(url, body, rate, duration, headers, connections=64):
     }
 
 
+def measured(setup, url, body, rate, duration):
+    """One oha row against a setup, with the gateway's CPU share and peak RSS when it is a process."""
+    cpu0, t0 = (proc_stat(setup.proc.pid)[0] if setup.proc else 0), time.time()
+    fig = oha(url, body, rate, duration, setup.headers)
+    if setup.proc:
+        cpu1, _, peak = proc_stat(setup.proc.pid)
+        fig["cpu_pct"] = 100 * (cpu1 - cpu0) / (time.time() - t0)
+        fig["peak_rss_mb"] = peak
+    return fig
+
+
 def ttfb(url, body, headers, n=100, end=b"data: [DONE]"):
     """Median time to the first byte of the body of a streamed answer, over n sequential requests;
     `end` marks the stream's last event."""
@@ -445,22 +456,13 @@ def main():
             # The long row first, on a fresh store: after the closed-loop rows the ledger's
             # shipper is still working off their backlog, which would be measured instead.
             if args.soak and setup.name == "relais + keys/limits/budget/ledger (SQLite)":
-                cpu0, t0 = proc_stat(setup.proc.pid)[0], time.time()
-                fig = oha(setup.url, BODY, 5000, args.soak, setup.headers)
-                cpu1, _, peak = proc_stat(setup.proc.pid)
-                fig["cpu_pct"], fig["peak_rss_mb"] = 100 * (cpu1 - cpu0) / (time.time() - t0), peak
+                fig = measured(setup, setup.url, BODY, 5000, args.soak)
                 results.append((setup.name, f"json {args.soak} s", 5000, fig))
                 print(f"{setup.name:24} json {args.soak} s 5000: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  "
                       f"p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms  p99.9 {fig['p999_ms']:7.3f} ms", file=sys.stderr)
             for mode, url, body in modes:
                 for rate in my_rates + ([] if args.quick else [None]):
-                    cpu0 = proc_stat(setup.proc.pid)[0] if setup.proc else 0
-                    t0 = time.time()
-                    fig = oha(url, body, rate, duration, setup.headers)
-                    if setup.proc:
-                        cpu1, rss, peak = proc_stat(setup.proc.pid)
-                        fig["cpu_pct"] = 100 * (cpu1 - cpu0) / (time.time() - t0)
-                        fig["peak_rss_mb"] = peak
+                    fig = measured(setup, url, body, rate, duration)
                     results.append((setup.name, mode, rate or "max", fig))
                     print(f"{setup.name:24} {mode:4} {str(rate or 'max'):>5}: {fig['rps']:9.1f} req/s  ok {fig['success']:6.2f}%  p50 {fig['p50_ms']:7.3f} ms  p99 {fig['p99_ms']:7.3f} ms  p99.9 {fig['p999_ms']:7.3f} ms  cpu {fig.get('cpu_pct', 0):5.1f}%", file=sys.stderr)
             if setup.proc:

@@ -340,6 +340,18 @@ fn firing<'a>(posts: &'a [Posted], id: &str, status: &str) -> Vec<&'a Posted> {
         .collect()
 }
 
+/// Set a team's daily budget through the admin API.
+async fn set_budget_day(gw: &Gateway, team_id: &str, usd: &str) {
+    let (status, body) = admin(
+        gw,
+        "PATCH",
+        &format!("/admin/teams/{team_id}"),
+        Some(json!({"budget_day": usd})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn wait_alert(sink: &Sink, id: &str, status: &str) -> Vec<Posted> {
     let posts = sink
         .wait_for(Duration::from_secs(20), |ps| {
@@ -427,14 +439,7 @@ async fn issue20_budget_alerts_fire_once_at_80_and_100_percent_and_clear() {
         sink.posts()[0]
     );
     // The budget is cut below what was spent: 100% fires too.
-    let (status, _) = admin(
-        &gw,
-        "PATCH",
-        &format!("/admin/teams/{team_id}"),
-        Some(json!({"budget_day": "0.00001"})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    set_budget_day(&gw, &team_id, "0.00001").await;
     wait_alert(&sink, &id100, "firing").await;
     let metrics = gw.get_text("/metrics").await;
     assert!(
@@ -451,14 +456,7 @@ async fn issue20_budget_alerts_fire_once_at_80_and_100_percent_and_clear() {
     assert_eq!(firing(&posts, &id80, "firing").len(), 1, "{posts:#?}");
     assert_eq!(firing(&posts, &id100, "firing").len(), 1);
     // Raised: both clear.
-    let (status, _) = admin(
-        &gw,
-        "PATCH",
-        &format!("/admin/teams/{team_id}"),
-        Some(json!({"budget_day": "10"})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    set_budget_day(&gw, &team_id, "10").await;
     wait_alert(&sink, &id80, "resolved").await;
     wait_alert(&sink, &id100, "resolved").await;
     let log = logs();
@@ -477,14 +475,7 @@ async fn issue20_budget_alerts_fire_once_at_80_and_100_percent_and_clear() {
     );
     // Cut again within repeat_secs: the alerts fire again (gauge, counter) but are not posted
     // a second time.
-    let (status, _) = admin(
-        &gw,
-        "PATCH",
-        &format!("/admin/teams/{team_id}"),
-        Some(json!({"budget_day": "0.00001"})),
-    )
-    .await;
-    assert_eq!(status, 200);
+    set_budget_day(&gw, &team_id, "0.00001").await;
     let t0 = Instant::now();
     while !gw
         .get_text("/metrics")
