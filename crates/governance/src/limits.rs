@@ -13,6 +13,7 @@
 //! [`budget`] the spend of one subject.
 
 pub(crate) mod budget;
+pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod redis;
 pub(crate) mod subject;
@@ -90,6 +91,22 @@ impl RateLimits {
         match self {
             Self::Local(_) => "local",
             Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Requests admitted under this instance's leases and through the store since start (in
+    /// process: none leased; the store's count is not kept).
+    pub fn admissions(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Local(_) => None,
+            Self::Redis(r) => Some(r.admissions()),
+        }
+    }
+
+    /// The instance stops: give back what it holds in a shared store.
+    pub async fn close(&self) {
+        if let Self::Redis(r) = self {
+            r.close().await;
         }
     }
 

@@ -156,6 +156,7 @@ pub async fn serve_with_reload(
             }
         }
     };
+    state.live().runtime.rate_limits.close().await;
     background::flush_ledger(&state).await;
     background::flush_traces(&state).await;
     served

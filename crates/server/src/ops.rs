@@ -99,6 +99,23 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
         &labels(&[("kind", limits.kind())]),
         u8::from(limits.is_up()),
     );
+    if let Some((leased, asked)) = limits.admissions() {
+        p.family(
+            "relais_limit_admissions_total",
+            "counter",
+            "Requests admitted under limits counted in Redis: under this instance's lease of a busy subject's limits, or by asking Redis.",
+        );
+        p.sample(
+            "relais_limit_admissions_total",
+            &labels(&[("path", "lease")]),
+            leased,
+        );
+        p.sample(
+            "relais_limit_admissions_total",
+            &labels(&[("path", "redis")]),
+            asked,
+        );
+    }
     if let Some(ring) = &live.runtime.keyring {
         p.family(
             "relais_key_store_up",

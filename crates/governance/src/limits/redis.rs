@@ -1,7 +1,9 @@
 //! The same limits as [`super::Limiter`], counted in Redis for every instance together. Each
 //! admission is one Lua script run atomically by Redis with Redis's own clock (no instance's
 //! clock matters), checking and recording key and team in one step. A request in flight holds
-//! a lease, so the slots of an instance that dies come back when the lease ends.
+//! its place for a while (`lease_secs`), so the slots of an instance that dies come back then.
+//! A busy subject's requests skip Redis: the instance admits them under a slice of the limits
+//! that Redis leased it ([`super::lease`]).
 //!
 //! When Redis cannot be reached, admission fails closed (503) unless configured to fail open;
 //! either way it is logged, never silent.
@@ -17,6 +19,7 @@ use relais_core::{Error, ErrorKind, Side};
 use relais_state::LedgerStore;
 
 use super::budget::spend_in_ledger;
+use super::lease::{Grant, Leases, Taken, Want};
 use super::subject::{Period, Subject, refuse, refuse_budget};
 use crate::calendar::{day_of, month_of};
 use crate::money::PICO_PER_NANO;
@@ -45,6 +48,10 @@ pub struct RedisLimiter {
     admit: Script,
     finish: Script,
     seed: Script,
+    lease_script: Script,
+    shrink: Script,
+    /// Slices of busy subjects' limits leased to this instance; `None`: every request asks Redis.
+    leases: Option<Arc<Leases>>,
     /// Where a subject's spend is read from when Redis does not have it yet.
     ledger: Option<Arc<dyn LedgerStore>>,
 }
@@ -64,11 +71,13 @@ fn cost_nano(pico: u64) -> u64 {
 }
 
 impl RedisLimiter {
-    /// Connect to `url` (`redis://127.0.0.1:6379`); keys live under `prefix:`.
+    /// Connect to `url` (`redis://127.0.0.1:6379`); keys live under `prefix:`. `lease`: how
+    /// long a place in flight is held for an instance that may have died; `span`: how long a
+    /// busy subject's limits are leased to this instance at a time (zero: never).
     pub async fn connect(
         url: &str,
         prefix: &str,
-        lease: Duration,
+        (lease, span): (Duration, Duration),
         fail_open: bool,
         ledger: Option<Arc<dyn LedgerStore>>,
     ) -> Result<Arc<Self>, Error> {
@@ -88,9 +97,24 @@ impl RedisLimiter {
             fail_open,
             instance,
             next: AtomicU64::new(0),
-            admit: Script::new(include_str!("../lua/admit.lua")),
-            finish: Script::new(include_str!("../lua/finish.lua")),
+            admit: Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!("../lua/admit.lua")
+            )),
+            finish: Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!("../lua/finish.lua")
+            )),
             seed: Script::new(include_str!("../lua/seed.lua")),
+            lease_script: Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!("../lua/lease.lua")
+            )),
+            shrink: Script::new(concat!(
+                include_str!("../lua/prelude.lua"),
+                include_str!("../lua/shrink.lua")
+            )),
+            leases: (!span.is_zero()).then(|| Arc::new(Leases::new(span))),
             ledger,
         });
         if !limiter.try_connect().await {
@@ -99,6 +123,9 @@ impl RedisLimiter {
             );
         }
         tokio::spawn(watch(Arc::downgrade(&limiter)));
+        if let Some(leases) = &limiter.leases {
+            tokio::spawn(leaser(Arc::downgrade(&limiter), leases.clone()));
+        }
         Ok(limiter)
     }
 
@@ -141,6 +168,116 @@ impl RedisLimiter {
         }
     }
 
+    /// Requests admitted under leases and through Redis since start.
+    pub fn admissions(&self) -> (u64, u64) {
+        self.leases.as_ref().map_or((0, 0), |l| {
+            (
+                l.local.load(Ordering::Relaxed),
+                l.exact.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// The instance stops: report every lease, so that Redis holds only what its requests
+    /// really used (an unreported lease is charged its whole budget reservation when its hold
+    /// ends). Bounded by a few seconds.
+    pub async fn close(&self) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        leases.close_all();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while leases.count() > 0 && tokio::time::Instant::now() < deadline {
+            self.report(leases).await;
+            if leases.count() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// The six keys of a subject (see prelude.lua).
+    fn keys<'i>(&self, inv: &mut redis::ScriptInvocation<'i>, subject: &str, reset: Option<i64>) {
+        inv.key(self.key(subject, "log"))
+            .key(self.key(subject, "tok"))
+            .key(self.key(subject, "cur"))
+            .key(self.spend_key(subject, reset))
+            .key(self.key(subject, "res"))
+            .key(self.key(subject, "lw"));
+    }
+
+    /// Ask Redis for a lease: what it granted, or `None`.
+    async fn ask(self: &Arc<Self>, id: &str, want: &Want) -> Result<Option<Grant>, String> {
+        let l = &want.limits;
+        let mut inv = self.lease_script.prepare_invoke();
+        self.keys(&mut inv, &want.subject, l.budget_reset_ms);
+        let span = self.leases.as_ref().map_or(Duration::ZERO, |l| l.span);
+        inv.arg(id)
+            .arg(u64::try_from(span.as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(want.grant.requests)
+            .arg(want.grant.tokens)
+            .arg(want.grant.slots)
+            .arg(want.grant.nano)
+            .arg(want.unit_tokens)
+            .arg(want.unit_nano)
+            .arg(none_or(l.rpm))
+            .arg(none_or(l.tpm))
+            .arg(none_or(l.max_concurrent))
+            .arg(budget_nano(l.budget_day))
+            .arg(budget_nano(l.budget_month))
+            .arg(budget_nano(l.budget_total));
+        let r = self.call(&inv).await?;
+        let n = |i: usize| r.get(i).and_then(|v| u64::try_from(*v).ok()).unwrap_or(0);
+        Ok((r.len() == 4).then(|| Grant {
+            requests: n(0),
+            tokens: n(1),
+            slots: n(2),
+            nano: n(3),
+        }))
+    }
+
+    /// One step of the leaser: ask for the leases busy subjects want, then report the closed
+    /// ones.
+    async fn renew(self: &Arc<Self>, leases: &Leases) {
+        for want in leases.plan(tokio::time::Instant::now()) {
+            let n = leases.number();
+            let id = format!("L{}-{n}", self.instance);
+            let asked = tokio::time::Instant::now();
+            match self.ask(&id, &want).await {
+                Ok(Some(grant)) => leases.install(n, id, &want, grant, asked),
+                Ok(None) => leases.refused(&want.subject, asked),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no lease from Redis; requests ask it one by one");
+                    leases.refused(&want.subject, asked);
+                }
+            }
+        }
+        self.report(leases).await;
+    }
+
+    /// Tell Redis what each closed lease holds now.
+    async fn report(&self, leases: &Leases) {
+        for (n, id, subject, limits, holds, spent) in leases.reports() {
+            let mut inv = self.shrink.prepare_invoke();
+            self.keys(&mut inv, &subject, limits.budget_reset_ms);
+            inv.arg(&id)
+                .arg(holds.requests)
+                .arg(holds.tokens)
+                .arg(holds.slots)
+                .arg(holds.nano)
+                .arg(spent)
+                .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+            let ok = match self.connection() {
+                None => false,
+                Some(mut conn) => matches!(
+                    tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async::<i64>(&mut conn)).await,
+                    Ok(Ok(_))
+                ),
+            };
+            leases.reported(n, spent, ok);
+        }
+    }
+
     fn key(&self, subject: &str, part: &str) -> String {
         format!("{}:{subject}:{part}", self.prefix)
     }
@@ -161,6 +298,21 @@ impl RedisLimiter {
         tokens: u64,
         cost: u64,
     ) -> Result<Option<RedisTicket>, Error> {
+        let nano = cost_nano(cost);
+        if let Some(leases) = &self.leases {
+            if let Some(taken) = leases.admit(subjects, tokens, nano) {
+                return Ok(Some(RedisTicket {
+                    limiter: self.clone(),
+                    held: Held::Leased {
+                        taken,
+                        tokens,
+                        nano,
+                    },
+                    used: AtomicU64::new(u64::MAX),
+                    spent: AtomicU64::new(0),
+                }));
+            }
+        }
         let id = format!(
             "{}-{}",
             self.instance,
@@ -168,16 +320,12 @@ impl RedisLimiter {
         );
         let mut inv = self.admit.prepare_invoke();
         for (sid, _, l) in subjects {
-            inv.key(self.key(sid, "log"))
-                .key(self.key(sid, "tok"))
-                .key(self.key(sid, "cur"))
-                .key(self.spend_key(sid, l.budget_reset_ms))
-                .key(self.key(sid, "res"));
+            self.keys(&mut inv, sid, l.budget_reset_ms);
         }
         inv.arg(&id)
             .arg(tokens)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(cost_nano(cost));
+            .arg(nano);
         for (_, _, l) in subjects {
             inv.arg(none_or(l.rpm))
                 .arg(none_or(l.tpm))
@@ -224,14 +372,16 @@ impl RedisLimiter {
             r.get(2).copied().unwrap_or(0),
         );
         if index < 0 {
+            if let Some(leases) = &self.leases {
+                leases.note_exact(subjects, tokens, nano);
+            }
             let ids = subjects
                 .iter()
                 .map(|(s, _, l)| ((*s).to_owned(), l.budget_reset_ms))
                 .collect();
             return Ok(Some(RedisTicket {
                 limiter: self.clone(),
-                id,
-                subjects: ids,
+                held: Held::Exact { id, subjects: ids },
                 used: AtomicU64::new(u64::MAX),
                 spent: AtomicU64::new(0),
             }));
@@ -438,17 +588,44 @@ async fn watch(limiter: std::sync::Weak<RedisLimiter>) {
     }
 }
 
-/// A request's lease in Redis: released, with the usage reported at settlement, when dropped
-/// (one Redis call per request end instead of two).
+/// The leaser: asks for leases as subjects get busy or their leases run low (woken by them, or
+/// every eighth of a lease's span) and reports closed ones. Ends when the limiter is dropped.
+async fn leaser(limiter: std::sync::Weak<RedisLimiter>, leases: Arc<Leases>) {
+    let tick = leases.span / 8;
+    loop {
+        tokio::select! {
+            () = leases.wake.notified() => {}
+            () = tokio::time::sleep(tick) => {}
+        }
+        let Some(l) = limiter.upgrade() else {
+            return;
+        };
+        if l.is_up() {
+            l.renew(&leases).await;
+        }
+    }
+}
+
+/// A request's place in Redis, or under this instance's leases: released, with the usage
+/// reported at settlement, when dropped (one Redis call per request end instead of two, none
+/// under leases).
 pub(crate) struct RedisTicket {
     limiter: Arc<RedisLimiter>,
-    id: String,
-    /// Subject ids, each with the budget reset its spend counts from.
-    subjects: Vec<(String, Option<i64>)>,
+    held: Held,
     /// Tokens reported at settlement; `u64::MAX` until settled.
     used: AtomicU64,
     /// Cost at settlement, pico-USD.
     spent: AtomicU64,
+}
+
+enum Held {
+    /// Admitted by Redis as `id`; subject ids, each with the budget reset its spend counts from.
+    Exact {
+        id: String,
+        subjects: Vec<(String, Option<i64>)>,
+    },
+    /// Admitted under leases, reserving `tokens` and `nano` nano-USD of each.
+    Leased { taken: Taken, tokens: u64, nano: u64 },
 }
 
 impl RedisTicket {
@@ -465,10 +642,18 @@ impl Drop for RedisTicket {
     fn drop(&mut self) {
         let used = self.used.load(Ordering::Relaxed);
         let spent = self.spent.load(Ordering::Relaxed);
-        self.limiter.finish(
-            &self.id,
-            &self.subjects,
-            (used != u64::MAX).then_some((used, spent)),
-        );
+        let used = (used != u64::MAX).then_some((used, spent));
+        match &self.held {
+            Held::Exact { id, subjects } => self.limiter.finish(id, subjects, used),
+            Held::Leased {
+                taken,
+                tokens,
+                nano,
+            } => {
+                if let Some(leases) = &self.limiter.leases {
+                    leases.finish(taken, *tokens, *nano, used.map(|(t, c)| (t, cost_nano(c))));
+                }
+            }
+        }
     }
 }

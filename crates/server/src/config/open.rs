@@ -100,7 +100,10 @@ pub async fn open_rate_limits(
             let r = relais_governance::RedisLimiter::connect(
                 url.expose(),
                 &cfg.redis_prefix,
-                Duration::from_secs(cfg.lease_secs.max(1)),
+                (
+                    Duration::from_secs(cfg.lease_secs.max(1)),
+                    Duration::from_millis(cfg.limit_lease_ms),
+                ),
                 fail_open,
                 ledger_store,
             )

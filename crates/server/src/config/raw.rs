@@ -198,6 +198,11 @@ pub struct GovernanceConfig {
     /// How long a request's place in flight is held in Redis if its instance dies.
     #[serde(default = "default_lease")]
     pub lease_secs: u64,
+    /// With `limits = "redis"`: how long a slice of a busy key's or team's limits is leased to
+    /// one instance, which then admits its requests without asking Redis (0: every request
+    /// asks Redis). Limit changes reach leased subjects within this time.
+    #[serde(default = "default_limit_lease_ms")]
+    pub limit_lease_ms: u64,
     /// When Redis cannot be reached: `closed` (refuse limited keys with 503) or `open` (admit
     /// without limits). Logged either way.
     #[serde(default)]
@@ -219,6 +224,10 @@ fn default_prefix() -> String {
 
 fn default_lease() -> u64 {
     900
+}
+
+fn default_limit_lease_ms() -> u64 {
+    1000
 }
 
 fn default_max_tokens() -> u64 {
