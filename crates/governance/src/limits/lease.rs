@@ -216,8 +216,8 @@ impl Leases {
     /// Admit under this instance's leases, all subjects or none; `None`: take the exact path.
     pub(crate) fn admit(&self, subjects: &[Subject<'_>], tokens: u64, nano: u64) -> Option<Taken> {
         let now = Instant::now();
-        let mut book = self.book();
-        let book = &mut *book;
+        let mut guard = self.book();
+        let book = &mut *guard;
         let mut taken = Vec::with_capacity(subjects.len());
         let mut wake = false;
         for (sid, _, limits) in subjects {
@@ -237,7 +237,10 @@ impl Leases {
                 _ => return None,
             }
         }
-        for (n, (sid, _, _)) in taken.iter().zip(subjects.iter().filter(|s| s.2 != Limits::default())) {
+        for (n, (sid, _, _)) in taken
+            .iter()
+            .zip(subjects.iter().filter(|s| s.2 != Limits::default()))
+        {
             if let Some(l) = book.leases.get_mut(n) {
                 l.requests_left = l.requests_left.saturating_sub(1);
                 l.tokens_left -= tokens as i64;
@@ -253,7 +256,7 @@ impl Leases {
                 }
             }
         }
-        drop(book);
+        drop(guard);
         if wake {
             self.wake.notify_one();
         }
@@ -434,7 +437,14 @@ impl Leases {
         for (n, l) in &mut book.leases {
             if l.closed && l.dirty {
                 l.dirty = false;
-                out.push((*n, l.id.clone(), l.subject.clone(), l.limits, l.holds(), l.nano_unsent));
+                out.push((
+                    *n,
+                    l.id.clone(),
+                    l.subject.clone(),
+                    l.limits,
+                    l.holds(),
+                    l.nano_unsent,
+                ));
             }
         }
         out

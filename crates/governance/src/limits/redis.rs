@@ -625,7 +625,11 @@ enum Held {
         subjects: Vec<(String, Option<i64>)>,
     },
     /// Admitted under leases, reserving `tokens` and `nano` nano-USD of each.
-    Leased { taken: Taken, tokens: u64, nano: u64 },
+    Leased {
+        taken: Taken,
+        tokens: u64,
+        nano: u64,
+    },
 }
 
 impl RedisTicket {
