@@ -802,6 +802,231 @@ impl Drop for Children {
     }
 }
 
+/// `n` gateway configs sharing one PostgreSQL schema (keys, ledger) and one Redis prefix
+/// (limits), each with its own port and write-ahead directory; `governance` is added to their
+/// governance section. Dropping it drops the schema, the directory and the Redis keys.
+struct Shared {
+    paths: Vec<PathBuf>,
+    ports: Vec<u16>,
+    prefix: String,
+    schema: String,
+    dir: PathBuf,
+}
+
+impl Shared {
+    fn new(tag: &str, n: usize, mock: &str, governance: &str) -> Self {
+        let base = std::env::var("RELAIS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
+        let schema = format!("relais_cli_{tag}_{}", std::process::id());
+        psql(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ));
+        let url = format!("{base} options='-c search_path={schema}'");
+        let prefix = format!("relais_cli_{tag}_{}", std::process::id());
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let dir = std::env::temp_dir().join(format!("relais-cli-{}-{tag}", std::process::id()));
+        let paths = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let text = format!(
+                    "{}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nlimits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nledger_dir = \"{}\"\n{governance}",
+                    config(mock, *port),
+                    dir.join(format!("ledger-{i}")).display()
+                );
+                temp_config(&format!("{tag}-{i}"), &text)
+            })
+            .collect();
+        Self {
+            paths,
+            ports,
+            prefix,
+            schema,
+            dir,
+        }
+    }
+
+    /// A Redis command's answer, one line.
+    fn redis(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379"])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed (.ci/run checks Redis)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.redis(&[
+            "EVAL",
+            &format!(
+                "for _, k in ipairs(redis.call('KEYS', '{}:*')) do redis.call('DEL', k) end return 0",
+                self.prefix
+            ),
+            "0",
+        ]);
+    }
+}
+
+/// Two gateway processes sharing PostgreSQL and Redis; a team limited to 3000 requests per
+/// minute and 256 at once. Instance A gets busy enough to lease a slice of the team's limits
+/// and admit on its own, then is killed with SIGKILL while its lease is live, never reporting
+/// it. Redis keeps counting the lease as granted, so A and B together never pass 3000 in the
+/// minute while B takes the rest; when A's hold ends (`lease_secs = 2`) its places in flight
+/// and budget reservation come back, and nothing stays reserved once B stops.
+#[test]
+fn a_lease_holder_killed_mid_window_never_lets_a_limit_be_passed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
+    mock.push_fault(Fault {
+        delay_ms: Some(5),
+        times: Some(0),
+        ..Fault::default()
+    });
+    let shared = Shared::new("lease", 2, &mock.url(), "lease_secs = 2\n");
+    let out = relais(
+        &[
+            "teams",
+            "create",
+            "lease",
+            "--rpm",
+            "3000",
+            "--max-concurrent",
+            "256",
+            "--budget-total",
+            "100",
+        ],
+        &shared.paths[0],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relais(
+        &["keys", "create", "--team", "lease", "--name", "k"],
+        &shared.paths[0],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (pa, pb) = (shared.ports[0], shared.ports[1]);
+    let mut a = spawn_serve(&shared.paths[0]);
+    let b = Children(vec![spawn_serve(&shared.paths[1])]);
+    wait_healthy(pa);
+    wait_healthy(pb);
+
+    // A under load until it holds a lease that it admits from.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(pa, &key, 8, &stop);
+    let lw = format!("{}:team_*:lw", shared.prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lw = loop {
+        let found = shared.redis(&["--scan", "--pattern", &lw]);
+        if let Some(k) = found.lines().next().filter(|k| !k.is_empty()) {
+            if shared.redis(&["HKEYS", k]).contains("r:L") {
+                break k.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never leased the team's limits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a_ok = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .filter(|r| r.0 == 200)
+        .count();
+    let subject = lw.trim_end_matches(":lw").to_owned();
+    let counted = |what: &str| -> u64 {
+        let (zset, extra) = if what == "requests" {
+            ("log", "_r")
+        } else {
+            ("cur", "_k")
+        };
+        let n: u64 = shared
+            .redis(&["ZCARD", &format!("{subject}:{zset}")])
+            .parse()
+            .unwrap_or(0);
+        let w: u64 = shared.redis(&["HGET", &lw, extra]).parse().unwrap_or(0);
+        n + w
+    };
+    let a_upstream = mock.requests().len();
+    let after_kill = counted("requests");
+    eprintln!(
+        "figures: A killed holding a lease: {a_ok} answers received, {a_upstream} reached the upstream, Redis counts {after_kill}"
+    );
+    assert!(a_ok > 50, "only {a_ok} answers from A before the kill");
+    assert!(
+        after_kill >= a_upstream as u64,
+        "Redis counts {after_kill} requests, A sent {a_upstream} upstream"
+    );
+
+    // B takes what is left of the minute: never more.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(pb, &key, 8, &stop);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let b_answers: Vec<(u16, String, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let b_ok = b_answers.iter().filter(|r| r.0 == 200).count();
+    let upstream = mock.requests().len();
+    eprintln!(
+        "figures: then B: {b_ok} admitted, {} refused; upstream saw {upstream} of the limit of 3000",
+        b_answers.len() - b_ok
+    );
+    assert!(
+        b_answers.iter().all(|r| r.0 == 200 || r.0 == 429),
+        "{:?}",
+        b_answers.iter().find(|r| r.0 != 200 && r.0 != 429)
+    );
+    assert!(upstream <= 3000, "{upstream} requests past a limit of 3000");
+    // A's lease is at most a sixteenth of the limit: what A did not use of it is all that is
+    // lost for the minute.
+    assert!(
+        upstream >= 3000 - 3000 / 16,
+        "only {upstream} of 3000 admitted"
+    );
+
+    // B stops and reports its leases; A's hold ended while B ran.
+    let mut b = b;
+    let mut b = b.0.pop().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status();
+    assert!(b.wait().unwrap().success());
+    let reserved: u64 = shared
+        .redis(&["HGET", &format!("{subject}:res"), "_total"])
+        .parse()
+        .unwrap_or(0);
+    let spent: u64 = shared
+        .redis(&["HGET", &format!("{subject}:spend"), "t"])
+        .parse()
+        .unwrap_or(0);
+    eprintln!(
+        "figures: after B stopped: in flight {}, reserved {reserved}, spent {spent} nano-USD",
+        counted("in flight")
+    );
+    assert_eq!(counted("in flight"), 0, "places still held");
+    assert_eq!(reserved, 0, "budget still reserved");
+    assert!(spent > 0, "nothing spent");
+}
+
 /// Three gateway processes sharing one PostgreSQL (keys, ledger) and one Redis (limits), under
 /// an open-loop load of 2000 requests/s in total for 3 s (CI-sized) against a key limit of 100
 /// requests per minute: the upstream sees at most 100 and at least 99 of them, and the ledger
@@ -814,35 +1039,8 @@ fn three_processes_at_2000_per_second_keep_a_key_to_its_100_per_minute() {
         .build()
         .unwrap();
     let mock = rt.block_on(MockServer::start(Some("sk-test-upstream-0001")));
-    let base = std::env::var("RELAIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
-    let schema = format!("relais_cli_{}", std::process::id());
-    let admin_sql = |sql: String| {
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-                .await
-                .expect("PostgreSQL must be reachable on 127.0.0.1:5432 (.ci/run starts it)");
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.unwrap();
-        });
-    };
-    admin_sql(format!("CREATE SCHEMA {schema}"));
-    let url = format!("{base} options='-c search_path={schema}'");
-    let prefix = format!("relais_cli3_{}", std::process::id());
-    let ports = [free_port(), free_port(), free_port()];
-    let dir = std::env::temp_dir().join(format!("relais-cli-{}-three", std::process::id()));
-    let paths: Vec<PathBuf> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let text = format!(
-                "{}\n[admin]\nkey = \"admin-0123456789\"\n[governance]\nstore = \"postgres\"\npostgres_url = \"{url}\"\nlimits = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\nledger_dir = \"{}\"\n",
-                config(&mock.url(), *port),
-                dir.join(format!("ledger-{i}")).display()
-            );
-            temp_config(&format!("three-{i}"), &text)
-        })
-        .collect();
+    let shared = Shared::new("three", 3, &mock.url(), "");
+    let (paths, ports) = (&shared.paths, shared.ports.clone());
     let out = relais(&["teams", "create", "three"], &paths[0]);
     assert!(
         out.status.success(),
@@ -862,8 +1060,8 @@ fn three_processes_at_2000_per_second_keep_a_key_to_its_100_per_minute() {
     );
     let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let mut children = Children(paths.iter().map(|p| spawn_serve(p)).collect());
-    for p in ports {
-        wait_healthy(p);
+    for p in &ports {
+        wait_healthy(*p);
     }
 
     // Open loop: request n leaves at n × 0.5 ms whatever happened to the others.
@@ -912,8 +1110,7 @@ fn three_processes_at_2000_per_second_keep_a_key_to_its_100_per_minute() {
     eprintln!(
         "figures: 3 processes, 2000 req/s for 3 s, key limit 100/min: {sent} sent, {admitted} admitted, {refused} refused with 429, {upstream} reached the upstream, {ledgered} ledger rows"
     );
-    admin_sql(format!("DROP SCHEMA {schema} CASCADE"));
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(shared);
     assert_eq!(
         admitted + refused,
         sent,
