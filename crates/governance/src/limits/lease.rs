@@ -471,3 +471,105 @@ impl Leases {
         self.book().leases.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::subject::Holder;
+
+    fn team(limits: Limits) -> [Subject<'static>; 1] {
+        [("team_t", Holder::Team { name: "t" }, limits)]
+    }
+
+    /// Busy, then leased: admits what the lease covers and no more; a replaced lease reports
+    /// what its requests really used, and is forgotten once nothing of it is in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_admits_what_it_covers_and_reports_what_was_used() {
+        let leases = Leases::new(Duration::from_secs(1));
+        let limits = Limits {
+            rpm: Some(10_000),
+            tpm: Some(1_000_000),
+            budget_day: Some(1_000_000_000_000),
+            ..Limits::default()
+        };
+        let subjects = team(limits);
+        assert!(leases.admit(&subjects, 100, 5).is_none(), "no lease yet");
+        for _ in 0..HOT {
+            leases.note_exact(&subjects, 100, 5);
+        }
+        let wants = leases.plan(Instant::now());
+        assert_eq!(wants.len(), 1, "busy: a lease is wanted");
+        let want = &wants[0];
+        assert_eq!((want.unit_tokens, want.unit_nano), (100, 5));
+        let grant = Grant {
+            requests: 3,
+            tokens: 250,
+            slots: 8,
+            nano: 1000,
+        };
+        let n = leases.number();
+        leases.install(n, "L1".into(), want, grant, Instant::now());
+        let a = leases.admit(&subjects, 100, 5).unwrap();
+        let b = leases.admit(&subjects, 100, 5).unwrap();
+        assert!(
+            leases.admit(&subjects, 100, 5).is_none(),
+            "250 tokens cover two"
+        );
+        // One ends using 30 tokens: 70 come back, enough for a third request.
+        leases.finish(&a, 100, 5, Some((30, 2)));
+        let c = leases.admit(&subjects, 100, 5).unwrap();
+        assert!(
+            leases.admit(&subjects, 1, 5).is_none(),
+            "three requests granted"
+        );
+        let other = Limits {
+            rpm: Some(20_000),
+            ..limits
+        };
+        assert!(
+            leases.admit(&team(other), 1, 5).is_none(),
+            "limits changed: the lease does not apply"
+        );
+        // Replaced: closed, and reported with what it holds.
+        let n2 = leases.number();
+        leases.install(n2, "L2".into(), want, grant, Instant::now());
+        let reports = leases.reports();
+        assert_eq!(reports.len(), 1);
+        let (rn, id, _, _, holds, spent) = &reports[0];
+        assert_eq!((*rn, id.as_str(), *spent), (n, "L1", 2));
+        assert_eq!(
+            *holds,
+            Grant {
+                requests: 3,
+                tokens: 30 + 200,
+                slots: 2,
+                nano: 10
+            }
+        );
+        leases.reported(n, 2, true);
+        leases.finish(&b, 100, 5, Some((40, 3)));
+        leases.finish(&c, 100, 5, None);
+        let reports = leases.reports();
+        assert_eq!(
+            reports[0].4.tokens,
+            30 + 40 + 100,
+            "unreported: reservation kept"
+        );
+        assert_eq!(
+            (reports[0].4.slots, reports[0].4.nano, reports[0].5),
+            (0, 0, 3)
+        );
+        leases.reported(n, 3, true);
+        assert_eq!(leases.count(), 1, "only the current lease is left");
+        // Its time ends: closed at the next step, and quiet subjects ask for nothing.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(leases.plan(Instant::now()).is_empty());
+        assert!(leases.admit(&subjects, 1, 0).is_none());
+        let reports = leases.reports();
+        assert_eq!(
+            reports[0].4,
+            Grant::default(),
+            "unused: all of it given back"
+        );
+    }
+}
