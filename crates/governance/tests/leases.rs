@@ -3,6 +3,13 @@
 //! limit in turn, while a sampler reads the counts in Redis. No limit is ever passed, what
 //! Redis counts at the end equals what the requests reported, and most admissions were local.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test: a failure is a failed test"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,13 +47,7 @@ async fn counts(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> C
         .query_async(conn)
         .await
         .unwrap();
-    let (r, kk, tok, res, spent): (
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-        Option<u64>,
-    ) = redis::pipe()
+    let [r, kk, tok, res, spent]: [Option<u64>; 5] = redis::pipe()
         .hget(k("lw"), "_r")
         .hget(k("lw"), "_k")
         .hget(k("tok"), "_total")
