@@ -279,11 +279,12 @@ queue = 256
 """
 
 
-def start_relais_governed(mock_port, cluster, shadow=False):
+def start_relais_governed(mock_port, cluster, shadow=False, exact=False):
     """relais with a virtual key whose team has limits and a USD budget (set high enough never to
     refuse, so every request pays for the checks) and the ledger on: keys and ledger in SQLite,
     limits and budget in the process; or keys and ledger in PostgreSQL, limits and budget in
-    Redis shared by instances. The bench route has a price, so every request is costed."""
+    Redis shared by instances (`exact`: without leases, every request asks Redis). The bench
+    route has a price, so every request is costed."""
     port = free_port()
     d = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-gov-"))
     cfg = d / "relais.toml"
@@ -294,7 +295,7 @@ def start_relais_governed(mock_port, cluster, shadow=False):
         url = f"host=127.0.0.1 port=5432 user=postgres dbname=test options='-c search_path={schema}'"
         gov = (f'[governance]\nstore = "postgres"\npostgres_url = "{url}"\nlimits = "redis"\n'
                f'redis_url = "redis://127.0.0.1:6379"\nredis_prefix = "{schema}"\n'
-               f'ledger_dir = "{d / "ledger"}"\n')
+               f'ledger_dir = "{d / "ledger"}"\n' + ("limit_lease_ms = 0\n" if exact else ""))
 
         def cleanup():
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
@@ -322,6 +323,8 @@ output = "0.6"
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     name = ("relais + keys/limits/budget/ledger (PG + Redis)" if cluster
             else "relais + keys/limits/budget/ledger (SQLite)")
+    if exact:
+        name += ", no leases"
     if shadow:
         name = f"relais + keys/limits/budget/ledger (SQLite) + shadow {SHADOW_RATE:.0%}"
     return Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc,
@@ -401,6 +404,8 @@ def main():
     ap.add_argument("--soak", type=int, default=0, metavar="SECS",
                     help="with --governed: add a JSON row of SECS seconds at 5000 req/s for governed SQLite "
                          "(ledger commits and WAL checkpoints inside the window)")
+    ap.add_argument("--cluster-exact", action="store_true",
+                    help="with --governed: add the PG + Redis setup without limit leases (every request asks Redis)")
     ap.add_argument("--nginx", action="store_true",
                     help="with --probe: add nginx, and print relais (bare) against it (issue 21's targets)")
     ap.add_argument("--baseline", metavar="BIN",
@@ -427,6 +432,8 @@ def main():
         if args.governed or not (args.quick or args.probe):
             starters += [lambda: start_relais_governed(mock_port, False),
                          lambda: start_relais_governed(mock_port, True)]
+            if args.cluster_exact:
+                starters += [lambda: start_relais_governed(mock_port, True, exact=True)]
         elif args.shadow:
             starters += [lambda: start_relais_governed(mock_port, False)]
         if args.shadow or not (args.quick or args.probe):
