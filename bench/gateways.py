@@ -279,6 +279,24 @@ queue = 256
 """
 
 
+def pin_services(cpus):
+    """Move PostgreSQL's and Redis's processes (new PostgreSQL backends inherit it from the
+    postmaster) to `cpus`, the load generator's cores: in production they run on other machines,
+    as the mock vendor stands for one here; left on the gateway's core, their work would be
+    measured as the gateway's tail. Returns what puts them back."""
+    pids = [p for name in ("postgres", "redis-server")
+            for p in subprocess.run(["pgrep", name], capture_output=True, text=True).stdout.split()]
+    if not cpus or not pids or not shutil.which("taskset"):
+        return lambda: None
+    for p in pids:
+        subprocess.run(["taskset", "-apc", cpus, p], capture_output=True)
+
+    def restore():
+        for p in pids:
+            subprocess.run(["taskset", "-apc", f"0-{CORES - 1}", p], capture_output=True)
+    return restore
+
+
 def start_relais_governed(mock_port, cluster, shadow=False, exact=False):
     """relais with a virtual key whose team has limits and a USD budget (set high enough never to
     refuse, so every request pays for the checks) and the ledger on: keys and ledger in SQLite,
@@ -297,7 +315,10 @@ def start_relais_governed(mock_port, cluster, shadow=False, exact=False):
                f'redis_url = "redis://127.0.0.1:6379"\nredis_prefix = "{schema}"\n'
                f'ledger_dir = "{d / "ledger"}"\n' + ("limit_lease_ms = 0\n" if exact else ""))
 
+        unpin = pin_services(LOAD_CPUS)
+
         def cleanup():
+            unpin()
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
                             f"DROP SCHEMA {schema} CASCADE"], capture_output=True)
             subprocess.run(["redis-cli", "-h", "127.0.0.1", "EVAL",
@@ -550,7 +571,8 @@ def report(results, info, quick, duration, probe=False, flight=None):
             lines.append(f"| {label} | {v:.3f} | {v - direct_ttfb:+.3f} | {v - chat:+.3f} |")
     relais_bin = TARGET / "release/relais"
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    header = (f"Machine: {cpu}, {CORES} cores; gateway pinned to cpu {GATEWAY_CPUS}, load generator and mock to cpus {LOAD_CPUS}. "
+    header = (f"Machine: {cpu}, {CORES} cores; gateway pinned to cpu {GATEWAY_CPUS}, load generator and mock (and PostgreSQL and Redis while "
+              f"the PG + Redis setups run) to cpus {LOAD_CPUS}. "
               f"oha, {duration} s per row, 64 connections, open loop with latency correction (\"max\" = closed loop). "
               f"relais binary {relais_bin.stat().st_size / 1e6:.1f} MB. Date: {datetime.date.today()}.")
     table = header + "\n\n" + "\n".join(lines)
