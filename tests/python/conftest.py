@@ -219,6 +219,11 @@ deployments = [{{ provider = "az", model = "my-gpt-deployment" }}]
 [routes.text-embedding-3-small]
 kind = "embeddings"
 deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
+
+# The response cache (test_cache_sdk.py): per team, where a static key is its own team.
+[routes.cached]
+deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+cache = {{ ttl_secs = 120 }}
 """
 
 

@@ -1,7 +1,9 @@
+use serde::{Deserialize, Serialize};
+
 use crate::{Error, Usage};
 
 /// How a response ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FinishReason {
     Stop,
     Length,
@@ -13,7 +15,7 @@ pub enum FinishReason {
 }
 
 /// A tool call made by the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
@@ -95,8 +97,9 @@ pub struct RawChunk {
     pub model: std::ops::Range<usize>,
 }
 
-/// A whole response, folded from events.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A whole response, folded from events (and kept whole by the response cache, which is why it
+/// serializes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
     pub id: Option<String>,
     pub model: Option<String>,
@@ -110,6 +113,65 @@ pub struct ChatResponse {
     /// The output items of a natively answered Responses API request, as the upstream sent
     /// them (from its `response.output_item.done` events).
     pub native_items: Vec<serde_json::Value>,
+}
+
+impl ChatResponse {
+    /// The events that fold back into this response (natively answered Responses API items
+    /// excepted), text in pieces of about `piece` bytes, so a replay streams like an answer.
+    pub fn replay(&self, piece: usize) -> Vec<StreamEvent> {
+        let mut out = vec![StreamEvent::Start {
+            id: self.id.clone(),
+            model: self.model.clone(),
+        }];
+        if !self.reasoning.is_empty() || self.reasoning_signature.is_some() {
+            out.push(StreamEvent::ReasoningDelta {
+                text: self.reasoning.clone(),
+                signature: self.reasoning_signature.clone(),
+            });
+        }
+        for p in pieces(&self.text, piece.max(1)) {
+            out.push(StreamEvent::TextDelta(p.to_owned()));
+        }
+        if let Some(r) = &self.refusal {
+            out.push(StreamEvent::RefusalDelta(r.clone()));
+        }
+        for (i, c) in self.tool_calls.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            out.push(StreamEvent::ToolCallStart {
+                index,
+                id: c.id.clone(),
+                name: c.name.clone(),
+            });
+            out.push(StreamEvent::ToolCallDelta {
+                index,
+                arguments: c.arguments.clone(),
+            });
+        }
+        if let Some(u) = self.usage {
+            out.push(StreamEvent::Usage(u));
+        }
+        if let Some(f) = self.finish {
+            out.push(StreamEvent::Finish(f));
+        }
+        out
+    }
+}
+
+/// `text` cut into pieces of about `size` bytes, each ending on a character boundary.
+fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = size.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        let (head, tail) = rest.split_at(end);
+        rest = tail;
+        Some(head)
+    })
 }
 
 /// Folds events into a [`ChatResponse`]. Used for non-streaming answers, for the ledger of a
@@ -200,5 +262,44 @@ impl Collector {
 
     pub fn finish(self) -> ChatResponse {
         self.response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// A replayed response folds back into itself, its text cut on character boundaries.
+    #[test]
+    fn a_replay_folds_back_into_the_response() {
+        let r = ChatResponse {
+            id: Some("chatcmpl-1".into()),
+            model: Some("m".into()),
+            text: "héllo wörld, ça va? ".repeat(7),
+            reasoning: "think".into(),
+            reasoning_signature: Some("sig".into()),
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "get".into(),
+                arguments: "{\"a\":1}".into(),
+            }],
+            usage: Some(Usage {
+                input_tokens: 3,
+                output_tokens: 9,
+                ..Usage::default()
+            }),
+            finish: Some(FinishReason::ToolCalls),
+            ..ChatResponse::default()
+        };
+        let events = r.replay(5);
+        assert!(events.len() > 20, "text in pieces");
+        let mut c = Collector::new();
+        for e in &events {
+            c.push(e).unwrap();
+        }
+        assert_eq!(c.finish(), r);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<ChatResponse>(&json).unwrap(), r);
     }
 }

@@ -157,7 +157,12 @@ fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<()> {
             .usage(&q)
             .await
             .map_err(|e| anyhow!("ledger store: {e}"))?;
-        let v = relais_server::reports::usage_json(&q, &lines);
+        let hits = g
+            .ledger_store
+            .usage(&relais_server::reports::savings_query(&q))
+            .await
+            .map_err(|e| anyhow!("ledger store: {e}"))?;
+        let v = relais_server::reports::usage_json(&q, &lines, &hits);
         if a.json {
             println!("{v}");
             return Ok(());
@@ -183,6 +188,18 @@ fn usage(config: Option<PathBuf>, a: UsageArgs) -> Result<()> {
             v["to"].as_str().unwrap_or(""),
             v["total_cost_usd"].as_str().unwrap_or("")
         );
+        if v["total_saved_pusd"].as_u64().unwrap_or(0) > 0 {
+            let hits: u64 = v["usage"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["cache_hits"].as_u64())
+                .sum();
+            println!(
+                "response cache: {hits} hits saved {} USD",
+                v["total_saved_usd"].as_str().unwrap_or("")
+            );
+        }
         if let Some(c) = v.get("concentration") {
             println!(
                 "vendor concentration (HHI, 0-10000): {} by requests, {} by spend",

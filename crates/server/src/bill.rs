@@ -162,6 +162,36 @@ impl Bill {
         self.base.at_ms
     }
 
+    /// A request answered from the response cache: one row, category `cache`, with the
+    /// tokens and the cost (what was saved) of the answer it replayed, and the deployment that
+    /// first made it.
+    pub(crate) fn record_hit(
+        &mut self,
+        entry: &crate::cache::Entry,
+        usage: Option<&Usage>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let mut row = self.base.clone();
+        row.category = "cache".to_owned();
+        row.deployment = Some(entry.deployment.clone());
+        row.provider = Some(entry.provider.clone());
+        row.vendor = Some(entry.vendor.clone());
+        row.model = Some(entry.model.clone());
+        if let Some(u) = usage {
+            set_usage(&mut row, u, entry.cost_pusd);
+        }
+        row.latency_us = us(elapsed);
+        row.status = status;
+        if status == 499 {
+            row.error_class = Some("canceled".to_owned());
+        }
+        self.ledger.record(&[row]);
+    }
+
     /// Write the rows: each failed attempt, the attempt that served (if any), and the request
     /// with its totals, the status the client got and its error as (class, upstream status)
     /// (a stream the client closed is `canceled`, which no [`Error`] is). Only the first call

@@ -188,6 +188,11 @@ pub struct Runtime {
     pub provider_kinds: BTreeMap<String, &'static str>,
     /// Shadow traffic by route name.
     pub shadows: BTreeMap<String, Arc<ShadowRoute>>,
+    /// The response cache's stores (kept across reloads while `[cache]` is unchanged), and the
+    /// cache settings of the routes that use it.
+    pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
+    pub(crate) cache_config: raw::CacheConfig,
+    pub(crate) cached_routes: BTreeMap<String, crate::cache::Policy>,
     pub plan_b: PlanBSettings,
     /// Responses API storage: retention and memory (fixed at start for the memory).
     pub responses: raw::ResponsesConfig,

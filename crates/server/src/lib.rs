@@ -22,6 +22,7 @@ mod api;
 mod app;
 mod background;
 pub mod bill;
+mod cache;
 mod caller;
 mod clock;
 pub mod config;

@@ -116,6 +116,68 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             asked,
         );
     }
+    if let Some(cache) = &live.runtime.cache {
+        let s = &cache.stats;
+        p.family(
+            "relais_cache_requests_total",
+            "counter",
+            "Requests to cached routes, by what the response cache did: hit, miss or bypass.",
+        );
+        for (result, n) in [
+            ("hit", &s.hits),
+            ("miss", &s.misses),
+            ("bypass", &s.bypasses),
+        ] {
+            p.sample(
+                "relais_cache_requests_total",
+                &labels(&[("result", result)]),
+                n.load(Ordering::Relaxed),
+            );
+        }
+        p.family(
+            "relais_cache_coalesced_total",
+            "counter",
+            "Hits served from an identical request's answer while it was in flight.",
+        );
+        p.sample(
+            "relais_cache_coalesced_total",
+            "",
+            s.coalesced.load(Ordering::Relaxed),
+        );
+        p.family(
+            "relais_cache_saved_usd_total",
+            "counter",
+            "What the answers served from the cache would have cost upstream, USD.",
+        );
+        p.sample(
+            "relais_cache_saved_usd_total",
+            "",
+            relais_governance::usd_plain(s.saved_pusd.load(Ordering::Relaxed)),
+        );
+        p.family(
+            "relais_cache_errors_total",
+            "counter",
+            "Cache store calls that failed (those requests were answered without the cache).",
+        );
+        p.sample(
+            "relais_cache_errors_total",
+            "",
+            s.errors.load(Ordering::Relaxed),
+        );
+        let (entries, bytes) = cache.memory.size();
+        p.family(
+            "relais_cache_memory_entries",
+            "gauge",
+            "Answers held by the in-process cache store.",
+        );
+        p.sample("relais_cache_memory_entries", "", entries);
+        p.family(
+            "relais_cache_memory_bytes",
+            "gauge",
+            "Bytes held by the in-process cache store (estimated).",
+        );
+        p.sample("relais_cache_memory_bytes", "", bytes);
+    }
     if let Some(ring) = &live.runtime.keyring {
         p.family(
             "relais_key_store_up",

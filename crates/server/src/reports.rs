@@ -43,11 +43,32 @@ pub fn usage_query(
     })
 }
 
-/// A usage line for people: days as dates, money in USD (exact) and pico-USD.
-pub fn usage_json(q: &UsageQuery, lines: &[UsageLine]) -> serde_json::Value {
-    let rows: Vec<_> = lines
+/// The same query over the response cache's hits (ledger category `cache`): what they would
+/// have cost is what the cache saved.
+pub fn savings_query(q: &UsageQuery) -> UsageQuery {
+    UsageQuery {
+        category: "cache".to_owned(),
+        ..q.clone()
+    }
+}
+
+/// A usage line for people: days as dates, money in USD (exact) and pico-USD; with each group's
+/// response-cache hits and what they saved (`hits`: the lines of [`savings_query`]).
+pub fn usage_json(q: &UsageQuery, lines: &[UsageLine], hits: &[UsageLine]) -> serde_json::Value {
+    let saved_of = |group: &str| hits.iter().find(|h| h.group == group);
+    let mut all: Vec<UsageLine> = lines.to_vec();
+    for h in hits {
+        if !lines.iter().any(|l| l.group == h.group) {
+            all.push(UsageLine {
+                group: h.group.clone(),
+                ..UsageLine::default()
+            });
+        }
+    }
+    let rows: Vec<_> = all
         .iter()
         .map(|l| {
+            let hit = saved_of(&l.group);
             let group = match q.group_by {
                 GroupBy::Day => l
                     .group
@@ -66,16 +87,22 @@ pub fn usage_json(q: &UsageQuery, lines: &[UsageLine]) -> serde_json::Value {
                 "reasoning_tokens": l.reasoning_tokens,
                 "cost_usd": usd_plain(l.cost_pusd),
                 "cost_pusd": l.cost_pusd,
+                "cache_hits": hit.map_or(0, |h| h.requests),
+                "saved_usd": usd_plain(hit.map_or(0, |h| h.cost_pusd)),
+                "saved_pusd": hit.map_or(0, |h| h.cost_pusd),
             })
         })
         .collect();
     let total: u64 = lines.iter().map(|l| l.cost_pusd).sum();
+    let saved: u64 = hits.iter().map(|l| l.cost_pusd).sum();
     let mut v = serde_json::json!({
         "from": date_of_day(q.from_ms.div_euclid(DAY_MS)),
         "to": date_of_day((q.to_ms - 1).div_euclid(DAY_MS)),
         "usage": rows,
         "total_cost_usd": usd_plain(total),
         "total_cost_pusd": total,
+        "total_saved_usd": usd_plain(saved),
+        "total_saved_pusd": saved,
     });
     if q.group_by == GroupBy::Vendor {
         // The dependency index: each vendor's share and how concentrated they are.

@@ -20,14 +20,23 @@ pub(crate) async fn admin_usage(admin: Admin, uri: Uri) -> Response {
             q.team_id = Some(own.id);
         }
         ledger.flush().await?;
-        let lines = ledger.store().usage(&q).await.map_err(|e| {
+        let unreadable = |e: relais_state::StoreError| {
             Error::new(
                 ErrorKind::Unavailable,
                 Side::Gateway,
                 format!("ledger store: {e}"),
             )
-        })?;
-        Ok((StatusCode::OK, crate::reports::usage_json(&q, &lines)))
+        };
+        let lines = ledger.store().usage(&q).await.map_err(unreadable)?;
+        let hits = ledger
+            .store()
+            .usage(&crate::reports::savings_query(&q))
+            .await
+            .map_err(unreadable)?;
+        Ok((
+            StatusCode::OK,
+            crate::reports::usage_json(&q, &lines, &hits),
+        ))
     })
     .await
 }

@@ -12,7 +12,9 @@ use axum::response::Response;
 use relais_core::ChatRequest;
 use relais_router::RouteKind;
 
+use crate::cache::Lookup;
 use crate::caller::Caller;
+use crate::clock::now_ms;
 use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
 use crate::live::Live;
@@ -88,6 +90,37 @@ pub(super) async fn serve(
         ctx,
         admit::settlement(app, live, ctx, caller, key, worst).await
     );
+    // The response cache, after admission: a hit is still a request under the key's limits.
+    let mut cache_label = None;
+    if let (Some(cache), Some(policy)) = (
+        &live.runtime.cache,
+        live.runtime.cached_routes.get(&req.model),
+    ) {
+        let recorder = match cache.lookup(policy, caller, headers, &req).await {
+            Lookup::Hit(e) => {
+                let age = (now_ms() - e.stored_ms) / 1000;
+                settlement.set_hit(e.clone());
+                let abort = app.abort_streams.clone();
+                let mut resp = respond::cached(ctx, &req, &e, settlement, abort, turn).await;
+                Lookup::headers("hit", Some(age), &mut resp);
+                return resp;
+            }
+            Lookup::Miss(r) => {
+                cache_label = Some("miss");
+                Some(r)
+            }
+            Lookup::Bypass(r) => {
+                cache_label = Some("bypass");
+                r
+            }
+        };
+        if let Some(r) = recorder {
+            // The answer is recorded from decoded events, in canonical form.
+            req.passthrough = false;
+            req.responses_body = None;
+            settlement.set_recorder(r);
+        }
+    }
     let seen = Admission {
         route: &entry.route.name,
         request_id: &ctx.id,
@@ -107,20 +140,18 @@ pub(super) async fn serve(
     });
     // 2. Route: the first deployment that produces a first event.
     let down = settlement.down();
-    let routed = match route::chat(&entry.route, &req, caller, class, down, trace).await {
-        Ok(r) => r,
-        Err(ex) => return respond::exhausted(ctx, &req.model, settlement, &ex),
+    let mut resp = match route::chat(&entry.route, &req, caller, class, down, trace).await {
+        Ok(routed) => {
+            // 3. Respond (and 4. settle, when the answer or the stream ends).
+            let abort = app.abort_streams.clone();
+            respond::chat(ctx, &req, routed, settlement, abort, turn).await
+        }
+        Err(ex) => respond::exhausted(ctx, &req.model, settlement, &ex),
     };
-    // 3. Respond (and 4. settle, when the answer or the stream ends).
-    respond::chat(
-        ctx,
-        &req,
-        routed,
-        settlement,
-        app.abort_streams.clone(),
-        turn,
-    )
-    .await
+    if let Some(label) = cache_label {
+        Lookup::headers(label, None, &mut resp);
+    }
+    resp
 }
 
 /// `/v1/messages/count_tokens`: the route must exist and be visible to the key; the count is

@@ -88,6 +88,7 @@ pub(super) fn build_from(
         }
     }
 
+    let (cache, cached_routes) = build_cache(raw, origin, previous)?;
     // Process-wide like the connection pool; set only once the whole config is known good.
     relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
     Ok(Runtime {
@@ -119,6 +120,9 @@ pub(super) fn build_from(
         routes,
         provider_kinds,
         shadows,
+        cache,
+        cache_config: raw.cache.clone(),
+        cached_routes,
         plan_b,
         responses: raw.responses,
         otel,
@@ -462,4 +466,58 @@ fn client_keys(
         });
     }
     Ok(keys)
+}
+
+/// The response cache: the routes that use it and its stores (kept from `previous` while
+/// `[cache]` is the same, so a reload keeps what is cached).
+type CacheParts = (
+    Option<Arc<crate::cache::ResponseCache>>,
+    BTreeMap<String, crate::cache::Policy>,
+);
+
+fn build_cache(
+    raw: &RawConfig,
+    origin: &str,
+    previous: Option<&Runtime>,
+) -> Result<CacheParts, ConfigError> {
+    let mut routes = BTreeMap::new();
+    for (name, r) in &raw.routes {
+        let Some(c) = &r.cache else { continue };
+        if relais_router::RouteKind::from(r.kind) != relais_router::RouteKind::Chat {
+            return Err(ConfigError(format!(
+                "{origin}: routes.{name}.cache: only chat routes are cached"
+            )));
+        }
+        if c.backend == super::raw::CacheBackendSetting::Redis && raw.cache.redis_url.is_none() {
+            return Err(ConfigError(format!(
+                "{origin}: routes.{name}.cache.backend: \"redis\" needs [cache] redis_url"
+            )));
+        }
+        routes.insert(name.clone(), crate::cache::Policy::from(c));
+    }
+    if routes.is_empty() {
+        return Ok((None, routes));
+    }
+    if let Some(p) = previous.filter(|p| p.cache_config == raw.cache) {
+        if let Some(c) = &p.cache {
+            return Ok((Some(c.clone()), routes));
+        }
+    }
+    let redis = match &raw.cache.redis_url {
+        None => None,
+        Some(url) => Some(
+            crate::cache::store::Redis::new(url.expose(), &raw.cache.redis_prefix)
+                .map_err(|e| ConfigError(format!("{origin}: cache.redis_url: {e}")))?,
+        ),
+    };
+    let mb = usize::try_from(raw.cache.memory_mb).unwrap_or(usize::MAX);
+    let kb = usize::try_from(raw.cache.max_entry_kb).unwrap_or(usize::MAX);
+    Ok((
+        Some(Arc::new(crate::cache::ResponseCache::new(
+            mb.saturating_mul(1 << 20),
+            kb.saturating_mul(1 << 10),
+            redis,
+        ))),
+        routes,
+    ))
 }

@@ -38,6 +38,89 @@ pub struct RawConfig {
     /// Alerts: always a metric and a log line; a webhook when a URL is set.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The response cache's stores (each route turns it on with its own `cache` table).
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: where cached answers live. Routes opt in with `[routes.NAME.cache]`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The in-process store's size, MiB (least recently used entries leave first).
+    #[serde(default = "default_cache_memory_mb")]
+    pub memory_mb: u64,
+    /// The largest answer kept, KiB; larger ones are served but not cached.
+    #[serde(default = "default_cache_entry_kb")]
+    pub max_entry_kb: u64,
+    /// For routes with `backend = "redis"`: `redis://127.0.0.1:6379`, shared by instances.
+    pub redis_url: Option<Secret>,
+    #[serde(default = "default_cache_prefix")]
+    pub redis_prefix: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: default_cache_memory_mb(),
+            max_entry_kb: default_cache_entry_kb(),
+            redis_url: None,
+            redis_prefix: default_cache_prefix(),
+        }
+    }
+}
+
+fn default_cache_memory_mb() -> u64 {
+    64
+}
+
+fn default_cache_entry_kb() -> u64 {
+    256
+}
+
+fn default_cache_prefix() -> String {
+    "relais:cache".to_owned()
+}
+
+/// `[routes.NAME.cache]`: exact-match caching of the route's answers.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// `memory` (this instance) or `redis` (every instance; `[cache] redis_url`).
+    #[serde(default)]
+    pub backend: CacheBackendSetting,
+    /// How long an answer is served from the cache.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u64,
+    /// Who sees an entry: `team` (the team whose key made it; the default), `key`, or `shared`
+    /// (every caller of the route).
+    #[serde(default)]
+    pub scope: CacheScopeSetting,
+    /// Also cache requests sampled with `temperature > 0` (without a `seed`, a fresh answer
+    /// would differ each time, so by default they are not cached).
+    #[serde(default)]
+    pub sampled: bool,
+}
+
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackendSetting {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScopeSetting {
+    #[default]
+    Team,
+    Key,
+    Shared,
 }
 
 /// `[otel]`: traces of every sampled request (a span per request and one per upstream attempt,
@@ -476,6 +559,8 @@ pub struct RouteConfig {
     pub fallbacks: FallbackConfig,
     /// Plan B: copies of sampled requests sent to backups and scored (see `[plan_b]`).
     pub shadow: Option<ShadowConfig>,
+    /// Exact-match caching of answers (off unless set).
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// Shadow traffic for one route.

@@ -77,6 +77,49 @@ pub(crate) async fn chat(
     }
 }
 
+/// Answer from the response cache: the entry rendered in the client's dialect, as one JSON
+/// body or replayed as a stream; the settlement bills it as a hit.
+pub(crate) async fn cached(
+    ctx: &Ctx,
+    req: &ChatRequest,
+    entry: &crate::cache::Entry,
+    mut settlement: Settlement,
+    abort: watch::Receiver<bool>,
+    turn: Option<Turn>,
+) -> Response {
+    let dialect = ctx.dialect;
+    let response_id = dialect.response_id(&ctx.id);
+    let created = unix_secs();
+    let events = crate::cache::replay(entry);
+    if req.stream {
+        let encoder = match turn {
+            Some(t) => t.encoder(),
+            None => dialect.stream_encoder(
+                response_id,
+                req.model.clone(),
+                created,
+                req.stream_include_usage,
+            ),
+        };
+        let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+        let mut resp = json_or_sse(Body::empty(), true);
+        ctx.headers(&mut resp, std::time::Duration::ZERO);
+        *resp.body_mut() = super::sse::body(stream, encoder, settlement, abort);
+        return resp;
+    }
+    for ev in &events {
+        settlement.observe(ev);
+    }
+    let body = match turn {
+        Some(t) => t.answer(&entry.response).await,
+        None => dialect.render(&entry.response, &response_id, &req.model, created),
+    };
+    settlement.finish(End::Answered);
+    let mut resp = json_or_sse(Body::from(body), false);
+    ctx.headers(&mut resp, std::time::Duration::ZERO);
+    resp
+}
+
 /// Every deployment failed: settle, log, answer with the last error.
 pub(crate) fn exhausted(
     ctx: &Ctx,

@@ -68,6 +68,10 @@ pub(crate) struct Settlement {
     usage: Option<Usage>,
     /// The request's spans in the making, when it is traced and sampled.
     trace: Option<Box<RequestTrace>>,
+    /// A cache miss: its answer is recorded for the cache as it passes.
+    recorder: Option<Box<crate::cache::Recorder>>,
+    /// A cache hit: answered from this entry, nothing upstream.
+    hit: Option<Arc<crate::cache::Entry>>,
     done: bool,
 }
 
@@ -92,8 +96,23 @@ impl Settlement {
             failed: Vec::new(),
             usage: None,
             trace: None,
+            recorder: None,
+            hit: None,
             done: false,
         }
+    }
+
+    /// Record the answer for the response cache.
+    pub(crate) fn set_recorder(&mut self, recorder: Box<crate::cache::Recorder>) {
+        self.recorder = Some(recorder);
+    }
+
+    /// The answer comes from the response cache: settled with nothing used, billed as a
+    /// saving (category `cache`), never traced or copied by Plan B.
+    pub(crate) fn set_hit(&mut self, entry: Arc<crate::cache::Entry>) {
+        self.tap = None;
+        self.trace = None;
+        self.hit = Some(entry);
     }
 
     /// When the request arrived (Unix ms) if it is billed: Plan B copies only billed requests.
@@ -177,6 +196,9 @@ impl Settlement {
         if let Some(t) = &mut self.trace {
             t.observe(ev);
         }
+        if let Some(r) = &mut self.recorder {
+            r.observe(ev);
+        }
     }
 
     /// Usage the upstream reported outside the event stream (embeddings).
@@ -193,6 +215,10 @@ impl Settlement {
             return;
         }
         let elapsed = self.start.elapsed();
+        if let Some(entry) = self.hit.take() {
+            self.finish_hit(&entry, &end, elapsed);
+            return;
+        }
         let deployment = self
             .serving
             .as_ref()
@@ -205,6 +231,10 @@ impl Settlement {
         if let (Some(t), Some(u), Some(_)) = (&self.ticket, &self.usage, deployment) {
             t.settle(u.total_tokens(), cost);
             step("reservation settled");
+        }
+        // 1b. The response cache keeps a whole answer.
+        if let (Some(r), End::Answered, Some(d)) = (self.recorder.take(), &end, deployment) {
+            r.store(d, cost);
         }
         // 2. Metrics.
         step("metrics counted");
@@ -325,6 +355,24 @@ impl Settlement {
         }
         self.app.global.inflight.fetch_sub(1, Ordering::Relaxed);
         step("in-flight released");
+    }
+
+    /// A hit ends: nothing was used upstream (the reservation settles at zero), and its
+    /// ledger row says what it would have cost.
+    fn finish_hit(&mut self, entry: &crate::cache::Entry, end: &End<'_>, elapsed: Duration) {
+        if let Some(t) = &self.ticket {
+            t.settle(0, 0);
+        }
+        if let Some(bill) = &mut self.bill {
+            let status = match end {
+                End::Answered => 200,
+                End::Failed { status, .. } | End::Exhausted { status, .. } => *status,
+                End::Canceled => 499,
+            };
+            bill.record_hit(entry, self.usage.as_ref(), status, elapsed);
+        }
+        self.ticket.take();
+        self.app.global.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,370 @@
+//! The response cache: exact-match answers, so an identical request is not paid for twice.
+//!
+//! The key is a SHA-256 of the canonical request (after the client's dialect is read: route
+//! name, messages, tools, response format, sampling parameters and the fields relais passes
+//! through; never `user`, `metadata` or how the answer is delivered), of the route and of the
+//! scope that may see the entry (the caller's team by default, or its key, or everyone on a
+//! `shared` route). The same question asked through the OpenAI, Anthropic, Responses or Gemini
+//! APIs is the same canonical request, so it finds the same entry, and the entry, a folded
+//! [`ChatResponse`], is rendered in whichever dialect asks, as JSON or replayed as a stream.
+//!
+//! Admission (keys, limits) runs before the cache: a hit is a request like any other for RPM,
+//! but it costs nothing upstream, is settled with zero tokens and zero cost (budgets are not
+//! charged), and its ledger row has category `cache` with the tokens and the dollars it saved.
+//! Identical misses in flight at once send one upstream request: the first leads and records
+//! the answer, the others wait for it and are served from it (request coalescing). A client
+//! opts out with `cache-control: no-store` (neither read nor written) or `no-cache` (not read;
+//! the fresh answer replaces the entry). Requests sampled with `temperature > 0` and no `seed`
+//! are not cached unless the route says `sampled = true`.
+
+pub(crate) mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+use relais_core::{ChatRequest, ChatResponse, Collector, StreamEvent};
+use relais_router::Deployment;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::caller::Caller;
+use crate::clock::now_ms;
+use crate::config::{CacheBackendSetting, CacheScopeSetting, RouteCacheConfig};
+
+/// A cached answer and where it came from.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub response: ChatResponse,
+    /// When it was stored (Unix ms): a hit's `age`.
+    pub stored_ms: i64,
+    /// What the answer cost when it was made (pico-USD): what each hit saves.
+    pub cost_pusd: u64,
+    pub deployment: String,
+    pub provider: String,
+    pub vendor: String,
+    pub model: String,
+}
+
+/// A route's cache settings, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub redis: bool,
+    pub ttl: Duration,
+    pub scope: CacheScopeSetting,
+    pub sampled: bool,
+}
+
+impl From<&RouteCacheConfig> for Policy {
+    fn from(c: &RouteCacheConfig) -> Self {
+        Self {
+            redis: c.backend == CacheBackendSetting::Redis,
+            ttl: Duration::from_secs(c.ttl_secs.max(1)),
+            scope: c.scope,
+            sampled: c.sampled,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub bypasses: AtomicU64,
+    /// Hits served from another request's answer while it was in flight.
+    pub coalesced: AtomicU64,
+    /// What hits would have cost upstream, pico-USD.
+    pub saved_pusd: AtomicU64,
+    pub stored: AtomicU64,
+    /// Store calls that failed (the request was answered without the cache).
+    pub errors: AtomicU64,
+}
+
+/// The stores and the requests in flight.
+pub(crate) struct ResponseCache {
+    pub memory: store::Memory,
+    redis: Option<store::Redis>,
+    max_entry: usize,
+    /// Misses being answered, by key: followers wait on the leader's answer.
+    flights: Mutex<HashMap<String, watch::Sender<Option<Arc<Entry>>>>>,
+    pub stats: Stats,
+}
+
+/// How long a follower waits for the leader's answer before asking upstream itself.
+const FOLLOW_FOR: Duration = Duration::from_secs(120);
+/// A replayed stream's text comes in pieces of this many bytes.
+const PIECE: usize = 64;
+
+/// What the cache did for a request.
+pub(crate) enum Lookup {
+    Hit(Arc<Entry>),
+    /// Not found: the answer is recorded (and followers told) by the [`Recorder`].
+    Miss(Box<Recorder>),
+    /// Not read (`no-cache`: the fresh answer is still recorded; `no-store` and sampled
+    /// requests: nothing is).
+    Bypass(Option<Box<Recorder>>),
+}
+
+impl Lookup {
+    /// `x-relais-cache` and, on a hit, `age` (whole seconds since the entry was stored).
+    pub(crate) fn headers(which: &str, age: Option<i64>, resp: &mut Response) {
+        let h = resp.headers_mut();
+        h.insert(
+            HeaderName::from_static("x-relais-cache"),
+            HeaderValue::from_static(match which {
+                "hit" => "hit",
+                "miss" => "miss",
+                _ => "bypass",
+            }),
+        );
+        if let Some(a) = age {
+            if let Ok(v) = HeaderValue::from_str(&a.max(0).to_string()) {
+                h.insert(axum::http::header::AGE, v);
+            }
+        }
+    }
+}
+
+impl ResponseCache {
+    pub(crate) fn new(memory_bytes: usize, max_entry: usize, redis: Option<store::Redis>) -> Self {
+        Self {
+            memory: store::Memory::new(memory_bytes),
+            redis,
+            max_entry,
+            flights: Mutex::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    async fn get(&self, key: &str, policy: &Policy) -> Option<Arc<Entry>> {
+        if !policy.redis {
+            return self.memory.get(key);
+        }
+        let redis = self.redis.as_ref()?;
+        match redis.get(key).await {
+            Ok(e) => e.map(Arc::new),
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "response cache: read failed; answering from upstream");
+                None
+            }
+        }
+    }
+
+    /// Look `req` up for `caller` on `route`; with [`Lookup::Miss`] this request leads: its
+    /// answer is recorded and given to identical requests that arrive meanwhile.
+    pub(crate) async fn lookup(
+        self: &Arc<Self>,
+        policy: &Policy,
+        caller: &Caller<'_>,
+        headers: &HeaderMap,
+        req: &ChatRequest,
+    ) -> Lookup {
+        let (no_store, no_cache) = directives(headers);
+        let sampled = req.temperature.is_some_and(|t| t > 0.0) && req.seed.is_none();
+        if no_store || (sampled && !policy.sampled) {
+            self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Bypass(None);
+        }
+        let key = key(policy, caller, req);
+        if no_cache {
+            self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Bypass(Some(Box::new(self.recorder(key, policy, false))));
+        }
+        if let Some(e) = self.get(&key, policy).await {
+            self.hit(&e);
+            return Lookup::Hit(e);
+        }
+        let follow = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            match flights.get(&key) {
+                Some(tx) => Some(tx.subscribe()),
+                None => {
+                    flights.insert(key.clone(), watch::channel(None).0);
+                    None
+                }
+            }
+        };
+        let Some(mut rx) = follow else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss(Box::new(self.recorder(key, policy, true)));
+        };
+        // Another request is asking upstream for the same answer: wait for it. If it fails,
+        // this one asks on its own.
+        let waited = tokio::time::timeout(FOLLOW_FOR, rx.wait_for(Option::is_some)).await;
+        if let Ok(Ok(v)) = waited {
+            if let Some(e) = v.clone() {
+                self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                self.hit(&e);
+                return Lookup::Hit(e);
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        Lookup::Miss(Box::new(self.recorder(key, policy, false)))
+    }
+
+    fn hit(&self, e: &Entry) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .saved_pusd
+            .fetch_add(e.cost_pusd, Ordering::Relaxed);
+    }
+
+    fn recorder(self: &Arc<Self>, key: String, policy: &Policy, leads: bool) -> Recorder {
+        Recorder {
+            cache: self.clone(),
+            key,
+            policy: policy.clone(),
+            leads,
+            collector: Some(Collector::new()),
+            bytes: 0,
+        }
+    }
+
+    /// The leader is done (`entry`: its answer, or nothing): followers wake.
+    fn land(&self, key: &str, entry: Option<Arc<Entry>>) {
+        let tx = self
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        if let (Some(tx), Some(e)) = (tx, entry) {
+            let _ = tx.send(Some(e));
+        }
+    }
+}
+
+/// `cache-control` request directives: (`no-store`, `no-cache`).
+fn directives(headers: &HeaderMap) -> (bool, bool) {
+    let mut out = (false, false);
+    for v in headers.get_all(axum::http::header::CACHE_CONTROL) {
+        for d in v.to_str().unwrap_or("").split(',') {
+            match d.trim().to_ascii_lowercase().as_str() {
+                "no-store" => out.0 = true,
+                "no-cache" => out.1 = true,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Who may see an entry: the caller's team (a static key is its own team), its key, or all.
+fn scope(policy: &Policy, caller: &Caller<'_>) -> String {
+    let payer = caller.payer();
+    match policy.scope {
+        CacheScopeSetting::Shared => "shared".to_owned(),
+        CacheScopeSetting::Key => format!("key:{}", payer.key.unwrap_or("-")),
+        CacheScopeSetting::Team => match (payer.team, payer.key) {
+            (Some(t), _) => format!("team:{t}"),
+            (None, Some(k)) => format!("key:{k}"),
+            (None, None) => "open".to_owned(),
+        },
+    }
+}
+
+/// The entry's key: SHA-256 of the scope and the request in canonical form without what does
+/// not change the answer. The canonical types print every field in a fixed order (maps are
+/// sorted), so their debug form is a stable serialization.
+pub(crate) fn key(policy: &Policy, caller: &Caller<'_>, req: &ChatRequest) -> String {
+    let mut r = ChatRequest {
+        stream: false,
+        stream_include_usage: false,
+        passthrough: false,
+        user: None,
+        metadata: None,
+        responses_body: None,
+        ..req.clone()
+    };
+    if r.extra.is_empty() {
+        r.extra_family = None;
+    }
+    let text = format!("{}\n{r:?}", scope(policy, caller));
+    relais_core::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// Records a miss's answer as it passes, and stores it once the request ends well.
+pub(crate) struct Recorder {
+    cache: Arc<ResponseCache>,
+    key: String,
+    policy: Policy,
+    /// Whether identical requests wait on this one.
+    leads: bool,
+    /// `None` once the answer is too large, or cannot be folded: served, not stored.
+    collector: Option<Collector>,
+    bytes: usize,
+}
+
+impl Recorder {
+    /// An event on its way to the client.
+    pub(crate) fn observe(&mut self, ev: &StreamEvent) {
+        let Some(c) = &mut self.collector else {
+            return;
+        };
+        self.bytes += match ev {
+            StreamEvent::TextDelta(t) | StreamEvent::RefusalDelta(t) => t.len(),
+            StreamEvent::ReasoningDelta { text, .. } => text.len(),
+            StreamEvent::ToolCallDelta { arguments, .. } => arguments.len(),
+            _ => 16,
+        };
+        if self.bytes > self.cache.max_entry || c.push(ev).is_err() {
+            self.collector = None;
+        }
+    }
+
+    /// The answer reached the client whole from `deployment`, costing `cost_pusd`: keep it
+    /// and hand it to the followers.
+    pub(crate) fn store(mut self: Box<Self>, deployment: &Deployment, cost_pusd: u64) {
+        let Some(c) = self.collector.take() else {
+            return;
+        };
+        let entry = Arc::new(Entry {
+            response: c.finish(),
+            stored_ms: now_ms(),
+            cost_pusd,
+            deployment: deployment.id.clone(),
+            provider: deployment.provider_name.clone(),
+            vendor: deployment.vendor.clone(),
+            model: deployment.model.clone(),
+        });
+        let cache = self.cache.clone();
+        cache.stats.stored.fetch_add(1, Ordering::Relaxed);
+        if self.leads {
+            self.leads = false;
+            cache.land(&self.key, Some(entry.clone()));
+        }
+        let (key, ttl) = (std::mem::take(&mut self.key), self.policy.ttl);
+        if !self.policy.redis {
+            let bytes = self.bytes + 512;
+            cache.memory.put(key, entry, bytes, ttl);
+            return;
+        }
+        // Off the request's path: the answer has left already.
+        tokio::spawn(async move {
+            if let Some(redis) = &cache.redis {
+                if let Err(e) = redis.put(&key, &entry, ttl).await {
+                    cache.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "response cache: write failed");
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // Ended without an answer to keep: the followers ask upstream themselves.
+        if self.leads {
+            self.cache.land(&self.key, None);
+        }
+    }
+}
+
+/// The events a hit replays.
+pub(crate) fn replay(entry: &Entry) -> Vec<StreamEvent> {
+    entry.response.replay(PIECE)
+}

@@ -1,0 +1,49 @@
+"""The response cache through the official SDKs: an answer the OpenAI SDK paid for is served
+from the cache to the Anthropic SDK and as streams, `x-relais-cache` and `age` saying so, and
+never to another key (each static key is its own team)."""
+
+import json
+import uuid
+
+import anthropic
+import openai
+
+from conftest import CLIENT_KEY, OTHER_KEY
+
+
+def test_an_answer_paid_once_is_served_to_every_sdk_and_stays_with_its_key(relais_url, mock):
+    question = f"cache question {uuid.uuid4().hex[:8]}"
+    ask = {"model": "cached", "max_tokens": 30, "temperature": 0,
+           "messages": [{"role": "user", "content": question}]}
+    oa = openai.OpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    raw = oa.chat.completions.with_raw_response.create(**ask)
+    assert raw.headers["x-relais-cache"] == "miss"
+    first = raw.parse().choices[0].message.content
+    assert question in first
+
+    claude = anthropic.Anthropic(base_url=relais_url, api_key=CLIENT_KEY, max_retries=0)
+    raw = claude.messages.with_raw_response.create(**ask)
+    assert raw.headers["x-relais-cache"] == "hit"
+    assert 0 <= int(raw.headers["age"]) < 120
+    assert raw.parse().content[0].text == first
+
+    # Streams replayed from the entry, read by each SDK's own stream reader.
+    with oa.chat.completions.with_streaming_response.create(stream=True, **ask) as resp:
+        assert resp.headers["x-relais-cache"] == "hit"
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert text == first
+    with claude.messages.stream(**ask) as stream:
+        assert "".join(stream.text_stream) == first
+
+    upstream = [r for r in mock.requests() if question in json.dumps(r)]
+    assert len(upstream) == 1, "only the first request went upstream"
+
+    other = openai.OpenAI(base_url=f"{relais_url}/v1", api_key=OTHER_KEY, max_retries=0)
+    raw = other.chat.completions.with_raw_response.create(**ask)
+    assert raw.headers["x-relais-cache"] == "miss", "another key's entry is not this key's"
+    assert len([r for r in mock.requests() if question in json.dumps(r)]) == 2
+
+    # The client says no: nothing read.
+    raw = oa.chat.completions.with_raw_response.create(extra_headers={"cache-control": "no-store"}, **ask)
+    assert raw.headers["x-relais-cache"] == "bypass"
+    assert len([r for r in mock.requests() if question in json.dumps(r)]) == 3
