@@ -1,10 +1,12 @@
 //! Governance (DESIGN.md §6): who may spend what on which vendor. Virtual keys and teams
 //! ([`KeyRing`]), rate limits and USD budgets counted in process or in Redis ([`RateLimits`]),
-//! and the ledger's write path ([`Ledger`]), all stored through `relais-state`.
+//! the ledger's write path ([`Ledger`]), all stored through `relais-state`, and the data
+//! guardrails' detectors ([`guard`]).
 //!
 //! This crate must never depend on the server or on any wire format.
 
 mod calendar;
+pub mod guard;
 mod keys;
 mod ledger;
 mod limits;
