@@ -686,7 +686,7 @@ impl Route {
                 ErrorKind::PermissionDenied,
                 Side::Client,
                 format!(
-                    "this key's policy (allowed vendors, data class) leaves no deployment of model '{}' to use",
+                    "the policy (the key's allowed vendors or data class, or the route's guardrails for data found in the request) leaves no deployment of model '{}' to use",
                     self.name
                 ),
             ));

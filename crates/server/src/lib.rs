@@ -28,6 +28,7 @@ mod clock;
 pub mod config;
 mod console;
 mod dialect;
+mod guardrails;
 mod http;
 mod listen;
 mod live;

@@ -116,6 +116,20 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             asked,
         );
     }
+    if let Some(g) = &live.runtime.guardrails {
+        p.family(
+            "relais_guardrail_detections_total",
+            "counter",
+            "Requests in which the data guardrails found a class of data, by what the route did.",
+        );
+        for (class, action, n) in g.counts() {
+            p.sample(
+                "relais_guardrail_detections_total",
+                &labels(&[("class", &class), ("action", action)]),
+                n,
+            );
+        }
+    }
     if let Some(cache) = &live.runtime.cache {
         let s = &cache.stats;
         p.family(

@@ -83,6 +83,14 @@ pub(super) async fn serve(
 ) -> Response {
     let entry = or_refuse!(app, ctx, live.entry(caller, &req.model, RouteKind::Chat));
     let class = or_refuse!(app, ctx, caller.data_class(headers));
+    // Data guardrails, before anything is reserved: a blocked class is refused here.
+    let stay = match (
+        &live.runtime.guardrails,
+        live.runtime.guarded_routes.get(&req.model),
+    ) {
+        (Some(g), Some(policy)) => or_refuse!(app, ctx, g.check(&req.model, &req, policy)),
+        _ => Vec::new(),
+    };
     let worst = admit::worst_chat(live, &entry.route, &req);
     let key = (req.model.as_str(), req.stream);
     let mut settlement = or_refuse!(
@@ -140,7 +148,8 @@ pub(super) async fn serve(
     });
     // 2. Route: the first deployment that produces a first event.
     let down = settlement.down();
-    let mut resp = match route::chat(&entry.route, &req, caller, class, down, trace).await {
+    let mut resp = match route::chat(&entry.route, &req, caller, (class, &stay), down, trace).await
+    {
         Ok(routed) => {
             // 3. Respond (and 4. settle, when the answer or the stream ends).
             let abort = app.abort_streams.clone();

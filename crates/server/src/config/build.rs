@@ -89,6 +89,7 @@ pub(super) fn build_from(
     }
 
     let (cache, cached_routes) = build_cache(raw, origin, previous)?;
+    let (guardrails, guarded_routes) = build_guardrails(raw, origin)?;
     // Process-wide like the connection pool; set only once the whole config is known good.
     relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
     Ok(Runtime {
@@ -123,6 +124,8 @@ pub(super) fn build_from(
         cache,
         cache_config: raw.cache.clone(),
         cached_routes,
+        guardrails,
+        guarded_routes,
         plan_b,
         responses: raw.responses,
         otel,
@@ -520,4 +523,50 @@ fn build_cache(
         ))),
         routes,
     ))
+}
+
+type GuardParts = (
+    Option<Arc<crate::guardrails::Guardrails>>,
+    BTreeMap<String, BTreeMap<String, GuardAction>>,
+);
+
+/// The guardrails: the detectors (built-in and `[guardrails] custom`) when a route has a policy,
+/// and each route's policy, its classes checked against the known ones.
+fn build_guardrails(raw: &RawConfig, origin: &str) -> Result<GuardParts, ConfigError> {
+    let custom: Vec<relais_governance::guard::CustomDetector> = raw
+        .guardrails
+        .custom
+        .iter()
+        .map(|c| relais_governance::guard::CustomDetector {
+            class: c.class.clone(),
+            pattern: c.pattern.clone(),
+        })
+        .collect();
+    let mut routes = BTreeMap::new();
+    for (name, r) in &raw.routes {
+        let Some(policy) = &r.guardrails else {
+            continue;
+        };
+        for (class, action) in policy {
+            let known = relais_governance::guard::CLASSES.contains(&class.as_str())
+                || custom.iter().any(|c| c.class == *class);
+            if !known {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}.guardrails.{class}: not a class relais detects (built in: {}; or add it under [guardrails] custom)",
+                    relais_governance::guard::CLASSES.join(", ")
+                )));
+            }
+            if *action == GuardAction::Mask {
+                return Err(ConfigError(format!(
+                    "{origin}: routes.{name}.guardrails.{class}: \"mask\" is not available yet; use \"block\" or \"route\""
+                )));
+            }
+        }
+        routes.insert(name.clone(), policy.clone());
+    }
+    let detectors = relais_governance::guard::Detectors::new(&custom)
+        .map_err(|e| ConfigError(format!("{origin}: guardrails.custom: {e}")))?;
+    let guard =
+        (!routes.is_empty()).then(|| Arc::new(crate::guardrails::Guardrails::new(detectors)));
+    Ok((guard, routes))
 }

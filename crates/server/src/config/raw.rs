@@ -41,6 +41,47 @@ pub struct RawConfig {
     /// The response cache's stores (each route turns it on with its own `cache` table).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Data guardrails shared by every route (each route sets its policy in `guardrails`).
+    #[serde(default)]
+    pub guardrails: GuardrailsConfig,
+}
+
+/// `[guardrails]`: classes of data relais detects besides the built-in ones.
+#[derive(Debug, Deserialize, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    #[serde(default)]
+    pub custom: Vec<CustomClassConfig>,
+}
+
+/// A class found by a regular expression (Rust's `regex` syntax).
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomClassConfig {
+    pub class: String,
+    pub pattern: String,
+}
+
+/// What a route does with a request carrying a class of data.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardAction {
+    Allow,
+    Block,
+    Route,
+    /// Reversible placeholders: not built yet (refused by config validation).
+    Mask,
+}
+
+impl GuardAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Block => "block",
+            Self::Route => "route",
+            Self::Mask => "mask",
+        }
+    }
 }
 
 /// `[cache]`: where cached answers live. Routes opt in with `[routes.NAME.cache]`.
@@ -561,6 +602,9 @@ pub struct RouteConfig {
     pub shadow: Option<ShadowConfig>,
     /// Exact-match caching of answers (off unless set).
     pub cache: Option<RouteCacheConfig>,
+    /// Data guardrails: what to do per class of data found in a request (`email = "block"`);
+    /// classes not named are allowed.
+    pub guardrails: Option<BTreeMap<String, GuardAction>>,
 }
 
 /// Shadow traffic for one route.

@@ -17,12 +17,20 @@ pub(crate) async fn chat(
     route: &Arc<Route>,
     req: &ChatRequest,
     caller: &Caller<'_>,
-    class: Option<&str>,
+    (class, stay): (Option<&str>, &[String]),
     down: Option<&str>,
     trace: Option<TraceContext>,
 ) -> Result<Routed, Exhausted> {
-    let allow = |d: &Deployment| caller.may_use(d, class) && down != Some(d.id.as_str());
-    let policy = (caller.restricts(class) || down.is_some()).then_some(&allow as Allow<'_>);
+    // `stay`: classes the guardrails found that only deployments listing them may receive.
+    let allow = |d: &Deployment| {
+        caller.may_use(d, class)
+            && down != Some(d.id.as_str())
+            && stay
+                .iter()
+                .all(|c| d.data_classes.as_ref().is_some_and(|l| l.contains(c)))
+    };
+    let restricted = caller.restricts(class) || down.is_some() || !stay.is_empty();
+    let policy = restricted.then_some(&allow as Allow<'_>);
     match trace {
         Some(t) => relais_core::trace::scope(t, route.chat_within(req, policy)).await,
         None => route.chat_within(req, policy).await,

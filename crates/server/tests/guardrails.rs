@@ -1,0 +1,191 @@
+//! Issue 22, data guardrails on the request path: per route and class, `block` refuses in the
+//! client's dialect naming the class (never the value), `route` keeps the request on
+//! deployments that list the class (failing closed when none does), and detections are
+//! counted; no value reaches a log or a metric.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests: a failure is a failed test"
+)]
+
+mod common;
+
+use common::{Gateway, capture_logs, logs};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+[routes.guarded]
+deployments = [
+  { provider = "up", model = "vendor-model", data_classes = ["public"] },
+  { provider = "backup", model = "in-house", data_classes = ["public", "secret", "iban"] },
+]
+guardrails = { secret = "route", iban = "route", payment_card = "block", us_ssn = "block", email = "allow" }
+
+[routes.nowhere]
+deployments = [{ provider = "up", model = "vendor-model", data_classes = ["public"] }]
+guardrails = { secret = "route" }
+"#;
+
+const CARD: &str = "4111 1111 1111 1111";
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+
+async fn ask(gw: &Gateway, path: &str, body: Value) -> (u16, String, String) {
+    let resp = gw.post(path, &body).await;
+    let status = resp.status().as_u16();
+    let deployment = resp
+        .headers()
+        .get("x-relais-deployment")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, deployment, resp.text().await.unwrap())
+}
+
+fn chat(route: &str, text: &str) -> Value {
+    json!({"model": route, "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_guardrails_block_route_and_count_by_class() {
+    capture_logs(tracing::Level::DEBUG);
+    let gw = Gateway::start(CONFIG).await;
+
+    // Nothing sensitive: the first deployment, as always.
+    let (status, dep, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("guarded", "Summarise our Q3 plan."),
+    )
+    .await;
+    assert_eq!((status, dep.as_str()), (200, "up/vendor-model"), "{body}");
+    // An e-mail address is allowed on this route.
+    let (status, dep, _) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("guarded", "Write to ops@example.com today."),
+    )
+    .await;
+    assert_eq!((status, dep.as_str()), (200, "up/vendor-model"));
+
+    // A secret, in a tool result of the conversation: only the in-house deployment may see it.
+    let body = json!({"model": "guarded", "max_tokens": 20, "messages": [
+        {"role": "user", "content": "Check the deploy config."},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "read_file", "arguments": "{\"path\": \"deploy.env\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": format!("AWS_ACCESS_KEY_ID={AWS_KEY}\nREGION=eu-west-3")},
+    ]});
+    let (status, dep, text) = ask(&gw, "/v1/chat/completions", body).await;
+    assert_eq!((status, dep.as_str()), (200, "backup/in-house"), "{text}");
+    // An IBAN in the system prompt, through the Anthropic API: routed too.
+    let (status, dep, _) = ask(
+        &gw,
+        "/v1/messages",
+        json!({"model": "guarded", "max_tokens": 20, "system": "Customer IBAN: DE89 3704 0044 0532 0130 00",
+               "messages": [{"role": "user", "content": "Draft the refund note."}]}),
+    )
+    .await;
+    assert_eq!((status, dep.as_str()), (200, "backup/in-house"));
+
+    // A payment card is blocked: 400 in each dialect, naming the class, never the number.
+    let upstream = gw.mock.requests().len();
+    let (status, _, openai) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("guarded", &format!("Refund card {CARD} please")),
+    )
+    .await;
+    assert_eq!(status, 400, "{openai}");
+    let e: Value = serde_json::from_str(&openai).unwrap();
+    assert_eq!(e["error"]["code"], "guardrail_blocked", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'payment_card'"),
+        "{e}"
+    );
+    let (status, _, anthropic) = ask(
+        &gw,
+        "/v1/messages",
+        json!({"model": "guarded", "max_tokens": 20, "messages": [{"role": "user", "content": format!("SSN 123-45-6789 and card {CARD}")}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{anthropic}");
+    let e: Value = serde_json::from_str(&anthropic).unwrap();
+    assert_eq!(e["type"], "error", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not accept"),
+        "{e}"
+    );
+    assert_eq!(
+        gw.mock.requests().len(),
+        upstream,
+        "nothing blocked went upstream"
+    );
+    // A number that fails the Luhn check is not a card.
+    let (status, dep, _) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("guarded", "Ticket 4111 1111 1111 1112 is closed."),
+    )
+    .await;
+    assert_eq!((status, dep.as_str()), (200, "up/vendor-model"));
+
+    // No deployment may take a secret: the request fails closed, nothing goes upstream.
+    let upstream = gw.mock.requests().len();
+    let (status, _, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("nowhere", &format!("my key is {AWS_KEY}")),
+    )
+    .await;
+    eprintln!("figures: a secret with nowhere to go: {status} {body}");
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(gw.mock.requests().len(), upstream);
+
+    let metrics = gw.get_text("/metrics").await;
+    for line in [
+        "relais_guardrail_detections_total{class=\"secret\",action=\"route\"} 2",
+        "relais_guardrail_detections_total{class=\"iban\",action=\"route\"} 1",
+        "relais_guardrail_detections_total{class=\"payment_card\",action=\"block\"} 2",
+        "relais_guardrail_detections_total{class=\"us_ssn\",action=\"block\"} 1",
+        "relais_guardrail_detections_total{class=\"email\",action=\"allow\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let logged = logs();
+    for value in [CARD, AWS_KEY, "123-45-6789", "DE89 3704"] {
+        assert!(!logged.contains(value), "{value} in the logs");
+        assert!(!metrics.contains(value), "{value} in the metrics");
+        assert!(
+            !openai.contains(value) && !anthropic.contains(value),
+            "{value} in an error"
+        );
+    }
+}
+
+#[tokio::test]
+async fn issue22_a_guardrail_policy_names_known_classes_and_refuses_mask_for_now() {
+    for (policy, expected) in [
+        ("{ passport = \"block\" }", "not a class relais detects"),
+        ("{ email = \"mask\" }", "not available yet"),
+    ] {
+        let text = format!(
+            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\nguardrails = {policy}\n"
+        );
+        let raw = relais_server::config::parse(&text, "t.toml").unwrap();
+        let err = relais_server::config::build(&raw, &text, "t.toml")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    let text = "[guardrails]\ncustom = [{ class = \"employee_id\", pattern = \"EMP-[0-9]{6}\" }]\n\n\
+        [providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+        [routes.r]\ndeployments = [{ provider = \"up\", model = \"m\" }]\nguardrails = { employee_id = \"block\" }\n";
+    let raw = relais_server::config::parse(text, "t.toml").unwrap();
+    assert!(relais_server::config::build(&raw, text, "t.toml").is_ok());
+}
