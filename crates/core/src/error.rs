@@ -148,6 +148,19 @@ impl Error {
         Self::new(kind, Side::Upstream, message)
     }
 
+    /// Undecodable upstream output, retryable (before the first event reached the client,
+    /// another deployment can still answer). The message is clipped to
+    /// [`Error::MAX_PROTOCOL_MESSAGE`]: a decoder's message may quote what the upstream sent
+    /// (serde quotes a value of the wrong type whole), and an upstream may send anything.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        crate::clip(&mut message, Self::MAX_PROTOCOL_MESSAGE);
+        Self::upstream(ErrorKind::Protocol, message).with_retry(Retry::Yes)
+    }
+
+    /// Longest message of a protocol error.
+    pub const MAX_PROTOCOL_MESSAGE: usize = 512;
+
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
         self.code = Some(code.into());
         self

@@ -106,5 +106,5 @@ fn is_context_overflow(message: &str) -> bool {
 /// Undecodable upstream output. Retryable: when it happens before the first event reached the
 /// client, another deployment can still answer.
 pub(crate) fn protocol(message: impl Into<String>) -> Error {
-    Error::upstream(ErrorKind::Protocol, message).with_retry(Retry::Yes)
+    Error::protocol(message)
 }

@@ -74,7 +74,7 @@ pub(crate) fn stream_error(code: Option<&str>, message: Option<&str>) -> Error {
 /// Undecodable upstream output. Retryable: when it happens before the first event reached the
 /// client, another deployment can still answer.
 pub(crate) fn protocol(message: impl Into<String>) -> Error {
-    Error::upstream(ErrorKind::Protocol, message).with_retry(Retry::Yes)
+    Error::protocol(message)
 }
 
 /// `message` (AWS JSON protocols) or `Message` (some AWS front ends).

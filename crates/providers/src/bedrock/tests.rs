@@ -1893,3 +1893,20 @@ mod fuzz {
         }
     }
 }
+
+/// Found by the bounded fuzzing in CI: a Converse answer whose content holds a string where an
+/// object belongs made serde quote the whole string in the error (1,148 bytes from a mutated
+/// recording). Protocol errors are clipped, in every provider, by `Error::protocol`.
+#[test]
+fn a_protocol_error_never_quotes_a_long_upstream_value_whole() {
+    let long = "Let me count the r's. ".repeat(60);
+    let body = json!({"output": {"message": {"role": "assistant", "content": [long]}}, "stopReason": "end_turn"});
+    let e = decode_whole(body.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol);
+    assert!(e.is_retryable());
+    assert!(
+        e.message.len() <= relais_core::Error::MAX_PROTOCOL_MESSAGE + 3,
+        "{} bytes",
+        e.message.len()
+    );
+}

@@ -222,14 +222,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::new(seconds, nanos))
 }
 
-/// Longest message of a protocol error: a decoder's message may quote what the upstream sent
-/// (serde names an unknown field or variant), and an upstream may send a key of any length.
-const MAX_PROTOCOL_MESSAGE: usize = 512;
-
-/// Undecodable upstream output. Retryable: when it happens before the first event reached the
-/// client, another deployment can still answer.
+/// Undecodable upstream output (see [`Error::protocol`]).
 pub(crate) fn protocol(message: impl Into<String>) -> Error {
-    let mut message = message.into();
-    relais_core::clip(&mut message, MAX_PROTOCOL_MESSAGE);
-    Error::upstream(ErrorKind::Protocol, message).with_retry(Retry::Yes)
+    Error::protocol(message)
 }

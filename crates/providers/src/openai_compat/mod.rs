@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 use relais_core::{
-    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, ErrorKind, EventStream, Provider,
-    Secret, StreamEvent,
+    BoxFuture, ChatRequest, EmbedRequest, EmbedResponse, Error, EventStream, Provider, Secret,
+    StreamEvent,
 };
 
 pub use config::{MaxTokensField, OpenAiCompatConfig, Preset, ToolCallIds, WireApi};
@@ -314,11 +314,7 @@ fn is_sse(resp: &reqwest::Response) -> bool {
 /// Undecodable upstream output. Retryable: when it happens before the first event reached the
 /// client, another deployment can still answer.
 fn protocol(what: &str, e: &serde_json::Error) -> Error {
-    Error::upstream(
-        ErrorKind::Protocol,
-        format!("upstream sent invalid {what}: {e}"),
-    )
-    .with_retry(relais_core::Retry::Yes)
+    Error::protocol(format!("upstream sent invalid {what}: {e}"))
 }
 
 impl SseDecode for ChunkDecoder {

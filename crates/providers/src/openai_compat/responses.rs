@@ -304,7 +304,7 @@ fn usage(u: &Value) -> Usage {
 }
 
 fn protocol(what: impl Into<String>) -> Error {
-    Error::upstream(ErrorKind::Protocol, what).with_retry(relais_core::Retry::Yes)
+    Error::protocol(what)
 }
 
 /// The error of a failed response (`response.failed`'s `response.error`, or an `error` event).
