@@ -13,7 +13,9 @@ from conftest import CLIENT_KEY, OTHER_KEY
 
 def test_an_answer_paid_once_is_served_to_every_sdk_and_stays_with_its_key(relais_url, mock):
     question = f"cache question {uuid.uuid4().hex[:8]}"
-    ask = {"model": "cached", "max_tokens": 30, "temperature": 0,
+    # No sampling parameters: the Anthropic SDK's 2.x line no longer sends `temperature`, and
+    # an unsampled request is cached by default.
+    ask = {"model": "cached", "max_tokens": 30,
            "messages": [{"role": "user", "content": question}]}
     oa = openai.OpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0)
     raw = oa.chat.completions.with_raw_response.create(**ask)

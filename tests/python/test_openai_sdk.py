@@ -132,6 +132,7 @@ def test_models_list(client):
         "az-responses",
         "bedrock-claude",
         "bedrock-throttle",
+        "cached",
         "claude-errors",
         "claude-failover",
         "claude-sonnet-4-5",

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{ADMIN, Gateway, admin, sse_data_payloads, store, unique};
+use common::{ADMIN, Gateway, admin, redis_cli, sse_data_payloads, store, unique};
 use serde_json::{Value, json};
 
 const QUESTION: &str = "What is the capital of France?";
@@ -342,15 +342,6 @@ async fn issue22_a_redis_cache_is_shared_by_instances_and_compressed() {
     let ttl: i64 = redis_cli(&["PTTL", &key]).parse().unwrap();
     assert!((1..=30_000).contains(&ttl), "ttl {ttl}");
     redis_cli(&["DEL", &key]);
-}
-
-fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379"])
-        .args(args)
-        .output()
-        .expect("redis-cli must be installed (.ci/run checks Redis)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 async fn redis_get_bytes(key: &str) -> Vec<u8> {

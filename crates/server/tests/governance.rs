@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{ADMIN, Gateway, admin, error_of, redis_on, store, unique};
+use common::{ADMIN, Gateway, admin, error_of, redis_cli, redis_on, store, unique};
 use relais_testkit::psql;
 use serde_json::{Value, json};
 
@@ -326,15 +326,6 @@ async fn issue7_key_and_team_limits_with_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue7_key_and_team_limits_with_postgres() {
     limits_hold("postgres").await;
-}
-
-fn redis_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379"])
-        .args(args)
-        .output()
-        .expect("redis-cli must be installed (.ci/run checks Redis)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Three instances sharing one key store and one Redis: a key's limits hold across all of them.

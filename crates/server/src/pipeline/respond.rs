@@ -3,6 +3,8 @@
 //! stream is encoded event by event by [`super::sse`], which carries the settlement in the
 //! body. Every event passes through [`Settlement::observe`].
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
@@ -34,25 +36,13 @@ pub(crate) async fn chat(
         Some(ttft),
         routed.attempt_started,
     );
+    if req.stream {
+        let wait = routed.upstream_wait;
+        return streamed(ctx, req, turn, routed.stream, settlement, abort, wait);
+    }
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_secs();
-    if req.stream {
-        let encoder = match turn {
-            Some(t) => t.encoder(),
-            None => dialect.stream_encoder(
-                response_id,
-                req.model.clone(),
-                created,
-                req.stream_include_usage,
-            ),
-        };
-        let mut resp = json_or_sse(Body::empty(), true);
-        ctx.headers(&mut resp, routed.upstream_wait);
-        settlement.routed_headers(&mut resp);
-        *resp.body_mut() = super::sse::body(routed.stream, encoder, settlement, abort);
-        return resp;
-    }
     let collect_start = Instant::now();
     let collected = collect(routed.stream, &mut settlement).await;
     let upstream = routed.upstream_wait + collect_start.elapsed();
@@ -87,26 +77,14 @@ pub(crate) async fn cached(
     abort: watch::Receiver<bool>,
     turn: Option<Turn>,
 ) -> Response {
+    let events = crate::cache::replay(entry);
+    if req.stream {
+        let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+        return streamed(ctx, req, turn, stream, settlement, abort, Duration::ZERO);
+    }
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);
     let created = unix_secs();
-    let events = crate::cache::replay(entry);
-    if req.stream {
-        let encoder = match turn {
-            Some(t) => t.encoder(),
-            None => dialect.stream_encoder(
-                response_id,
-                req.model.clone(),
-                created,
-                req.stream_include_usage,
-            ),
-        };
-        let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
-        let mut resp = json_or_sse(Body::empty(), true);
-        ctx.headers(&mut resp, std::time::Duration::ZERO);
-        *resp.body_mut() = super::sse::body(stream, encoder, settlement, abort);
-        return resp;
-    }
     for ev in &events {
         settlement.observe(ev);
     }
@@ -116,7 +94,36 @@ pub(crate) async fn cached(
     };
     settlement.finish(End::Answered);
     let mut resp = json_or_sse(Body::from(body), false);
-    ctx.headers(&mut resp, std::time::Duration::ZERO);
+    ctx.headers(&mut resp, Duration::ZERO);
+    resp
+}
+
+/// A streamed answer: `stream`'s events encoded in the client's dialect (a Responses API turn
+/// by its own encoder), the settlement carried in the body; `wait` is the time spent on
+/// upstreams before the first event.
+fn streamed(
+    ctx: &Ctx,
+    req: &ChatRequest,
+    turn: Option<Turn>,
+    stream: EventStream,
+    settlement: Settlement,
+    abort: watch::Receiver<bool>,
+    wait: Duration,
+) -> Response {
+    let dialect = ctx.dialect;
+    let encoder = match turn {
+        Some(t) => t.encoder(),
+        None => dialect.stream_encoder(
+            dialect.response_id(&ctx.id),
+            req.model.clone(),
+            unix_secs(),
+            req.stream_include_usage,
+        ),
+    };
+    let mut resp = json_or_sse(Body::empty(), true);
+    ctx.headers(&mut resp, wait);
+    settlement.routed_headers(&mut resp);
+    *resp.body_mut() = super::sse::body(stream, encoder, settlement, abort);
     resp
 }
 

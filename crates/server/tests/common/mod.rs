@@ -344,3 +344,13 @@ pub async fn admin_as(
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
+
+/// A `redis-cli` command against the test Redis (127.0.0.1:6379); its answer, trimmed.
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed (.ci/run checks Redis)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
