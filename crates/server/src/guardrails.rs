@@ -4,26 +4,188 @@
 //! client's dialect, naming the class, never the value) or `route` (only deployments that list
 //! the class in their `data_classes` may serve it; none: the request fails closed).
 //! Detections are counted per class and action; no value is ever logged or kept.
+//!
+//! A webhook (`[guardrails.webhook]`) is asked about each request to a guarded route before
+//! anything is reserved, and about each non-streaming answer before it leaves: JSON over HTTP,
+//! bounded in time and in the size of what it answers, failing closed (503) or open as
+//! configured.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
-use relais_core::{ChatRequest, ContentPart, Error, ErrorKind, Side};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use relais_core::{ChatRequest, ChatResponse, ContentPart, Error, ErrorKind, Role, Side};
 use relais_governance::guard::Detectors;
+use serde_json::{Value, json};
 
-use crate::config::GuardAction;
+use crate::config::{GuardAction, GuardWebhookConfig, HookFailure};
 
-/// The detectors and what they found, for `/metrics`.
+/// The most of a hook's answer that is read.
+const HOOK_ANSWER_MAX: usize = 64 * 1024;
+/// The most of a hook's reason that reaches a client.
+const HOOK_REASON_MAX: usize = 200;
+
+/// The detectors, the webhook, and what they found, for `/metrics`.
 pub(crate) struct Guardrails {
     detectors: Detectors,
+    hook: Option<GuardWebhookConfig>,
     counts: Mutex<HashMap<(String, &'static str), u64>>,
+    /// Hook checks by outcome: allowed, blocked, failed.
+    pub(crate) hook_counts: [AtomicU64; 3],
 }
 
 impl Guardrails {
-    pub(crate) fn new(detectors: Detectors) -> Self {
+    pub(crate) fn new(detectors: Detectors, hook: Option<GuardWebhookConfig>) -> Self {
         Self {
             detectors,
+            hook,
             counts: Mutex::default(),
+            hook_counts: Default::default(),
+        }
+    }
+
+    /// Ask the webhook about a request (its messages' text and the classes found in it).
+    pub(crate) async fn hook_request(
+        &self,
+        http: &relais_providers::HttpClient,
+        (route, request_id): (&str, &str),
+        req: &ChatRequest,
+    ) -> Result<(), Error> {
+        let Some(hook) = &self.hook else {
+            return Ok(());
+        };
+        let messages: Vec<Value> = req
+            .messages
+            .iter()
+            .map(|m| {
+                let text: Vec<&str> = m
+                    .content
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text(t) => Some(t.as_str()),
+                        ContentPart::ToolResult { content, .. } => Some(content.as_str()),
+                        ContentPart::ToolCall(c) => Some(c.arguments.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                json!({"role": role_name(m.role), "text": text.join("\n")})
+            })
+            .collect();
+        let body = json!({"stage": "request", "route": route, "request_id": request_id, "messages": messages});
+        self.ask(http, hook, &body).await
+    }
+
+    /// Ask the webhook about an answer before it leaves (when it checks answers).
+    pub(crate) async fn hook_answer(
+        &self,
+        http: &relais_providers::HttpClient,
+        (route, request_id): (&str, &str),
+        answer: &ChatResponse,
+    ) -> Result<(), Error> {
+        let Some(hook) = self.hook.as_ref().filter(|h| h.answers) else {
+            return Ok(());
+        };
+        let calls: Vec<Value> = answer
+            .tool_calls
+            .iter()
+            .map(|c| json!({"name": c.name, "arguments": c.arguments}))
+            .collect();
+        let body = json!({"stage": "response", "route": route, "request_id": request_id,
+                          "text": answer.text, "tool_calls": calls});
+        self.ask(http, hook, &body).await
+    }
+
+    async fn ask(
+        &self,
+        http: &relais_providers::HttpClient,
+        hook: &GuardWebhookConfig,
+        body: &Value,
+    ) -> Result<(), Error> {
+        let timeout = Duration::from_millis(hook.timeout_ms.max(1));
+        let verdict = tokio::time::timeout(timeout, async {
+            let mut rb = http
+                .post(hook.url.expose())
+                .header("content-type", "application/json");
+            for (k, v) in &hook.headers {
+                rb = rb.header(k.as_str(), v.expose());
+            }
+            let mut resp = rb
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| relais_core::redact(&e.to_string(), &[&hook.url]))?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status().as_u16()));
+            }
+            let mut got = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                got.extend_from_slice(&chunk);
+                if got.len() > HOOK_ANSWER_MAX {
+                    return Err("an answer over 64 KiB".to_owned());
+                }
+            }
+            Ok(got)
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+        let answer = verdict.and_then(|raw| {
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                return Ok(json!({}));
+            }
+            serde_json::from_slice::<Value>(&raw)
+                .map_err(|_| "an answer that is not JSON".to_owned())
+        });
+        match answer {
+            Ok(v) if v["action"] == "block" => {
+                self.hook_counts[1].fetch_add(1, Ordering::Relaxed);
+                let mut reason = v["reason"].as_str().unwrap_or("").to_owned();
+                relais_core::clip(&mut reason, HOOK_REASON_MAX);
+                let stage = body["stage"].as_str().unwrap_or("request");
+                let what = if stage == "response" {
+                    "the answer"
+                } else {
+                    "the request"
+                };
+                let message = if reason.is_empty() {
+                    format!("the guardrail hook refused {what}")
+                } else {
+                    format!("the guardrail hook refused {what}: {reason}")
+                };
+                Err(Error::new(ErrorKind::BadRequest, Side::Client, message)
+                    .with_code("guardrail_blocked"))
+            }
+            Ok(v) if v.get("action").is_none_or(|a| a == "allow") => {
+                self.hook_counts[0].fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(_) => self.hook_failed(hook, "an action that is neither allow nor block"),
+            Err(why) => self.hook_failed(hook, &why),
+        }
+    }
+
+    fn hook_failed(&self, hook: &GuardWebhookConfig, why: &str) -> Result<(), Error> {
+        self.hook_counts[2].fetch_add(1, Ordering::Relaxed);
+        match hook.on_error {
+            HookFailure::Open => {
+                tracing::warn!(
+                    error = why,
+                    "guardrail hook failed; going on (on_error = \"open\")"
+                );
+                Ok(())
+            }
+            HookFailure::Closed => {
+                tracing::warn!(
+                    error = why,
+                    "guardrail hook failed; refusing (on_error = \"closed\")"
+                );
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    Side::Gateway,
+                    "the guardrail check could not be made; try again shortly",
+                ))
+            }
         }
     }
 
@@ -94,5 +256,15 @@ impl Guardrails {
             .collect();
         v.sort();
         v
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::System => "system",
+        Role::Developer => "developer",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
     }
 }

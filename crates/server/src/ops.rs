@@ -118,6 +118,18 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
     }
     if let Some(g) = &live.runtime.guardrails {
         p.family(
+            "relais_guardrail_hook_checks_total",
+            "counter",
+            "Checks asked of the guardrails' webhook, by outcome (a failure follows on_error).",
+        );
+        for (i, outcome) in ["allowed", "blocked", "failed"].iter().enumerate() {
+            p.sample(
+                "relais_guardrail_hook_checks_total",
+                &labels(&[("outcome", outcome)]),
+                g.hook_counts[i].load(Ordering::Relaxed),
+            );
+        }
+        p.family(
             "relais_guardrail_detections_total",
             "counter",
             "Requests in which the data guardrails found a class of data, by what the route did.",

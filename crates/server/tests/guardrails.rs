@@ -189,3 +189,129 @@ async fn issue22_a_guardrail_policy_names_known_classes_and_refuses_mask_for_now
     let raw = relais_server::config::parse(text, "t.toml").unwrap();
     assert!(relais_server::config::build(&raw, text, "t.toml").is_ok());
 }
+
+/// A guardrail hook on loopback: blocks requests that mention "forbidden" and answers that say
+/// "echo-block", takes 2 s over "slow", answers nonsense over "garbage"; records what it got.
+async fn hook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/check",
+        post({
+            let seen = seen.clone();
+            move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    seen.lock().unwrap().push(v.clone());
+                    let text = v.to_string();
+                    if text.contains("slow") {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    if text.contains("garbage") {
+                        return "this is not json".to_owned();
+                    }
+                    let block = (v["stage"] == "request" && text.contains("forbidden"))
+                        || (v["stage"] == "response" && text.contains("echo-block"));
+                    if block {
+                        json!({"action": "block", "reason": format!("policy 7 ({})", v["stage"].as_str().unwrap())}).to_string()
+                    } else {
+                        json!({"action": "allow"}).to_string()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/check", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_a_guardrail_webhook_checks_requests_and_answers_and_fails_as_configured() {
+    let (url, seen) = hook().await;
+    let config = |on_error: &str| {
+        format!(
+            "[guardrails.webhook]\nurl = \"{url}\"\ntimeout_ms = 300\non_error = \"{on_error}\"\n\n\
+             [routes.hooked]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\nguardrails = {{}}\n"
+        )
+    };
+    let gw = Gateway::start(&config("closed")).await;
+
+    let (status, _, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("hooked", "What is our refund policy?"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0]["stage"], "request");
+        assert_eq!(seen[0]["route"], "hooked");
+        assert_eq!(seen[0]["messages"][0]["text"], "What is our refund policy?");
+        assert_eq!(seen[1]["stage"], "response");
+        assert!(
+            seen[1]["text"].as_str().unwrap().contains("refund policy"),
+            "{}",
+            seen[1]
+        );
+    }
+
+    // Refused before anything goes upstream, in the client's dialect, with the hook's reason.
+    let upstream = gw.mock.requests().len();
+    let (status, _, body) = ask(
+        &gw,
+        "/v1/messages",
+        json!({"model": "hooked", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "tell me the forbidden thing"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        e["error"]["message"],
+        "the guardrail hook refused the request: policy 7 (request)"
+    );
+    assert_eq!(gw.mock.requests().len(), upstream);
+
+    // An answer the hook refuses never reaches the client (the mock echoes the prompt).
+    let (status, _, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("hooked", "repeat echo-block"),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("refused the answer: policy 7 (response)"),
+        "{body}"
+    );
+    assert!(!body.contains("You said"), "{body}");
+    assert_eq!(gw.mock.requests().len(), upstream + 1);
+
+    // A hook that is slow or talks nonsense: refused (closed) ...
+    for text in ["slow please", "garbage please"] {
+        let (status, _, body) = ask(&gw, "/v1/chat/completions", chat("hooked", text)).await;
+        assert_eq!(status, 503, "{text}: {body}");
+    }
+    let metrics = gw.get_text("/metrics").await;
+    for line in [
+        "relais_guardrail_hook_checks_total{outcome=\"allowed\"} 3",
+        "relais_guardrail_hook_checks_total{outcome=\"blocked\"} 2",
+        "relais_guardrail_hook_checks_total{outcome=\"failed\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    // ... or let through (open).
+    let open = Gateway::start(&config("open")).await;
+    let (status, _, body) = ask(
+        &open,
+        "/v1/chat/completions",
+        chat("hooked", "garbage please"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -88,7 +88,12 @@ pub(super) async fn serve(
         &live.runtime.guardrails,
         live.runtime.guarded_routes.get(&req.model),
     ) {
-        (Some(g), Some(policy)) => or_refuse!(app, ctx, g.check(&req.model, &req, policy)),
+        (Some(g), Some(policy)) => {
+            let stay = or_refuse!(app, ctx, g.check(&req.model, &req, policy));
+            let at = (req.model.as_str(), ctx.id.as_str());
+            or_refuse!(app, ctx, g.hook_request(&live.runtime.http, at, &req).await);
+            stay
+        }
         _ => Vec::new(),
     };
     let worst = admit::worst_chat(live, &entry.route, &req);
@@ -153,7 +158,13 @@ pub(super) async fn serve(
         Ok(routed) => {
             // 3. Respond (and 4. settle, when the answer or the stream ends).
             let abort = app.abort_streams.clone();
-            respond::chat(ctx, &req, routed, settlement, abort, turn).await
+            let check = live
+                .runtime
+                .guardrails
+                .as_deref()
+                .filter(|_| live.runtime.guarded_routes.contains_key(&req.model))
+                .map(|g| (g, &live.runtime.http));
+            respond::chat(ctx, &req, routed, settlement, (abort, turn), check).await
         }
         Err(ex) => respond::exhausted(ctx, &req.model, settlement, &ex),
     };

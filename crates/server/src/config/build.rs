@@ -566,7 +566,8 @@ fn build_guardrails(raw: &RawConfig, origin: &str) -> Result<GuardParts, ConfigE
     }
     let detectors = relais_governance::guard::Detectors::new(&custom)
         .map_err(|e| ConfigError(format!("{origin}: guardrails.custom: {e}")))?;
+    let hook = raw.guardrails.webhook.clone();
     let guard =
-        (!routes.is_empty()).then(|| Arc::new(crate::guardrails::Guardrails::new(detectors)));
+        (!routes.is_empty()).then(|| Arc::new(crate::guardrails::Guardrails::new(detectors, hook)));
     Ok((guard, routes))
 }

@@ -52,6 +52,45 @@ pub struct RawConfig {
 pub struct GuardrailsConfig {
     #[serde(default)]
     pub custom: Vec<CustomClassConfig>,
+    /// Checks relais does not do itself (a prompt-injection classifier, moderation): asked
+    /// about every request to a guarded route, and about its answer.
+    pub webhook: Option<GuardWebhookConfig>,
+}
+
+/// `[guardrails.webhook]`: JSON over HTTP; the hook answers `{"action": "allow"}` or
+/// `{"action": "block", "reason": "..."}`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuardWebhookConfig {
+    pub url: Secret,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// How long a check may take.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_ms: u64,
+    /// When the hook does not answer in time, answers an error or nonsense: `closed` (the
+    /// request is refused with 503) or `open` (it goes on; logged and counted either way).
+    #[serde(default)]
+    pub on_error: HookFailure,
+    /// Also check answers (non-streaming ones: a stream's text has left before it ends).
+    #[serde(default = "default_true")]
+    pub answers: bool,
+}
+
+fn default_hook_timeout() -> u64 {
+    1000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 /// A class found by a regular expression (Rust's `regex` syntax).

@@ -16,17 +16,22 @@ use tokio::sync::watch;
 use super::{End, Settlement};
 use crate::clock::{Instant, unix_secs};
 use crate::dialect::Turn;
+use crate::guardrails::Guardrails;
 use crate::http::Ctx;
 
+/// What checks a whole answer before it leaves: the guardrails' webhook, with the client it
+/// is asked through.
+pub(crate) type AnswerCheck<'a> = (&'a Guardrails, &'a relais_providers::HttpClient);
+
 /// Answer a routed chat request, as a stream or as one JSON body; a Responses API turn is
-/// written (and kept) by its [`Turn`].
+/// written (and kept) by its [`Turn`]. A JSON answer passes `check` first.
 pub(crate) async fn chat(
     ctx: &Ctx,
     req: &ChatRequest,
     routed: Routed,
     mut settlement: Settlement,
-    abort: watch::Receiver<bool>,
-    turn: Option<Turn>,
+    (abort, turn): (watch::Receiver<bool>, Option<Turn>),
+    check: Option<AnswerCheck<'_>>,
 ) -> Response {
     let ttft = ctx.start.elapsed();
     settlement.served(
@@ -48,6 +53,14 @@ pub(crate) async fn chat(
     let upstream = routed.upstream_wait + collect_start.elapsed();
     match collected {
         Ok(r) => {
+            if let Some((guard, http)) = check {
+                if let Err(e) = guard.hook_answer(http, (&req.model, &ctx.id), &r).await {
+                    log_error(&req.model, &ctx.id, &e);
+                    let status = dialect.error_status(&e);
+                    settlement.finish(End::Failed { error: &e, status });
+                    return ctx.error(&e, upstream);
+                }
+            }
             let body = match turn {
                 Some(t) => t.answer(&r).await,
                 None => dialect.render(&r, &response_id, &req.model, created),
