@@ -224,6 +224,11 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
 [routes.cached]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
 cache = {{ ttl_secs = 120 }}
+
+# Data guardrails (test_cache_sdk.py): a payment card is refused before it leaves.
+[routes.guarded]
+deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
+guardrails = {{ payment_card = "block" }}
 """
 
 

@@ -1,12 +1,14 @@
-"""The response cache through the official SDKs: an answer the OpenAI SDK paid for is served
-from the cache to the Anthropic SDK and as streams, `x-relais-cache` and `age` saying so, and
-never to another key (each static key is its own team)."""
+"""The response cache and the data guardrails through the official SDKs: an answer the OpenAI
+SDK paid for is served from the cache to the Anthropic SDK and as streams, `x-relais-cache` and
+`age` saying so, and never to another key (each static key is its own team); a payment card is
+refused as each SDK's own bad-request error, naming the class and never the number."""
 
 import json
 import uuid
 
 import anthropic
 import openai
+import pytest
 
 from conftest import CLIENT_KEY, OTHER_KEY
 
@@ -49,3 +51,24 @@ def test_an_answer_paid_once_is_served_to_every_sdk_and_stays_with_its_key(relai
     raw = oa.chat.completions.with_raw_response.create(extra_headers={"cache-control": "no-store"}, **ask)
     assert raw.headers["x-relais-cache"] == "bypass"
     assert len([r for r in mock.requests() if question in json.dumps(r)]) == 3
+
+
+CARD = "4111 1111 1111 1111"
+
+
+def test_a_blocked_class_is_each_sdks_bad_request_error(relais_url, mock):
+    oa = openai.OpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model="guarded", max_tokens=20,
+                                   messages=[{"role": "user", "content": f"refund card {CARD}"}])
+    assert e.value.code == "guardrail_blocked"
+    assert "payment_card" in str(e.value) and CARD not in str(e.value)
+    claude = anthropic.Anthropic(base_url=relais_url, api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        claude.messages.create(model="guarded", max_tokens=20,
+                               messages=[{"role": "user", "content": f"refund card {CARD}"}])
+    assert "payment_card" in str(e.value) and CARD not in str(e.value)
+    assert not any(CARD in json.dumps(r) for r in mock.requests()), "the card went upstream"
+    ok = oa.chat.completions.create(model="guarded", max_tokens=20,
+                                    messages=[{"role": "user", "content": "refund order 12345678"}])
+    assert ok.choices[0].message.content

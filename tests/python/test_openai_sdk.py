@@ -141,6 +141,7 @@ def test_models_list(client):
         "gemini-2.5-flash",
         "gpt-4o-mini",
         "gpt-5-responses",
+        "guarded",
         "local",
         "team-coder-anthropic",
         "team-coder-gemini",

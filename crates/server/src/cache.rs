@@ -110,16 +110,13 @@ pub(crate) enum Lookup {
 }
 
 impl Lookup {
-    /// `x-relais-cache` and, on a hit, `age` (whole seconds since the entry was stored).
-    pub(crate) fn headers(which: &str, age: Option<i64>, resp: &mut Response) {
+    /// `x-relais-cache: which` (`hit`, `miss` or `bypass`) and, on a hit, `age` (whole seconds
+    /// since the entry was stored).
+    pub(crate) fn headers(which: &'static str, age: Option<i64>, resp: &mut Response) {
         let h = resp.headers_mut();
         h.insert(
             HeaderName::from_static("x-relais-cache"),
-            HeaderValue::from_static(match which {
-                "hit" => "hit",
-                "miss" => "miss",
-                _ => "bypass",
-            }),
+            HeaderValue::from_static(which),
         );
         if let Some(a) = age {
             if let Ok(v) = HeaderValue::from_str(&a.max(0).to_string()) {
@@ -268,23 +265,61 @@ fn scope(policy: &Policy, caller: &Caller<'_>) -> String {
 }
 
 /// The entry's key: SHA-256 of the scope and the request in canonical form without what does
-/// not change the answer. The canonical types print every field in a fixed order (maps are
-/// sorted), so their debug form is a stable serialization.
+/// not change the answer (`user`, `metadata`, how the answer is delivered). The canonical types
+/// print every field in a fixed order (maps are sorted), so their debug form is a stable
+/// serialization; it is written straight into the digest, field by field, with no copy of
+/// the request.
 pub(crate) fn key(policy: &Policy, caller: &Caller<'_>, req: &ChatRequest) -> String {
-    let mut r = ChatRequest {
-        stream: false,
-        stream_include_usage: false,
-        passthrough: false,
-        user: None,
-        metadata: None,
-        responses_body: None,
-        ..req.clone()
+    use std::fmt::Write as _;
+    // Every field named: a field added to the request must be placed in or out of the key here.
+    let ChatRequest {
+        model,
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls,
+        response_format,
+        max_output_tokens,
+        temperature,
+        top_p,
+        top_k,
+        stop,
+        seed,
+        reasoning,
+        extra,
+        extra_family,
+        vendor_beta,
+        stream: _,
+        stream_include_usage: _,
+        passthrough: _,
+        user: _,
+        metadata: _,
+        responses_body: _,
+    } = req;
+    let family = if extra.is_empty() {
+        None
+    } else {
+        *extra_family
     };
-    if r.extra.is_empty() {
-        r.extra_family = None;
+    let mut d = Digest(ring::digest::Context::new(&ring::digest::SHA256));
+    let _ = write!(
+        d,
+        "{}\n{model:?}|{messages:?}|{tools:?}|{tool_choice:?}|{parallel_tool_calls:?}|\
+         {response_format:?}|{max_output_tokens:?}|{temperature:?}|{top_p:?}|{top_k:?}|{stop:?}|\
+         {seed:?}|{reasoning:?}|{extra:?}|{family:?}|{vendor_beta:?}",
+        scope(policy, caller),
+    );
+    relais_core::hex(d.0.finish().as_ref())
+}
+
+/// A digest that text is formatted into.
+struct Digest(ring::digest::Context);
+
+impl std::fmt::Write for Digest {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
     }
-    let text = format!("{}\n{r:?}", scope(policy, caller));
-    relais_core::hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
 }
 
 /// Records a miss's answer as it passes, and stores it once the request ends well.

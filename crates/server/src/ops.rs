@@ -181,6 +181,16 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             relais_governance::usd_plain(s.saved_pusd.load(Ordering::Relaxed)),
         );
         p.family(
+            "relais_cache_stored_total",
+            "counter",
+            "Answers kept by the response cache.",
+        );
+        p.sample(
+            "relais_cache_stored_total",
+            "",
+            s.stored.load(Ordering::Relaxed),
+        );
+        p.family(
             "relais_cache_errors_total",
             "counter",
             "Cache store calls that failed (those requests were answered without the cache).",

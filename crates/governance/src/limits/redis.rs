@@ -32,6 +32,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the watcher checks Redis (connects, or pings), with or without traffic.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// A script with the shared prelude (clock, calendar, upkeep of a subject's keys) in front.
+macro_rules! with_prelude {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/prelude.lua"),
+            include_str!(concat!("../lua/", $file))
+        ))
+    };
+}
+
 pub struct RedisLimiter {
     client: redis::Client,
     /// `None` until a first connection succeeds: an instance starts while Redis is down and
@@ -97,23 +107,11 @@ impl RedisLimiter {
             fail_open,
             instance,
             next: AtomicU64::new(0),
-            admit: Script::new(concat!(
-                include_str!("../lua/prelude.lua"),
-                include_str!("../lua/admit.lua")
-            )),
-            finish: Script::new(concat!(
-                include_str!("../lua/prelude.lua"),
-                include_str!("../lua/finish.lua")
-            )),
+            admit: with_prelude!("admit.lua"),
+            finish: with_prelude!("finish.lua"),
             seed: Script::new(include_str!("../lua/seed.lua")),
-            lease_script: Script::new(concat!(
-                include_str!("../lua/prelude.lua"),
-                include_str!("../lua/lease.lua")
-            )),
-            shrink: Script::new(concat!(
-                include_str!("../lua/prelude.lua"),
-                include_str!("../lua/shrink.lua")
-            )),
+            lease_script: with_prelude!("lease.lua"),
+            shrink: with_prelude!("shrink.lua"),
             leases: (!span.is_zero()).then(|| Arc::new(Leases::new(span))),
             ledger,
         });
