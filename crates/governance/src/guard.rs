@@ -12,6 +12,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub mod mask;
+
 use regex::Regex;
 
 /// One sensitive value: its class and where it is in the text (bytes).
@@ -155,6 +157,11 @@ impl Detectors {
             });
         }
         Ok(Self { all })
+    }
+
+    /// Whether `class` is one a detector names (built in or custom).
+    pub fn knows(&self, class: &str) -> bool {
+        self.all.iter().any(|d| d.class == class)
     }
 
     /// Every sensitive value in `text`, in order, without overlaps.

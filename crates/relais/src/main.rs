@@ -259,6 +259,22 @@ struct LimitArgs {
     /// Data classes the requests may carry (comma-separated); the first is the default.
     #[arg(long, value_delimiter = ',')]
     data_classes: Option<Vec<String>>,
+    /// Data guardrails by class found in a request, joined with each route's (the strictest
+    /// wins): "email=mask,secret=route,payment_card=block".
+    #[arg(long, value_delimiter = ',', value_parser = guard_rule)]
+    guardrails: Option<Vec<(String, String)>>,
+}
+
+/// `class=action`, the action one of allow, mask, route, block.
+fn guard_rule(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((class, action @ ("allow" | "mask" | "route" | "block"))) if !class.is_empty() => {
+            Ok((class.trim().to_owned(), action.to_owned()))
+        }
+        _ => Err(format!(
+            "'{s}': write class=action, the action one of allow, mask, route, block"
+        )),
+    }
 }
 
 impl LimitArgs {
@@ -266,6 +282,10 @@ impl LimitArgs {
         relais_governance::Reach {
             vendors: self.vendors.clone(),
             data_classes: self.data_classes.clone(),
+            guardrails: self
+                .guardrails
+                .as_ref()
+                .map(|rules| rules.iter().cloned().collect()),
         }
     }
 }

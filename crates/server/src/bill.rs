@@ -152,6 +152,11 @@ impl Bill {
         }))
     }
 
+    /// The classes of data the request carried (declared and found), for its rows.
+    pub(crate) fn set_data_classes(&mut self, classes: String) {
+        self.base.data_classes = Some(classes);
+    }
+
     /// Mark the request's rows as part of a failover drill.
     pub(crate) fn set_drill(&mut self, id: &str) {
         self.base.drill = Some(id.to_owned());

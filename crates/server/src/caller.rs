@@ -107,6 +107,18 @@ impl Caller<'_> {
         }
     }
 
+    /// The guardrail policies of the caller's key and team, as (class, action) pairs.
+    pub(crate) fn guardrails(&self) -> impl Iterator<Item = (&str, &str)> {
+        let lists = match self {
+            Self::Virtual(a) => [a.key.reach.guardrails.as_ref(), a.team.reach.guardrails.as_ref()],
+            _ => [None, None],
+        };
+        lists
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.iter().map(|(c, a)| (c.as_str(), a.as_str())))
+    }
+
     /// Whether this caller's request of data class `class` may go to deployment `d`.
     pub(crate) fn may_use(&self, d: &Deployment, class: Option<&str>) -> bool {
         d.accepts_class(class)

@@ -193,9 +193,9 @@ pub struct Runtime {
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
     pub(crate) cache_config: raw::CacheConfig,
     pub(crate) cached_routes: BTreeMap<String, crate::cache::Policy>,
-    /// The guardrails' detectors (when a route has a policy) and each guarded route's policy.
-    pub(crate) guardrails: Option<Arc<crate::guardrails::Guardrails>>,
-    pub(crate) guarded_routes: BTreeMap<String, BTreeMap<String, GuardAction>>,
+    /// The guardrails' detectors and webhook, and each guarded route's policy.
+    pub(crate) guardrails: Arc<crate::guardrails::Guardrails>,
+    pub(crate) guarded_routes: BTreeMap<String, crate::guardrails::GuardPolicy>,
     pub plan_b: PlanBSettings,
     /// Responses API storage: retention and memory (fixed at start for the memory).
     pub responses: raw::ResponsesConfig,

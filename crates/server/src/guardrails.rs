@@ -10,17 +10,62 @@
 //! bounded in time and in the size of what it answers, failing closed (503) or open as
 //! configured.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use relais_core::{ChatRequest, ChatResponse, ContentPart, Error, ErrorKind, Role, Side};
 use relais_governance::guard::Detectors;
+use relais_governance::guard::mask::{AnswerFilter, AnswerRule, Vault};
 use serde_json::{Value, json};
 
+use crate::caller::Caller;
 use crate::config::{GuardAction, GuardWebhookConfig, HookFailure};
+
+mod answer;
+pub(crate) use answer::AnswerGuard;
+
+/// A route's guardrails: the action per class found in a request, and in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GuardPolicy {
+    pub(crate) classes: BTreeMap<String, GuardAction>,
+    pub(crate) answers: BTreeMap<String, GuardAction>,
+}
+
+/// The answer rules a request policy implies: what it blocks or masks in a request, it blocks
+/// or masks in an answer.
+pub(crate) fn answer_rules(policy: &BTreeMap<String, GuardAction>) -> BTreeMap<String, GuardAction> {
+    policy
+        .iter()
+        .filter(|(_, a)| matches!(a, GuardAction::Block | GuardAction::Mask))
+        .map(|(c, a)| (c.clone(), *a))
+        .collect()
+}
+
+/// Two policies joined: per class, the stricter action.
+fn join(into: &mut BTreeMap<String, GuardAction>, other: impl IntoIterator<Item = (String, GuardAction)>) {
+    for (class, action) in other {
+        let slot = into.entry(class).or_insert(action);
+        *slot = (*slot).max(action);
+    }
+}
+
+/// What inspecting a request found, for the rest of the pipeline (classes only, never values).
+#[derive(Default)]
+pub(crate) struct Inspection {
+    /// Every class found, strongest first.
+    pub(crate) classes: Vec<String>,
+    /// The classes the policy names whose values still reach a vendor (found, not all
+    /// masked): deployments that list the classes they accept must list these.
+    pub(crate) sent: Vec<String>,
+    /// Classes only deployments listing them may receive (`route`).
+    pub(crate) stay: Vec<String>,
+    /// The answer side: placeholders to restore, classes to refuse or mask.
+    pub(crate) answer: Option<AnswerGuard>,
+}
 
 /// The most of a hook's answer that is read.
 const HOOK_ANSWER_MAX: usize = 64 * 1024;
@@ -32,6 +77,8 @@ pub(crate) struct Guardrails {
     detectors: Detectors,
     hook: Option<GuardWebhookConfig>,
     counts: Mutex<HashMap<(String, &'static str), u64>>,
+    /// Answers' detections by (class, action).
+    answer_counts: Mutex<HashMap<(String, &'static str), u64>>,
     /// Hook checks by outcome: allowed, blocked, failed.
     pub(crate) hook_counts: [AtomicU64; 3],
 }
@@ -42,6 +89,7 @@ impl Guardrails {
             detectors,
             hook,
             counts: Mutex::default(),
+            answer_counts: Mutex::default(),
             hook_counts: Default::default(),
         }
     }
@@ -189,41 +237,94 @@ impl Guardrails {
         }
     }
 
-    /// Check `req` against `policy`: the classes whose requests must stay on deployments
-    /// that list them, or the refusal of a blocked class.
-    pub(crate) fn check(
-        &self,
+    /// Whether `class` is one the detectors name (built in or `[guardrails] custom`).
+    pub(crate) fn knows(&self, class: &str) -> bool {
+        self.detectors.knows(class)
+    }
+
+    pub(crate) fn has_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    /// Whether the webhook checks answers (a streamed answer is then gathered before it leaves).
+    pub(crate) fn hook_checks_answers(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.answers)
+    }
+
+    /// The policy for a request: the route's joined with the caller's key's and team's (the
+    /// strictest action per class wins), for requests and for answers; `None` when nothing
+    /// applies.
+    pub(crate) fn policy<'p>(
+        route: Option<&'p GuardPolicy>,
+        caller: &Caller<'_>,
+    ) -> Option<Cow<'p, GuardPolicy>> {
+        let own: BTreeMap<String, GuardAction> = caller
+            .guardrails()
+            .filter_map(|(c, a)| GuardAction::parse(a).map(|a| (c.to_owned(), a)))
+            .collect();
+        if own.is_empty() {
+            return route.map(Cow::Borrowed);
+        }
+        let mut joined = route.cloned().unwrap_or_else(|| GuardPolicy {
+            classes: BTreeMap::new(),
+            answers: BTreeMap::new(),
+        });
+        join(&mut joined.answers, answer_rules(&own));
+        join(&mut joined.classes, own);
+        Some(Cow::Owned(joined))
+    }
+
+    /// Inspect `req` under `policy`: a blocked class refuses it; masked values are replaced by
+    /// placeholders in place (and the answer side set up to restore them); the classes found,
+    /// those whose values still reach a vendor, and those that must stay on deployments that
+    /// list them are returned for routing, shadowing and the ledger.
+    pub(crate) fn inspect(
+        self: &Arc<Self>,
         route: &str,
-        req: &ChatRequest,
-        policy: &BTreeMap<String, GuardAction>,
-    ) -> Result<Vec<String>, Error> {
-        let mut classes: Vec<String> = Vec::new();
-        for m in &req.messages {
-            for part in &m.content {
+        req: &mut ChatRequest,
+        GuardPolicy {
+            classes: policy,
+            answers,
+        }: &GuardPolicy,
+    ) -> Result<Inspection, Error> {
+        let action = |c: &str| policy.get(c).copied().unwrap_or(GuardAction::Allow);
+        let mut found: Vec<(String, bool)> = Vec::new();
+        let mut vault = Vault::default();
+        for m in &mut req.messages {
+            for part in &mut m.content {
                 let text = match part {
-                    ContentPart::Text(t) => t.as_str(),
-                    ContentPart::ToolResult { content, .. } => content.as_str(),
-                    ContentPart::ToolCall(c) => c.arguments.as_str(),
+                    ContentPart::Text(t) => t,
+                    ContentPart::ToolResult { content, .. } => content,
+                    ContentPart::ToolCall(c) => &mut c.arguments,
                     _ => continue,
                 };
-                for c in self.detectors.classes(text) {
-                    if !classes.contains(&c) {
-                        classes.push(c);
+                let findings = self.detectors.scan(text);
+                for f in &findings {
+                    let masked = action(&f.class) == GuardAction::Mask;
+                    match found.iter_mut().find(|(c, _)| *c == f.class) {
+                        Some((_, all_masked)) => *all_masked &= masked,
+                        None => found.push((f.class.clone(), masked)),
                     }
                 }
+                vault.mask(text, &findings, |c| action(c) == GuardAction::Mask);
             }
         }
-        let mut stay = Vec::new();
+        let mut out = Inspection::default();
         let mut blocked = None;
-        for c in classes {
-            let action = policy.get(&c).copied().unwrap_or(GuardAction::Allow);
-            self.count(&c, action.as_str());
-            match action {
-                // Mask is refused by config validation until it is built.
+        for (c, all_masked) in found {
+            let a = action(&c);
+            self.count(&c, a.as_str());
+            match a {
                 GuardAction::Allow | GuardAction::Mask => {}
-                GuardAction::Block => blocked = blocked.or(Some(c)),
-                GuardAction::Route => stay.push(c),
+                GuardAction::Block => blocked = blocked.or(Some(c.clone())),
+                GuardAction::Route => out.stay.push(c.clone()),
             }
+            // A class the policy names and whose values reach the vendor joins the request's
+            // data class; classes it does not name are counted, not routed on.
+            if !all_masked && policy.contains_key(&c) {
+                out.sent.push(c.clone());
+            }
+            out.classes.push(c);
         }
         if let Some(c) = blocked {
             return Err(Error::new(
@@ -233,30 +334,55 @@ impl Guardrails {
             )
             .with_code("guardrail_blocked"));
         }
-        Ok(stay)
+        let rules: Vec<(String, AnswerRule)> = answers
+            .iter()
+            .filter_map(|(c, a)| match a {
+                GuardAction::Block => Some((c.clone(), AnswerRule::Block)),
+                GuardAction::Mask => Some((c.clone(), AnswerRule::Mask)),
+                _ => None,
+            })
+            .collect();
+        let filter = AnswerFilter::new(vault, rules);
+        if filter.is_active() {
+            // The answer is rewritten from decoded events: nothing may skip the filter.
+            req.passthrough = false;
+            req.responses_body = None;
+            out.answer = Some(AnswerGuard::new(self.clone(), filter, route));
+        }
+        Ok(out)
     }
 
     fn count(&self, class: &str, action: &'static str) {
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((class.to_owned(), action))
-            .or_insert(0) += 1;
+        bump(&self.counts, class, action);
     }
 
-    /// (class, action, detections) so far.
-    pub(crate) fn counts(&self) -> Vec<(String, &'static str, u64)> {
-        let mut v: Vec<_> = self
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|((c, a), n)| (c.clone(), *a, *n))
-            .collect();
-        v.sort();
-        v
+    fn count_answer(&self, class: &str, action: &'static str) {
+        bump(&self.answer_counts, class, action);
     }
+
+    /// (class, action, detections) so far, in requests and in answers.
+    pub(crate) fn counts(&self) -> [Vec<(String, &'static str, u64)>; 2] {
+        [listed(&self.counts), listed(&self.answer_counts)]
+    }
+}
+
+fn bump(counts: &Mutex<HashMap<(String, &'static str), u64>>, class: &str, action: &'static str) {
+    *counts
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry((class.to_owned(), action))
+        .or_insert(0) += 1;
+}
+
+fn listed(counts: &Mutex<HashMap<(String, &'static str), u64>>) -> Vec<(String, &'static str, u64)> {
+    let mut v: Vec<_> = counts
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|((c, a), n)| (c.clone(), *a, *n))
+        .collect();
+    v.sort();
+    v
 }
 
 fn role_name(r: Role) -> &'static str {

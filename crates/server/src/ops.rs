@@ -116,7 +116,8 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             asked,
         );
     }
-    if let Some(g) = &live.runtime.guardrails {
+    let g = &live.runtime.guardrails;
+    if g.has_hook() {
         p.family(
             "relais_guardrail_hook_checks_total",
             "counter",
@@ -129,17 +130,23 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
                 g.hook_counts[i].load(Ordering::Relaxed),
             );
         }
-        p.family(
+    }
+    let [requests, answers] = g.counts();
+    for (family, help, counts) in [
+        (
             "relais_guardrail_detections_total",
-            "counter",
-            "Requests in which the data guardrails found a class of data, by what the route did.",
-        );
-        for (class, action, n) in g.counts() {
-            p.sample(
-                "relais_guardrail_detections_total",
-                &labels(&[("class", &class), ("action", action)]),
-                n,
-            );
+            "Requests in which the data guardrails found a class of data, by what the policy did.",
+            requests,
+        ),
+        (
+            "relais_guardrail_answer_detections_total",
+            "Values of a class a vendor wrote in an answer, by what the policy did (mask, block).",
+            answers,
+        ),
+    ] {
+        p.family(family, "counter", help);
+        for (class, action, n) in counts {
+            p.sample(family, &labels(&[("class", &class), ("action", action)]), n);
         }
     }
     if let Some(cache) = &live.runtime.cache {

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const CONFIG: &str = r#"
 [routes.guarded]
 deployments = [
-  { provider = "up", model = "vendor-model", data_classes = ["public"] },
+  { provider = "up", model = "vendor-model", data_classes = ["public", "email"] },
   { provider = "backup", model = "in-house", data_classes = ["public", "secret", "iban"] },
 ]
 guardrails = { secret = "route", iban = "route", payment_card = "block", us_ssn = "block", email = "allow" }
@@ -86,6 +86,18 @@ async fn issue22_guardrails_block_route_and_count_by_class() {
     )
     .await;
     assert_eq!((status, dep.as_str()), (200, "backup/in-house"));
+    // Found classes the policy names join the request's data class: a secret with an e-mail
+    // address has nowhere to go (the in-house deployment takes secrets but does not list
+    // e-mail; the vendor lists e-mail, not secrets), and nothing goes upstream.
+    let upstream = gw.mock.requests().len();
+    let (status, _, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("guarded", &format!("key {AWS_KEY} owner ops@example.com")),
+    )
+    .await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(gw.mock.requests().len(), upstream);
 
     // A payment card is blocked: 400 in each dialect, naming the class, never the number.
     let upstream = gw.mock.requests().len();
@@ -149,11 +161,11 @@ async fn issue22_guardrails_block_route_and_count_by_class() {
 
     let metrics = gw.get_text("/metrics").await;
     for line in [
-        "relais_guardrail_detections_total{class=\"secret\",action=\"route\"} 2",
+        "relais_guardrail_detections_total{class=\"secret\",action=\"route\"} 3",
         "relais_guardrail_detections_total{class=\"iban\",action=\"route\"} 1",
         "relais_guardrail_detections_total{class=\"payment_card\",action=\"block\"} 2",
         "relais_guardrail_detections_total{class=\"us_ssn\",action=\"block\"} 1",
-        "relais_guardrail_detections_total{class=\"email\",action=\"allow\"} 1",
+        "relais_guardrail_detections_total{class=\"email\",action=\"allow\"} 2",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
@@ -169,23 +181,25 @@ async fn issue22_guardrails_block_route_and_count_by_class() {
 }
 
 #[tokio::test]
-async fn issue22_a_guardrail_policy_names_known_classes_and_refuses_mask_for_now() {
+async fn issue22_a_guardrail_policy_names_known_classes_and_actions() {
     for (policy, expected) in [
-        ("{ passport = \"block\" }", "not a class relais detects"),
-        ("{ email = \"mask\" }", "not available yet"),
+        ("guardrails = { passport = \"block\" }", "not a class relais detects"),
+        ("guardrails = { email = \"hide\" }", "unknown variant"),
+        ("answer_guardrails = { email = \"route\" }", "applies to requests"),
+        ("answer_guardrails = { passport = \"mask\" }", "answer_guardrails.passport"),
     ] {
         let text = format!(
-            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\nguardrails = {policy}\n"
+            "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n{policy}\n"
         );
-        let raw = relais_server::config::parse(&text, "t.toml").unwrap();
-        let err = relais_server::config::build(&raw, &text, "t.toml")
+        let err = relais_server::config::parse(&text, "t.toml")
+            .and_then(|raw| relais_server::config::build(&raw, &text, "t.toml").map(|_| ()))
             .err()
             .unwrap();
         assert!(err.to_string().contains(expected), "{err}");
     }
     let text = "[guardrails]\ncustom = [{ class = \"employee_id\", pattern = \"EMP-[0-9]{6}\" }]\n\n\
         [providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
-        [routes.r]\ndeployments = [{ provider = \"up\", model = \"m\" }]\nguardrails = { employee_id = \"block\" }\n";
+        [routes.r]\ndeployments = [{ provider = \"up\", model = \"m\" }]\nguardrails = { employee_id = \"block\", email = \"mask\" }\n";
     let raw = relais_server::config::parse(text, "t.toml").unwrap();
     assert!(relais_server::config::build(&raw, text, "t.toml").is_ok());
 }
@@ -314,4 +328,255 @@ async fn issue22_a_guardrail_webhook_checks_requests_and_answers_and_fails_as_co
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+const MASKED: &str = r#"
+[prices.vendor-model]
+input = "1"
+output = "2"
+
+[routes.masked]
+deployments = [{ provider = "up", model = "vendor-model" }]
+guardrails = { email = "mask", iban = "mask", payment_card = "block" }
+# What the vendor writes: its phone numbers masked, a US SSN refused (both allowed in requests).
+answer_guardrails = { email = "mask", phone = "mask", us_ssn = "block" }
+
+[routes.masked.cache]
+ttl_secs = 60
+"#;
+
+const EMAIL: &str = "jane.doe@example.com";
+const IBAN: &str = "FR1420041010050500013M02606";
+const PHONE: &str = "+33 6 12 34 56 78";
+
+/// The text of an answer in either dialect, JSON or SSE (deltas joined), and whether a stream
+/// ended with an error event.
+fn answer_text(body: &str) -> (String, bool) {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .or_else(|| v["content"][0]["text"].as_str())
+            .unwrap_or_default();
+        return (text.to_owned(), v.get("error").is_some());
+    }
+    let mut text = String::new();
+    let mut failed = false;
+    for p in common::sse_data_payloads(body) {
+        failed |= p.get("error").is_some() || p["type"] == "error";
+        if let Some(t) = p["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(t) = p["delta"]["text"].as_str() {
+            text.push_str(t);
+        }
+    }
+    (text, failed)
+}
+
+/// The user text the mock vendor last received.
+fn vendor_saw(gw: &Gateway) -> String {
+    let r = gw.mock.requests();
+    let last = r.last().unwrap();
+    last.body["messages"].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_answer() {
+    capture_logs(tracing::Level::DEBUG);
+    let (section, _dump) = common::store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{}\"\n{section}{MASKED}",
+        common::ADMIN
+    ))
+    .await;
+    let prompt = format!("Write to {EMAIL} about IBAN {IBAN}, and copy {EMAIL}.");
+    let mut bodies = Vec::new();
+    // JSON and streams, OpenAI and Anthropic: the vendor sees placeholders, the client its values.
+    for (path, stream) in [
+        ("/v1/chat/completions", false),
+        ("/v1/chat/completions", true),
+        ("/v1/messages", false),
+        ("/v1/messages", true),
+    ] {
+        let mut body = chat("masked", &prompt);
+        body["stream"] = json!(stream);
+        // Each ask is new to the cache: the max_tokens differ.
+        body["max_tokens"] = json!(40 + bodies.len());
+        let upstream = gw.mock.requests().len();
+        let (status, _, text) = ask(&gw, path, body).await;
+        assert_eq!(status, 200, "{path} {stream}: {text}");
+        assert_eq!(gw.mock.requests().len(), upstream + 1);
+        let saw = vendor_saw(&gw);
+        assert!(
+            saw.contains("Write to [EMAIL_1] about IBAN [IBAN_1], and copy [EMAIL_1]."),
+            "{saw}"
+        );
+        assert!(!saw.contains(EMAIL) && !saw.contains("FR14"), "{saw}");
+        let (answer, failed) = answer_text(&text);
+        assert!(!failed, "{text}");
+        assert_eq!(
+            answer,
+            format!("Hello from mock! You said: {prompt}"),
+            "{path} stream={stream}"
+        );
+        bodies.push(text);
+    }
+
+    // The cache keys on what the vendor sees: another address, the same masked question, is a
+    // hit, answered with this request's own address.
+    let other = "max.mustermann@example.de";
+    let mut body = chat("masked", &format!("Write to {other} about IBAN {IBAN}, and copy {other}."));
+    body["max_tokens"] = json!(40);
+    let upstream = gw.mock.requests().len();
+    let resp = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(resp.headers()["x-relais-cache"], "hit");
+    let (answer, _) = answer_text(&resp.text().await.unwrap());
+    assert_eq!(
+        answer,
+        format!("Hello from mock! You said: Write to {other} about IBAN {IBAN}, and copy {other}.")
+    );
+    assert_eq!(gw.mock.requests().len(), upstream, "a hit goes nowhere");
+
+    // What the vendor writes: a phone number (allowed in requests) comes back masked, even
+    // split across the stream's events (the mock sends one word per event).
+    for stream in [false, true] {
+        let mut body = chat("masked", &format!("Call me at {PHONE} tomorrow."));
+        body["stream"] = json!(stream);
+        let (status, _, text) = ask(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(vendor_saw(&gw).contains(PHONE), "phones are allowed in requests");
+        let (answer, failed) = answer_text(&text);
+        assert!(!failed);
+        assert_eq!(
+            answer,
+            "Hello from mock! You said: Call me at [PHONE_REDACTED] tomorrow."
+        );
+        assert!(!text.contains("12 34"), "{text}");
+    }
+    // A US SSN in an answer is refused: a 4xx before anything is sent, or the stream's error
+    // event in place of the text that carried it.
+    let (status, _, text) = ask(
+        &gw,
+        "/v1/chat/completions",
+        chat("masked", "Confirm SSN 123-45-6789 please."),
+    )
+    .await;
+    assert!((400..500).contains(&status), "{status} {text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["error"]["code"], "guardrail_blocked", "{e}");
+    assert!(text.contains("'us_ssn'"), "{text}");
+    // A long answer: what comes before the value (beyond the 256 bytes held back) streams.
+    let long = format!("Confirm {}SSN 123-45-6789 please.", "the record ".repeat(30));
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let mut body = chat("masked", &long);
+        body["max_tokens"] = json!(100);
+        body["stream"] = json!(true);
+        let (status, _, text) = ask(&gw, path, body).await;
+        assert_eq!(status, 200);
+        let (answer, failed) = answer_text(&text);
+        assert!(failed, "{path}: the stream must end with an error: {text}");
+        assert!(!text.contains("6789"), "{text}");
+        assert!(answer.starts_with("Hello from mock! You said: Confirm the record"), "{answer}");
+    }
+
+    // The ledger keeps the classes, never a value; /metrics counts both sides.
+    let (status, rows) = common::admin(&gw, "GET", "/admin/requests?route=masked", None).await;
+    assert_eq!(status, 200, "{rows}");
+    let classes: Vec<&str> = rows["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["data_classes"].as_str())
+        .collect();
+    assert!(classes.contains(&"email,iban"), "{rows}");
+    assert!(classes.contains(&"phone"), "{rows}");
+    assert!(classes.contains(&"us_ssn"), "{rows}");
+    let metrics = gw.get_text("/metrics").await;
+    for line in [
+        "relais_guardrail_detections_total{class=\"email\",action=\"mask\"} 5",
+        "relais_guardrail_answer_detections_total{class=\"phone\",action=\"mask\"} 2",
+        "relais_guardrail_answer_detections_total{class=\"us_ssn\",action=\"block\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let logged = logs();
+    let rows = rows.to_string();
+    for value in [EMAIL, IBAN, "12 34 56", "123-45-6789", other] {
+        assert!(!logged.contains(value), "{value} in the logs");
+        assert!(!metrics.contains(value), "{value} in the metrics");
+        assert!(!rows.contains(value), "{value} in the ledger");
+    }
+}
+
+/// A team's policy joins the route's: the stricter action wins, for its keys only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_a_team_policy_masks_and_blocks_for_its_keys_only() {
+    let (section, _dump) = common::store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{}\"\n{section}[routes.open]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\nguardrails = {{ email = \"allow\" }}\n",
+        common::ADMIN
+    ))
+    .await;
+    // An unknown class or action is refused by the admin API, naming the field.
+    for bad in [json!({"passport": "block"}), json!({"email": "hide"})] {
+        let (status, e) = common::admin(
+            &gw,
+            "POST",
+            "/admin/teams",
+            Some(json!({"name": "bad", "guardrails": bad})),
+        )
+        .await;
+        assert_eq!(status, 400, "{e}");
+        assert_eq!(e["error"]["param"], "guardrails", "{e}");
+    }
+    let mut keys = Vec::new();
+    for (team, policy) in [
+        ("legal", json!({"email": "mask", "iban": "block"})),
+        ("sales", Value::Null),
+    ] {
+        let (status, t) = common::admin(
+            &gw,
+            "POST",
+            "/admin/teams",
+            Some(json!({"name": team, "guardrails": policy})),
+        )
+        .await;
+        assert_eq!(status, 201, "{t}");
+        assert_eq!(t["guardrails"], policy);
+        let (status, k) = common::admin(
+            &gw,
+            "POST",
+            "/admin/keys",
+            Some(json!({"team": team, "name": format!("{team}-k")})),
+        )
+        .await;
+        assert_eq!(status, 201, "{k}");
+        keys.push(k["key"].as_str().unwrap().to_owned());
+    }
+    let send = |key: String, text: String| {
+        let url = format!("{}/v1/chat/completions", gw.url);
+        async move {
+            let resp = Gateway::client()
+                .post(url)
+                .bearer_auth(key)
+                .json(&chat("open", &text))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let text = format!("Mail {EMAIL} now");
+    let (status, body) = send(keys[0].clone(), text.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(vendor_saw(&gw).contains("Mail [EMAIL_1] now"));
+    assert_eq!(answer_text(&body).0, format!("Hello from mock! You said: {text}"));
+    let (status, _) = send(keys[0].clone(), format!("IBAN {IBAN}")).await;
+    assert_eq!(status, 400);
+    // Another team: the route's policy alone (e-mail allowed, IBAN allowed).
+    let (status, _) = send(keys[1].clone(), text.clone()).await;
+    assert_eq!(status, 200);
+    assert!(vendor_saw(&gw).contains(EMAIL));
+    let (status, _) = send(keys[1].clone(), format!("IBAN {IBAN}")).await;
+    assert_eq!(status, 200);
 }

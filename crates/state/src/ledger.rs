@@ -45,6 +45,10 @@ pub struct LedgerRow {
     /// deployment as down), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<String>,
+    /// The classes of data the request carried: the one it declared and those the guardrails
+    /// found, comma-separated (classes only, never a value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_classes: Option<String>,
 }
 
 /// What to group a usage summary by.
@@ -306,8 +310,8 @@ pub(crate) const SELECT_SAMPLES: &str = "SELECT id, at_ms, route, backup, vendor
 pub(crate) const LEDGER_COLUMNS: &str = "id, attempt, request_id, at_ms, category, key_id, \
     team_id, route, deployment, provider, vendor, model, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_pusd, latency_us, ttft_us, \
-    status, error_class, stream, drill";
-pub(crate) const LEDGER_WIDTH: usize = 24;
+    status, error_class, stream, drill, data_classes";
+pub(crate) const LEDGER_WIDTH: usize = 25;
 
 /// `INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING` for `n` rows, with `$k` parameters
 /// (`?k` for SQLite).

@@ -57,6 +57,10 @@ pub struct Reach {
     /// the class of an unmarked request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_classes: Option<Vec<String>>,
+    /// Data guardrails for every request of the key or team, by class of data found in it
+    /// (`"allow"`, `"mask"`, `"route"`, `"block"`); joined with the route's, the strictest wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A team: the unit keys belong to and budgets are set on.

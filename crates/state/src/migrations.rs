@@ -116,6 +116,8 @@ pub(crate) const STEPS: &[&str] = &[
         new_value TEXT
     );
     CREATE INDEX relais_audit_at ON relais_audit (at_ms)",
+    // Guardrails: the classes of data a request carried (declared and detected).
+    "ALTER TABLE relais_ledger ADD COLUMN data_classes TEXT",
 ];
 
 pub(crate) const CREATE_SCHEMA_TABLE: &str =

@@ -462,6 +462,7 @@ fn ledger_row(r: &Row) -> Result<LedgerRow, StoreError> {
         error_class: r.try_get(21).map_err(db_error)?,
         stream: r.try_get::<_, i64>(22).map_err(db_error)? != 0,
         drill: r.try_get(23).map_err(db_error)?,
+        data_classes: r.try_get(24).map_err(db_error)?,
     })
 }
 
@@ -528,6 +529,7 @@ impl LedgerStore for PostgresStore {
                         &r.error_class,
                         &s[2],
                         &r.drill,
+                        &r.data_classes,
                     ]);
                 }
                 // One statement per chunk is atomic on its own; a replay of a chunk that

@@ -413,6 +413,7 @@ fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
         error_class: r.get(21)?,
         stream: r.get::<_, i64>(22)? != 0,
         drill: r.get(23)?,
+        data_classes: r.get(24)?,
     })
 }
 
@@ -459,6 +460,7 @@ impl LedgerStore for SqliteStore {
                             r.error_class,
                             i64::from(r.stream),
                             r.drill,
+                            r.data_classes,
                         ])
                         .map_err(db_error)? as u64;
                 }

@@ -92,6 +92,11 @@ fn team(name: &str) -> Team {
         reach: relais_state::Reach {
             vendors: Some(vec!["openai".to_owned(), "local".to_owned()]),
             data_classes: None,
+            guardrails: Some(
+                [("email".to_owned(), "mask".to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
         },
     }
 }
@@ -119,6 +124,7 @@ fn key(id: &str, team: &str, hash: &str) -> StoredKey {
         reach: relais_state::Reach {
             vendors: None,
             data_classes: Some(vec!["internal".to_owned()]),
+            guardrails: None,
         },
     }
 }
@@ -296,6 +302,7 @@ fn row(id: &str, attempt: u32, key: &str, team: &str, day: i64, cost: u64) -> Le
         error_class: None,
         stream: attempt % 2 == 1,
         drill: (attempt == 1).then(|| "drill-1".to_owned()),
+        data_classes: (attempt == 0).then(|| "internal,email".to_owned()),
     }
 }
 

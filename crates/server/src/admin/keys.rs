@@ -25,7 +25,7 @@ pub(crate) fn limits_json(l: &relais_governance::Limits) -> Value {
 pub(crate) fn team_json(t: &relais_state::Team) -> Value {
     serde_json::json!({"id": t.id, "name": t.name, "routes": t.routes, "created_at": t.created_at,
         "limits": limits_json(&t.limits), "vendors": t.reach.vendors,
-        "data_classes": t.reach.data_classes})
+        "data_classes": t.reach.data_classes, "guardrails": t.reach.guardrails})
 }
 
 /// A key as listed: never its secret or hash, only the prefix that recognises it.
@@ -34,7 +34,7 @@ pub(crate) fn key_json(k: &relais_state::StoredKey) -> Value {
         "id": k.id, "name": k.name, "team_id": k.team_id, "prefix": k.prefix,
         "routes": k.routes, "created_at": k.created_at, "revoked_at": k.revoked_at,
         "expires_at": k.expires_at, "limits": limits_json(&k.limits), "vendors": k.reach.vendors,
-        "data_classes": k.reach.data_classes,
+        "data_classes": k.reach.data_classes, "guardrails": k.reach.guardrails,
     })
 }
 
@@ -85,8 +85,13 @@ fn patch_limits(body: &Body_, l: &mut relais_governance::Limits) -> Result<(), E
     Ok(())
 }
 
-/// Set `routes`, `vendors` and `data_classes` when present (`null`: unrestricted).
+/// The fields of a key's or team's reach an admin body may set.
+const REACH_FIELDS: [&str; 4] = ["routes", "vendors", "data_classes", "guardrails"];
+
+/// Set `routes`, `vendors`, `data_classes` and `guardrails` when present (`null`:
+/// unrestricted); a guardrail policy names classes the gateway detects and known actions.
 fn patch_lists(
+    admin: &Admin,
     body: &Body_,
     routes: &mut Option<Vec<String>>,
     reach: &mut relais_governance::Reach,
@@ -99,6 +104,32 @@ fn patch_lists(
         if body.contains_key(field) {
             *slot = string_list(body, field)?;
         }
+    }
+    if let Some(v) = body.get("guardrails") {
+        let bad = |why: String| Error::bad_request(why).with_param("guardrails");
+        reach.guardrails = match v {
+            Value::Null => None,
+            Value::Object(policy) => {
+                let mut out = std::collections::BTreeMap::new();
+                for (class, action) in policy {
+                    let action = action
+                        .as_str()
+                        .filter(|a| crate::config::GuardAction::parse(a).is_some())
+                        .ok_or_else(|| {
+                            bad(format!("guardrails.{class}: the action is one of allow, mask, route, block"))
+                        })?;
+                    if !admin.live.runtime.guardrails.knows(class) {
+                        return Err(bad(format!(
+                            "guardrails.{class}: not a class relais detects (built in: {}; or add it under [guardrails] custom)",
+                            relais_governance::guard::CLASSES.join(", ")
+                        )));
+                    }
+                    out.insert(class.clone(), action.to_owned());
+                }
+                Some(out)
+            }
+            _ => return Err(bad("guardrails must be an object of class = action".to_owned())),
+        };
     }
     Ok(())
 }
@@ -222,11 +253,11 @@ pub(crate) async fn admin_teams(admin: Admin, method: Method, body: Body) -> Res
             return Ok((StatusCode::OK, serde_json::json!({ "teams": list })));
         };
         let mut fields = vec!["name"];
-        fields.extend(["routes", "vendors", "data_classes"]);
+        fields.extend(REACH_FIELDS);
         fields.extend(LIMIT_FIELDS);
         only(&body, &fields)?;
         let (mut routes, mut reach, mut limits) = (None, Default::default(), Default::default());
-        patch_lists(&body, &mut routes, &mut reach)?;
+        patch_lists(&admin, &body, &mut routes, &mut reach)?;
         patch_limits(&body, &mut limits)?;
         check_routes(&admin, &routes)?;
         let team = ring
@@ -245,7 +276,8 @@ pub(crate) async fn admin_team(admin: Admin, Path(id): Path<String>, body: Body)
     admin_answer(&admin.headers.clone(), async {
         let (ring, body) = admin_request(&admin.live, &admin.headers, &Method::PATCH, body).await?;
         let body = body.unwrap_or_default();
-        let mut fields = vec!["name", "routes", "vendors", "data_classes"];
+        let mut fields = vec!["name"];
+        fields.extend(REACH_FIELDS);
         fields.extend(LIMIT_FIELDS);
         only(&body, &fields)?;
         let old = ring.team(&id).await?;
@@ -253,7 +285,7 @@ pub(crate) async fn admin_team(admin: Admin, Path(id): Path<String>, body: Body)
         if body.contains_key("name") {
             team.name = string_field(&body, "name")?.to_owned();
         }
-        patch_lists(&body, &mut team.routes, &mut team.reach)?;
+        patch_lists(&admin, &body, &mut team.routes, &mut team.reach)?;
         patch_limits(&body, &mut team.limits)?;
         check_routes(&admin, &team.routes)?;
         ring.update_team(&team).await?;
@@ -315,14 +347,8 @@ pub(crate) async fn admin_keys(admin: Admin, method: Method, body: Body) -> Resp
             .await?;
             return Ok((StatusCode::OK, serde_json::json!({ "keys": list })));
         };
-        let mut fields = vec![
-            "team",
-            "name",
-            "routes",
-            "vendors",
-            "data_classes",
-            "expires_at",
-        ];
+        let mut fields = vec!["team", "name", "expires_at"];
+        fields.extend(REACH_FIELDS);
         fields.extend(LIMIT_FIELDS);
         only(&body, &fields)?;
         let team = match (&own, body.get("team")) {
@@ -343,7 +369,7 @@ pub(crate) async fn admin_keys(admin: Admin, method: Method, body: Body) -> Resp
             }
         }
         let mut grant = relais_governance::Grant::default();
-        patch_lists(&body, &mut grant.routes, &mut grant.reach)?;
+        patch_lists(&admin, &body, &mut grant.routes, &mut grant.reach)?;
         patch_limits(&body, &mut grant.limits)?;
         let expires_at = body.get("expires_at").map_or(Ok(None), expiry_of)?;
         let issued = ring
@@ -373,7 +399,8 @@ pub(crate) async fn admin_key(admin: Admin, Path(id): Path<String>, body: Body) 
     admin_answer(&admin.headers.clone(), async {
         let (ring, body) = admin_request(&admin.live, &admin.headers, &Method::PATCH, body).await?;
         let body = body.unwrap_or_default();
-        let mut fields = vec!["name", "routes", "vendors", "data_classes", "expires_at"];
+        let mut fields = vec!["name", "expires_at"];
+        fields.extend(REACH_FIELDS);
         fields.extend(LIMIT_FIELDS);
         only(&body, &fields)?;
         let old = managed_key(&admin, &id).await?;
@@ -381,7 +408,7 @@ pub(crate) async fn admin_key(admin: Admin, Path(id): Path<String>, body: Body) 
         if body.contains_key("name") {
             key.name = string_field(&body, "name")?.to_owned();
         }
-        patch_lists(&body, &mut key.routes, &mut key.reach)?;
+        patch_lists(&admin, &body, &mut key.routes, &mut key.reach)?;
         patch_limits(&body, &mut key.limits)?;
         if let Some(v) = body.get("expires_at") {
             key.expires_at = expiry_of(v)?;

@@ -19,6 +19,9 @@ use crate::dialect::{Dialect, Turn};
 use crate::http::Ctx;
 use crate::live::Live;
 use crate::otel::RequestTrace;
+use crate::guardrails::{Guardrails, Inspection};
+use crate::pipeline::respond::AnswerChecks;
+use crate::pipeline::route::Carried;
 use crate::pipeline::{admit, respond, route};
 use crate::planb::Admission;
 use crate::state::AppState;
@@ -83,18 +86,22 @@ pub(super) async fn serve(
 ) -> Response {
     let entry = or_refuse!(app, ctx, live.entry(caller, &req.model, RouteKind::Chat));
     let class = or_refuse!(app, ctx, caller.data_class(headers));
-    // Data guardrails, before anything is reserved: a blocked class is refused here.
-    let stay = match (
-        &live.runtime.guardrails,
-        live.runtime.guarded_routes.get(&req.model),
-    ) {
-        (Some(g), Some(policy)) => {
-            let stay = or_refuse!(app, ctx, g.check(&req.model, &req, policy));
-            let at = (req.model.as_str(), ctx.id.as_str());
-            or_refuse!(app, ctx, g.hook_request(&live.runtime.http, at, &req).await);
-            stay
-        }
-        _ => Vec::new(),
+    // Data guardrails, before anything is reserved: a blocked class is refused here, masked
+    // values are replaced by placeholders (so the cache key, the shadow copy and the trace see
+    // only placeholders), and the webhook is asked.
+    let guards = &live.runtime.guardrails;
+    let policy = Guardrails::policy(live.runtime.guarded_routes.get(&req.model), caller);
+    let mut inspection = Inspection::default();
+    if let Some(policy) = &policy {
+        let route = req.model.clone();
+        inspection = or_refuse!(app, ctx, guards.inspect(&route, &mut req, policy));
+        let at = (route.as_str(), ctx.id.as_str());
+        or_refuse!(app, ctx, guards.hook_request(&live.runtime.http, at, &req).await);
+    }
+    let carried = Carried {
+        class,
+        sent: &inspection.sent,
+        stay: &inspection.stay,
     };
     let worst = admit::worst_chat(live, &entry.route, &req);
     let key = (req.model.as_str(), req.stream);
@@ -113,8 +120,11 @@ pub(super) async fn serve(
             Lookup::Hit(e) => {
                 let age = (now_ms() - e.stored_ms) / 1000;
                 settlement.set_hit(e.clone());
+                settlement.set_classes(class, &inspection.classes);
                 let abort = app.abort_streams.clone();
-                let mut resp = respond::cached(ctx, &req, &e, settlement, abort, turn).await;
+                let guard = inspection.answer.take();
+                let mut resp =
+                    respond::cached(ctx, &req, &e, settlement, (abort, turn), guard).await;
                 Lookup::headers("hit", Some(age), &mut resp);
                 return resp;
             }
@@ -140,7 +150,8 @@ pub(super) async fn serve(
         billed_at_ms: settlement.billed_at_ms(),
         payer: caller.payer(),
     };
-    let allow = |d: &relais_router::Deployment| caller.may_use(d, class);
+    settlement.set_classes(class, &inspection.classes);
+    let allow = |d: &relais_router::Deployment| carried.allows(caller, d);
     settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
     let trace = live.runtime.otel.as_ref().map(|t| {
         let (tc, spans) = RequestTrace::begin(t, ctx.traceparent, "chat", &req.model, Some(&req));
@@ -153,18 +164,16 @@ pub(super) async fn serve(
     });
     // 2. Route: the first deployment that produces a first event.
     let down = settlement.down();
-    let mut resp = match route::chat(&entry.route, &req, caller, (class, &stay), down, trace).await
-    {
+    let mut resp = match route::chat(&entry.route, &req, caller, carried, down, trace).await {
         Ok(routed) => {
             // 3. Respond (and 4. settle, when the answer or the stream ends).
             let abort = app.abort_streams.clone();
-            let check = live
-                .runtime
-                .guardrails
-                .as_deref()
-                .filter(|_| live.runtime.guarded_routes.contains_key(&req.model))
-                .map(|g| (g, &live.runtime.http));
-            respond::chat(ctx, &req, routed, settlement, (abort, turn), check).await
+            let checks = AnswerChecks {
+                hook: (policy.is_some() && guards.hook_checks_answers())
+                    .then_some((&**guards, &live.runtime.http)),
+                guard: inspection.answer.take(),
+            };
+            respond::chat(ctx, &req, routed, settlement, (abort, turn), checks).await
         }
         Err(ex) => respond::exhausted(ctx, &req.model, settlement, &ex),
     };

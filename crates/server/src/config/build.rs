@@ -526,12 +526,13 @@ fn build_cache(
 }
 
 type GuardParts = (
-    Option<Arc<crate::guardrails::Guardrails>>,
-    BTreeMap<String, BTreeMap<String, GuardAction>>,
+    Arc<crate::guardrails::Guardrails>,
+    BTreeMap<String, crate::guardrails::GuardPolicy>,
 );
 
-/// The guardrails: the detectors (built-in and `[guardrails] custom`) when a route has a policy,
-/// and each route's policy, its classes checked against the known ones.
+/// The guardrails: the detectors (built-in and `[guardrails] custom`; keys and teams may have
+/// policies too, so they are always built) and each route's policy, its classes checked
+/// against the known ones.
 fn build_guardrails(raw: &RawConfig, origin: &str) -> Result<GuardParts, ConfigError> {
     let custom: Vec<relais_governance::guard::CustomDetector> = raw
         .guardrails
@@ -542,32 +543,40 @@ fn build_guardrails(raw: &RawConfig, origin: &str) -> Result<GuardParts, ConfigE
             pattern: c.pattern.clone(),
         })
         .collect();
+    let detectors = relais_governance::guard::Detectors::new(&custom)
+        .map_err(|e| ConfigError(format!("{origin}: guardrails.custom: {e}")))?;
+    let guard = crate::guardrails::Guardrails::new(detectors, raw.guardrails.webhook.clone());
     let mut routes = BTreeMap::new();
     for (name, r) in &raw.routes {
-        let Some(policy) = &r.guardrails else {
+        if r.guardrails.is_none() && r.answer_guardrails.is_none() {
             continue;
-        };
-        for (class, action) in policy {
-            let known = relais_governance::guard::CLASSES.contains(&class.as_str())
-                || custom.iter().any(|c| c.class == *class);
-            if !known {
+        }
+        let empty = BTreeMap::new();
+        let policy = r.guardrails.as_ref().unwrap_or(&empty);
+        let answers = r
+            .answer_guardrails
+            .clone()
+            .unwrap_or_else(|| crate::guardrails::answer_rules(policy));
+        for (table, rules) in [("guardrails", policy), ("answer_guardrails", &answers)] {
+            if let Some(class) = rules.keys().find(|c| !guard.knows(c)) {
                 return Err(ConfigError(format!(
-                    "{origin}: routes.{name}.guardrails.{class}: not a class relais detects (built in: {}; or add it under [guardrails] custom)",
+                    "{origin}: routes.{name}.{table}.{class}: not a class relais detects (built in: {}; or add it under [guardrails] custom)",
                     relais_governance::guard::CLASSES.join(", ")
                 )));
             }
-            if *action == GuardAction::Mask {
-                return Err(ConfigError(format!(
-                    "{origin}: routes.{name}.guardrails.{class}: \"mask\" is not available yet; use \"block\" or \"route\""
-                )));
-            }
         }
-        routes.insert(name.clone(), policy.clone());
+        if let Some((class, _)) = answers.iter().find(|(_, a)| **a == GuardAction::Route) {
+            return Err(ConfigError(format!(
+                "{origin}: routes.{name}.answer_guardrails.{class}: \"route\" applies to requests; an answer's class is allowed, masked or blocked"
+            )));
+        }
+        routes.insert(
+            name.clone(),
+            crate::guardrails::GuardPolicy {
+                classes: policy.clone(),
+                answers,
+            },
+        );
     }
-    let detectors = relais_governance::guard::Detectors::new(&custom)
-        .map_err(|e| ConfigError(format!("{origin}: guardrails.custom: {e}")))?;
-    let hook = raw.guardrails.webhook.clone();
-    let guard =
-        (!routes.is_empty()).then(|| Arc::new(crate::guardrails::Guardrails::new(detectors, hook)));
-    Ok((guard, routes))
+    Ok((Arc::new(guard), routes))
 }

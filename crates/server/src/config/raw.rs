@@ -72,7 +72,7 @@ pub struct GuardWebhookConfig {
     /// request is refused with 503) or `open` (it goes on; logged and counted either way).
     #[serde(default)]
     pub on_error: HookFailure,
-    /// Also check answers (non-streaming ones: a stream's text has left before it ends).
+    /// Also check answers (a streamed answer is gathered whole, checked, then streamed).
     #[serde(default = "default_true")]
     pub answers: bool,
 }
@@ -101,15 +101,17 @@ pub struct CustomClassConfig {
     pub pattern: String,
 }
 
-/// What a route does with a request carrying a class of data.
+/// What a route (or a key or team) does with a request carrying a class of data, from the
+/// most lenient to the strictest: where policies meet, the strictest wins.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardAction {
     Allow,
-    Block,
-    Route,
-    /// Reversible placeholders: not built yet (refused by config validation).
+    /// Reversible placeholders: the vendor never sees the value, the client gets it back.
     Mask,
+    /// Only deployments that list the class may serve the request.
+    Route,
+    Block,
 }
 
 impl GuardAction {
@@ -120,6 +122,12 @@ impl GuardAction {
             Self::Route => "route",
             Self::Mask => "mask",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Allow, Self::Mask, Self::Route, Self::Block]
+            .into_iter()
+            .find(|a| a.as_str() == s)
     }
 }
 
@@ -644,6 +652,11 @@ pub struct RouteConfig {
     /// Data guardrails: what to do per class of data found in a request (`email = "block"`);
     /// classes not named are allowed.
     pub guardrails: Option<BTreeMap<String, GuardAction>>,
+    /// What to do per class of data found in an answer the vendor wrote: `allow`, `mask`
+    /// (`[EMAIL_REDACTED]`) or `block`. Default: the classes `guardrails` blocks or masks.
+    /// Checking holds a stream's text back by up to 256 bytes (`{}` checks nothing);
+    /// placeholders are restored either way.
+    pub answer_guardrails: Option<BTreeMap<String, GuardAction>>,
 }
 
 /// Shadow traffic for one route.

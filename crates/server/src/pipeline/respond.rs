@@ -9,29 +9,35 @@ use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use futures_util::StreamExt;
-use relais_core::{ChatRequest, ChatResponse, Collector, Error, EventStream, Side};
+use relais_core::{ChatRequest, ChatResponse, Collector, Error, EventStream, Side, StreamEvent};
 use relais_router::{Exhausted, Routed};
 use tokio::sync::watch;
 
 use super::{End, Settlement};
 use crate::clock::{Instant, unix_secs};
 use crate::dialect::Turn;
-use crate::guardrails::Guardrails;
+use crate::guardrails::{AnswerGuard, Guardrails};
 use crate::http::Ctx;
 
-/// What checks a whole answer before it leaves: the guardrails' webhook, with the client it
-/// is asked through.
-pub(crate) type AnswerCheck<'a> = (&'a Guardrails, &'a relais_providers::HttpClient);
+/// What an answer passes before it reaches the client.
+#[derive(Default)]
+pub(crate) struct AnswerChecks<'a> {
+    /// The guardrails' webhook, when it checks answers, with the client it is asked through:
+    /// a whole answer is checked before it leaves (a stream is gathered first).
+    pub(crate) hook: Option<(&'a Guardrails, &'a relais_providers::HttpClient)>,
+    /// The guardrails' answer side: placeholders restored, classes masked or refused.
+    pub(crate) guard: Option<AnswerGuard>,
+}
 
 /// Answer a routed chat request, as a stream or as one JSON body; a Responses API turn is
-/// written (and kept) by its [`Turn`]. A JSON answer passes `check` first.
+/// written (and kept) by its [`Turn`]. The answer passes `checks` first.
 pub(crate) async fn chat(
     ctx: &Ctx,
     req: &ChatRequest,
     routed: Routed,
     mut settlement: Settlement,
     (abort, turn): (watch::Receiver<bool>, Option<Turn>),
-    check: Option<AnswerCheck<'_>>,
+    checks: AnswerChecks<'_>,
 ) -> Response {
     let ttft = ctx.start.elapsed();
     settlement.served(
@@ -41,9 +47,31 @@ pub(crate) async fn chat(
         Some(ttft),
         routed.attempt_started,
     );
+    let AnswerChecks { hook, guard } = checks;
     if req.stream {
         let wait = routed.upstream_wait;
-        return streamed(ctx, req, turn, routed.stream, settlement, abort, wait);
+        let Some((g, http)) = hook else {
+            return streamed(ctx, req, turn, routed.stream, settlement, (abort, guard), wait);
+        };
+        // The hook judges whole answers: gather the stream, ask, then stream what was gathered.
+        let gather_start = Instant::now();
+        let (events, gathered) = gather(routed.stream).await;
+        let verdict = match gathered {
+            Ok(r) => g.hook_answer(http, (&req.model, &ctx.id), &r).await,
+            Err(e) => Err(e),
+        };
+        let wait = wait + gather_start.elapsed();
+        if let Err(e) = verdict {
+            for ev in &events {
+                settlement.observe(ev);
+            }
+            log_error(&req.model, &ctx.id, &e);
+            let status = ctx.dialect.error_status(&e);
+            settlement.finish(End::Failed { error: &e, status });
+            return ctx.error(&e, wait);
+        }
+        let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+        return streamed(ctx, req, turn, stream, settlement, (abort, guard), wait);
     }
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);
@@ -52,14 +80,19 @@ pub(crate) async fn chat(
     let collected = collect(routed.stream, &mut settlement).await;
     let upstream = routed.upstream_wait + collect_start.elapsed();
     match collected {
-        Ok(r) => {
-            if let Some((guard, http)) = check {
-                if let Err(e) = guard.hook_answer(http, (&req.model, &ctx.id), &r).await {
-                    log_error(&req.model, &ctx.id, &e);
-                    let status = dialect.error_status(&e);
-                    settlement.finish(End::Failed { error: &e, status });
-                    return ctx.error(&e, upstream);
-                }
+        Ok(mut r) => {
+            let mut checked = match hook {
+                Some((g, http)) => g.hook_answer(http, (&req.model, &ctx.id), &r).await,
+                None => Ok(()),
+            };
+            if let (Ok(()), Some(mut guard)) = (&checked, guard) {
+                checked = guard.response(&mut r);
+            }
+            if let Err(e) = checked {
+                log_error(&req.model, &ctx.id, &e);
+                let status = dialect.error_status(&e);
+                settlement.finish(End::Failed { error: &e, status });
+                return ctx.error(&e, upstream);
             }
             let body = match turn {
                 Some(t) => t.answer(&r).await,
@@ -87,13 +120,13 @@ pub(crate) async fn cached(
     req: &ChatRequest,
     entry: &crate::cache::Entry,
     mut settlement: Settlement,
-    abort: watch::Receiver<bool>,
-    turn: Option<Turn>,
+    (abort, turn): (watch::Receiver<bool>, Option<Turn>),
+    guard: Option<AnswerGuard>,
 ) -> Response {
     let events = crate::cache::replay(entry);
     if req.stream {
         let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
-        return streamed(ctx, req, turn, stream, settlement, abort, Duration::ZERO);
+        return streamed(ctx, req, turn, stream, settlement, (abort, guard), Duration::ZERO);
     }
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);
@@ -101,9 +134,19 @@ pub(crate) async fn cached(
     for ev in &events {
         settlement.observe(ev);
     }
+    // The entry holds what the vendor wrote (placeholders included): the guard restores this
+    // request's values.
+    let mut answer = std::borrow::Cow::Borrowed(&entry.response);
+    if let Some(mut g) = guard {
+        if let Err(e) = g.response(answer.to_mut()) {
+            let status = dialect.error_status(&e);
+            settlement.finish(End::Failed { error: &e, status });
+            return ctx.error(&e, Duration::ZERO);
+        }
+    }
     let body = match turn {
-        Some(t) => t.answer(&entry.response).await,
-        None => dialect.render(&entry.response, &response_id, &req.model, created),
+        Some(t) => t.answer(&answer).await,
+        None => dialect.render(&answer, &response_id, &req.model, created),
     };
     settlement.finish(End::Answered);
     let mut resp = json_or_sse(Body::from(body), false);
@@ -120,7 +163,7 @@ fn streamed(
     turn: Option<Turn>,
     stream: EventStream,
     settlement: Settlement,
-    abort: watch::Receiver<bool>,
+    abort_guard: (watch::Receiver<bool>, Option<AnswerGuard>),
     wait: Duration,
 ) -> Response {
     let dialect = ctx.dialect;
@@ -136,7 +179,7 @@ fn streamed(
     let mut resp = json_or_sse(Body::empty(), true);
     ctx.headers(&mut resp, wait);
     settlement.routed_headers(&mut resp);
-    *resp.body_mut() = super::sse::body(stream, encoder, settlement, abort);
+    *resp.body_mut() = super::sse::body(stream, encoder, settlement, abort_guard);
     resp
 }
 
@@ -184,6 +227,20 @@ async fn collect(
         c.push(&ev)?;
     }
     Ok(c.finish())
+}
+
+/// Gather a stream whole, without settling anything: its events, and the answer they fold
+/// into (or the error that ended it).
+async fn gather(mut stream: EventStream) -> (Vec<StreamEvent>, Result<ChatResponse, Error>) {
+    let mut events = Vec::new();
+    let mut c = Collector::new();
+    while let Some(ev) = stream.next().await {
+        match ev.and_then(|ev| c.push(&ev).map(|()| ev)) {
+            Ok(ev) => events.push(ev),
+            Err(e) => return (events, Err(e)),
+        }
+    }
+    (events, Ok(c.finish()))
 }
 
 /// One log line per failed request: DEBUG for the client's own errors, WARN for the rest.

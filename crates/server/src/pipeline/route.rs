@@ -12,24 +12,45 @@ use tokio::time::Instant;
 
 use crate::caller::Caller;
 
+/// What a request carries, for the deployments it may go to: its declared data class, the
+/// classes the guardrails found whose values reach the vendor (a deployment that lists the
+/// classes it accepts must list these too), and the classes only deployments that list them
+/// may receive (`route`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Carried<'a> {
+    pub(crate) class: Option<&'a str>,
+    pub(crate) sent: &'a [String],
+    pub(crate) stay: &'a [String],
+}
+
+impl Carried<'_> {
+    /// Whether `caller` may send this request to `d`.
+    pub(crate) fn allows(&self, caller: &Caller<'_>, d: &Deployment) -> bool {
+        caller.may_use(d, self.class)
+            && self.sent.iter().all(|c| d.accepts_class(Some(c)))
+            && self
+                .stay
+                .iter()
+                .all(|c| d.data_classes.as_ref().is_some_and(|l| l.contains(c)))
+    }
+
+    /// Whether a policy applies at all.
+    pub(crate) fn restricts(&self, caller: &Caller<'_>) -> bool {
+        caller.restricts(self.class) || !self.sent.is_empty() || !self.stay.is_empty()
+    }
+}
+
 /// Route a chat request. `down` is the deployment a drill treats as down for this request.
 pub(crate) async fn chat(
     route: &Arc<Route>,
     req: &ChatRequest,
     caller: &Caller<'_>,
-    (class, stay): (Option<&str>, &[String]),
+    carried: Carried<'_>,
     down: Option<&str>,
     trace: Option<TraceContext>,
 ) -> Result<Routed, Exhausted> {
-    // `stay`: classes the guardrails found that only deployments listing them may receive.
-    let allow = |d: &Deployment| {
-        caller.may_use(d, class)
-            && down != Some(d.id.as_str())
-            && stay
-                .iter()
-                .all(|c| d.data_classes.as_ref().is_some_and(|l| l.contains(c)))
-    };
-    let restricted = caller.restricts(class) || down.is_some() || !stay.is_empty();
+    let allow = |d: &Deployment| carried.allows(caller, d) && down != Some(d.id.as_str());
+    let restricted = carried.restricts(caller) || down.is_some();
     let policy = restricted.then_some(&allow as Allow<'_>);
     match trace {
         Some(t) => relais_core::trace::scope(t, route.chat_within(req, policy)).await,

@@ -120,6 +120,20 @@ impl Settlement {
         self.bill.as_ref().map(|b| b.at_ms())
     }
 
+    /// The classes of data the request carried: its declared class and those the guardrails
+    /// found (names only), for the ledger.
+    pub(crate) fn set_classes(&mut self, declared: Option<&str>, found: &[String]) {
+        let Some(bill) = &mut self.bill else {
+            return;
+        };
+        if declared.is_none() && found.is_empty() {
+            return;
+        }
+        let mut all: Vec<&str> = declared.into_iter().collect();
+        all.extend(found.iter().map(String::as_str).filter(|c| Some(*c) != declared));
+        bill.set_data_classes(all.join(","));
+    }
+
     /// Attach Plan B's tap; a drilled request's ledger rows carry the drill's id.
     pub(crate) fn set_tap(&mut self, tap: Option<Box<RequestTap>>) {
         if let (Some(id), Some(bill)) = (tap.as_ref().and_then(|t| t.drill_id()), &mut self.bill) {

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::{End, Settlement};
 use crate::dialect::Encoder;
+use crate::guardrails::AnswerGuard;
 
 async fn aborted(rx: &mut watch::Receiver<bool>) {
     loop {
@@ -27,6 +28,11 @@ struct BodyState {
     encoder: Encoder,
     settlement: Settlement,
     abort: watch::Receiver<bool>,
+    /// The guardrails' answer side: what the vendor wrote, restored and checked, is what the
+    /// client gets (the settlement sees the vendor's events).
+    answer: Option<AnswerGuard>,
+    /// Events the answer guard let out, waiting to be encoded.
+    out_events: Vec<relais_core::StreamEvent>,
     done: bool,
     /// The first write left: later writes may step aside to gather a burst.
     started: bool,
@@ -40,18 +46,21 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// stream, three left 3).
 const COALESCE_YIELDS: u32 = 3;
 
-/// Encode events as SSE as they arrive, never waiting to batch them.
+/// Encode events as SSE as they arrive, never waiting to batch them (an answer guard may hold
+/// text back until it can be checked).
 pub(crate) fn body(
     stream: EventStream,
     encoder: Encoder,
     settlement: Settlement,
-    abort: watch::Receiver<bool>,
+    (abort, answer): (watch::Receiver<bool>, Option<AnswerGuard>),
 ) -> Body {
     let state = BodyState {
         stream,
         encoder,
         settlement,
         abort,
+        answer,
+        out_events: Vec::new(),
         done: false,
         started: false,
     };
@@ -99,11 +108,44 @@ pub(crate) fn body(
                     None => return Some((Ok(Bytes::from(out)), st)),
                 }
             };
+            // The answer guard's verdict on the event (or on the end): the events it lets out,
+            // or the error that ends the stream.
+            let next = match (next, &mut st.answer) {
+                (Ok(Some(Ok(ev))), Some(guard)) => {
+                    st.settlement.observe(&ev);
+                    match guard.event(ev, &mut st.out_events) {
+                        Ok(()) => Ok(Some(Ok(None))),
+                        Err(e) => Err(e),
+                    }
+                }
+                (Ok(None), Some(guard)) => match guard.end(&mut st.out_events) {
+                    Ok(()) => {
+                        for ev in st.out_events.drain(..) {
+                            st.encoder.event(&ev, &mut out);
+                        }
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                },
+                (Ok(Some(Ok(ev))), None) => {
+                    st.settlement.observe(&ev);
+                    Ok(Some(Ok(Some(ev))))
+                }
+                (Ok(Some(Err(e))), _) => Ok(Some(Err(e))),
+                (Ok(None), None) => Ok(None),
+                (Err(e), _) => Err(e),
+            };
             match next {
                 Ok(Some(Ok(ev))) => {
                     fruitless = 0;
-                    st.settlement.observe(&ev);
-                    st.encoder.event(&ev, &mut out);
+                    match ev {
+                        Some(ev) => st.encoder.event(&ev, &mut out),
+                        None => {
+                            for ev in st.out_events.drain(..) {
+                                st.encoder.event(&ev, &mut out);
+                            }
+                        }
+                    }
                 }
                 Ok(None) => {
                     st.encoder.end(&mut out);
