@@ -383,8 +383,23 @@ fn keys_issued_by_the_cli_work_on_a_running_gateway() {
         dir.join("relais.db").display()
     );
     let path = temp_config("keys", &text);
+    // A guardrail rule the CLI cannot read is refused before anything is written.
     let out = relais(
-        &["teams", "create", "search", "--routes", "gpt-4o-mini"],
+        &["teams", "create", "search", "--guardrails", "email=hide"],
+        &path,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("class=action"));
+    let out = relais(
+        &[
+            "teams",
+            "create",
+            "search",
+            "--routes",
+            "gpt-4o-mini",
+            "--guardrails",
+            "email=block",
+        ],
         &path,
     );
     assert!(
@@ -416,9 +431,11 @@ fn keys_issued_by_the_cli_work_on_a_running_gateway() {
         .spawn()
         .unwrap();
     wait_healthy(port);
-    let ask = |key: &str| {
+    let ask_with = |key: &str, text: &str| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{text}"}}]}}"#
+        );
         write!(
             s,
             "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -429,8 +446,13 @@ fn keys_issued_by_the_cli_work_on_a_running_gateway() {
         let _ = s.read_to_string(&mut buf);
         buf
     };
+    let ask = |key: &str| ask_with(key, "hi");
     assert!(ask(&key).starts_with("HTTP/1.1 200"));
     assert!(ask("not-a-key").starts_with("HTTP/1.1 401"));
+    // The team's guardrail policy holds on every route its keys use.
+    let refused = ask_with(&key, "mail ops@example.com");
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(refused.contains("guardrail_blocked"), "{refused}");
     let out = relais(&["keys", "revoke", &id], &path);
     assert!(
         out.status.success(),

@@ -110,7 +110,10 @@ impl Caller<'_> {
     /// The guardrail policies of the caller's key and team, as (class, action) pairs.
     pub(crate) fn guardrails(&self) -> impl Iterator<Item = (&str, &str)> {
         let lists = match self {
-            Self::Virtual(a) => [a.key.reach.guardrails.as_ref(), a.team.reach.guardrails.as_ref()],
+            Self::Virtual(a) => [
+                a.key.reach.guardrails.as_ref(),
+                a.team.reach.guardrails.as_ref(),
+            ],
             _ => [None, None],
         };
         lists

@@ -37,7 +37,9 @@ pub(crate) struct GuardPolicy {
 
 /// The answer rules a request policy implies: what it blocks or masks in a request, it blocks
 /// or masks in an answer.
-pub(crate) fn answer_rules(policy: &BTreeMap<String, GuardAction>) -> BTreeMap<String, GuardAction> {
+pub(crate) fn answer_rules(
+    policy: &BTreeMap<String, GuardAction>,
+) -> BTreeMap<String, GuardAction> {
     policy
         .iter()
         .filter(|(_, a)| matches!(a, GuardAction::Block | GuardAction::Mask))
@@ -46,7 +48,10 @@ pub(crate) fn answer_rules(policy: &BTreeMap<String, GuardAction>) -> BTreeMap<S
 }
 
 /// Two policies joined: per class, the stricter action.
-fn join(into: &mut BTreeMap<String, GuardAction>, other: impl IntoIterator<Item = (String, GuardAction)>) {
+fn join(
+    into: &mut BTreeMap<String, GuardAction>,
+    other: impl IntoIterator<Item = (String, GuardAction)>,
+) {
     for (class, action) in other {
         let slot = into.entry(class).or_insert(action);
         *slot = (*slot).max(action);
@@ -374,7 +379,9 @@ fn bump(counts: &Mutex<HashMap<(String, &'static str), u64>>, class: &str, actio
         .or_insert(0) += 1;
 }
 
-fn listed(counts: &Mutex<HashMap<(String, &'static str), u64>>) -> Vec<(String, &'static str, u64)> {
+fn listed(
+    counts: &Mutex<HashMap<(String, &'static str), u64>>,
+) -> Vec<(String, &'static str, u64)> {
     let mut v: Vec<_> = counts
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

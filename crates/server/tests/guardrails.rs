@@ -183,10 +183,19 @@ async fn issue22_guardrails_block_route_and_count_by_class() {
 #[tokio::test]
 async fn issue22_a_guardrail_policy_names_known_classes_and_actions() {
     for (policy, expected) in [
-        ("guardrails = { passport = \"block\" }", "not a class relais detects"),
+        (
+            "guardrails = { passport = \"block\" }",
+            "not a class relais detects",
+        ),
         ("guardrails = { email = \"hide\" }", "unknown variant"),
-        ("answer_guardrails = { email = \"route\" }", "applies to requests"),
-        ("answer_guardrails = { passport = \"mask\" }", "answer_guardrails.passport"),
+        (
+            "answer_guardrails = { email = \"route\" }",
+            "applies to requests",
+        ),
+        (
+            "answer_guardrails = { passport = \"mask\" }",
+            "answer_guardrails.passport",
+        ),
     ] {
         let text = format!(
             "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n{policy}\n"
@@ -425,7 +434,10 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
     // The cache keys on what the vendor sees: another address, the same masked question, is a
     // hit, answered with this request's own address.
     let other = "max.mustermann@example.de";
-    let mut body = chat("masked", &format!("Write to {other} about IBAN {IBAN}, and copy {other}."));
+    let mut body = chat(
+        "masked",
+        &format!("Write to {other} about IBAN {IBAN}, and copy {other}."),
+    );
     body["max_tokens"] = json!(40);
     let upstream = gw.mock.requests().len();
     let resp = gw.post("/v1/chat/completions", &body).await;
@@ -444,7 +456,10 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
         body["stream"] = json!(stream);
         let (status, _, text) = ask(&gw, "/v1/chat/completions", body).await;
         assert_eq!(status, 200, "{text}");
-        assert!(vendor_saw(&gw).contains(PHONE), "phones are allowed in requests");
+        assert!(
+            vendor_saw(&gw).contains(PHONE),
+            "phones are allowed in requests"
+        );
         let (answer, failed) = answer_text(&text);
         assert!(!failed);
         assert_eq!(
@@ -466,7 +481,10 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
     assert_eq!(e["error"]["code"], "guardrail_blocked", "{e}");
     assert!(text.contains("'us_ssn'"), "{text}");
     // A long answer: what comes before the value (beyond the 256 bytes held back) streams.
-    let long = format!("Confirm {}SSN 123-45-6789 please.", "the record ".repeat(30));
+    let long = format!(
+        "Confirm {}SSN 123-45-6789 please.",
+        "the record ".repeat(30)
+    );
     for path in ["/v1/chat/completions", "/v1/messages"] {
         let mut body = chat("masked", &long);
         body["max_tokens"] = json!(100);
@@ -476,7 +494,10 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
         let (answer, failed) = answer_text(&text);
         assert!(failed, "{path}: the stream must end with an error: {text}");
         assert!(!text.contains("6789"), "{text}");
-        assert!(answer.starts_with("Hello from mock! You said: Confirm the record"), "{answer}");
+        assert!(
+            answer.starts_with("Hello from mock! You said: Confirm the record"),
+            "{answer}"
+        );
     }
 
     // The ledger keeps the classes, never a value; /metrics counts both sides.
@@ -570,7 +591,10 @@ async fn issue22_a_team_policy_masks_and_blocks_for_its_keys_only() {
     let (status, body) = send(keys[0].clone(), text.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert!(vendor_saw(&gw).contains("Mail [EMAIL_1] now"));
-    assert_eq!(answer_text(&body).0, format!("Hello from mock! You said: {text}"));
+    assert_eq!(
+        answer_text(&body).0,
+        format!("Hello from mock! You said: {text}")
+    );
     let (status, _) = send(keys[0].clone(), format!("IBAN {IBAN}")).await;
     assert_eq!(status, 400);
     // Another team: the route's policy alone (e-mail allowed, IBAN allowed).

@@ -348,7 +348,11 @@ mod tests {
         let b = masked("IBAN FR1420041010050500013M02606", &mut v, &d);
         assert_eq!(b, "IBAN [IBAN_1]");
         let mut out = String::new();
-        v.restore_into("Sent to [EMAIL_2] from [IBAN_1]; [EMAIL_9] [x] [", false, &mut out);
+        v.restore_into(
+            "Sent to [EMAIL_2] from [IBAN_1]; [EMAIL_9] [x] [",
+            false,
+            &mut out,
+        );
         assert_eq!(
             out,
             "Sent to bob@example.org from FR1420041010050500013M02606; [EMAIL_9] [x] ["
@@ -408,7 +412,11 @@ mod tests {
         let mut released = String::new();
         let mut refused = None;
         for piece in text.as_bytes().chunks(2) {
-            match f.push(&d, Part::Text, std::str::from_utf8(piece).unwrap_or_default()) {
+            match f.push(
+                &d,
+                Part::Text,
+                std::str::from_utf8(piece).unwrap_or_default(),
+            ) {
                 Ok(s) => released.push_str(&s),
                 Err(b) => {
                     refused = Some(b.class);
@@ -424,7 +432,8 @@ mod tests {
     fn tool_arguments_get_values_json_escaped() {
         let d = det();
         let mut v = Vault::default();
-        let mut t = "key: -----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----".to_owned();
+        let mut t =
+            "key: -----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----".to_owned();
         let f = d.scan(&t);
         v.mask(&mut t, &f, |c| c == "secret");
         assert_eq!(t, "key: [SECRET_1]");

@@ -116,7 +116,9 @@ fn patch_lists(
                         .as_str()
                         .filter(|a| crate::config::GuardAction::parse(a).is_some())
                         .ok_or_else(|| {
-                            bad(format!("guardrails.{class}: the action is one of allow, mask, route, block"))
+                            bad(format!(
+                                "guardrails.{class}: the action is one of allow, mask, route, block"
+                            ))
                         })?;
                     if !admin.live.runtime.guardrails.knows(class) {
                         return Err(bad(format!(
@@ -128,7 +130,11 @@ fn patch_lists(
                 }
                 Some(out)
             }
-            _ => return Err(bad("guardrails must be an object of class = action".to_owned())),
+            _ => {
+                return Err(bad(
+                    "guardrails must be an object of class = action".to_owned()
+                ));
+            }
         };
     }
     Ok(())

@@ -16,10 +16,10 @@ use crate::cache::Lookup;
 use crate::caller::Caller;
 use crate::clock::now_ms;
 use crate::dialect::{Dialect, Turn};
+use crate::guardrails::{Guardrails, Inspection};
 use crate::http::Ctx;
 use crate::live::Live;
 use crate::otel::RequestTrace;
-use crate::guardrails::{Guardrails, Inspection};
 use crate::pipeline::respond::AnswerChecks;
 use crate::pipeline::route::Carried;
 use crate::pipeline::{admit, respond, route};
@@ -96,7 +96,11 @@ pub(super) async fn serve(
         let route = req.model.clone();
         inspection = or_refuse!(app, ctx, guards.inspect(&route, &mut req, policy));
         let at = (route.as_str(), ctx.id.as_str());
-        or_refuse!(app, ctx, guards.hook_request(&live.runtime.http, at, &req).await);
+        or_refuse!(
+            app,
+            ctx,
+            guards.hook_request(&live.runtime.http, at, &req).await
+        );
     }
     let carried = Carried {
         class,

@@ -28,7 +28,11 @@ impl AnswerGuard {
     }
 
     /// Take one event of the vendor's answer; what the client gets goes to `out`.
-    pub(crate) fn event(&mut self, ev: StreamEvent, out: &mut Vec<StreamEvent>) -> Result<(), Error> {
+    pub(crate) fn event(
+        &mut self,
+        ev: StreamEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), Error> {
         let (part, piece, signature) = match ev {
             StreamEvent::TextDelta(t) => (Part::Text, t, None),
             StreamEvent::RefusalDelta(t) => (Part::Refusal, t, None),
@@ -77,8 +81,10 @@ impl AnswerGuard {
     /// A whole answer at once.
     pub(crate) fn response(&mut self, r: &mut ChatResponse) -> Result<(), Error> {
         let det = &self.guard.detectors;
-        let mut texts: Vec<(Part, &mut String)> =
-            vec![(Part::Text, &mut r.text), (Part::Reasoning, &mut r.reasoning)];
+        let mut texts: Vec<(Part, &mut String)> = vec![
+            (Part::Text, &mut r.text),
+            (Part::Reasoning, &mut r.reasoning),
+        ];
         if let Some(refusal) = &mut r.refusal {
             texts.push((Part::Refusal, refusal));
         }

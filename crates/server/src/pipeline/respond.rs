@@ -51,7 +51,15 @@ pub(crate) async fn chat(
     if req.stream {
         let wait = routed.upstream_wait;
         let Some((g, http)) = hook else {
-            return streamed(ctx, req, turn, routed.stream, settlement, (abort, guard), wait);
+            return streamed(
+                ctx,
+                req,
+                turn,
+                routed.stream,
+                settlement,
+                (abort, guard),
+                wait,
+            );
         };
         // The hook judges whole answers: gather the stream, ask, then stream what was gathered.
         let gather_start = Instant::now();
@@ -126,7 +134,15 @@ pub(crate) async fn cached(
     let events = crate::cache::replay(entry);
     if req.stream {
         let stream: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
-        return streamed(ctx, req, turn, stream, settlement, (abort, guard), Duration::ZERO);
+        return streamed(
+            ctx,
+            req,
+            turn,
+            stream,
+            settlement,
+            (abort, guard),
+            Duration::ZERO,
+        );
     }
     let dialect = ctx.dialect;
     let response_id = dialect.response_id(&ctx.id);

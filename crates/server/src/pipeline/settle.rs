@@ -130,7 +130,12 @@ impl Settlement {
             return;
         }
         let mut all: Vec<&str> = declared.into_iter().collect();
-        all.extend(found.iter().map(String::as_str).filter(|c| Some(*c) != declared));
+        all.extend(
+            found
+                .iter()
+                .map(String::as_str)
+                .filter(|c| Some(*c) != declared),
+        );
         bill.set_data_classes(all.join(","));
     }
 
