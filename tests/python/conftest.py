@@ -225,10 +225,11 @@ deployments = [{{ provider = "up", model = "text-embedding-3-small" }}]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
 cache = {{ ttl_secs = 120 }}
 
-# Data guardrails (test_cache_sdk.py): a payment card is refused before it leaves.
+# Data guardrails (test_cache_sdk.py): a payment card is refused before it leaves; e-mail
+# addresses and IBANs are masked for the vendor and restored for the client.
 [routes.guarded]
 deployments = [{{ provider = "up", model = "gpt-4o-mini" }}]
-guardrails = {{ payment_card = "block" }}
+guardrails = {{ payment_card = "block", email = "mask", iban = "mask" }}
 """
 
 

@@ -1,7 +1,8 @@
 """The response cache and the data guardrails through the official SDKs: an answer the OpenAI
 SDK paid for is served from the cache to the Anthropic SDK and as streams, `x-relais-cache` and
 `age` saying so, and never to another key (each static key is its own team); a payment card is
-refused as each SDK's own bad-request error, naming the class and never the number."""
+refused as each SDK's own bad-request error, naming the class and never the number; masked
+values never reach the vendor and come back, JSON and streams, without the SDKs noticing."""
 
 import json
 import uuid
@@ -72,3 +73,28 @@ def test_a_blocked_class_is_each_sdks_bad_request_error(relais_url, mock):
     ok = oa.chat.completions.create(model="guarded", max_tokens=20,
                                     messages=[{"role": "user", "content": "refund order 12345678"}])
     assert ok.choices[0].message.content
+
+
+EMAIL = "jane.doe@example.com"
+IBAN = "FR1420041010050500013M02606"
+
+
+def test_masked_values_come_back_to_each_sdk_and_never_reach_the_vendor(relais_url, mock):
+    tag = uuid.uuid4().hex[:8]
+    prompt = f"ticket {tag}: write to {EMAIL} about IBAN {IBAN}, then copy {EMAIL}"
+    said = f"Hello from mock! You said: {prompt}"
+    messages = [{"role": "user", "content": prompt}]
+    oa = openai.OpenAI(base_url=f"{relais_url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    answer = oa.chat.completions.create(model="guarded", max_tokens=60, messages=messages)
+    assert answer.choices[0].message.content == said
+    stream = oa.chat.completions.create(model="guarded", max_tokens=61, messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == said
+    claude = anthropic.Anthropic(base_url=relais_url, api_key=CLIENT_KEY, max_retries=0)
+    assert claude.messages.create(model="guarded", max_tokens=62, messages=messages).content[0].text == said
+    with claude.messages.stream(model="guarded", max_tokens=63, messages=messages) as s:
+        assert "".join(s.text_stream) == said
+    seen = [json.dumps(r) for r in mock.requests() if tag in json.dumps(r)]
+    assert len(seen) == 4
+    for body in seen:
+        assert "[EMAIL_1]" in body and "[IBAN_1]" in body, body
+        assert EMAIL not in body and IBAN not in body, "a masked value went upstream"
