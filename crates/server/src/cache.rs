@@ -16,7 +16,11 @@
 //! opts out with `cache-control: no-store` (neither read nor written) or `no-cache` (not read;
 //! the fresh answer replaces the entry). Requests sampled with `temperature > 0` and no `seed`
 //! are not cached unless the route says `sampled = true`.
+//!
+//! A route may also match by meaning ([`semantic`]): on an exact miss, its last user message
+//! is embedded and compared with earlier questions of the same context.
 
+pub(crate) mod semantic;
 pub(crate) mod store;
 
 use std::collections::HashMap;
@@ -56,6 +60,7 @@ pub(crate) struct Policy {
     pub ttl: Duration,
     pub scope: CacheScopeSetting,
     pub sampled: bool,
+    pub semantic: Option<semantic::Semantic>,
 }
 
 impl From<&RouteCacheConfig> for Policy {
@@ -65,6 +70,7 @@ impl From<&RouteCacheConfig> for Policy {
             ttl: Duration::from_secs(c.ttl_secs.max(1)),
             scope: c.scope,
             sampled: c.sampled,
+            semantic: None,
         }
     }
 }
@@ -82,6 +88,11 @@ pub(crate) struct Stats {
     pub stored: AtomicU64,
     /// Store calls that failed (the request was answered without the cache).
     pub errors: AtomicU64,
+    /// Hits found by meaning (counted in `hits` too).
+    pub semantic_hits: AtomicU64,
+    /// Questions embedded for the semantic cache, and embeddings that failed.
+    pub embedded: AtomicU64,
+    pub embed_errors: AtomicU64,
 }
 
 /// The stores and the requests in flight.
@@ -91,6 +102,8 @@ pub(crate) struct ResponseCache {
     max_entry: usize,
     /// Misses being answered, by key: followers wait on the leader's answer.
     flights: Mutex<HashMap<String, watch::Sender<Option<Arc<Entry>>>>>,
+    /// The semantic indexes, by route.
+    indexes: Mutex<HashMap<String, semantic::Index>>,
     pub stats: Stats,
 }
 
@@ -133,6 +146,7 @@ impl ResponseCache {
             redis,
             max_entry,
             flights: Mutex::default(),
+            indexes: Mutex::default(),
             stats: Stats::default(),
         }
     }
@@ -176,6 +190,17 @@ impl ResponseCache {
             self.hit(&e);
             return Lookup::Hit(e);
         }
+        let mut probe = None;
+        if let Some(sem) = &policy.semantic {
+            match self.by_meaning(sem, policy, caller, req).await {
+                Ok(e) => {
+                    self.stats.semantic_hits.fetch_add(1, Ordering::Relaxed);
+                    self.hit(&e);
+                    return Lookup::Hit(e);
+                }
+                Err(p) => probe = p,
+            }
+        }
         let follow = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(&key) {
@@ -188,7 +213,9 @@ impl ResponseCache {
         };
         let Some(mut rx) = follow else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Miss(Box::new(self.recorder(key, policy, true)));
+            let mut r = self.recorder(key, policy, true);
+            r.probe = probe;
+            return Lookup::Miss(Box::new(r));
         };
         // Another request is asking upstream for the same answer: wait for it. If it fails,
         // this one asks on its own.
@@ -201,7 +228,59 @@ impl ResponseCache {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        Lookup::Miss(Box::new(self.recorder(key, policy, false)))
+        let mut r = self.recorder(key, policy, false);
+        r.probe = probe;
+        Lookup::Miss(Box::new(r))
+    }
+
+    /// The semantic cache: an entry whose question means the same, or what this question's
+    /// answer is indexed under once stored (nothing when it cannot be embedded).
+    async fn by_meaning(
+        &self,
+        sem: &semantic::Semantic,
+        policy: &Policy,
+        caller: &Caller<'_>,
+        req: &ChatRequest,
+    ) -> Result<Arc<Entry>, Option<semantic::Probe>> {
+        let question = semantic::question(req).ok_or(None)?;
+        let n = req.messages.len().saturating_sub(1);
+        let context = digest(&scope(policy, caller), req, &req.messages[..n], "semantic");
+        self.stats.embedded.fetch_add(1, Ordering::Relaxed);
+        let Some(vector) = sem.embed(question).await else {
+            self.stats.embed_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(None);
+        };
+        let found = self
+            .indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&sem.route)
+            .and_then(|ix| ix.nearest(&context, &vector, sem.threshold));
+        if let Some((_, key)) = found {
+            if let Some(e) = self.get(&key, policy).await {
+                return Ok(e);
+            }
+            // Gone from the store (expired, evicted): gone from the index.
+            if let Some(ix) = self
+                .indexes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(&sem.route)
+            {
+                ix.remove(&context, &key);
+            }
+        }
+        Err(Some(semantic::Probe { context, vector }))
+    }
+
+    /// Questions in the semantic indexes, all routes together.
+    pub(crate) fn indexed(&self) -> usize {
+        self.indexes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(semantic::Index::len)
+            .sum()
     }
 
     fn hit(&self, e: &Entry) {
@@ -219,6 +298,7 @@ impl ResponseCache {
             leads,
             collector: Some(Collector::new()),
             bytes: 0,
+            probe: None,
         }
     }
 
@@ -270,11 +350,23 @@ fn scope(policy: &Policy, caller: &Caller<'_>) -> String {
 /// serialization; it is written straight into the digest, field by field, with no copy of
 /// the request.
 pub(crate) fn key(policy: &Policy, caller: &Caller<'_>, req: &ChatRequest) -> String {
+    let d = digest(&scope(policy, caller), req, &req.messages, "exact");
+    relais_core::hex(&d)
+}
+
+/// SHA-256 of `scope`, `what` the digest is for, and `req` with `messages` in place of its own
+/// (the semantic cache's context leaves the question out).
+fn digest(
+    scope: &str,
+    req: &ChatRequest,
+    messages: &[relais_core::Message],
+    what: &str,
+) -> [u8; 32] {
     use std::fmt::Write as _;
     // Every field named: a field added to the request must be placed in or out of the key here.
     let ChatRequest {
         model,
-        messages,
+        messages: _,
         tools,
         tool_choice,
         parallel_tool_calls,
@@ -304,12 +396,13 @@ pub(crate) fn key(policy: &Policy, caller: &Caller<'_>, req: &ChatRequest) -> St
     let mut d = Digest(ring::digest::Context::new(&ring::digest::SHA256));
     let _ = write!(
         d,
-        "{}\n{model:?}|{messages:?}|{tools:?}|{tool_choice:?}|{parallel_tool_calls:?}|\
+        "{scope}\n{what}\n{model:?}|{messages:?}|{tools:?}|{tool_choice:?}|{parallel_tool_calls:?}|\
          {response_format:?}|{max_output_tokens:?}|{temperature:?}|{top_p:?}|{top_k:?}|{stop:?}|\
          {seed:?}|{reasoning:?}|{extra:?}|{family:?}|{vendor_beta:?}",
-        scope(policy, caller),
     );
-    relais_core::hex(d.0.finish().as_ref())
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.0.finish().as_ref());
+    out
 }
 
 /// A digest that text is formatted into.
@@ -332,6 +425,8 @@ pub(crate) struct Recorder {
     /// `None` once the answer is too large, or cannot be folded: served, not stored.
     collector: Option<Collector>,
     bytes: usize,
+    /// The question's place in the semantic index, once the answer is stored.
+    probe: Option<semantic::Probe>,
 }
 
 impl Recorder {
@@ -371,6 +466,15 @@ impl Recorder {
         if self.leads {
             self.leads = false;
             cache.land(&self.key, Some(entry.clone()));
+        }
+        if let (Some(probe), Some(sem)) = (self.probe.take(), &self.policy.semantic) {
+            cache
+                .indexes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(sem.route.clone())
+                .or_default()
+                .insert(probe, &self.key, sem.max_entries);
         }
         let (key, ttl) = (std::mem::take(&mut self.key), self.policy.ttl);
         if !self.policy.redis {

@@ -220,6 +220,35 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             "Bytes held by the in-process cache store (estimated).",
         );
         p.sample("relais_cache_memory_bytes", "", bytes);
+        for (name, kind, help, value) in [
+            (
+                "relais_cache_semantic_hits_total",
+                "counter",
+                "Hits the semantic cache found by meaning (also in relais_cache_requests_total).",
+                s.semantic_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_semantic_embeddings_total",
+                "counter",
+                "Questions embedded for the semantic cache.",
+                s.embedded.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_semantic_embedding_errors_total",
+                "counter",
+                "Embeddings that failed (those requests used the exact cache only).",
+                s.embed_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_semantic_entries",
+                "gauge",
+                "Questions held by the semantic indexes.",
+                cache.indexed() as u64,
+            ),
+        ] {
+            p.family(name, kind, help);
+            p.sample(name, "", value);
+        }
     }
     if let Some(ring) = &live.runtime.keyring {
         p.family(

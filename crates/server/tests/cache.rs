@@ -353,3 +353,209 @@ async fn redis_get_bytes(key: &str) -> Vec<u8> {
         .await
         .unwrap()
 }
+
+/// Questions asked first, each with rewordings that mean the same (they should hit) and near
+/// misses that mean something else (they must not).
+const PARAPHRASES: [(&str, [&str; 3], [&str; 2]); 6] = [
+    (
+        "What is the capital of France?",
+        [
+            "what is the capital of france",
+            "What is the capital of France, please?",
+            "Please, what is the capital of France?",
+        ],
+        [
+            "What is the capital of Spain?",
+            "What is the population of France?",
+        ],
+    ),
+    (
+        "How do I reset my password?",
+        [
+            "how do I reset my password??",
+            "How do I reset my password please",
+            "Hi! How do I reset my password?",
+        ],
+        ["How do I change my username?", "How do I reset my router?"],
+    ),
+    (
+        "Summarise the refund policy for annual plans.",
+        [
+            "Summarize the refund policy for annual plans",
+            "Please summarise the refund policy for annual plans.",
+            "summarise the refund policy for the annual plans",
+        ],
+        [
+            "Summarise the refund policy for monthly plans.",
+            "Summarise the privacy policy for annual plans.",
+        ],
+    ),
+    (
+        "Translate 'good morning' into German.",
+        [
+            "Translate good morning into German",
+            "translate 'Good morning' into German please",
+            "Translate \"good morning\" into German!",
+        ],
+        [
+            "Translate 'good night' into German.",
+            "Translate 'good morning' into Italian.",
+        ],
+    ),
+    (
+        "What are your opening hours on Sunday?",
+        [
+            "What are your opening hours on Sunday",
+            "what are your opening hours on sunday?",
+            "So, what are your opening hours on Sunday?",
+        ],
+        [
+            "What are your opening hours on Monday?",
+            "What are your prices on Sunday?",
+        ],
+    ),
+    (
+        "Which plan includes single sign-on?",
+        [
+            "Which plan includes single sign on?",
+            "which plan includes Single Sign-On",
+            "Which plan includes single sign-on, please?",
+        ],
+        [
+            "Which plan includes audit logs?",
+            "Which plan excludes single sign-on?",
+        ],
+    ),
+];
+
+/// One gateway whose `cached` route matches by meaning at `threshold`, with two teams' keys.
+async fn semantic_gateway(threshold: f64) -> (Gateway, String, String) {
+    let (section, _dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{section}{ROUTE}\
+         [routes.questions]\nkind = \"embeddings\"\ndeployments = [{{ provider = \"up\", model = \"trigram-embed\" }}]\n\
+         [routes.cached.cache]\nttl_secs = 60\nsemantic = {{ embeddings = \"questions\", threshold = {threshold}, max_entries = 1000 }}\n"
+    ))
+    .await;
+    let (a, b) = (key_of(&gw, "alpha").await, key_of(&gw, "beta").await);
+    (gw, a, b)
+}
+
+/// A question with `key`: `x-relais-cache` and the answer's text.
+async fn ask_text(gw: &Gateway, key: &str, text: &str) -> (String, String) {
+    let (status, cache, _, body) = ask(gw, key, "/v1/chat/completions", &chat(text), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    (cache, text_of("openai", &body))
+}
+
+/// Ask every first question, then every rewording and near miss: (hits, missed rewordings,
+/// near misses served another answer, near misses answered on their own).
+async fn paraphrase_run(gw: &Gateway, key: &str, threshold: f64) -> [u32; 4] {
+    for (first, _, _) in PARAPHRASES {
+        assert_eq!(ask_text(gw, key, first).await.0, "miss", "{first}");
+    }
+    // Chat requests upstream (each question is also embedded: an embeddings request).
+    let chats = || {
+        gw.mock
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .count()
+    };
+    let mut n = [0u32; 4];
+    for (first, same, other) in PARAPHRASES {
+        for q in same {
+            let upstream = chats();
+            let (cache, answer) = ask_text(gw, key, q).await;
+            if cache == "hit" {
+                // The answer to this question or to an earlier rewording of it (a missed
+                // rewording is indexed too), and nothing went upstream.
+                let said = answer.trim_start_matches("Hello from mock! You said: ");
+                assert!(
+                    said == first || same.contains(&said),
+                    "{q:?} got {answer:?}"
+                );
+                assert_eq!(chats(), upstream);
+                n[0] += 1;
+            } else {
+                eprintln!("figures: at {threshold}, a rewording missed: {q:?} of {first:?}");
+                n[1] += 1;
+            }
+        }
+        for q in other {
+            let (cache, answer) = ask_text(gw, key, q).await;
+            if cache == "hit" {
+                eprintln!("figures: at {threshold}, {q:?} was served the answer of {first:?}");
+                n[2] += 1;
+            } else {
+                assert_eq!(answer, format!("Hello from mock! You said: {q}"));
+                n[3] += 1;
+            }
+        }
+    }
+    let [hits, missed, wrong, right] = n;
+    eprintln!(
+        "figures: semantic cache at threshold {threshold} (lexical trigram embeddings), {} rewordings and {} near misses: \
+         {hits} hits, {missed} missed, {wrong} wrong hits, {right} right misses; precision {:.1}%, recall {:.1}%",
+        hits + missed,
+        wrong + right,
+        100.0 * f64::from(hits) / f64::from((hits + wrong).max(1)),
+        100.0 * f64::from(hits) / f64::from(hits + missed),
+    );
+    n
+}
+
+/// Issue 22, the semantic cache, measured on a paraphrase set: rewordings are served the first
+/// question's answer (nothing upstream) and near misses are not, within one team, one system
+/// prompt and one set of parameters. The test's embeddings are lexical (character trigrams),
+/// so a one-word change of meaning ("includes"/"excludes") scores like a rewording: the
+/// threshold trades recall for precision, and both ends are measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_the_semantic_cache_serves_rewordings_and_not_near_misses() {
+    // A strict threshold: no near miss served another question's answer.
+    let (gw, a, b) = semantic_gateway(0.93).await;
+    let [hits, missed, wrong, _] = paraphrase_run(&gw, &a, 0.93).await;
+    assert_eq!(wrong, 0, "a near miss was served another question's answer");
+    assert!(
+        hits * 10 >= (hits + missed) * 7,
+        "recall under 70%: {hits} of {}",
+        hits + missed
+    );
+
+    // Another team, the same rewording: its own context, a miss.
+    assert_eq!(ask_text(&gw, &b, PARAPHRASES[0].1[0]).await.0, "miss");
+    // The same rewording under another system prompt: a miss too.
+    let mut body = chat(PARAPHRASES[0].1[0]);
+    body["messages"] = json!([{"role": "system", "content": "Answer in French."},
+                              {"role": "user", "content": PARAPHRASES[0].1[0]}]);
+    let (_, cache, _, _) = ask(&gw, &a, "/v1/chat/completions", &body, &[]).await;
+    assert_eq!(cache, "miss");
+    // A rewording of alpha's question, by alpha: a hit.
+    assert_eq!(ask_text(&gw, &a, PARAPHRASES[0].1[0]).await.0, "hit");
+
+    let metrics = gw.get_text("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(
+        value("relais_cache_semantic_hits_total"),
+        u64::from(hits) + 1
+    );
+    assert!(value("relais_cache_semantic_entries") >= 6);
+    assert_eq!(value("relais_cache_semantic_embedding_errors_total"), 0);
+    drop(gw);
+
+    // A lenient threshold: every rewording hits, and near misses that differ by one word of
+    // meaning are served the wrong answer: measured, not hidden.
+    let (gw, a, _) = semantic_gateway(0.88).await;
+    let [hits, missed, wrong, _] = paraphrase_run(&gw, &a, 0.88).await;
+    assert_eq!(missed, 0, "at 0.88 every rewording hits");
+    assert!(
+        hits > 0 && wrong > 0,
+        "the lexical embedder confuses near misses at 0.88"
+    );
+}

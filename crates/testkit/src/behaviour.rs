@@ -370,7 +370,41 @@ pub fn stream_frames(
     frames
 }
 
-/// Deterministic embeddings: `dimensions` (default 8) floats derived from each input's bytes.
+/// A lexical embedding for tests of similarity: the input lower-cased, punctuation as spaces,
+/// its character trigrams counted into `dims` buckets (FNV-1a). Texts that share most of their
+/// words are close; it knows nothing of meaning, which the semantic cache's test measures.
+pub fn trigram_embedding(text: &str, dims: usize) -> Vec<f32> {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    let padded: Vec<char> = format!(
+        " {} ",
+        clean.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+    .chars()
+    .collect();
+    let dims = dims.max(1);
+    let mut v = vec![0f32; dims];
+    for w in padded.windows(3) {
+        let mut h: u32 = 0x811c_9dc5;
+        for c in w {
+            h ^= *c as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        v[h as usize % dims] += 1.0;
+    }
+    v
+}
+
+/// Deterministic embeddings: `dimensions` (default 8) floats derived from each input's bytes;
+/// a model whose name starts with `trigram` gets [`trigram_embedding`]s (512 dimensions).
 pub fn embeddings_json(req: &Value) -> Value {
     let inputs: Vec<String> = match req.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
@@ -382,10 +416,18 @@ pub fn embeddings_json(req: &Value) -> Value {
         _ => Vec::new(),
     };
     let dims = req.get("dimensions").and_then(Value::as_u64).unwrap_or(8) as usize;
+    let trigram = req
+        .get("model")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m.starts_with("trigram"));
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(i, s)| {
+            if trigram {
+                let v = trigram_embedding(s, 512);
+                return json!({"object": "embedding", "index": i, "embedding": v});
+            }
             let v: Vec<f32> = (0..dims)
                 .map(|d| {
                     let h = s.bytes().fold(d as u32 + 1, |acc, b| {

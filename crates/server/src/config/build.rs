@@ -88,7 +88,7 @@ pub(super) fn build_from(
         }
     }
 
-    let (cache, cached_routes) = build_cache(raw, origin, previous)?;
+    let (cache, cached_routes) = build_cache(raw, origin, previous, &routes)?;
     let (guardrails, guarded_routes) = build_guardrails(raw, origin)?;
     // Process-wide like the connection pool; set only once the whole config is known good.
     relais_providers::set_max_stream_bytes(raw.upstream.max_stream_bytes);
@@ -482,6 +482,7 @@ fn build_cache(
     raw: &RawConfig,
     origin: &str,
     previous: Option<&Runtime>,
+    built: &BTreeMap<String, Arc<Route>>,
 ) -> Result<CacheParts, ConfigError> {
     let mut routes = BTreeMap::new();
     for (name, r) in &raw.routes {
@@ -496,7 +497,34 @@ fn build_cache(
                 "{origin}: routes.{name}.cache.backend: \"redis\" needs [cache] redis_url"
             )));
         }
-        routes.insert(name.clone(), crate::cache::Policy::from(c));
+        let mut policy = crate::cache::Policy::from(c);
+        if let Some(s) = &c.semantic {
+            let at = format!("{origin}: routes.{name}.cache.semantic");
+            let route = built
+                .get(&s.embeddings)
+                .filter(|r| r.kind == relais_router::RouteKind::Embeddings)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{at}.embeddings: no embeddings route named '{}'",
+                        s.embeddings
+                    ))
+                })?;
+            if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+                return Err(ConfigError(format!(
+                    "{at}.threshold: a cosine similarity in (0, 1]"
+                )));
+            }
+            if s.max_entries == 0 {
+                return Err(ConfigError(format!("{at}.max_entries: at least 1")));
+            }
+            policy.semantic = Some(crate::cache::semantic::Semantic {
+                route: name.clone(),
+                embeddings: route.clone(),
+                threshold: s.threshold as f32,
+                max_entries: s.max_entries,
+            });
+        }
+        routes.insert(name.clone(), policy);
     }
     if routes.is_empty() {
         return Ok((None, routes));

@@ -188,6 +188,31 @@ pub struct RouteCacheConfig {
     /// would differ each time, so by default they are not cached).
     #[serde(default)]
     pub sampled: bool,
+    /// Semantic matching (off unless set): a request whose last user message is close enough
+    /// to an earlier one's, all else equal, is answered with that one's answer.
+    pub semantic: Option<SemanticCacheConfig>,
+}
+
+/// `[routes.X.cache.semantic]`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    /// The embeddings route that turns a question into a vector.
+    pub embeddings: String,
+    /// Cosine similarity at or above which two questions are the same, in (0, 1].
+    #[serde(default = "default_semantic_threshold")]
+    pub threshold: f64,
+    /// Questions the in-process index keeps (the oldest leave first).
+    #[serde(default = "default_semantic_entries")]
+    pub max_entries: usize,
+}
+
+fn default_semantic_threshold() -> f64 {
+    0.95
+}
+
+fn default_semantic_entries() -> usize {
+    10_000
 }
 
 fn default_cache_ttl() -> u64 {
