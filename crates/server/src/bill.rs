@@ -174,14 +174,16 @@ impl Bill {
         &mut self,
         entry: &crate::cache::Entry,
         usage: Option<&Usage>,
-        status: u16,
+        (status, charged): (u16, bool),
         elapsed: Duration,
     ) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
         let mut row = self.base.clone();
-        row.category = "cache".to_owned();
+        // A charged hit's cost counts against budgets (the spend query reads it), and as a
+        // saving like any hit.
+        row.category = if charged { "cache_charged" } else { "cache" }.to_owned();
         row.deployment = Some(entry.deployment.clone());
         row.provider = Some(entry.provider.clone());
         row.vendor = Some(entry.vendor.clone());

@@ -60,6 +60,8 @@ pub(crate) struct Policy {
     pub ttl: Duration,
     pub scope: CacheScopeSetting,
     pub sampled: bool,
+    /// Hits are charged to budgets.
+    pub charge: bool,
     pub semantic: Option<semantic::Semantic>,
 }
 
@@ -70,6 +72,7 @@ impl From<&RouteCacheConfig> for Policy {
             ttl: Duration::from_secs(c.ttl_secs.max(1)),
             scope: c.scope,
             sampled: c.sampled,
+            charge: c.charge_budget,
             semantic: None,
         }
     }

@@ -559,3 +559,84 @@ async fn issue22_the_semantic_cache_serves_rewordings_and_not_near_misses() {
         "the lexical embedder confuses near misses at 0.88"
     );
 }
+
+/// Issue 22: budgets are not charged for hits unless the route says `charge_budget = true`;
+/// then a hit costs the team what its answer cost when it was made, and still counts as saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_hits_are_free_to_budgets_unless_the_route_charges_them() {
+    let (section, _dump) = store("sqlite").await;
+    let gw = Gateway::start(&format!(
+        "[admin]\nkey = \"{ADMIN}\"\n{section}{ROUTE}[routes.cached.cache]\nttl_secs = 60\n\
+         [routes.charged]\ndeployments = [{{ provider = \"up\", model = \"gpt-4o-mini\" }}]\n\
+         [routes.charged.cache]\nttl_secs = 60\ncharge_budget = true\n"
+    ))
+    .await;
+    let mut spend = Vec::new();
+    for (team, route) in [("free", "cached"), ("payer", "charged")] {
+        let (status, t) = admin(
+            &gw,
+            "POST",
+            "/admin/teams",
+            Some(json!({"name": team, "budget_total": "10"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{t}");
+        let (_, k) = admin(
+            &gw,
+            "POST",
+            "/admin/keys",
+            Some(json!({"team": team, "name": format!("{team}-k")})),
+        )
+        .await;
+        let key = k["key"].as_str().unwrap().to_owned();
+        let mut body = chat(QUESTION);
+        body["model"] = json!(route);
+        let mut caches = Vec::new();
+        for _ in 0..4 {
+            let (status, cache, _, text) = ask(&gw, &key, "/v1/chat/completions", &body, &[]).await;
+            assert_eq!(status, 200, "{text}");
+            caches.push(cache);
+        }
+        assert_eq!(caches, ["miss", "hit", "hit", "hit"]);
+        let (_, teams) = admin(&gw, "GET", "/admin/teams", None).await;
+        let total = teams["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == team)
+            .map(|t| {
+                t["spend"]["total"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .unwrap();
+        spend.push(total);
+    }
+    // What one upstream answer cost, exactly (pico-USD), and what each team's hits saved.
+    let (_, usage) = admin(&gw, "GET", "/admin/usage?by=team", None).await;
+    let lines = usage["usage"].as_array().unwrap();
+    let pusd = |i: usize, f: &str| lines[i][f].as_u64().unwrap();
+    assert_eq!(lines.len(), 2, "{usage}");
+    let cost = pusd(0, "cost_pusd");
+    assert!(cost > 0 && pusd(1, "cost_pusd") == cost, "{usage}");
+    for i in 0..2 {
+        assert_eq!(lines[i]["cache_hits"], 3, "{usage}");
+        assert_eq!(
+            pusd(i, "saved_pusd"),
+            3 * cost,
+            "both teams' hits are savings"
+        );
+    }
+    eprintln!(
+        "figures: team spend after 1 miss and 3 hits (an answer costs {cost} pico-USD): free {} USD, charged {} USD",
+        spend[0], spend[1]
+    );
+    // Budgets: the free team paid for the miss only; the charging route's team for the miss
+    // and each hit at the same price (spend is shown to the micro-dollar).
+    let usd = |p: u64| p as f64 / 1e12;
+    assert!((spend[0] - usd(cost)).abs() <= 1e-6, "{spend:?}");
+    assert!((spend[1] - usd(4 * cost)).abs() <= 1e-6, "{spend:?}");
+    assert!(spend[1] > spend[0] * 3.0, "{spend:?}");
+}

@@ -346,7 +346,8 @@ pub(crate) fn usage_sql(group_by: GroupBy) -> String {
          CAST(COALESCE(SUM(cache_write_tokens), 0) AS BIGINT), \
          CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
          CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
-         FROM relais_ledger WHERE attempt = 0 AND category = $1 AND at_ms >= $2 AND at_ms < $3 \
+         FROM relais_ledger WHERE attempt = 0 AND (category = $1 OR category = $1 || '_charged') \
+         AND at_ms >= $2 AND at_ms < $3 \
          AND ($4 = '' OR key_id = $4) AND ($5 = '' OR team_id = $5) AND ($6 = '' OR route = $6) \
          AND ($7 = '' OR drill = $7) \
          GROUP BY {g} ORDER BY {g}"
@@ -357,8 +358,8 @@ pub(crate) const SPEND_SQL: &str = "SELECT \
     CAST(COALESCE(SUM(CASE WHEN at_ms >= $2 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
     CAST(COALESCE(SUM(CASE WHEN at_ms >= $3 THEN cost_pusd ELSE 0 END), 0) AS BIGINT), \
     CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT) \
-    FROM relais_ledger WHERE attempt = 0 AND category = 'live' AND (key_id = $1 OR team_id = $1) \
-    AND at_ms >= $4";
+    FROM relais_ledger WHERE attempt = 0 AND category IN ('live', 'cache_charged') \
+    AND (key_id = $1 OR team_id = $1) AND at_ms >= $4";
 
 pub(crate) fn requests_sql() -> String {
     format!(

@@ -123,7 +123,7 @@ pub(super) async fn serve(
         let recorder = match cache.lookup(policy, caller, headers, &req).await {
             Lookup::Hit(e) => {
                 let age = (now_ms() - e.stored_ms) / 1000;
-                settlement.set_hit(e.clone());
+                settlement.set_hit(e.clone(), policy.charge);
                 settlement.set_classes(class, &inspection.classes);
                 let abort = app.abort_streams.clone();
                 let guard = inspection.answer.take();

@@ -188,6 +188,11 @@ pub struct RouteCacheConfig {
     /// would differ each time, so by default they are not cached).
     #[serde(default)]
     pub sampled: bool,
+    /// Charge a hit to the key's and team's budgets at what its answer cost when it was made
+    /// (chargeback: teams pay as if they had asked upstream; the organisation still saves).
+    /// Default: hits are free to budgets.
+    #[serde(default)]
+    pub charge_budget: bool,
     /// Semantic matching (off unless set): a request whose last user message is close enough
     /// to an earlier one's, all else equal, is answered with that one's answer.
     pub semantic: Option<SemanticCacheConfig>,

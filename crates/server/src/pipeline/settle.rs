@@ -70,8 +70,9 @@ pub(crate) struct Settlement {
     trace: Option<Box<RequestTrace>>,
     /// A cache miss: its answer is recorded for the cache as it passes.
     recorder: Option<Box<crate::cache::Recorder>>,
-    /// A cache hit: answered from this entry, nothing upstream.
-    hit: Option<Arc<crate::cache::Entry>>,
+    /// A cache hit: answered from this entry, nothing upstream (and whether budgets are
+    /// charged what it saved).
+    hit: Option<(Arc<crate::cache::Entry>, bool)>,
     done: bool,
 }
 
@@ -107,12 +108,13 @@ impl Settlement {
         self.recorder = Some(recorder);
     }
 
-    /// The answer comes from the response cache: settled with nothing used, billed as a
-    /// saving (category `cache`), never traced or copied by Plan B.
-    pub(crate) fn set_hit(&mut self, entry: Arc<crate::cache::Entry>) {
+    /// The answer comes from the response cache: settled with no tokens used, billed as a
+    /// saving (category `cache`; `cache_charged` when `charge`: budgets pay what the answer
+    /// cost when it was made), never traced or copied by Plan B.
+    pub(crate) fn set_hit(&mut self, entry: Arc<crate::cache::Entry>, charge: bool) {
         self.tap = None;
         self.trace = None;
-        self.hit = Some(entry);
+        self.hit = Some((entry, charge));
     }
 
     /// When the request arrived (Unix ms) if it is billed: Plan B copies only billed requests.
@@ -234,8 +236,8 @@ impl Settlement {
             return;
         }
         let elapsed = self.start.elapsed();
-        if let Some(entry) = self.hit.take() {
-            self.finish_hit(&entry, &end, elapsed);
+        if let Some((entry, charge)) = self.hit.take() {
+            self.finish_hit(&entry, charge, &end, elapsed);
             return;
         }
         let deployment = self
@@ -378,9 +380,23 @@ impl Settlement {
 
     /// A hit ends: nothing was used upstream (the reservation settles at zero), and its
     /// ledger row says what it would have cost.
-    fn finish_hit(&mut self, entry: &crate::cache::Entry, end: &End<'_>, elapsed: Duration) {
+    fn finish_hit(
+        &mut self,
+        entry: &crate::cache::Entry,
+        charge: bool,
+        end: &End<'_>,
+        elapsed: Duration,
+    ) {
+        let answered = matches!(end, End::Answered);
         if let Some(t) = &self.ticket {
-            t.settle(0, 0);
+            t.settle(
+                0,
+                if charge && answered {
+                    entry.cost_pusd
+                } else {
+                    0
+                },
+            );
         }
         if let Some(bill) = &mut self.bill {
             let status = match end {
@@ -388,7 +404,12 @@ impl Settlement {
                 End::Failed { status, .. } | End::Exhausted { status, .. } => *status,
                 End::Canceled => 499,
             };
-            bill.record_hit(entry, self.usage.as_ref(), status, elapsed);
+            bill.record_hit(
+                entry,
+                self.usage.as_ref(),
+                (status, charge && answered),
+                elapsed,
+            );
         }
         self.ticket.take();
         self.app.global.inflight.fetch_sub(1, Ordering::Relaxed);
