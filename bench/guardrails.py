@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What the data guardrails cost (issue 22): the detectors' cost per KB of prompt (every
 detector on), and the latency they add to a gateway at 2000 req/s with a 2 KB prompt: the same
-relais, route and mock, with and without a guardrail policy that names every class (all
-"allow", so every detector runs on every request and nothing is refused), measured
-alternately in one run. Run by bench/guardrails, which builds what it needs."""
+relais, route and mock, without guardrails, with a policy that names every class as "allow"
+(every detector runs on every request, nothing is refused), and with every class masked
+(values replaced by placeholders before the mock, the 2 KB answer scanned and the placeholders
+restored), measured alternately in one run. Run by bench/guardrails, which builds what it needs."""
 
 import json
 import subprocess
@@ -28,22 +29,32 @@ def two_kb_body():
     while len(text) < 2048 - len(VALUES):
         text += PROSE
     text = (text + VALUES)[:2048]
-    return json.dumps({"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": text}]})
+    # The mock echoes the prompt (up to max_tokens words): a 2 KB answer too, so the answer side
+    # (scanning what the vendor wrote, restoring placeholders) is measured with the request side.
+    return json.dumps({"model": "bench", "max_tokens": 600, "messages": [{"role": "user", "content": text}]})
 
 
-def start(mock_port, guarded):
+MODES = {
+    None: "relais (no guardrails)",
+    "allow": "relais + guardrails (every class)",
+    "mask": "relais + masking (every class)",
+}
+
+
+def start(mock_port, mode):
+    """A gateway with no guardrails, with every class found and allowed, or with every class
+    masked in the request (placeholders restored in the answer) and in the answer."""
     port = g.free_port()
     cfg = pathlib.Path(tempfile.mkdtemp(prefix="relais-bench-guard-")) / "relais.toml"
     text = g.bench_config(port, mock_port)
-    if guarded:
-        policy = ", ".join(f'{c} = "allow"' for c in CLASSES)
+    if mode:
+        policy = ", ".join(f'{c} = "{mode}"' for c in CLASSES)
         text += f"guardrails = {{ {policy} }}\n"
     cfg.write_text(text)
     proc = subprocess.Popen(g.pinned([str(g.TARGET / "release/relais"), "serve", "--config", str(cfg)], g.GATEWAY_CPUS),
                             stderr=subprocess.DEVNULL, env=dict(g.os.environ, RELAIS_LOG="warn"))
     g.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    name = "relais + guardrails (every class)" if guarded else "relais (no guardrails)"
-    return g.Setup(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc)
+    return g.Setup(MODES[mode], f"http://127.0.0.1:{port}/v1/chat/completions", proc)
 
 
 def main():
@@ -57,7 +68,7 @@ def main():
     mock = g.start_mock(mock_port, [])
     rows = []
     try:
-        setups = [start(mock_port, False), start(mock_port, True)]
+        setups = [start(mock_port, m) for m in MODES]
         try:
             # Alternate, twice each, so drift on the machine falls on both.
             for _ in range(2):
@@ -73,7 +84,7 @@ def main():
     finally:
         mock.terminate()
         mock.wait()
-    print(f"Latency at 2000 req/s, JSON, a 2 KB prompt, {duration} s per row, alternating "
+    print(f"Latency at 2000 req/s, JSON, a 2 KB prompt and a 2 KB answer, {duration} s per row, alternating "
           f"(machine: {g.CORES} cores, gateway pinned to cpu {g.GATEWAY_CPUS}; {time.strftime('%Y-%m-%d')}):\n")
     print("| setup | p50 ms | p99 ms | p99.9 ms | CPU % |")
     print("|---|---|---|---|---|")
@@ -82,13 +93,14 @@ def main():
     med = {}
     for name, f in rows:
         med.setdefault(name, []).append(f)
-    plain, guarded = (med["relais (no guardrails)"], med["relais + guardrails (every class)"])
-    p99 = sorted(f["p99_ms"] for f in guarded)[0] - sorted(f["p99_ms"] for f in plain)[0]
-    p50 = sorted(f["p50_ms"] for f in guarded)[0] - sorted(f["p50_ms"] for f in plain)[0]
-    cpu = sum(f.get("cpu_pct", 0) for f in guarded) / 2 - sum(f.get("cpu_pct", 0) for f in plain) / 2
-    print(f"\nguardrails added at 2000 req/s with a 2 KB prompt (best of two each): p50 {p50:+.3f} ms, "
-          f"p99 {p99:+.3f} ms (target < 0.5 ms), CPU {cpu:+.1f}% of a core")
-
+    plain = med[MODES[None]]
+    for mode in ("allow", "mask"):
+        guarded = med[MODES[mode]]
+        p99 = sorted(f["p99_ms"] for f in guarded)[0] - sorted(f["p99_ms"] for f in plain)[0]
+        p50 = sorted(f["p50_ms"] for f in guarded)[0] - sorted(f["p50_ms"] for f in plain)[0]
+        cpu = sum(f.get("cpu_pct", 0) for f in guarded) / 2 - sum(f.get("cpu_pct", 0) for f in plain) / 2
+        print(f"\n{MODES[mode]} added at 2000 req/s with a 2 KB prompt (best of two each): p50 {p50:+.3f} ms, "
+              f"p99 {p99:+.3f} ms (target < 0.5 ms), CPU {cpu:+.1f}% of a core")
 
 if __name__ == "__main__":
     main()
