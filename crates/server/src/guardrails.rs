@@ -242,6 +242,22 @@ impl Guardrails {
         }
     }
 
+    /// `text` with every value the detectors find replaced by its class (`[EMAIL]`), for
+    /// payloads recorded elsewhere (traces).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for f in self.detectors.scan(text) {
+            out.push_str(&text[at..f.start]);
+            out.push('[');
+            out.push_str(&relais_governance::guard::mask::tag(&f.class));
+            out.push(']');
+            at = f.end;
+        }
+        out.push_str(&text[at..]);
+        out
+    }
+
     /// Whether `class` is one the detectors name (built in or `[guardrails] custom`).
     pub(crate) fn knows(&self, class: &str) -> bool {
         self.detectors.knows(class)

@@ -661,6 +661,11 @@ fn redacted(text: &str) -> String {
 /// `gen_ai.input.messages`: the request's messages as the semantic conventions shape them
 /// (role and text parts; images and tool calls named by type only).
 fn input_messages(req: &ChatRequest) -> String {
+    input_messages_with(req, str::to_owned)
+}
+
+/// The request's messages as an attribute, each text passed through `scrub` first.
+fn input_messages_with(req: &ChatRequest, scrub: impl Fn(&str) -> String) -> String {
     let messages: Vec<Value> = req
         .messages
         .iter()
@@ -670,7 +675,7 @@ fn input_messages(req: &ChatRequest) -> String {
                 .iter()
                 .map(|p| match p {
                     relais_core::ContentPart::Text(t) => {
-                        json!({ "type": "text", "content": redacted(t) })
+                        json!({ "type": "text", "content": redacted(&scrub(t)) })
                     }
                     relais_core::ContentPart::ToolCall(c) => {
                         json!({ "type": "tool_call", "id": c.id, "name": c.name })
@@ -739,6 +744,9 @@ pub(crate) struct RequestTrace {
     input: Option<String>,
     /// Answer text, when payloads are recorded.
     output: Option<String>,
+    /// The guardrails of a guarded request: every value they find is left out of recorded
+    /// payloads (`[EMAIL]`).
+    scrub: Option<Arc<crate::guardrails::Guardrails>>,
     response_id: Option<String>,
     response_model: Option<String>,
     /// Finish reasons (one per choice; the first four kept), and how many.
@@ -792,12 +800,25 @@ impl RequestTrace {
             asked,
             input: chat.filter(|_| payloads).map(input_messages),
             output: payloads.then(String::new),
+            scrub: None,
             response_id: None,
             response_model: None,
             finish: [""; 4],
             finishes: 0,
         });
         (ctx, Some(trace))
+    }
+
+    /// The request is guarded: recorded payloads keep no value the guardrails find.
+    pub(crate) fn scrub_with(
+        &mut self,
+        guards: Arc<crate::guardrails::Guardrails>,
+        req: &ChatRequest,
+    ) {
+        if self.input.is_some() {
+            self.input = Some(input_messages_with(req, |t| guards.scrub(t)));
+        }
+        self.scrub = Some(guards);
     }
 
     /// Whether the answer's text is recorded (`payloads = true`): the request must then reach
@@ -960,8 +981,12 @@ impl RequestTrace {
             w.str("gen_ai.input.messages", input);
         }
         if let (Some(out), Some(_)) = (&self.output, end.serving) {
+            let out = match &self.scrub {
+                Some(g) => redacted(&g.scrub(out)),
+                None => redacted(out),
+            };
             let text = json!([{ "role": "assistant",
-                "parts": [{ "type": "text", "content": redacted(out) }],
+                "parts": [{ "type": "text", "content": out }],
                 "finish_reason": if self.finishes > 0 { self.finish[0] } else { "stop" } }]);
             w.str("gen_ai.output.messages", &text.to_string());
         }

@@ -700,3 +700,41 @@ sample_rate = 1.0
     drop(gw);
     dump(true);
 }
+
+/// Issue 22: a guarded request's recorded payloads keep no value the guardrails find: an
+/// allowed e-mail address is recorded as `[EMAIL]`, a masked IBAN as its placeholder, in the
+/// prompt and in the answer, while the client gets both values back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_recorded_payloads_keep_no_guarded_value() {
+    let sink = Sink::start().await;
+    let gw = Gateway::start(&format!(
+        "{}\n[routes.guarded]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\nguardrails = {{ email = \"allow\", iban = \"mask\" }}\n",
+        otel(&sink, "payloads = true")
+    ))
+    .await;
+    let (email, iban) = ("jane.doe@example.com", "DE89370400440532013000");
+    let resp = Gateway::client()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .json(&json!({"model": "guarded", "max_tokens": 30,
+            "messages": [{"role": "user", "content": format!("pay {iban} and mail {email}")}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains(email) && body.contains(iban), "{body}");
+    let spans = spans_of(&sink, "", 1).await;
+    let request = spans.iter().find(|s| s.kind == 2).unwrap();
+    let input = request.str_attr("gen_ai.input.messages").unwrap();
+    let output = request.str_attr("gen_ai.output.messages").unwrap();
+    for recorded in [input, output] {
+        assert!(
+            recorded.contains("[EMAIL]") && recorded.contains("[IBAN_1]"),
+            "{recorded}"
+        );
+        assert!(
+            !recorded.contains(email) && !recorded.contains(iban),
+            "{recorded}"
+        );
+    }
+}

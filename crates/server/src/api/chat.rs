@@ -158,7 +158,11 @@ pub(super) async fn serve(
     let allow = |d: &relais_router::Deployment| carried.allows(caller, d);
     settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
     let trace = live.runtime.otel.as_ref().map(|t| {
-        let (tc, spans) = RequestTrace::begin(t, ctx.traceparent, "chat", &req.model, Some(&req));
+        let (tc, mut spans) =
+            RequestTrace::begin(t, ctx.traceparent, "chat", &req.model, Some(&req));
+        if let (Some(s), Some(_)) = (&mut spans, &policy) {
+            s.scrub_with(guards.clone(), &req);
+        }
         if spans.as_ref().is_some_and(|s| s.records_output()) {
             // The answer's text is recorded from decoded events (no vendor format parsed here).
             req.passthrough = false;
