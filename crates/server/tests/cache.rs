@@ -621,13 +621,9 @@ async fn issue22_hits_are_free_to_budgets_unless_the_route_charges_them() {
     assert_eq!(lines.len(), 2, "{usage}");
     let cost = pusd(0, "cost_pusd");
     assert!(cost > 0 && pusd(1, "cost_pusd") == cost, "{usage}");
-    for i in 0..2 {
-        assert_eq!(lines[i]["cache_hits"], 3, "{usage}");
-        assert_eq!(
-            pusd(i, "saved_pusd"),
-            3 * cost,
-            "both teams' hits are savings"
-        );
+    for line in lines {
+        assert_eq!(line["cache_hits"], 3, "{usage}");
+        assert_eq!(line["saved_pusd"], 3 * cost, "both teams' hits are savings");
     }
     eprintln!(
         "figures: team spend after 1 miss and 3 hits (an answer costs {cost} pico-USD): free {} USD, charged {} USD",
