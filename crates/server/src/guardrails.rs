@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use relais_core::{ChatRequest, ChatResponse, ContentPart, Error, ErrorKind, Role, Side};
+use relais_core::{
+    ChatRequest, ChatResponse, ContentPart, Error, ErrorKind, ResponseFormat, Role, Side,
+};
 use relais_governance::guard::Detectors;
 use relais_governance::guard::mask::{AnswerFilter, AnswerRule, Vault};
 use serde_json::{Value, json};
@@ -363,7 +365,11 @@ impl Guardrails {
                 _ => None,
             })
             .collect();
-        let filter = AnswerFilter::new(vault, rules);
+        let json = matches!(
+            req.response_format,
+            Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
+        );
+        let filter = AnswerFilter::new(vault, rules).json_text(json);
         if filter.is_active() {
             // The answer is rewritten from decoded events: nothing may skip the filter.
             req.passthrough = false;

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{ADMIN, Gateway, admin, redis_cli, sse_data_payloads, store, unique};
+use common::{ADMIN, Gateway, admin, redis_cli, sse_data_payloads, store, team_key, unique};
 use serde_json::{Value, json};
 
 const QUESTION: &str = "What is the capital of France?";
@@ -20,17 +20,7 @@ const ROUTE: &str = "[prices.gpt-4o-mini]\ninput = \"0.15\"\noutput = \"0.6\"\n\
     [routes.cached]\ndeployments = [{ provider = \"up\", model = \"gpt-4o-mini\" }]\n";
 
 async fn key_of(gw: &Gateway, team: &str) -> String {
-    let (status, t) = admin(gw, "POST", "/admin/teams", Some(json!({"name": team}))).await;
-    assert_eq!(status, 201, "{t}");
-    let (status, k) = admin(
-        gw,
-        "POST",
-        "/admin/keys",
-        Some(json!({"team": team, "name": format!("{team}-k")})),
-    )
-    .await;
-    assert_eq!(status, 201, "{k}");
-    k["key"].as_str().unwrap().to_owned()
+    team_key(gw, json!({"name": team})).await
 }
 
 /// A request with `key` (as a bearer token; Anthropic's clients send `x-api-key`, which relais
@@ -573,22 +563,7 @@ async fn issue22_hits_are_free_to_budgets_unless_the_route_charges_them() {
     .await;
     let mut spend = Vec::new();
     for (team, route) in [("free", "cached"), ("payer", "charged")] {
-        let (status, t) = admin(
-            &gw,
-            "POST",
-            "/admin/teams",
-            Some(json!({"name": team, "budget_total": "10"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{t}");
-        let (_, k) = admin(
-            &gw,
-            "POST",
-            "/admin/keys",
-            Some(json!({"team": team, "name": format!("{team}-k")})),
-        )
-        .await;
-        let key = k["key"].as_str().unwrap().to_owned();
+        let key = team_key(&gw, json!({"name": team, "budget_total": "10"})).await;
         let mut body = chat(QUESTION);
         body["model"] = json!(route);
         let mut caches = Vec::new();

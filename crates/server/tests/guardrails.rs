@@ -555,24 +555,14 @@ async fn issue22_a_team_policy_masks_and_blocks_for_its_keys_only() {
         ("legal", json!({"email": "mask", "iban": "block"})),
         ("sales", Value::Null),
     ] {
-        let (status, t) = common::admin(
-            &gw,
-            "POST",
-            "/admin/teams",
-            Some(json!({"name": team, "guardrails": policy})),
-        )
-        .await;
-        assert_eq!(status, 201, "{t}");
-        assert_eq!(t["guardrails"], policy);
-        let (status, k) = common::admin(
-            &gw,
-            "POST",
-            "/admin/keys",
-            Some(json!({"team": team, "name": format!("{team}-k")})),
-        )
-        .await;
-        assert_eq!(status, 201, "{k}");
-        keys.push(k["key"].as_str().unwrap().to_owned());
+        keys.push(common::team_key(&gw, json!({"name": team, "guardrails": policy})).await);
+        let (_, teams) = common::admin(&gw, "GET", "/admin/teams", None).await;
+        let listed = teams["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == team);
+        assert_eq!(listed.unwrap()["guardrails"], policy, "{teams}");
     }
     let send = |key: String, text: String| {
         let url = format!("{}/v1/chat/completions", gw.url);

@@ -173,6 +173,9 @@ pub struct AnswerFilter {
     held: Vec<(Part, String)>,
     /// Classes masked in the answer so far, one entry per value (for the metrics).
     masked: Vec<String>,
+    /// The answer's text is JSON (JSON mode): values are put back escaped, like a tool
+    /// call's arguments.
+    json_text: bool,
 }
 
 impl AnswerFilter {
@@ -182,7 +185,14 @@ impl AnswerFilter {
             rules,
             held: Vec::new(),
             masked: Vec::new(),
+            json_text: false,
         }
+    }
+
+    /// The answer's text is JSON (the request asked for a JSON object or schema).
+    pub fn json_text(mut self, json: bool) -> Self {
+        self.json_text = json;
+        self
     }
 
     /// The classes of the values masked since the last call, one entry per value.
@@ -285,7 +295,7 @@ impl AnswerFilter {
                 }
             }
         }
-        let json = matches!(part, Part::ToolArguments(_));
+        let json = matches!(part, Part::ToolArguments(_)) || (part == Part::Text && self.json_text);
         let mut out = String::with_capacity(cut);
         let mut at = 0;
         for f in findings.iter().filter(|f| f.end <= cut) {
@@ -445,6 +455,23 @@ mod tests {
         assert_eq!(
             parsed["pem"],
             "-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----"
+        );
+        // A JSON-mode answer's text too; plain text gets the value as it was.
+        let mut v = Vault::default();
+        let mut t =
+            "key: -----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----".to_owned();
+        let found = d.scan(&t);
+        v.mask(&mut t, &found, |c| c == "secret");
+        let mut f = AnswerFilter::new(v, Vec::new()).json_text(true);
+        let got = f
+            .whole(&d, Part::Text, r#"{"answer":"[SECRET_1]"}"#)
+            .unwrap_or_default();
+        let parsed: serde_json::Value = serde_json::from_str(&got).unwrap_or_default();
+        assert!(
+            parsed["answer"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("\nMIIabc\n")
         );
     }
 }

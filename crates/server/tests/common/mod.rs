@@ -320,6 +320,23 @@ pub async fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) 
     admin_as(gw, ADMIN, method, path, body).await
 }
 
+/// Create the team `team` (its admin body: name, limits, policies) and a key in it named
+/// `<name>-k`; the key's secret.
+pub async fn team_key(gw: &Gateway, team: Value) -> String {
+    let name = team["name"].as_str().unwrap().to_owned();
+    let (status, t) = admin(gw, "POST", "/admin/teams", Some(team)).await;
+    assert_eq!(status, 201, "{t}");
+    let (status, k) = admin(
+        gw,
+        "POST",
+        "/admin/keys",
+        Some(serde_json::json!({"team": name, "name": format!("{name}-k")})),
+    )
+    .await;
+    assert_eq!(status, 201, "{k}");
+    k["key"].as_str().unwrap().to_owned()
+}
+
 /// An admin call with credential `key`.
 pub async fn admin_as(
     gw: &Gateway,
