@@ -25,7 +25,7 @@ pub(crate) mod store;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -105,8 +105,9 @@ pub(crate) struct ResponseCache {
     max_entry: usize,
     /// Misses being answered, by key: followers wait on the leader's answer.
     flights: Mutex<HashMap<String, watch::Sender<Option<Arc<Entry>>>>>,
-    /// The semantic indexes, by route.
-    indexes: Mutex<HashMap<String, semantic::Index>>,
+    /// The semantic indexes, by route (searched on a blocking thread: a large one takes
+    /// milliseconds to scan).
+    indexes: Arc<RwLock<HashMap<String, semantic::Index>>>,
     pub stats: Stats,
 }
 
@@ -149,7 +150,7 @@ impl ResponseCache {
             redis,
             max_entry,
             flights: Mutex::default(),
-            indexes: Mutex::default(),
+            indexes: Arc::default(),
             stats: Stats::default(),
         }
     }
@@ -253,12 +254,19 @@ impl ResponseCache {
             self.stats.embed_errors.fetch_add(1, Ordering::Relaxed);
             return Err(None);
         };
-        let found = self
-            .indexes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&sem.route)
-            .and_then(|ix| ix.nearest(&context, &vector, sem.threshold));
+        // Up to `max_entries` dot products (10,000 of 1,536 dimensions: milliseconds): off
+        // the async workers.
+        let (indexes, route, threshold) = (self.indexes.clone(), sem.route.clone(), sem.threshold);
+        let (found, vector) = tokio::task::spawn_blocking(move || {
+            let found = indexes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&route)
+                .and_then(|ix| ix.nearest(&context, &vector, threshold));
+            (found, vector)
+        })
+        .await
+        .map_err(|_| None)?;
         if let Some((_, key)) = found {
             if let Some(e) = self.get(&key, policy).await {
                 return Ok(e);
@@ -266,7 +274,7 @@ impl ResponseCache {
             // Gone from the store (expired, evicted): gone from the index.
             if let Some(ix) = self
                 .indexes
-                .lock()
+                .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get_mut(&sem.route)
             {
@@ -279,7 +287,7 @@ impl ResponseCache {
     /// Questions in the semantic indexes, all routes together.
     pub(crate) fn indexed(&self) -> usize {
         self.indexes
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .map(semantic::Index::len)
@@ -473,7 +481,7 @@ impl Recorder {
         if let (Some(probe), Some(sem)) = (self.probe.take(), &self.policy.semantic) {
             cache
                 .indexes
-                .lock()
+                .write()
                 .unwrap_or_else(PoisonError::into_inner)
                 .entry(sem.route.clone())
                 .or_default()
