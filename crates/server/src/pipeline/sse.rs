@@ -108,52 +108,37 @@ pub(crate) fn body(
                     None => return Some((Ok(Bytes::from(out)), st)),
                 }
             };
-            // The answer guard's verdict on the event (or on the end): the events it lets out,
-            // or the error that ends the stream.
-            let next = match (next, &mut st.answer) {
-                (Ok(Some(Ok(ev))), Some(guard)) => {
-                    st.settlement.observe(&ev);
-                    match guard.event(ev, &mut st.out_events) {
-                        Ok(()) => Ok(Some(Ok(None))),
-                        Err(e) => Err(e),
-                    }
-                }
-                (Ok(None), Some(guard)) => match guard.end(&mut st.out_events) {
-                    Ok(()) => {
-                        for ev in st.out_events.drain(..) {
-                            st.encoder.event(&ev, &mut out);
-                        }
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                },
-                (Ok(Some(Ok(ev))), None) => {
-                    st.settlement.observe(&ev);
-                    Ok(Some(Ok(Some(ev))))
-                }
-                (Ok(Some(Err(e))), _) => Ok(Some(Err(e))),
-                (Ok(None), None) => Ok(None),
-                (Err(e), _) => Err(e),
-            };
-            match next {
+            // Each event is settled as the vendor sent it; the client gets what the answer
+            // guard (when there is one) lets out, or the error it ends the stream with.
+            let step = match next {
                 Ok(Some(Ok(ev))) => {
-                    fruitless = 0;
-                    match ev {
-                        Some(ev) => st.encoder.event(&ev, &mut out),
+                    st.settlement.observe(&ev);
+                    match &mut st.answer {
                         None => {
-                            for ev in st.out_events.drain(..) {
-                                st.encoder.event(&ev, &mut out);
-                            }
+                            st.encoder.event(&ev, &mut out);
+                            Ok(Some(()))
                         }
+                        Some(guard) => guard.event(ev, &mut st.out_events).map(Some),
                     }
                 }
+                Ok(None) => match &mut st.answer {
+                    None => Ok(None),
+                    Some(guard) => guard.end(&mut st.out_events).map(|()| None),
+                },
+                Ok(Some(Err(e))) | Err(e) => Err(e),
+            };
+            for ev in st.out_events.drain(..) {
+                st.encoder.event(&ev, &mut out);
+            }
+            match step {
+                Ok(Some(())) => fruitless = 0,
                 Ok(None) => {
                     st.encoder.end(&mut out);
                     st.settlement.finish(End::Answered);
                     st.done = true;
                     return Some((Ok(Bytes::from(out)), st));
                 }
-                Ok(Some(Err(e))) | Err(e) => {
+                Err(e) => {
                     tracing::warn!(class = e.kind.as_str(), message = %e.message, "stream failed after the first event");
                     st.encoder.error(&e, &mut out);
                     st.settlement.finish(End::Failed {
