@@ -314,6 +314,37 @@ async fn issue22_a_guardrail_webhook_checks_requests_and_answers_and_fails_as_co
     );
     assert!(!body.contains("You said"), "{body}");
     assert_eq!(gw.mock.requests().len(), upstream + 1);
+    // A streamed answer is gathered and checked whole before its first byte: refused as an
+    // error response, or streamed complete once allowed.
+    for (text, refused) in [("repeat echo-block", true), ("repeat this", false)] {
+        let mut body = chat("hooked", text);
+        body["stream"] = json!(true);
+        let (status, _, body) = ask(&gw, "/v1/chat/completions", body).await;
+        if refused {
+            assert_eq!(status, 400, "{body}");
+            assert!(body.contains("refused the answer"), "{body}");
+            assert!(!body.contains("You said"), "{body}");
+        } else {
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                body.contains("\"this\"") && body.ends_with("data: [DONE]\n\n"),
+                "{body}"
+            );
+        }
+    }
+    let answers: Vec<Value> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["stage"] == "response")
+        .cloned()
+        .collect();
+    assert!(
+        answers
+            .iter()
+            .any(|v| v["text"].as_str().unwrap_or("").contains("repeat this")),
+        "the streamed answer was checked: {answers:?}"
+    );
 
     // A hook that is slow or talks nonsense: refused (closed) ...
     for text in ["slow please", "garbage please"] {
@@ -322,8 +353,8 @@ async fn issue22_a_guardrail_webhook_checks_requests_and_answers_and_fails_as_co
     }
     let metrics = gw.get_text("/metrics").await;
     for line in [
-        "relais_guardrail_hook_checks_total{outcome=\"allowed\"} 3",
-        "relais_guardrail_hook_checks_total{outcome=\"blocked\"} 2",
+        "relais_guardrail_hook_checks_total{outcome=\"allowed\"} 6",
+        "relais_guardrail_hook_checks_total{outcome=\"blocked\"} 3",
         "relais_guardrail_hook_checks_total{outcome=\"failed\"} 2",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");

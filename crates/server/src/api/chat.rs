@@ -101,6 +101,11 @@ pub(super) async fn serve(
             ctx,
             guards.hook_request(&live.runtime.http, at, &req).await
         );
+        if guards.hook_checks_answers() {
+            // The hook reads the answer folded from decoded events.
+            req.passthrough = false;
+            req.responses_body = None;
+        }
     }
     let carried = Carried {
         class,
