@@ -272,7 +272,9 @@ struct LimitArgs {
 /// `class=action`, the action one of allow, mask, route, block.
 fn guard_rule(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((class, action @ ("allow" | "mask" | "route" | "block"))) if !class.is_empty() => {
+        Some((class, action @ ("allow" | "mask" | "route" | "block")))
+            if !class.trim().is_empty() =>
+        {
             Ok((class.trim().to_owned(), action.to_owned()))
         }
         _ => Err(format!(

@@ -178,6 +178,7 @@ impl ResponseCache {
         caller: &Caller<'_>,
         headers: &HeaderMap,
         req: &ChatRequest,
+        allow: Option<relais_router::Allow<'_>>,
     ) -> Lookup {
         let (no_store, no_cache) = directives(headers);
         let sampled = req.temperature.is_some_and(|t| t > 0.0) && req.seed.is_none();
@@ -196,7 +197,7 @@ impl ResponseCache {
         }
         let mut probe = None;
         if let Some(sem) = &policy.semantic {
-            match self.by_meaning(sem, policy, caller, req).await {
+            match self.by_meaning(sem, (policy, caller, allow), req).await {
                 Ok(e) => {
                     self.stats.semantic_hits.fetch_add(1, Ordering::Relaxed);
                     self.hit(&e);
@@ -239,18 +240,19 @@ impl ResponseCache {
 
     /// The semantic cache: an entry whose question means the same, or what this question's
     /// answer is indexed under once stored (nothing when it cannot be embedded).
+    /// The question is embedded only where the request itself may go (`allow`: the caller's
+    /// vendors and data classes, the classes the guardrails found).
     async fn by_meaning(
         &self,
         sem: &semantic::Semantic,
-        policy: &Policy,
-        caller: &Caller<'_>,
+        (policy, caller, allow): (&Policy, &Caller<'_>, Option<relais_router::Allow<'_>>),
         req: &ChatRequest,
     ) -> Result<Arc<Entry>, Option<semantic::Probe>> {
         let question = semantic::question(req).ok_or(None)?;
         let n = req.messages.len().saturating_sub(1);
         let context = digest(&scope(policy, caller), req, &req.messages[..n], "semantic");
         self.stats.embedded.fetch_add(1, Ordering::Relaxed);
-        let Some(vector) = sem.embed(question).await else {
+        let Some(vector) = sem.embed(question, allow).await else {
             self.stats.embed_errors.fetch_add(1, Ordering::Relaxed);
             return Err(None);
         };
@@ -479,13 +481,20 @@ impl Recorder {
             cache.land(&self.key, Some(entry.clone()));
         }
         if let (Some(probe), Some(sem)) = (self.probe.take(), &self.policy.semantic) {
-            cache
-                .indexes
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(sem.route.clone())
-                .or_default()
-                .insert(probe, &self.key, sem.max_entries);
+            let (route, key, max) = (sem.route.clone(), self.key.clone(), sem.max_entries);
+            let insert = move |ix: &mut HashMap<String, semantic::Index>| {
+                ix.entry(route).or_default().insert(probe, &key, max);
+            };
+            match cache.indexes.try_write() {
+                Ok(mut ix) => insert(&mut ix),
+                // A search holds the index (milliseconds, on a blocking thread): wait there.
+                Err(_) => {
+                    let indexes = cache.indexes.clone();
+                    tokio::task::spawn_blocking(move || {
+                        insert(&mut indexes.write().unwrap_or_else(PoisonError::into_inner));
+                    });
+                }
+            }
         }
         let (key, ttl) = (std::mem::take(&mut self.key), self.policy.ttl);
         if !self.policy.redis {

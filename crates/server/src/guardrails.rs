@@ -311,27 +311,18 @@ impl Guardrails {
         }: &GuardPolicy,
     ) -> Result<Inspection, Error> {
         let action = |c: &str| policy.get(c).copied().unwrap_or(GuardAction::Allow);
-        let mut found: Vec<(String, bool)> = Vec::new();
-        let mut vault = Vault::default();
+        let mut scan = Scan {
+            detectors: &self.detectors,
+            action: &action,
+            vault: Vault::default(),
+            found: Vec::new(),
+        };
         for m in &mut req.messages {
             for part in &mut m.content {
-                let text = match part {
-                    ContentPart::Text(t) => t,
-                    ContentPart::ToolResult { content, .. } => content,
-                    ContentPart::ToolCall(c) => &mut c.arguments,
-                    _ => continue,
-                };
-                let findings = self.detectors.scan(text);
-                for f in &findings {
-                    let masked = action(&f.class) == GuardAction::Mask;
-                    match found.iter_mut().find(|(c, _)| *c == f.class) {
-                        Some((_, all_masked)) => *all_masked &= masked,
-                        None => found.push((f.class.clone(), masked)),
-                    }
-                }
-                vault.mask(text, &findings, |c| action(c) == GuardAction::Mask);
+                scan.part(part);
             }
         }
+        let Scan { vault, found, .. } = scan;
         let mut out = Inspection::default();
         let mut blocked = None;
         for (c, all_masked) in found {
@@ -390,6 +381,109 @@ impl Guardrails {
     /// (class, action, detections) so far, in requests and in answers.
     pub(crate) fn counts(&self) -> [Vec<(String, &'static str, u64)>; 2] {
         [listed(&self.counts), listed(&self.answer_counts)]
+    }
+}
+
+/// One request's scan: every text part read, values of masked classes replaced in place.
+struct Scan<'a> {
+    detectors: &'a Detectors,
+    action: &'a dyn Fn(&str) -> GuardAction,
+    vault: Vault,
+    /// Each class found, and whether every value of it was masked.
+    found: Vec<(String, bool)>,
+}
+
+/// Keys of an opaque part that hold no text a person wrote (identifiers, types, signatures).
+const NOT_TEXT: [&str; 8] = [
+    "type",
+    "media_type",
+    "signature",
+    "id",
+    "tool_use_id",
+    "name",
+    "url",
+    "file_id",
+];
+
+impl Scan<'_> {
+    fn part(&mut self, part: &mut ContentPart) {
+        match part {
+            ContentPart::Text(t) => {
+                self.text(t, true);
+            }
+            ContentPart::ToolResult { content, .. } => {
+                self.json_or_text(content);
+            }
+            ContentPart::ToolCall(c) => {
+                self.json_or_text(&mut c.arguments);
+            }
+            // Signed reasoning is the vendor's own text, returned as it was written (relais
+            // never restores values in it): read, never rewritten, or its signature breaks.
+            ContentPart::Reasoning { text, signature } => {
+                let unsigned = signature.is_none();
+                self.text(text, unsigned);
+            }
+            // Parts relais forwards as they came (a text document, a cited one): their text
+            // leaves are read and masked where they stand.
+            ContentPart::Opaque { value, .. } => {
+                self.value(value);
+            }
+            ContentPart::Image { .. }
+            | ContentPart::Document { .. }
+            | ContentPart::CacheBreakpoint(_) => {}
+        }
+    }
+
+    /// Scan `t`; mask (when `may_mask`) the values of masked classes. Whether it changed.
+    fn text(&mut self, t: &mut String, may_mask: bool) -> bool {
+        let findings = self.detectors.scan(t);
+        for f in &findings {
+            let masked = may_mask && (self.action)(&f.class) == GuardAction::Mask;
+            match self.found.iter_mut().find(|(c, _)| *c == f.class) {
+                Some((_, all_masked)) => *all_masked &= masked,
+                None => self.found.push((f.class.clone(), masked)),
+            }
+        }
+        let action = self.action;
+        may_mask
+            && self
+                .vault
+                .mask(t, &findings, |c| action(c) == GuardAction::Mask)
+    }
+
+    /// JSON text (a tool call's arguments, a tool's result) is masked inside its strings, so
+    /// it stays JSON and the vault keeps values as they read; other text as text.
+    fn json_or_text(&mut self, s: &mut String) {
+        let trimmed = s.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            if let Ok(mut v) = serde_json::from_str::<Value>(s) {
+                if self.value(&mut v) {
+                    *s = v.to_string();
+                }
+                return;
+            }
+        }
+        self.text(s, true);
+    }
+
+    /// Every text leaf of `v` (base64 data and identifiers skipped). Whether any changed.
+    fn value(&mut self, v: &mut Value) -> bool {
+        match v {
+            Value::String(s) => self.text(s, true),
+            Value::Array(items) => items.iter_mut().fold(false, |c, i| self.value(i) | c),
+            Value::Object(obj) => {
+                let binary = obj.get("type").and_then(Value::as_str) == Some("base64");
+                let mut changed = false;
+                for (k, item) in obj.iter_mut() {
+                    if NOT_TEXT.contains(&k.as_str()) || (binary && k == "data") {
+                        continue;
+                    }
+                    changed |= self.value(item);
+                }
+                changed
+            }
+            _ => false,
+        }
     }
 }
 

@@ -462,6 +462,46 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
         bodies.push(text);
     }
 
+    // JSON is masked inside its strings: a tool call's arguments stay JSON for the vendor.
+    let body = json!({"model": "masked", "max_tokens": 20, "messages": [
+        {"role": "user", "content": "Send the statement."},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "send", "arguments": json!({"to": EMAIL, "iban": IBAN}).to_string()}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": json!({"sent_to": EMAIL}).to_string()},
+    ]});
+    let (status, _, text) = ask(&gw, "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{text}");
+    let sent = gw.mock.requests().last().unwrap().body.clone();
+    let args: Value = serde_json::from_str(
+        sent["messages"][1]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"to": "[EMAIL_1]", "iban": "[IBAN_1]"}));
+    let result: Value =
+        serde_json::from_str(sent["messages"][2]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(result, json!({"sent_to": "[EMAIL_1]"}));
+    assert!(!sent.to_string().contains(EMAIL), "{sent}");
+    // A part relais forwards as it came (an Anthropic text document) is read too: a card in
+    // it is refused before anything goes upstream.
+    let upstream = gw.mock.requests().len();
+    let (status, _, text) = ask(
+        &gw,
+        "/v1/messages",
+        json!({"model": "masked", "max_tokens": 20, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+             "data": "Refund card 4111 1111 1111 1111 today."}, "citations": {"enabled": true}},
+            {"type": "text", "text": "Summarise the document."}]}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("'payment_card'") && !text.contains("4111"),
+        "{text}"
+    );
+    assert_eq!(gw.mock.requests().len(), upstream);
+
     // The cache keys on what the vendor sees: another address, the same masked question, is a
     // hit, answered with this request's own address.
     let other = "max.mustermann@example.de";
@@ -545,7 +585,7 @@ async fn issue22_masked_values_never_reach_the_vendor_and_come_back_in_every_ans
     assert!(classes.contains(&"us_ssn"), "{rows}");
     let metrics = gw.get_text("/metrics").await;
     for line in [
-        "relais_guardrail_detections_total{class=\"email\",action=\"mask\"} 5",
+        "relais_guardrail_detections_total{class=\"email\",action=\"mask\"} 6",
         "relais_guardrail_answer_detections_total{class=\"phone\",action=\"mask\"} 2",
         "relais_guardrail_answer_detections_total{class=\"us_ssn\",action=\"block\"} 3",
     ] {

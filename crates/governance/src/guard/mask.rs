@@ -28,6 +28,10 @@ pub const ANSWER_HOLD: usize = 256;
 /// complete (masked or refused) rather than buffered without bound.
 pub const HELD_MAX: usize = 32 * 1024;
 
+/// While answers are checked, the held text is scanned again only once it has grown by this
+/// much (a stream's deltas are a few bytes each: scanning each would repeat the work).
+const SCAN_STEP: usize = 32;
+
 /// The placeholders of one request and the values they stand for.
 #[derive(Debug, Default)]
 pub struct Vault {
@@ -170,7 +174,8 @@ pub enum Part {
 pub struct AnswerFilter {
     vault: Vault,
     rules: Vec<(String, AnswerRule)>,
-    held: Vec<(Part, String)>,
+    /// Per part: the text held, and its length when it was last scanned.
+    held: Vec<(Part, String, usize)>,
     /// Classes masked in the answer so far, one entry per value (for the metrics).
     masked: Vec<String>,
     /// The answer's text is JSON (JSON mode): values are put back escaped, like a tool
@@ -212,26 +217,32 @@ impl AnswerFilter {
 
     /// Take a piece of `part`; what may leave now (possibly nothing).
     pub fn push(&mut self, det: &Detectors, part: Part, piece: &str) -> Result<String, Blocked> {
-        let i = match self.held.iter().position(|(p, _)| *p == part) {
+        let i = match self.held.iter().position(|(p, ..)| *p == part) {
             Some(i) => i,
             None => {
-                self.held.push((part, String::new()));
+                self.held.push((part, String::new(), 0));
                 self.held.len() - 1
             }
         };
-        let mut buf = std::mem::take(&mut self.held[i].1);
+        let checks = self.checks();
+        let (_, buf, scanned) = &mut self.held[i];
         buf.push_str(piece);
+        if checks && buf.len() < *scanned + SCAN_STEP {
+            return Ok(String::new());
+        }
+        let mut buf = std::mem::take(buf);
         let out = self.release(det, part, &mut buf, false);
+        self.held[i].2 = buf.len();
         self.held[i].1 = buf;
         out
     }
 
     /// The end of `part`: everything held of it.
     pub fn flush(&mut self, det: &Detectors, part: Part) -> Result<String, Blocked> {
-        let Some(i) = self.held.iter().position(|(p, _)| *p == part) else {
+        let Some(i) = self.held.iter().position(|(p, ..)| *p == part) else {
             return Ok(String::new());
         };
-        let (_, mut buf) = self.held.swap_remove(i);
+        let (_, mut buf, _) = self.held.remove(i);
         self.release(det, part, &mut buf, true)
     }
 
@@ -239,8 +250,8 @@ impl AnswerFilter {
     pub fn holding(&self) -> Vec<Part> {
         self.held
             .iter()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(p, _)| *p)
+            .filter(|(_, b, _)| !b.is_empty())
+            .map(|(p, ..)| *p)
             .collect()
     }
 
@@ -254,8 +265,8 @@ impl AnswerFilter {
         self.rules.iter().find(|(c, _)| c == class).map(|(_, r)| *r)
     }
 
-    /// Release the front of `buf` that can be decided: all of it when `last` (or when an
-    /// unfinished value has held more than [`HELD_MAX`]).
+    /// Release the front of `buf` that can be decided: all of it when `last`. A value still
+    /// unfinished past [`HELD_MAX`] is treated as complete (masked or refused whole).
     fn release(
         &mut self,
         det: &Detectors,
@@ -267,12 +278,7 @@ impl AnswerFilter {
         if !last && buf.len() <= hold && (hold > 0 || buf.is_empty()) {
             return Ok(String::new());
         }
-        let last = last || buf.len() > HELD_MAX;
-        let mut cut = if last {
-            buf.len()
-        } else {
-            floor_boundary(buf, buf.len() - hold)
-        };
+        let forced = !last && buf.len() > HELD_MAX;
         let findings: Vec<Finding> = if self.checks() {
             det.scan(buf)
                 .into_iter()
@@ -281,21 +287,15 @@ impl AnswerFilter {
         } else {
             Vec::new()
         };
-        if !last {
-            // A value that runs past the cut waits whole for the next piece.
-            if let Some(f) = findings.iter().find(|f| f.start < cut && f.end > cut) {
-                cut = f.start;
-            }
-            // So does a placeholder the cut would split.
-            let from = floor_boundary(buf, cut.saturating_sub(PLACEHOLDER_MAX));
-            if let Some(open) = buf[from..cut].rfind('[') {
-                let open = from + open;
-                if buf[open + 1..cut].chars().all(is_placeholder_char) {
-                    cut = open;
-                }
-            }
-        }
+        let cut = if last {
+            buf.len()
+        } else {
+            cut_at(buf, buf.len() - hold, hold > 0, &findings, forced)
+        };
         let json = matches!(part, Part::ToolArguments(_)) || (part == Part::Text && self.json_text);
+        // Reasoning keeps the placeholders: it is the vendor's own text, and signed reasoning
+        // must come back to it as it was written.
+        let restore = part != Part::Reasoning;
         let mut out = String::with_capacity(cut);
         let mut at = 0;
         for f in findings.iter().filter(|f| f.end <= cut) {
@@ -307,7 +307,7 @@ impl AnswerFilter {
                 }
                 Some(AnswerRule::Mask) => {
                     self.masked.push(f.class.clone());
-                    self.vault.restore_into(&buf[at..f.start], json, &mut out);
+                    put(&self.vault, restore, &buf[at..f.start], json, &mut out);
                     out.push('[');
                     out.push_str(&tag(&f.class));
                     out.push_str("_REDACTED]");
@@ -316,9 +316,56 @@ impl AnswerFilter {
                 None => {}
             }
         }
-        self.vault.restore_into(&buf[at..cut], json, &mut out);
+        put(&self.vault, restore, &buf[at..cut], json, &mut out);
         buf.drain(..cut);
         Ok(out)
+    }
+}
+
+/// `text` into `out`, its placeholders restored when `restore`.
+fn put(vault: &Vault, restore: bool, text: &str, json: bool, out: &mut String) {
+    if restore {
+        vault.restore_into(text, json, out);
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// Where to cut `buf` (before `want`, the length minus what is held back) so that the text
+/// released can be decided: at a space when one is near (the next scan starts at a word), never
+/// inside a finding that runs past it (it waits whole; when `forced`, it leaves whole) nor
+/// inside a placeholder.
+fn cut_at(buf: &str, want: usize, at_space: bool, findings: &[Finding], forced: bool) -> usize {
+    let mut cut = floor_boundary(buf, want);
+    if at_space {
+        let from = floor_boundary(buf, cut.saturating_sub(64));
+        if let Some(ws) = buf[from..cut].rfind([' ', '\n', '\t']) {
+            cut = from + ws + 1;
+        }
+    }
+    if forced {
+        if let Some(f) = findings.iter().find(|f| f.start < cut && f.end > cut) {
+            cut = f.end;
+        }
+        return cut;
+    }
+    // Each step only moves the cut back, to the start of a finding or of a placeholder: it
+    // ends when neither straddles it.
+    loop {
+        let before = cut;
+        if let Some(f) = findings.iter().find(|f| f.start < cut && f.end > cut) {
+            cut = f.start;
+        }
+        let from = floor_boundary(buf, cut.saturating_sub(PLACEHOLDER_MAX));
+        if let Some(open) = buf[from..cut].rfind('[') {
+            let open = from + open;
+            if buf[open + 1..cut].chars().all(is_placeholder_char) {
+                cut = open;
+            }
+        }
+        if cut == before {
+            return cut;
+        }
     }
 }
 
@@ -392,6 +439,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn reasoning_keeps_its_placeholders() {
+        let d = det();
+        let mut v = Vault::default();
+        masked("mail jane.doe@example.com", &mut v, &d);
+        let mut f = AnswerFilter::new(v, Vec::new());
+        let thought = f
+            .whole(&d, Part::Reasoning, "Reply to [EMAIL_1].")
+            .unwrap_or_default();
+        assert_eq!(thought, "Reply to [EMAIL_1].");
+        let said = f
+            .whole(&d, Part::Text, "Reply to [EMAIL_1].")
+            .unwrap_or_default();
+        assert_eq!(said, "Reply to jane.doe@example.com.");
     }
 
     #[test]

@@ -119,13 +119,22 @@ pub(super) async fn serve(
         ctx,
         admit::settlement(app, live, ctx, caller, key, worst).await
     );
+    // Where this request may go (the caller's vendors and data class, the classes found): the
+    // routing, Plan B's copies and the semantic cache's embedding all keep to it.
+    let allow = |d: &relais_router::Deployment| carried.allows(caller, d);
+    let restricted = carried
+        .restricts(caller)
+        .then_some(&allow as relais_router::Allow<'_>);
     // The response cache, after admission: a hit is still a request under the key's limits.
     let mut cache_label = None;
     if let (Some(cache), Some(policy)) = (
         &live.runtime.cache,
         live.runtime.cached_routes.get(&req.model),
     ) {
-        let recorder = match cache.lookup(policy, caller, headers, &req).await {
+        let recorder = match cache
+            .lookup(policy, caller, headers, &req, restricted)
+            .await
+        {
             Lookup::Hit(e) => {
                 let age = (now_ms() - e.stored_ms) / 1000;
                 settlement.set_hit(e.clone(), policy.charge);
@@ -160,7 +169,6 @@ pub(super) async fn serve(
         payer: caller.payer(),
     };
     settlement.set_classes(class, &inspection.classes);
-    let allow = |d: &relais_router::Deployment| carried.allows(caller, d);
     settlement.set_tap(app.planb.tap(live, &mut req, &seen, allow));
     let trace = live.runtime.otel.as_ref().map(|t| {
         let (tc, mut spans) =

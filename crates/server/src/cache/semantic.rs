@@ -68,14 +68,19 @@ pub(crate) struct Probe {
 }
 
 impl Semantic {
-    /// The question's unit vector, from the embeddings route (`None` when it fails).
-    pub(crate) async fn embed(&self, question: String) -> Option<Vec<f32>> {
+    /// The question's unit vector, from the embeddings route's deployments that `allow`
+    /// admits (`None` when it fails or none may take it).
+    pub(crate) async fn embed(
+        &self,
+        question: String,
+        allow: Option<relais_router::Allow<'_>>,
+    ) -> Option<Vec<f32>> {
         let req = EmbedRequest {
             model: self.embeddings.name.clone(),
             input: vec![question],
             ..EmbedRequest::default()
         };
-        match self.embeddings.embed(&req, None).await {
+        match self.embeddings.embed(&req, allow).await {
             Ok((_, resp, ..)) => resp.embeddings.into_iter().next().and_then(unit),
             Err(ex) => {
                 tracing::debug!(
@@ -161,12 +166,27 @@ impl Index {
 
     /// Forget `key` (its entry expired or was evicted from the store).
     pub(crate) fn remove(&mut self, context: &[u8; 32], key: &str) {
-        if let Some(items) = self.by_context.get_mut(context) {
-            if let Some(at) = items.iter().position(|i| i.key == key) {
-                items.remove(at);
-                // Its place in `order` goes with the next eviction of this context, which
-                // then removes one item fewer than it could: the bound still holds.
-            }
+        let Some(items) = self.by_context.get_mut(context) else {
+            return;
+        };
+        let Some(at) = items.iter().position(|i| i.key == key) else {
+            return;
+        };
+        items.remove(at);
+        if items.is_empty() {
+            self.by_context.remove(context);
+        }
+        // The context's places in `order` are its items' in the same order: drop the one of
+        // the item removed, so evictions keep taking the oldest.
+        if let Some(slot) = self
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| *c == context)
+            .nth(at)
+            .map(|(i, _)| i)
+        {
+            self.order.remove(slot);
         }
     }
 
@@ -229,6 +249,30 @@ mod tests {
         assert!(ix.nearest(&a, &v(1.0, 0.0), 0.9).is_none());
         ix.remove(&b, "k3");
         assert_eq!(ix.len(), 2);
+        assert_eq!(ix.order.len(), 2, "the removed item's place went with it");
+        // The next insertions evict the oldest left (k2), never a newer one.
+        ix.insert(
+            Probe {
+                context: a,
+                vector: v(1.0, 0.0),
+            },
+            "k5",
+            3,
+        );
+        ix.insert(
+            Probe {
+                context: a,
+                vector: v(0.5, 0.5),
+            },
+            "k6",
+            3,
+        );
+        assert_eq!(ix.len(), 3);
+        assert!(
+            ix.nearest(&a, &v(0.0, 1.0), 0.99).is_none(),
+            "k2 left first"
+        );
+        assert!(ix.nearest(&b, &v(0.0, 1.0), 0.99).is_some(), "k4 stays");
         assert!(unit(vec![0.0, 0.0]).is_none());
     }
 }

@@ -102,15 +102,16 @@ pub struct CustomClassConfig {
 }
 
 /// What a route (or a key or team) does with a request carrying a class of data, from the
-/// most lenient to the strictest: where policies meet, the strictest wins.
+/// most lenient to the strictest: where policies meet, the strictest wins. `mask` is stricter
+/// than `route`: a masked value reaches no vendor at all.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum GuardAction {
     Allow,
-    /// Reversible placeholders: the vendor never sees the value, the client gets it back.
-    Mask,
     /// Only deployments that list the class may serve the request.
     Route,
+    /// Reversible placeholders: the vendor never sees the value, the client gets it back.
+    Mask,
     Block,
 }
 
@@ -125,7 +126,7 @@ impl GuardAction {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Allow, Self::Mask, Self::Route, Self::Block]
+        [Self::Allow, Self::Route, Self::Mask, Self::Block]
             .into_iter()
             .find(|a| a.as_str() == s)
     }

@@ -125,7 +125,13 @@ pub(crate) fn body(
                     None => Ok(None),
                     Some(guard) => guard.end(&mut st.out_events).map(|()| None),
                 },
-                Ok(Some(Err(e))) | Err(e) => Err(e),
+                Ok(Some(Err(e))) | Err(e) => {
+                    // What the guard held and can clear leaves before the error event.
+                    if let Some(guard) = &mut st.answer {
+                        let _ = guard.end(&mut st.out_events);
+                    }
+                    Err(e)
+                }
             };
             for ev in st.out_events.drain(..) {
                 st.encoder.event(&ev, &mut out);
