@@ -196,6 +196,10 @@ async fn issue22_a_guardrail_policy_names_known_classes_and_actions() {
             "answer_guardrails = { passport = \"mask\" }",
             "answer_guardrails.passport",
         ),
+        (
+            "kind = \"embeddings\"\nguardrails = { email = \"block\" }",
+            "only chat routes",
+        ),
     ] {
         let text = format!(
             "[providers.up]\ntype = \"openai_compat\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[routes.r]\ndeployments = [{{ provider = \"up\", model = \"m\" }}]\n{policy}\n"

@@ -579,6 +579,11 @@ fn build_guardrails(raw: &RawConfig, origin: &str) -> Result<GuardParts, ConfigE
         if r.guardrails.is_none() && r.answer_guardrails.is_none() {
             continue;
         }
+        if relais_router::RouteKind::from(r.kind) != relais_router::RouteKind::Chat {
+            return Err(ConfigError(format!(
+                "{origin}: routes.{name}.guardrails: only chat routes are guarded (an embeddings input is not checked)"
+            )));
+        }
         let empty = BTreeMap::new();
         let policy = r.guardrails.as_ref().unwrap_or(&empty);
         let answers = r
