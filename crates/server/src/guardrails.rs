@@ -361,6 +361,9 @@ impl Guardrails {
             Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
         );
         let filter = AnswerFilter::new(vault, rules).json_text(json);
+        if filter.is_active() || self.hook_checks_answers() {
+            canonical_only(route, req, "masks or checks answers")?;
+        }
         if filter.is_active() {
             // The answer is rewritten from decoded events: nothing may skip the filter.
             req.passthrough = false;
@@ -485,6 +488,39 @@ impl Scan<'_> {
             _ => false,
         }
     }
+}
+
+/// The hosted tools (`web_search`, ...) of a Responses API request bound for an upstream that
+/// speaks it natively, by type: only the native body carries them.
+pub(crate) fn hosted_tools(req: &ChatRequest) -> Vec<String> {
+    let Some(tools) = req
+        .responses_body
+        .as_ref()
+        .and_then(|b| b.get("tools"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    tools
+        .iter()
+        .filter_map(|t| t.get("type").and_then(Value::as_str))
+        .filter(|t| *t != "function")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A request relais must rewrite (`why`) cannot keep hosted tools, which only travel in the
+/// native body: refused by name rather than dropped.
+fn canonical_only(route: &str, req: &ChatRequest, why: &str) -> Result<(), Error> {
+    let hosted = hosted_tools(req);
+    if hosted.is_empty() {
+        return Ok(());
+    }
+    Err(Error::unsupported(format!(
+        "hosted tools are not supported ({}): route '{route}' {why}, which needs the request in relais's own form; offer them as function tools",
+        hosted.join(", ")
+    ))
+    .with_param("tools"))
 }
 
 fn bump(counts: &Mutex<HashMap<(String, &'static str), u64>>, class: &str, action: &'static str) {

@@ -669,3 +669,73 @@ async fn issue22_a_team_policy_masks_and_blocks_for_its_keys_only() {
     let (status, _) = send(keys[1].clone(), format!("IBAN {IBAN}")).await;
     assert_eq!(status, 200);
 }
+
+/// Issue 22: hosted tools (Responses API, native upstream) travel only in the client's own
+/// body. A route that must rewrite the request (masking) refuses them by name; a cached route
+/// lets them go around the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_hosted_tools_are_refused_by_name_where_the_request_is_rewritten() {
+    let gw = Gateway::start(&format!(
+        r#"
+[providers.resp]
+type = "openai_compat"
+base_url = "MOCK/v1"
+api_key = "{}"
+wire_api = "responses"
+
+[routes.native-masked]
+deployments = [{{ provider = "resp", model = "gpt-5" }}]
+guardrails = {{ email = "mask" }}
+
+[routes.native-cached]
+deployments = [{{ provider = "resp", model = "gpt-5" }}]
+
+[routes.native-cached.cache]
+ttl_secs = 60
+"#,
+        common::UPSTREAM_KEY
+    ))
+    .await;
+    let input = format!("mail {EMAIL} the news");
+    let upstream = gw.mock.requests().len();
+    let resp = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "native-masked", "input": input, "tools": [{"type": "web_search"}]}),
+        )
+        .await;
+    let e = common::error_of(resp, 400).await;
+    assert_eq!(e["param"], "tools", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("web_search"), "{e}");
+    assert_eq!(gw.mock.requests().len(), upstream, "nothing went upstream");
+    // Without hosted tools: masked for the vendor, restored for the client.
+    let resp = gw
+        .post(
+            "/v1/responses",
+            &json!({"model": "native-masked", "input": input}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let r: Value = resp.json().await.unwrap();
+    assert!(r.to_string().contains(EMAIL), "{r}");
+    assert!(vendor_saw_anything(&gw).contains("[EMAIL_1]"));
+    assert!(!vendor_saw_anything(&gw).contains(EMAIL));
+    // A cached route: the request goes around the cache, hosted tools and all.
+    for _ in 0..2 {
+        let resp = gw
+            .post(
+                "/v1/responses",
+                &json!({"model": "native-cached", "input": "news?", "tools": [{"type": "web_search"}]}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-relais-cache"], "bypass");
+        let sent = gw.mock.requests().last().unwrap().body.clone();
+        assert_eq!(sent["tools"], json!([{"type": "web_search"}]), "{sent}");
+    }
+}
+
+/// The whole body the mock vendor last received, as text.
+fn vendor_saw_anything(gw: &Gateway) -> String {
+    gw.mock.requests().last().unwrap().body.to_string()
+}

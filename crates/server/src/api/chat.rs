@@ -127,10 +127,20 @@ pub(super) async fn serve(
         .then_some(&allow as relais_router::Allow<'_>);
     // The response cache, after admission: a hit is still a request under the key's limits.
     let mut cache_label = None;
-    if let (Some(cache), Some(policy)) = (
-        &live.runtime.cache,
-        live.runtime.cached_routes.get(&req.model),
-    ) {
+    let mut cached = live.runtime.cached_routes.get(&req.model);
+    if let (Some(cache), Some(_)) = (&live.runtime.cache, cached) {
+        // Hosted tools travel only in the native body, which a recorded answer cannot keep:
+        // such a request goes around the cache.
+        if !crate::guardrails::hosted_tools(&req).is_empty() {
+            cache
+                .stats
+                .bypasses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cache_label = Some("bypass");
+            cached = None;
+        }
+    }
+    if let (Some(cache), Some(policy)) = (&live.runtime.cache, cached) {
         let recorder = match cache
             .lookup(policy, caller, headers, &req, restricted)
             .await
