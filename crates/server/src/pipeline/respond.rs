@@ -63,7 +63,7 @@ pub(crate) async fn chat(
         };
         // The hook judges whole answers: gather the stream, ask, then stream what was gathered.
         let gather_start = Instant::now();
-        let (events, gathered) = gather(routed.stream).await;
+        let (events, gathered) = gather(routed.stream, &mut abort.clone()).await;
         let verdict = match gathered {
             Ok(r) => g.hook_answer(http, (&req.model, &ctx.id), &r).await,
             Err(e) => Err(e),
@@ -246,17 +246,27 @@ async fn collect(
 }
 
 /// Gather a stream whole, without settling anything: its events, and the answer they fold
-/// into (or the error that ended it).
-async fn gather(mut stream: EventStream) -> (Vec<StreamEvent>, Result<ChatResponse, Error>) {
+/// into (or the error that ended it, the drain deadline of a shutdown included).
+async fn gather(
+    mut stream: EventStream,
+    abort: &mut watch::Receiver<bool>,
+) -> (Vec<StreamEvent>, Result<ChatResponse, Error>) {
     let mut events = Vec::new();
     let mut c = Collector::new();
-    while let Some(ev) = stream.next().await {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = super::sse::aborted(abort) => return (events, Err(super::sse::cut_at_drain())),
+            next = stream.next() => next,
+        };
+        let Some(ev) = next else {
+            return (events, Ok(c.finish()));
+        };
         match ev.and_then(|ev| c.push(&ev).map(|()| ev)) {
             Ok(ev) => events.push(ev),
             Err(e) => return (events, Err(e)),
         }
     }
-    (events, Ok(c.finish()))
 }
 
 /// One log line per failed request: DEBUG for the client's own errors, WARN for the rest.

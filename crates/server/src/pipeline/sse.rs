@@ -12,7 +12,8 @@ use super::{End, Settlement};
 use crate::dialect::Encoder;
 use crate::guardrails::AnswerGuard;
 
-async fn aborted(rx: &mut watch::Receiver<bool>) {
+/// Resolves when the drain deadline of a shutdown cuts streams.
+pub(super) async fn aborted(rx: &mut watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -36,6 +37,15 @@ struct BodyState {
     done: bool,
     /// The first write left: later writes may step aside to gather a burst.
     started: bool,
+}
+
+/// The error a stream cut at the drain deadline ends with.
+pub(super) fn cut_at_drain() -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        Side::Gateway,
+        "gateway is shutting down; the stream was cut at the drain deadline",
+    )
 }
 
 /// Largest write assembled from events that were ready at once.
@@ -78,11 +88,7 @@ pub(crate) fn body(
             let next = if out.is_empty() {
                 tokio::select! {
                     biased;
-                    () = aborted(&mut st.abort) => Err(Error::new(
-                        ErrorKind::Unavailable,
-                        Side::Gateway,
-                        "gateway is shutting down; the stream was cut at the drain deadline",
-                    )),
+                    () = aborted(&mut st.abort) => Err(cut_at_drain()),
                     item = st.stream.next() => Ok(item),
                 }
             } else if out.len() >= COALESCE_LIMIT {
