@@ -396,8 +396,9 @@ struct Scan<'a> {
     found: Vec<(String, bool)>,
 }
 
-/// Keys of an opaque part that hold no text a person wrote (identifiers, types, signatures).
-const NOT_TEXT: [&str; 8] = [
+/// Keys of an opaque part that hold no text a person wrote (identifiers, types, signatures,
+/// encoded files).
+const NOT_TEXT: &[&str] = &[
     "type",
     "media_type",
     "signature",
@@ -406,6 +407,10 @@ const NOT_TEXT: [&str; 8] = [
     "name",
     "url",
     "file_id",
+    "file_data",
+    "image_url",
+    "format",
+    "detail",
 ];
 
 impl Scan<'_> {
@@ -469,16 +474,17 @@ impl Scan<'_> {
         self.text(s, true);
     }
 
-    /// Every text leaf of `v` (base64 data and identifiers skipped). Whether any changed.
+    /// Every text leaf of `v` (identifiers skipped, and `data` unless its object says it is
+    /// text: base64 images, audio and PDFs would read as secrets). Whether any changed.
     fn value(&mut self, v: &mut Value) -> bool {
         match v {
             Value::String(s) => self.text(s, true),
             Value::Array(items) => items.iter_mut().fold(false, |c, i| self.value(i) | c),
             Value::Object(obj) => {
-                let binary = obj.get("type").and_then(Value::as_str) == Some("base64");
+                let text_data = obj.get("type").and_then(Value::as_str) == Some("text");
                 let mut changed = false;
                 for (k, item) in obj.iter_mut() {
-                    if NOT_TEXT.contains(&k.as_str()) || (binary && k == "data") {
+                    if NOT_TEXT.contains(&k.as_str()) || (k == "data" && !text_data) {
                         continue;
                     }
                     changed |= self.value(item);

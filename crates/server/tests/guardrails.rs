@@ -86,6 +86,18 @@ async fn issue22_guardrails_block_route_and_count_by_class() {
     )
     .await;
     assert_eq!((status, dep.as_str()), (200, "backup/in-house"));
+    // Encoded media (an audio part relais forwards as it came) is not read as text: its base64
+    // would look like a secret and reroute the request.
+    let audio = "CzBVep/E6Q4zWH2ix+wRNluApcrvFDleg6jN8hc8YYar0PUaP2SJrtP4HUJnjLHW+yBFao+02f4jSG2St9wBJktwlbrfBClOc5i94gcsUXabwOUKL1R5nsPoDTJXfKHG";
+    let (status, dep, body) = ask(
+        &gw,
+        "/v1/chat/completions",
+        json!({"model": "guarded", "max_tokens": 20, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Transcribe this."},
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]}]}),
+    )
+    .await;
+    assert_eq!((status, dep.as_str()), (200, "up/vendor-model"), "{body}");
     // Found classes the policy names join the request's data class: a secret with an e-mail
     // address has nowhere to go (the in-house deployment takes secrets but does not list
     // e-mail; the vendor lists e-mail, not secrets), and nothing goes upstream.
