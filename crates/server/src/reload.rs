@@ -241,6 +241,16 @@ pub(crate) async fn watch_config(state: Arc<AppState>, reload: Reload) {
         if !forced && seen.as_deref() == Some(text.as_str()) {
             continue;
         }
+        // An empty file is one being rewritten in place (truncated, not yet written): it would
+        // read as the built-in defaults and drop every route until the next poll. A running
+        // gateway waits for the text (an empty config is for starting with no file).
+        if text.trim().is_empty() {
+            if forced || seen.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+                tracing::warn!(config = %origin, "the config file is empty; the running config stays");
+            }
+            seen = Some(text);
+            continue;
+        }
         seen = Some(text.clone());
         // Promotions made through the admin API stay in force across reloads.
         let listen = reload.listen_override.as_deref();

@@ -629,6 +629,13 @@ async fn issue6_hot_reload_under_load_loses_nothing() {
         std::fs::write(&path, reload_config(&mock.url(), version)).unwrap();
         wait_for(format!("up/v{version}")).await;
     }
+    // An empty file (one being rewritten in place, caught between its truncation and its
+    // write) is not a config to switch to: the running one stays.
+    std::fs::write(&path, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, reload_config(&mock.url(), 10)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*seen.lock().unwrap(), "up/v10");
     // An invalid file (a route naming a provider that does not exist) is refused.
     let broken = reload_config(&mock.url(), 11).replace("provider = \"up\"", "provider = \"nope\"");
     std::fs::write(&path, broken).unwrap();
