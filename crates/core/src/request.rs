@@ -48,6 +48,13 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The answer must arrive as decoded events (folded, recorded or rewritten by the
+    /// gateway): no same-dialect pass-through chunks, no native Responses API body.
+    pub fn decode_answer(&mut self) {
+        self.passthrough = false;
+        self.responses_body = None;
+    }
+
     /// Whether any message carries an image (a capability check for fallback and validation).
     pub fn has_images(&self) -> bool {
         self.messages

@@ -362,12 +362,12 @@ impl Guardrails {
         );
         let filter = AnswerFilter::new(vault, rules).json_text(json);
         if filter.is_active() || self.hook_checks_answers() {
+            // The filter rewrites, and the hook reads, the answer folded from decoded events:
+            // nothing may skip them.
             canonical_only(route, req, "masks or checks answers")?;
+            req.decode_answer();
         }
         if filter.is_active() {
-            // The answer is rewritten from decoded events: nothing may skip the filter.
-            req.passthrough = false;
-            req.responses_body = None;
             out.answer = Some(AnswerGuard::new(self.clone(), filter, route));
         }
         Ok(out)

@@ -168,16 +168,6 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             );
         }
         p.family(
-            "relais_cache_coalesced_total",
-            "counter",
-            "Hits served from an identical request's answer while it was in flight.",
-        );
-        p.sample(
-            "relais_cache_coalesced_total",
-            "",
-            s.coalesced.load(Ordering::Relaxed),
-        );
-        p.family(
             "relais_cache_saved_usd_total",
             "counter",
             "What the answers served from the cache would have cost upstream, USD.",
@@ -187,40 +177,39 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap
             "",
             relais_governance::usd_plain(s.saved_pusd.load(Ordering::Relaxed)),
         );
-        p.family(
-            "relais_cache_stored_total",
-            "counter",
-            "Answers kept by the response cache.",
-        );
-        p.sample(
-            "relais_cache_stored_total",
-            "",
-            s.stored.load(Ordering::Relaxed),
-        );
-        p.family(
-            "relais_cache_errors_total",
-            "counter",
-            "Cache store calls that failed (those requests were answered without the cache).",
-        );
-        p.sample(
-            "relais_cache_errors_total",
-            "",
-            s.errors.load(Ordering::Relaxed),
-        );
         let (entries, bytes) = cache.memory.size();
-        p.family(
-            "relais_cache_memory_entries",
-            "gauge",
-            "Answers held by the in-process cache store.",
-        );
-        p.sample("relais_cache_memory_entries", "", entries);
-        p.family(
-            "relais_cache_memory_bytes",
-            "gauge",
-            "Bytes held by the in-process cache store (estimated).",
-        );
-        p.sample("relais_cache_memory_bytes", "", bytes);
+        // The cache's unlabelled counters and gauges.
         for (name, kind, help, value) in [
+            (
+                "relais_cache_coalesced_total",
+                "counter",
+                "Hits served from an identical request's answer while it was in flight.",
+                s.coalesced.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_stored_total",
+                "counter",
+                "Answers kept by the response cache.",
+                s.stored.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_errors_total",
+                "counter",
+                "Cache store calls that failed (those requests were answered without the cache).",
+                s.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "relais_cache_memory_entries",
+                "gauge",
+                "Answers held by the in-process cache store.",
+                entries as u64,
+            ),
+            (
+                "relais_cache_memory_bytes",
+                "gauge",
+                "Bytes held by the in-process cache store (estimated).",
+                bytes as u64,
+            ),
             (
                 "relais_cache_semantic_hits_total",
                 "counter",

@@ -101,11 +101,6 @@ pub(super) async fn serve(
             ctx,
             guards.hook_request(&live.runtime.http, at, &req).await
         );
-        if guards.hook_checks_answers() {
-            // The hook reads the answer folded from decoded events.
-            req.passthrough = false;
-            req.responses_body = None;
-        }
     }
     let carried = Carried {
         class,
@@ -167,8 +162,7 @@ pub(super) async fn serve(
         };
         if let Some(r) = recorder {
             // The answer is recorded from decoded events, in canonical form.
-            req.passthrough = false;
-            req.responses_body = None;
+            req.decode_answer();
             settlement.set_recorder(r);
         }
     }

@@ -284,8 +284,7 @@ async fn run(job: Job, stats: &ShadowStats, samples: &SampleSender) {
         config,
     } = job;
     // The copy is folded, never forwarded: its answer is decoded, whatever the client spoke.
-    req.passthrough = false;
-    req.responses_body = None;
+    req.decode_answer();
     let shadow = &sampled.shadow;
     for &i in &sampled.backups {
         let Some(d) = shadow.backups.get(i) else {
